@@ -1,0 +1,228 @@
+//! Per-cell summaries (`summary.json`) and the one function that computes them from turn
+//! records, so the runner's summary and any recomputation (report, tests) agree exactly.
+//!
+//! The seed's columns, with their definitions here:
+//! - **Total Time (s)** `total_time_s`: the cell's makespan, from cell start (time 0) to the
+//!   last response's end (`max t_end`).
+//! - **Avg/Traj (s)** `avg_traj_time_s`: mean over trajectories of (last `t_end` − first
+//!   `t_send`), think time included.
+//! - **Traj Throughput** `traj_per_s`: trajectories that finished without error / total time.
+//! - **Token Throughput** `output_tok_per_s`: server-counted generated tokens / total time.
+//! - **Total Tokens** `total_output_tokens`: Σ server `completion_tokens`.
+//! - **Tok/Turn** `tokens_per_turn`: total output tokens / turns that returned a count.
+//!
+//! Latency distributions are over successful turns: `ttft`, `e2e`, `tpot` per turn, and
+//! `itl_turn_mean` = the distribution of each turn's mean inter-token latency.
+
+use crate::stats::Percentiles;
+use crate::turn::{CacheMode, TurnRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The whole `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub simulated: bool,
+    pub cells: Vec<CellSummary>,
+    /// Best cell per GPU (and cache mode) by each criterion.
+    pub best: Vec<BestCell>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellSummary {
+    pub gpu: String,
+    pub cache_mode: CacheMode,
+    pub concurrency: u32,
+    /// Distinct trajectories with at least one record.
+    pub trajectories: u64,
+    /// Trajectories none of whose turns failed.
+    pub trajectories_ok: u64,
+    pub turns: u64,
+    pub failed_turns: u64,
+    pub total_time_s: f64,
+    pub avg_traj_time_s: Option<f64>,
+    pub traj_per_s: f64,
+    pub output_tok_per_s: f64,
+    pub total_output_tokens: u64,
+    pub tokens_per_turn: Option<f64>,
+    pub ttft: Percentiles,
+    pub e2e: Percentiles,
+    pub tpot: Percentiles,
+    pub itl_turn_mean: Percentiles,
+    pub prompt_tokens_total: u64,
+    /// Σ cached tokens over turns that reported them; `None` if none did.
+    pub cached_tokens_total: Option<u64>,
+    /// Prompt tokens the engine computed (prompt − cached), over turns reporting both.
+    pub prefill_tokens_computed: Option<u64>,
+    /// Prompt tokens served from cache instead of computed (= cached tokens).
+    pub prefill_tokens_saved: Option<u64>,
+    /// cached / prompt over turns reporting both.
+    pub cache_hit_ratio: Option<f64>,
+    /// Failure messages and how often each occurred (first 80 chars of the message).
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Criteria by which a best cell is chosen.
+pub const CRITERIA: [&str; 3] = ["output_tok_per_s", "traj_per_s", "avg_traj_time_s"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BestCell {
+    pub gpu: String,
+    /// `None` when the best is taken across all cache modes of the GPU.
+    pub cache_mode: Option<CacheMode>,
+    /// One of [`CRITERIA`].
+    pub criterion: String,
+    pub best_cache_mode: CacheMode,
+    pub best_concurrency: u32,
+    pub value: f64,
+}
+
+impl CellSummary {
+    pub fn criterion(&self, name: &str) -> Option<f64> {
+        match name {
+            "output_tok_per_s" => Some(self.output_tok_per_s),
+            "traj_per_s" => Some(self.traj_per_s),
+            "avg_traj_time_s" => self.avg_traj_time_s,
+            _ => None,
+        }
+    }
+}
+
+/// Summarize the records of one cell. Records of superseded attempts must already be
+/// dropped ([`crate::turn::latest_attempts`]). Returns `None` for an empty slice.
+pub fn summarize_cell(records: &[&TurnRecord]) -> Option<CellSummary> {
+    let first = records.first()?;
+    let mut by_traj: BTreeMap<u32, (f64, f64, bool)> = BTreeMap::new();
+    let mut total_time: f64 = 0.0;
+    let (mut ttft, mut e2e, mut tpot, mut itl) = (vec![], vec![], vec![], vec![]);
+    let mut out_tokens = 0u64;
+    let mut counted_turns = 0u64;
+    let mut failed = 0u64;
+    let mut prompt_total = 0u64;
+    let (mut cached_total, mut both_prompt, mut any_cached) = (0u64, 0u64, false);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for r in records {
+        total_time = total_time.max(r.t_end);
+        let e = by_traj.entry(r.traj).or_insert((r.t_send, r.t_end, true));
+        e.0 = e.0.min(r.t_send);
+        e.1 = e.1.max(r.t_end);
+        if let Some(c) = r.completion_tokens {
+            out_tokens += c;
+            counted_turns += 1;
+        }
+        if let Some(p) = r.prompt_tokens {
+            prompt_total += p;
+            if let Some(c) = r.cached_tokens {
+                any_cached = true;
+                cached_total += c;
+                both_prompt += p;
+            }
+        }
+        match &r.error {
+            Some(msg) => {
+                failed += 1;
+                e.2 = false;
+                let key: String = msg.chars().take(80).collect();
+                *errors.entry(key).or_default() += 1;
+            }
+            None => {
+                ttft.extend(r.ttft);
+                e2e.extend(r.e2e);
+                tpot.extend(r.tpot());
+                itl.extend(r.itl.map(|i| i.mean));
+            }
+        }
+    }
+    let trajectories_ok = by_traj.values().filter(|t| t.2).count() as u64;
+    let durations: Vec<f64> = by_traj.values().map(|t| t.1 - t.0).collect();
+    let rate = |x: f64| if total_time > 0.0 { x / total_time } else { 0.0 };
+    Some(CellSummary {
+        gpu: first.gpu.clone(),
+        cache_mode: first.cache_mode,
+        concurrency: first.concurrency,
+        trajectories: by_traj.len() as u64,
+        trajectories_ok,
+        turns: records.len() as u64,
+        failed_turns: failed,
+        total_time_s: total_time,
+        avg_traj_time_s: crate::stats::mean(&durations),
+        traj_per_s: rate(trajectories_ok as f64),
+        output_tok_per_s: rate(out_tokens as f64),
+        total_output_tokens: out_tokens,
+        tokens_per_turn: (counted_turns > 0).then(|| out_tokens as f64 / counted_turns as f64),
+        ttft: Percentiles::of(&ttft),
+        e2e: Percentiles::of(&e2e),
+        tpot: Percentiles::of(&tpot),
+        itl_turn_mean: Percentiles::of(&itl),
+        prompt_tokens_total: prompt_total,
+        cached_tokens_total: any_cached.then_some(cached_total),
+        prefill_tokens_computed: any_cached.then_some(both_prompt - cached_total.min(both_prompt)),
+        prefill_tokens_saved: any_cached.then_some(cached_total),
+        cache_hit_ratio: (any_cached && both_prompt > 0)
+            .then(|| cached_total as f64 / both_prompt as f64),
+        errors,
+    })
+}
+
+/// Group records by cell (gpu, cache mode, concurrency) and summarize each, in cell order.
+pub fn summarize(records: &[TurnRecord]) -> Vec<CellSummary> {
+    let mut cells: BTreeMap<(&str, CacheMode, u32), Vec<&TurnRecord>> = BTreeMap::new();
+    for r in records {
+        cells
+            .entry((r.gpu.as_str(), r.cache_mode, r.concurrency))
+            .or_default()
+            .push(r);
+    }
+    cells.values().filter_map(|v| summarize_cell(v)).collect()
+}
+
+/// The best cell per GPU, per (GPU, cache mode), by each criterion. Higher is better except
+/// for `avg_traj_time_s`. Cells where every trajectory failed are not candidates.
+pub fn best_cells(cells: &[CellSummary]) -> Vec<BestCell> {
+    let mut out = Vec::new();
+    let mut gpus: Vec<&str> = cells.iter().map(|c| c.gpu.as_str()).collect();
+    gpus.sort();
+    gpus.dedup();
+    for gpu in gpus {
+        let mut scopes: Vec<Option<CacheMode>> = vec![None];
+        for m in CacheMode::ALL {
+            if cells.iter().any(|c| c.gpu == gpu && c.cache_mode == m) {
+                scopes.push(Some(m));
+            }
+        }
+        for scope in scopes {
+            for crit in CRITERIA {
+                let lower_is_better = crit == "avg_traj_time_s";
+                let best = cells
+                    .iter()
+                    .filter(|c| c.gpu == gpu && scope.is_none_or(|m| c.cache_mode == m))
+                    .filter(|c| c.trajectories_ok > 0)
+                    .filter_map(|c| c.criterion(crit).map(|v| (c, v)))
+                    .reduce(|a, b| {
+                        let better = if lower_is_better { b.1 < a.1 } else { b.1 > a.1 };
+                        if better {
+                            b
+                        } else {
+                            a
+                        }
+                    });
+                if let Some((c, v)) = best {
+                    out.push(BestCell {
+                        gpu: gpu.to_string(),
+                        cache_mode: scope,
+                        criterion: crit.to_string(),
+                        best_cache_mode: c.cache_mode,
+                        best_concurrency: c.concurrency,
+                        value: v,
+                    });
+                }
+            }
+        }
+    }
+    out
+}

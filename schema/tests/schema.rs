@@ -1,0 +1,138 @@
+//! Guards on the results contract: round trips, unknown fields rejected, summaries
+//! recomputed independently.
+
+use turnbench_schema::summary::{best_cells, summarize};
+use turnbench_schema::*;
+
+fn rec(traj: u32, turn: u32, t_send: f64, t_end: f64, out: u64, err: Option<&str>) -> TurnRecord {
+    TurnRecord {
+        gpu: "1".into(),
+        cache_mode: CacheMode::Prefix,
+        concurrency: 2,
+        traj,
+        traj_id: format!("t{traj}"),
+        turn,
+        attempt: 0,
+        t_send,
+        t_first_token: Some(t_send + 0.1),
+        t_end,
+        ttft: Some(0.1),
+        e2e: Some(t_end - t_send),
+        itl: ItlSummary::of(&[0.01, 0.02]),
+        prompt_tokens: Some(100),
+        cached_tokens: Some(40),
+        completion_tokens: Some(out),
+        think_time: 0.0,
+        finish_reason: Some("stop".into()),
+        error: err.map(String::from),
+        in_flight: 2,
+    }
+}
+
+#[test]
+fn turn_record_round_trips_and_rejects_unknown_fields() {
+    let r = rec(0, 0, 0.0, 1.0, 10, None);
+    let line = serde_json::to_string(&r).unwrap();
+    let back: TurnRecord = serde_json::from_str(&line).unwrap();
+    assert_eq!(back, r);
+
+    let mut v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    v["surprise"] = serde_json::json!(1);
+    let err = serde_json::from_value::<TurnRecord>(v).unwrap_err();
+    assert!(err.to_string().contains("surprise"), "{err}");
+}
+
+#[test]
+fn every_type_rejects_unknown_fields() {
+    let tel = r#"{"t":1.0,"gpu":"1","source":"metrics","values":{},"extra":true}"#;
+    assert!(serde_json::from_str::<TelemetrySample>(tel).is_err());
+    let sum = r#"{"schema_version":1,"run_id":"x","simulated":true,"cells":[],"best":[],"x":1}"#;
+    assert!(serde_json::from_str::<Summary>(sum).is_err());
+    let ok = r#"{"schema_version":1,"run_id":"x","simulated":true,"cells":[],"best":[]}"#;
+    assert!(serde_json::from_str::<Summary>(ok).is_ok());
+}
+
+#[test]
+fn cache_mode_names() {
+    for m in CacheMode::ALL {
+        assert_eq!(m.as_str().parse::<CacheMode>().unwrap(), m);
+        assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
+    }
+    assert!("radix".parse::<CacheMode>().is_err());
+}
+
+#[test]
+fn summary_matches_hand_computation() {
+    // Two trajectories, 2 turns each; traj 1's second turn failed.
+    let recs = vec![
+        rec(0, 0, 0.0, 1.0, 10, None),
+        rec(1, 0, 0.0, 2.0, 20, None),
+        rec(0, 1, 1.5, 3.0, 30, None),
+        rec(1, 1, 2.5, 4.0, 0, Some("HTTP 500")),
+    ];
+    let cells = summarize(&recs);
+    assert_eq!(cells.len(), 1);
+    let c = &cells[0];
+    assert_eq!(c.total_time_s, 4.0);
+    assert_eq!(c.trajectories, 2);
+    assert_eq!(c.trajectories_ok, 1);
+    assert_eq!(c.failed_turns, 1);
+    assert_eq!(c.total_output_tokens, 60);
+    assert_eq!(c.output_tok_per_s, 15.0);
+    assert_eq!(c.traj_per_s, 0.25);
+    // traj 0: 0..3, traj 1: 0..4
+    assert_eq!(c.avg_traj_time_s, Some(3.5));
+    assert_eq!(c.tokens_per_turn, Some(15.0));
+    assert_eq!(c.prompt_tokens_total, 400);
+    assert_eq!(c.cached_tokens_total, Some(160));
+    assert_eq!(c.prefill_tokens_computed, Some(240));
+    assert_eq!(c.cache_hit_ratio, Some(0.4));
+    assert_eq!(c.ttft.count, 3);
+    assert_eq!(c.errors.get("HTTP 500"), Some(&1));
+    // e2e of ok turns: 1, 2, 1.5 -> p50 1.5
+    assert_eq!(c.e2e.p50, Some(1.5));
+}
+
+#[test]
+fn missing_cached_tokens_gives_none() {
+    let mut r = rec(0, 0, 0.0, 1.0, 10, None);
+    r.cached_tokens = None;
+    let c = &summarize(&[r])[0];
+    assert_eq!(c.cached_tokens_total, None);
+    assert_eq!(c.cache_hit_ratio, None);
+}
+
+#[test]
+fn best_cells_pick_per_criterion() {
+    let mut a = vec![rec(0, 0, 0.0, 1.0, 100, None)];
+    let mut b = vec![rec(0, 0, 0.0, 4.0, 1000, None)];
+    for r in &mut b {
+        r.concurrency = 8;
+    }
+    a.append(&mut b);
+    let cells = summarize(&a);
+    let best = best_cells(&cells);
+    let tok = best
+        .iter()
+        .find(|b| b.cache_mode.is_none() && b.criterion == "output_tok_per_s")
+        .unwrap();
+    assert_eq!(tok.best_concurrency, 8);
+    let time = best
+        .iter()
+        .find(|b| b.cache_mode.is_none() && b.criterion == "avg_traj_time_s")
+        .unwrap();
+    assert_eq!(time.best_concurrency, 2);
+}
+
+#[test]
+fn latest_attempt_supersedes_partial_lines() {
+    let mut old = rec(0, 0, 0.0, 1.0, 10, None);
+    old.attempt = 0;
+    let mut new0 = old.clone();
+    new0.attempt = 1;
+    let mut new1 = rec(0, 1, 1.0, 2.0, 10, None);
+    new1.attempt = 1;
+    let other = rec(1, 0, 0.0, 1.0, 10, None);
+    let kept = turn::latest_attempts(vec![old, new0.clone(), new1.clone(), other.clone()]);
+    assert_eq!(kept, vec![new0, new1, other]);
+}
