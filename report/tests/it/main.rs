@@ -1,0 +1,1 @@
+//! The report's one integration-test binary.

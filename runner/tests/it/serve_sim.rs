@@ -1,0 +1,1 @@
+//! `runner serve-sim` over real HTTP.

@@ -1,0 +1,1 @@
+//! `runner sweep` end to end against the simulated engine.
