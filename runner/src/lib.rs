@@ -4,3 +4,15 @@
 //! - [`sim`]: the simulated SGLang engine (cost model, radix cache, scheduler) and its HTTP
 //!   front (`runner serve-sim`).
 pub mod sim;
+// `runner sweep` and `runner pack`:
+pub mod backend;
+pub mod client;
+pub mod console;
+pub mod conversation;
+pub mod driver;
+pub mod pack;
+pub mod plan;
+pub mod record;
+pub mod sweep;
+pub mod telemetry;
+pub mod workload;

@@ -21,12 +21,27 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a sweep: GPUs × cache modes × concurrency over multi-turn trajectories, recording
+    /// every turn into `results/<run-id>/`. With no flags, the demo plan on the simulated engine.
+    Sweep(Box<runner::sweep::SweepArgs>),
+    /// Pack a run directory into a reproducible `.tar.gz` bundle.
+    Pack {
+        /// The run directory, e.g. `results/<run-id>`.
+        dir: std::path::PathBuf,
+        /// Output file (default `<run-id>.tar.gz` in the current directory).
+        #[arg(short, long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ServeSim { args } => runner::sim::cli::main(args),
+        Command::Sweep(args) => runner::sweep::main(*args),
+        Command::Pack { dir, out } => runner::pack::pack(&dir, out.as_deref()).map(|p| {
+            println!("{}", p.display());
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,318 @@
+//! Chart specs: plotly figures as data (`data` traces + `layout`), built by pure functions from
+//! aggregates. The page ships them as JSON and `site.js` hands each to `Plotly.newPlot`.
+//! Only `scatter` and `bar` traces are used, so the basic plotly bundle suffices.
+
+use crate::aggregate::{CellSeries, TelemetrySeries, TurnIndexStats};
+use crate::legacy::LegacyRun;
+use serde::Serialize;
+use serde_json::{json, Value};
+use turnbench_schema::CacheMode;
+
+/// One chart: the container id on the page, a heading, and the plotly figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChartSpec {
+    pub id: String,
+    pub title: String,
+    /// Shown under the heading (e.g. what an axis really measures).
+    pub note: String,
+    pub data: Vec<Value>,
+    pub layout: Value,
+}
+
+/// Plotly renders a subset of HTML in text; entities make labels literal.
+pub fn plot_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn layout(x: &str, y: &str) -> Value {
+    json!({
+        "xaxis": {"title": {"text": x}, "zeroline": false},
+        "yaxis": {"title": {"text": y}, "rangemode": "tozero"},
+        "margin": {"l": 60, "r": 20, "t": 10, "b": 50},
+        "legend": {"orientation": "h", "y": -0.25},
+        "height": 360,
+        "hovermode": "closest",
+    })
+}
+
+/// Rounds for compact JSON; charts need no more than 6 significant digits.
+fn r(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let mag = 10f64.powi(5 - v.abs().log10().floor() as i32);
+    (v * mag).round() / mag
+}
+
+fn line(name: String, x: Vec<f64>, y: Vec<f64>) -> Value {
+    json!({"type": "scatter", "mode": "lines+markers", "name": name, "x": x, "y": y})
+}
+
+/// A numbered source of chart ids for one page.
+#[derive(Default)]
+pub struct Ids(usize);
+
+impl Ids {
+    pub fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("chart-{}", self.0)
+    }
+}
+
+/// A named series of (concurrency, tok/s) points.
+pub struct ConcurrencyLine {
+    pub name: String,
+    pub points: Vec<(u32, f64)>,
+    /// Drawn dashed: a physical limit, not a measurement.
+    pub limit: bool,
+}
+
+pub fn throughput_vs_concurrency(ids: &mut Ids, title: &str, lines: &[ConcurrencyLine]) -> ChartSpec {
+    let data = lines
+        .iter()
+        .map(|l| {
+            let mut t = line(
+                plot_text(&l.name),
+                l.points.iter().map(|p| f64::from(p.0)).collect(),
+                l.points.iter().map(|p| r(p.1)).collect(),
+            );
+            if l.limit {
+                t["line"] = json!({"dash": "dash"});
+                t["mode"] = json!("lines");
+            }
+            t
+        })
+        .collect();
+    let mut lay = layout("concurrency (trajectories in flight)", "output tokens/s");
+    lay["xaxis"]["type"] = json!("log");
+    ChartSpec {
+        id: ids.next(),
+        title: title.to_string(),
+        note: "Dashed: the physical limit from the run manifest (cost-model roofline), not a measurement.".into(),
+        data,
+        layout: lay,
+    }
+}
+
+/// Throughput over time for each concurrency of one cache mode: sliding window or cumulative.
+pub fn throughput_over_time(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries], cumulative: bool) -> ChartSpec {
+    let data = cells
+        .iter()
+        .map(|c| {
+            let mut t = line(
+                format!("c={}", c.summary.concurrency),
+                c.throughput.iter().map(|p| r(p.t)).collect(),
+                c.throughput
+                    .iter()
+                    .map(|p| r(if cumulative { p.cumulative } else { p.sliding }))
+                    .collect(),
+            );
+            t["mode"] = json!("lines");
+            t
+        })
+        .collect();
+    let (title, note) = if cumulative {
+        ("Throughput over time, cumulative", "Output tokens finished since the cell started ÷ elapsed time.")
+    } else {
+        ("Throughput over time, sliding 10 s window", "Output tokens finished in the last 10 s ÷ 10 s (÷ elapsed time during the first 10 s).")
+    };
+    ChartSpec {
+        id: ids.next(),
+        title: format!("{title} ({mode})"),
+        note: note.into(),
+        data,
+        layout: layout("time since cell start (s)", "output tokens/s"),
+    }
+}
+
+/// p50 line with a p10–p90 band per concurrency, by turn index.
+pub fn by_turn_band(
+    ids: &mut Ids,
+    mode: CacheMode,
+    cells: &[&CellSeries],
+    what: &str,
+    pick: fn(&TurnIndexStats) -> Option<crate::aggregate::Band>,
+) -> ChartSpec {
+    let mut data = Vec::new();
+    for (i, c) in cells.iter().enumerate() {
+        let pts: Vec<(f64, crate::aggregate::Band)> = c
+            .by_turn
+            .iter()
+            .filter_map(|t| pick(t).map(|b| (f64::from(t.turn), b)))
+            .collect();
+        let x: Vec<f64> = pts.iter().map(|p| p.0).collect();
+        let group = format!("c{}", c.summary.concurrency);
+        let color = PALETTE[i % PALETTE.len()];
+        data.push(json!({
+            "type": "scatter", "mode": "lines", "x": x, "y": pts.iter().map(|p| r(p.1.p10 * 1e3)).collect::<Vec<_>>(),
+            "line": {"width": 0, "color": color}, "legendgroup": group, "showlegend": false, "hoverinfo": "skip",
+            "name": format!("c={} p10", c.summary.concurrency),
+        }));
+        data.push(json!({
+            "type": "scatter", "mode": "lines", "x": x, "y": pts.iter().map(|p| r(p.1.p90 * 1e3)).collect::<Vec<_>>(),
+            "fill": "tonexty", "fillcolor": format!("{color}33"), "line": {"width": 0, "color": color},
+            "legendgroup": group, "showlegend": false, "hoverinfo": "skip",
+            "name": format!("c={} p90", c.summary.concurrency),
+        }));
+        data.push(json!({
+            "type": "scatter", "mode": "lines+markers", "x": x, "y": pts.iter().map(|p| r(p.1.p50 * 1e3)).collect::<Vec<_>>(),
+            "line": {"color": color}, "legendgroup": group, "name": format!("c={} p50", c.summary.concurrency),
+        }));
+    }
+    ChartSpec {
+        id: ids.next(),
+        title: format!("{what} by turn index ({mode})"),
+        note: "Line: median; band: p10–p90 over the successful turns at that index.".into(),
+        data,
+        layout: layout("turn index", &format!("{what} (ms)")),
+    }
+}
+
+pub const PALETTE: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+/// Mean prompt and cached tokens by turn index, and the cache-hit ratio on a second axis.
+pub fn prompt_vs_cached(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries]) -> ChartSpec {
+    let mut data = Vec::new();
+    let n = cells.len();
+    for (i, c) in cells.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let visible: Value = if i == 0 || i + 1 == n { json!(true) } else { json!("legendonly") };
+        let x: Vec<f64> = c.by_turn.iter().map(|t| f64::from(t.turn)).collect();
+        let conc = c.summary.concurrency;
+        let series = |f: fn(&TurnIndexStats) -> Option<f64>| -> Vec<Value> {
+            c.by_turn.iter().map(|t| f(t).map_or(Value::Null, |v| json!(r(v)))).collect()
+        };
+        data.push(json!({"type": "scatter", "mode": "lines", "name": format!("prompt c={conc}"), "x": x,
+            "y": series(|t| t.prompt_tokens_mean), "line": {"color": color}, "legendgroup": format!("c{conc}"), "visible": visible}));
+        data.push(json!({"type": "scatter", "mode": "lines", "name": format!("cached c={conc}"), "x": x,
+            "y": series(|t| t.cached_tokens_mean), "line": {"color": color, "dash": "dash"}, "legendgroup": format!("c{conc}"), "visible": visible}));
+        data.push(json!({"type": "scatter", "mode": "lines", "name": format!("hit ratio c={conc}"), "x": x,
+            "y": series(|t| t.cache_hit_ratio), "yaxis": "y2", "line": {"color": color, "dash": "dot"}, "legendgroup": format!("c{conc}"), "visible": visible}));
+    }
+    let mut lay = layout("turn index", "tokens per turn (mean)");
+    lay["yaxis2"] = json!({"title": {"text": "cache-hit ratio"}, "overlaying": "y", "side": "right", "range": [0, 1.05]});
+    lay["margin"]["r"] = json!(60);
+    ChartSpec {
+        id: ids.next(),
+        title: format!("Prompt vs cached tokens by turn index ({mode})"),
+        note: "Solid: prompt tokens; dashed: tokens served from the prefix cache; dotted (right axis): cached ÷ prompt. Server-reported counts.".into(),
+        data,
+        layout: lay,
+    }
+}
+
+pub fn in_flight(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries]) -> ChartSpec {
+    let data = cells
+        .iter()
+        .map(|c| {
+            json!({"type": "scatter", "mode": "lines", "line": {"shape": "hv"},
+                "name": format!("c={}", c.summary.concurrency),
+                "x": c.in_flight.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
+                "y": c.in_flight.iter().map(|p| p.1).collect::<Vec<_>>()})
+        })
+        .collect();
+    ChartSpec {
+        id: ids.next(),
+        title: format!("Trajectories in flight over time ({mode})"),
+        note: "A trajectory counts from its first request to its last response (think time included).".into(),
+        data,
+        layout: layout("time since cell start (s)", "trajectories in flight"),
+    }
+}
+
+/// Distribution as a quantile curve (x = latency, y = percentile) per concurrency.
+pub fn latency_distribution(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries], what: &str, pick: fn(&CellSeries) -> &[f64]) -> ChartSpec {
+    let data = cells
+        .iter()
+        .filter(|c| !pick(c).is_empty())
+        .map(|c| {
+            let q = pick(c);
+            json!({"type": "scatter", "mode": "lines", "name": format!("c={}", c.summary.concurrency),
+                "x": q.iter().map(|v| r(v * 1e3)).collect::<Vec<_>>(),
+                "y": (0..q.len()).collect::<Vec<_>>()})
+        })
+        .collect();
+    let mut lay = layout(&format!("{what} (ms)"), "percentile");
+    lay["xaxis"]["type"] = json!("log");
+    ChartSpec {
+        id: ids.next(),
+        title: format!("{what} distribution ({mode})"),
+        note: "Cumulative distribution over successful turns: the percentile (y) below which a latency (x) falls.".into(),
+        data,
+        layout: lay,
+    }
+}
+
+pub fn telemetry(ids: &mut Ids, series: &TelemetrySeries) -> ChartSpec {
+    ChartSpec {
+        id: ids.next(),
+        title: format!("Telemetry: {} / {}", series.source, series.key),
+        note: "Sampled during the run; time is seconds since the run started.".into(),
+        data: vec![json!({"type": "scatter", "mode": "lines", "name": plot_text(&series.key),
+            "x": series.points.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
+            "y": series.points.iter().map(|p| r(p.1)).collect::<Vec<_>>()})],
+        layout: layout("time since run start (s)", &plot_text(&series.key)),
+    }
+}
+
+/// Cache-mode speed-up: bars of tok/s relative to the baseline mode, per concurrency.
+pub fn speedup(ids: &mut Ids, bars: &[(String, Vec<(u32, f64)>)], baseline: &str) -> ChartSpec {
+    let data = bars
+        .iter()
+        .map(|(name, pts)| {
+            json!({"type": "bar", "name": plot_text(name),
+                "x": pts.iter().map(|p| format!("c={}", p.0)).collect::<Vec<_>>(),
+                "y": pts.iter().map(|p| r(p.1)).collect::<Vec<_>>()})
+        })
+        .collect();
+    let mut lay = layout("concurrency", &format!("output tok/s ÷ {baseline}"));
+    lay["barmode"] = json!("group");
+    ChartSpec {
+        id: ids.next(),
+        title: "Cache-mode speed-up".into(),
+        note: format!("Output token throughput of each cache mode divided by the {baseline} mode's, same GPU and concurrency."),
+        data,
+        layout: lay,
+    }
+}
+
+/// Legacy: the seed's per-turn time (an average) by turn index, p50 with p10–p90 band, per batch size.
+pub fn legacy_turn_time(ids: &mut Ids, run: &LegacyRun) -> ChartSpec {
+    use std::collections::BTreeMap;
+    let mut by: BTreeMap<u32, BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
+    for t in &run.turns {
+        if let Some(v) = t.turn_time_avg_s {
+            by.entry(t.batch_size).or_default().entry(t.turn).or_default().push(v);
+        }
+    }
+    let mut data = Vec::new();
+    for (i, (batch, turns)) in by.into_iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let mut x = Vec::new();
+        let (mut p10, mut p50, mut p90) = (Vec::new(), Vec::new(), Vec::new());
+        for (turn, mut v) in turns {
+            v.sort_by(f64::total_cmp);
+            x.push(f64::from(turn));
+            let p = |q| turnbench_schema::stats::percentile_sorted(&v, q).map(r);
+            p10.push(p(10.0));
+            p50.push(p(50.0));
+            p90.push(p(90.0));
+        }
+        let group = format!("b{batch}");
+        data.push(json!({"type": "scatter", "mode": "lines", "x": x, "y": p10, "line": {"width": 0, "color": color}, "legendgroup": group, "showlegend": false, "hoverinfo": "skip", "name": "p10"}));
+        data.push(json!({"type": "scatter", "mode": "lines", "x": x, "y": p90, "fill": "tonexty", "fillcolor": format!("{color}33"), "line": {"width": 0, "color": color}, "legendgroup": group, "showlegend": false, "hoverinfo": "skip", "name": "p90"}));
+        data.push(json!({"type": "scatter", "mode": "lines+markers", "x": x, "y": p50, "line": {"color": color}, "legendgroup": group, "name": format!("batch {batch} p50")}));
+    }
+    ChartSpec {
+        id: ids.next(),
+        title: "Legacy: turn time by turn index".into(),
+        note: "LEGACY (seed import): each turn time is the trajectory's time ÷ its turns, an average, not a measured per-turn latency.".into(),
+        data,
+        layout: layout("turn index", "averaged turn time (s)"),
+    }
+}

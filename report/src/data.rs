@@ -1,0 +1,187 @@
+//! Spreadsheet exports: `data/turns.csv` (every per-turn record of every measured run) and
+//! `data/summary.csv` (one row per cell, the recomputed summaries; legacy rows marked).
+
+use crate::aggregate::RunAggregate;
+use crate::load::{Run, RunData};
+use anyhow::Context as _;
+use std::path::Path;
+
+#[derive(serde::Serialize)]
+struct TurnRow<'a> {
+    run_id: &'a str,
+    simulated: bool,
+    gpu: &'a str,
+    cache_mode: &'a str,
+    concurrency: u32,
+    traj: u32,
+    traj_id: &'a str,
+    turn: u32,
+    attempt: u32,
+    t_send: f64,
+    t_first_token: Option<f64>,
+    t_end: f64,
+    ttft: Option<f64>,
+    e2e: Option<f64>,
+    itl_mean: Option<f64>,
+    itl_p50: Option<f64>,
+    itl_p99: Option<f64>,
+    itl_max: Option<f64>,
+    prompt_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    think_time: f64,
+    finish_reason: Option<&'a str>,
+    error: Option<&'a str>,
+    in_flight: u32,
+}
+
+#[derive(serde::Serialize)]
+struct SummaryRow<'a> {
+    run_id: &'a str,
+    simulated: bool,
+    /// `measured` or `legacy (words, averaged times)`.
+    source: &'a str,
+    gpu: &'a str,
+    cache_mode: &'a str,
+    concurrency: u32,
+    trajectories: Option<u64>,
+    trajectories_ok: Option<u64>,
+    turns: Option<u64>,
+    failed_turns: Option<u64>,
+    total_time_s: Option<f64>,
+    avg_traj_time_s: Option<f64>,
+    traj_per_s: Option<f64>,
+    output_tok_per_s: Option<f64>,
+    total_output_tokens: Option<f64>,
+    tokens_per_turn: Option<f64>,
+    ttft_p50_s: Option<f64>,
+    ttft_p90_s: Option<f64>,
+    ttft_p99_s: Option<f64>,
+    e2e_p50_s: Option<f64>,
+    e2e_p90_s: Option<f64>,
+    e2e_p99_s: Option<f64>,
+    itl_p50_s: Option<f64>,
+    itl_p90_s: Option<f64>,
+    itl_p99_s: Option<f64>,
+    cache_hit_ratio: Option<f64>,
+}
+
+pub fn write(site: &Path, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> anyhow::Result<()> {
+    let dir = site.join("data");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let path = dir.join("turns.csv");
+    let mut w = csv::WriterBuilder::new()
+        .buffer_capacity(1 << 20)
+        .from_path(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    for run in runs {
+        if let RunData::Measured(m) = &run.data {
+            for r in &m.records {
+                w.serialize(TurnRow {
+                    run_id: &m.manifest.run_id,
+                    simulated: m.manifest.simulated,
+                    gpu: &r.gpu,
+                    cache_mode: r.cache_mode.as_str(),
+                    concurrency: r.concurrency,
+                    traj: r.traj,
+                    traj_id: &r.traj_id,
+                    turn: r.turn,
+                    attempt: r.attempt,
+                    t_send: r.t_send,
+                    t_first_token: r.t_first_token,
+                    t_end: r.t_end,
+                    ttft: r.ttft,
+                    e2e: r.e2e,
+                    itl_mean: r.itl.map(|i| i.mean),
+                    itl_p50: r.itl.map(|i| i.p50),
+                    itl_p99: r.itl.map(|i| i.p99),
+                    itl_max: r.itl.map(|i| i.max),
+                    prompt_tokens: r.prompt_tokens,
+                    cached_tokens: r.cached_tokens,
+                    completion_tokens: r.completion_tokens,
+                    think_time: r.think_time,
+                    finish_reason: r.finish_reason.as_deref(),
+                    error: r.error.as_deref(),
+                    in_flight: r.in_flight,
+                })
+                .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    w.flush().with_context(|| format!("writing {}", path.display()))?;
+
+    let path = dir.join("summary.csv");
+    let mut w = csv::Writer::from_path(&path).with_context(|| format!("creating {}", path.display()))?;
+    for (run, agg) in runs.iter().zip(aggregates) {
+        match (&run.data, agg) {
+            (RunData::Measured(m), Some(a)) => {
+                for c in a.cells.iter().map(|c| &c.summary) {
+                    w.serialize(SummaryRow {
+                        run_id: &m.manifest.run_id,
+                        simulated: m.manifest.simulated,
+                        source: "measured",
+                        gpu: &c.gpu,
+                        cache_mode: c.cache_mode.as_str(),
+                        concurrency: c.concurrency,
+                        trajectories: Some(c.trajectories),
+                        trajectories_ok: Some(c.trajectories_ok),
+                        turns: Some(c.turns),
+                        failed_turns: Some(c.failed_turns),
+                        total_time_s: Some(c.total_time_s),
+                        avg_traj_time_s: c.avg_traj_time_s,
+                        traj_per_s: Some(c.traj_per_s),
+                        output_tok_per_s: Some(c.output_tok_per_s),
+                        total_output_tokens: Some(c.total_output_tokens as f64),
+                        tokens_per_turn: c.tokens_per_turn,
+                        ttft_p50_s: c.ttft.p50,
+                        ttft_p90_s: c.ttft.p90,
+                        ttft_p99_s: c.ttft.p99,
+                        e2e_p50_s: c.e2e.p50,
+                        e2e_p90_s: c.e2e.p90,
+                        e2e_p99_s: c.e2e.p99,
+                        itl_p50_s: c.itl_turn_mean.p50,
+                        itl_p90_s: c.itl_turn_mean.p90,
+                        itl_p99_s: c.itl_turn_mean.p99,
+                        cache_hit_ratio: c.cache_hit_ratio,
+                    })?;
+                }
+            }
+            (RunData::Legacy(l), _) => {
+                for r in &l.rows {
+                    w.serialize(SummaryRow {
+                        run_id: &l.id,
+                        simulated: false,
+                        source: "legacy (words, averaged times)",
+                        gpu: &l.gpu,
+                        cache_mode: "seed",
+                        concurrency: r.batch_size,
+                        trajectories: None,
+                        trajectories_ok: None,
+                        turns: None,
+                        failed_turns: None,
+                        total_time_s: r.total_time_s,
+                        avg_traj_time_s: r.avg_traj_time_s,
+                        traj_per_s: r.traj_per_s,
+                        output_tok_per_s: r.tok_per_s,
+                        total_output_tokens: r.total_tokens,
+                        tokens_per_turn: r.tokens_per_turn,
+                        ttft_p50_s: None,
+                        ttft_p90_s: None,
+                        ttft_p99_s: None,
+                        e2e_p50_s: None,
+                        e2e_p90_s: None,
+                        e2e_p99_s: None,
+                        itl_p50_s: None,
+                        itl_p90_s: None,
+                        itl_p99_s: None,
+                        cache_hit_ratio: None,
+                    })?;
+                }
+            }
+            _ => {}
+        }
+    }
+    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! Loading results: run directories, `runner pack` bundles (`.tar.gz`, read in place) and the
+//! seed's legacy files. A bad input becomes a [`Skipped`] entry with the reason; it does not
+//! stop the others.
+
+use crate::legacy::{self, LegacyRun};
+use flate2::read::GzDecoder;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+use turnbench_schema::turn::latest_attempts;
+use turnbench_schema::{files, jsonl, Manifest, TelemetrySample, TurnRecord, SCHEMA_VERSION};
+
+/// Why an input could not be read. Messages name the file (and line) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl LoadError {
+    fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        LoadError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+    fn invalid(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        LoadError::Invalid {
+            path: path.as_ref().display().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A run measured by `runner sweep`.
+#[derive(Debug)]
+pub struct MeasuredRun {
+    pub manifest: Manifest,
+    /// Latest attempts only (superseded partial trajectories dropped).
+    pub records: Vec<TurnRecord>,
+    pub telemetry: Vec<TelemetrySample>,
+    /// `turns.jsonl` ended in a torn line (the run was interrupted mid-write).
+    pub truncated_tail: bool,
+}
+
+#[derive(Debug)]
+pub enum RunData {
+    Measured(MeasuredRun),
+    Legacy(LegacyRun),
+}
+
+/// One loaded run and where it came from.
+#[derive(Debug)]
+pub struct Run {
+    /// Where it was read from, as given (for the index page).
+    pub source: String,
+    pub data: RunData,
+}
+
+impl Run {
+    pub fn id(&self) -> &str {
+        match &self.data {
+            RunData::Measured(m) => &m.manifest.run_id,
+            RunData::Legacy(l) => &l.id,
+        }
+    }
+    pub fn simulated(&self) -> bool {
+        match &self.data {
+            RunData::Measured(m) => m.manifest.simulated,
+            RunData::Legacy(_) => false,
+        }
+    }
+}
+
+/// An input that was not used, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub runs: Vec<Run>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// One thing to load, as classified from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    RunDir(PathBuf),
+    Bundle(PathBuf),
+    /// The seed's per-turn metrics and/or summary files of one GPU.
+    Legacy {
+        metrics: Option<PathBuf>,
+        summary: Option<PathBuf>,
+    },
+}
+
+/// Turns command-line paths into inputs. A directory without a manifest is searched one level
+/// deep (so `results/` means every run in it). Unrecognised paths are reported as skipped.
+pub fn classify(paths: &[PathBuf]) -> (Vec<Input>, Vec<Skipped>) {
+    let mut inputs = Vec::new();
+    let mut skipped = Vec::new();
+    let mut legacy: BTreeMap<(PathBuf, String), (Option<PathBuf>, Option<PathBuf>)> =
+        BTreeMap::new();
+    for path in paths {
+        if path.is_dir() && !path.join(files::MANIFEST).is_file() {
+            let mut children: Vec<PathBuf> = match std::fs::read_dir(path) {
+                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(e) => {
+                    skipped.push(Skipped {
+                        source: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            children.sort();
+            for child in children {
+                if child.is_dir() {
+                    if child.join(files::MANIFEST).is_file() {
+                        inputs.push(Input::RunDir(child));
+                    }
+                } else {
+                    classify_file(&child, &mut inputs, &mut legacy, None);
+                }
+            }
+        } else if path.is_dir() {
+            inputs.push(Input::RunDir(path.clone()));
+        } else if path.is_file() {
+            classify_file(path, &mut inputs, &mut legacy, Some(&mut skipped));
+        } else {
+            skipped.push(Skipped {
+                source: path.display().to_string(),
+                reason: "no such file or directory".into(),
+            });
+        }
+    }
+    for ((_, _), (metrics, summary)) in legacy {
+        inputs.push(Input::Legacy { metrics, summary });
+    }
+    (inputs, skipped)
+}
+
+type LegacyGroups = BTreeMap<(PathBuf, String), (Option<PathBuf>, Option<PathBuf>)>;
+
+fn classify_file(
+    path: &Path,
+    inputs: &mut Vec<Input>,
+    legacy: &mut LegacyGroups,
+    skipped: Option<&mut Vec<Skipped>>,
+) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        inputs.push(Input::Bundle(path.to_path_buf()));
+    } else if let Some(suffix) = legacy::metrics_suffix(&name) {
+        legacy.entry((parent, suffix)).or_default().0 = Some(path.to_path_buf());
+    } else if let Some(suffix) = legacy::summary_suffix(&name) {
+        legacy.entry((parent, suffix)).or_default().1 = Some(path.to_path_buf());
+    } else if let Some(skipped) = skipped {
+        skipped.push(Skipped {
+            source: path.display().to_string(),
+            reason: "not a run directory, .tar.gz bundle, per_turn_metrics_*.jsonl or per_turn_summary_*.json".into(),
+        });
+    }
+}
+
+/// Loads every input; failures become [`Skipped`] entries.
+pub fn load_all(inputs: &[Input]) -> Loaded {
+    let mut loaded = Loaded::default();
+    for input in inputs {
+        let source = match input {
+            Input::RunDir(p) | Input::Bundle(p) => p.display().to_string(),
+            Input::Legacy { metrics, summary } => metrics
+                .iter()
+                .chain(summary.iter())
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" + "),
+        };
+        let result = match input {
+            Input::RunDir(dir) => load_dir(dir).map(|r| vec![RunData::Measured(r)]),
+            Input::Bundle(path) => load_bundle(path)
+                .map(|runs| runs.into_iter().map(RunData::Measured).collect()),
+            Input::Legacy { metrics, summary } => {
+                legacy::load(metrics.as_deref(), summary.as_deref())
+                    .map(|r| vec![RunData::Legacy(r)])
+            }
+        };
+        match result {
+            Ok(runs) => loaded.runs.extend(runs.into_iter().map(|data| Run {
+                source: source.clone(),
+                data,
+            })),
+            Err(e) => loaded.skipped.push(Skipped {
+                source,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    loaded
+}
+
+/// Loads `manifest.json`, `turns.jsonl` and (if present) `telemetry.jsonl` of a run directory.
+pub fn load_dir(dir: &Path) -> Result<MeasuredRun, LoadError> {
+    let manifest_path = dir.join(files::MANIFEST);
+    let text = std::fs::read(&manifest_path).map_err(|e| LoadError::io(&manifest_path, e))?;
+    let manifest = parse_manifest(&text, &manifest_path)?;
+    let turns_path = dir.join(files::TURNS);
+    let file = File::open(&turns_path).map_err(|e| LoadError::io(&turns_path, e))?;
+    let (records, truncated_tail) =
+        read_turns(BufReader::with_capacity(1 << 20, file), &turns_path)?;
+    let tele_path = dir.join(files::TELEMETRY);
+    let telemetry = match File::open(&tele_path) {
+        Ok(f) => read_telemetry(BufReader::new(f), &tele_path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(LoadError::io(&tele_path, e)),
+    };
+    finish(manifest, records, telemetry, truncated_tail, &turns_path)
+}
+
+fn finish(
+    manifest: Manifest,
+    records: Vec<TurnRecord>,
+    telemetry: Vec<TelemetrySample>,
+    truncated_tail: bool,
+    turns_path: &Path,
+) -> Result<MeasuredRun, LoadError> {
+    if records.is_empty() {
+        return Err(LoadError::invalid(turns_path, "no turn records"));
+    }
+    Ok(MeasuredRun {
+        manifest,
+        records: latest_attempts(records),
+        telemetry,
+        truncated_tail,
+    })
+}
+
+fn parse_manifest(text: &[u8], path: &Path) -> Result<Manifest, LoadError> {
+    let manifest: Manifest = serde_json::from_slice(text).map_err(|e| LoadError::Parse {
+        path: path.display().to_string(),
+        line: e.line(),
+        message: e.to_string(),
+    })?;
+    if manifest.schema_version != SCHEMA_VERSION {
+        return Err(LoadError::invalid(
+            path,
+            format!(
+                "schema_version {} (this report reads version {SCHEMA_VERSION})",
+                manifest.schema_version
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Reads turn records; a torn final line is tolerated and reported.
+pub fn read_turns(reader: impl BufRead, path: &Path) -> Result<(Vec<TurnRecord>, bool), LoadError> {
+    let mut lines = jsonl::read::<TurnRecord, _>(reader);
+    let mut records = Vec::new();
+    for item in lines.by_ref() {
+        records.push(item.map_err(|e| LoadError::Parse {
+            path: path.display().to_string(),
+            line: e.line,
+            message: e.message,
+        })?);
+    }
+    Ok((records, lines.truncated_tail()))
+}
+
+fn read_telemetry(reader: impl BufRead, path: &Path) -> Result<Vec<TelemetrySample>, LoadError> {
+    jsonl::read_all(reader).map_err(|e| LoadError::Parse {
+        path: path.display().to_string(),
+        line: e.line,
+        message: e.message,
+    })
+}
+
+/// Checks a bundle entry's path: relative, no `..`, no root or drive prefix.
+pub fn safe_entry_path(path: &Path) -> Result<(), String> {
+    for c in path.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(format!("entry {:?} contains '..'", path)),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("entry {:?} is an absolute path", path))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct BundleRun {
+    manifest: Option<Manifest>,
+    records: Option<(Vec<TurnRecord>, bool)>,
+    telemetry: Vec<TelemetrySample>,
+}
+
+/// Reads a `runner pack` bundle in place (entries streamed, never written to disk). Every
+/// directory holding a `manifest.json` is a run. Unsafe entry paths reject the whole bundle.
+pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
+    let file = File::open(path).map_err(|e| LoadError::io(path, e))?;
+    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
+    let mut runs: BTreeMap<PathBuf, BundleRun> = BTreeMap::new();
+    let entries = archive.entries().map_err(|e| LoadError::io(path, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LoadError::io(path, e))?;
+        let entry_path = entry
+            .path()
+            .map_err(|e| LoadError::io(path, e))?
+            .into_owned();
+        let in_bundle = |name: &Path| format!("{}!{}", path.display(), name.display());
+        safe_entry_path(&entry_path)
+            .map_err(|m| LoadError::invalid(path, format!("rejected bundle: {m}")))?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(LoadError::invalid(
+                path,
+                format!(
+                    "rejected bundle: entry {:?} is a link or special file",
+                    entry_path
+                ),
+            ));
+        }
+        let Some(name) = entry_path.file_name().map(|n| n.to_string_lossy().into_owned())
+        else {
+            continue;
+        };
+        let dir = entry_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let shown = PathBuf::from(in_bundle(&entry_path));
+        match name.as_str() {
+            files::MANIFEST => {
+                let mut text = Vec::new();
+                let mut entry = entry;
+                entry
+                    .read_to_end(&mut text)
+                    .map_err(|e| LoadError::io(&shown, e))?;
+                runs.entry(dir).or_default().manifest = Some(parse_manifest(&text, &shown)?);
+            }
+            files::TURNS => {
+                let turns = read_turns(BufReader::with_capacity(1 << 20, entry), &shown)?;
+                runs.entry(dir).or_default().records = Some(turns);
+            }
+            files::TELEMETRY => {
+                runs.entry(dir).or_default().telemetry =
+                    read_telemetry(BufReader::new(entry), &shown)?;
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (dir, run) in runs {
+        let shown = |f: &str| PathBuf::from(format!("{}!{}", path.display(), dir.join(f).display()));
+        let Some(manifest) = run.manifest else {
+            continue;
+        };
+        let Some((records, torn)) = run.records else {
+            return Err(LoadError::invalid(shown(files::TURNS), "missing from bundle"));
+        };
+        out.push(finish(manifest, records, run.telemetry, torn, &shown(files::TURNS))?);
+    }
+    if out.is_empty() {
+        return Err(LoadError::invalid(path, "bundle holds no manifest.json"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,696 @@
+//! Page contexts: what each page shows, as preformatted values built by pure functions from the
+//! loaded runs and their aggregates, then rendered by the askama templates in `templates/`.
+
+use crate::aggregate::{CellSeries, RunAggregate};
+use crate::assets;
+use crate::charts::{self, ChartSpec, ConcurrencyLine, Ids};
+use crate::legacy::{LegacyRow, LegacyRun};
+use crate::load::{MeasuredRun, Run, RunData, Skipped};
+use askama::Template;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use turnbench_schema::{CacheMode, CellSummary, Manifest, Percentiles};
+
+pub const VIEWER_HREF: &str = "viewer.html";
+pub const SIMULATED_NOTE: &str = "Simulated: these numbers come from turnbench's simulated SGLang engine (a cost model), not from a real GPU.";
+pub const LEGACY_NOTE: &str = "Legacy import of the seed's files: its \"tokens\" are word counts, not tokenizer tokens, and its per-turn times are averages (trajectory time ÷ turns).";
+
+/// What every page shares: title, navigation, asset links, and the page-wide labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct Layout {
+    pub site_title: String,
+    pub page_title: String,
+    pub nav: Vec<NavLink>,
+    pub css: String,
+    pub plotly: String,
+    pub charts_js: String,
+    /// The page shows simulated numbers: a banner says so.
+    pub simulated: bool,
+    /// The page shows legacy (seed) numbers: a banner says so.
+    pub legacy: bool,
+    pub simulated_note: &'static str,
+    pub legacy_note: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NavLink {
+    pub href: String,
+    pub label: String,
+    pub current: bool,
+}
+
+impl Layout {
+    /// The layout of a page at the site root whose file name is `current`.
+    pub fn new(site_title: &str, page_title: &str, gpus: &[GpuLink], current: &str, simulated: bool, legacy: bool) -> Self {
+        let mut nav = vec![NavLink {
+            href: "index.html".into(),
+            label: "Overview".into(),
+            current: current == "index.html",
+        }];
+        nav.extend(gpus.iter().map(|g| NavLink {
+            href: g.href.clone(),
+            label: format!("GPU {}", g.label),
+            current: current == g.href,
+        }));
+        nav.push(NavLink {
+            href: VIEWER_HREF.into(),
+            label: "Viewer".into(),
+            current: current == VIEWER_HREF,
+        });
+        Layout {
+            site_title: site_title.to_string(),
+            page_title: page_title.to_string(),
+            nav,
+            css: assets::CSS.href(),
+            plotly: assets::PLOTLY.href(),
+            charts_js: assets::CHARTS_JS.href(),
+            simulated,
+            legacy,
+            simulated_note: SIMULATED_NOTE,
+            legacy_note: LEGACY_NOTE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuLink {
+    pub label: String,
+    pub href: String,
+    pub simulated: bool,
+    pub legacy: bool,
+}
+
+/// One run's metadata row on the index.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunMeta {
+    pub id: String,
+    pub source: String,
+    pub simulated: bool,
+    pub legacy: bool,
+    pub created: String,
+    pub model: String,
+    pub engine: String,
+    pub launch_args: String,
+    pub dataset: String,
+    pub tool: String,
+    pub gpus: String,
+    pub turns: String,
+    /// Something the reader should know (torn tail, legacy units).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BestRow {
+    pub gpu: String,
+    pub href: String,
+    pub run_id: String,
+    pub simulated: bool,
+    pub legacy: bool,
+    pub cache_mode: String,
+    pub concurrency: String,
+    pub tok_s: String,
+    pub traj_s: String,
+    pub avg_traj: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedupRow {
+    pub gpu: String,
+    pub run_id: String,
+    pub simulated: bool,
+    pub legacy: bool,
+    pub concurrency: String,
+    pub baseline: String,
+    /// (mode, tok/s, speed-up vs baseline) for each mode measured.
+    pub modes: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexPage {
+    pub runs: Vec<RunMeta>,
+    pub skipped: Vec<Skipped>,
+    pub gpus: Vec<GpuLink>,
+    pub best: Vec<BestRow>,
+    pub speedup_modes: Vec<String>,
+    pub speedups: Vec<SpeedupRow>,
+    pub charts: Vec<ChartSpec>,
+}
+
+/// One row of the seed's table.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedRow {
+    pub concurrency: String,
+    pub total_time: String,
+    pub avg_traj: String,
+    pub traj_s: String,
+    pub tok_s: String,
+    pub total_tokens: String,
+    pub tok_turn: String,
+    pub failed_turns: String,
+    pub best: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedTable {
+    /// DOM id, `seed-<section>-<mode>`.
+    pub id: String,
+    pub cache_mode: String,
+    pub legacy: bool,
+    pub rows: Vec<SeedRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRow {
+    pub concurrency: String,
+    /// TTFT, ITL (per-turn mean), E2E: p50, p90, p99 each, in ms.
+    pub values: Vec<String>,
+    pub cache_hit: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyTable {
+    pub cache_mode: String,
+    pub rows: Vec<LatencyRow>,
+}
+
+/// One run's part of a GPU page.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuSection {
+    pub run_id: String,
+    pub simulated: bool,
+    pub legacy: bool,
+    pub seed_tables: Vec<SeedTable>,
+    pub latency_tables: Vec<LatencyTable>,
+    pub errors: Vec<(String, String)>,
+    pub charts: Vec<ChartSpec>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuPage {
+    pub label: String,
+    pub href: String,
+    pub sections: Vec<GpuSection>,
+}
+
+impl GpuPage {
+    pub fn charts(&self) -> Vec<&ChartSpec> {
+        self.sections.iter().flat_map(|s| s.charts.iter()).collect()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+pub struct IndexTemplate<'a> {
+    pub layout: &'a Layout,
+    pub page: &'a IndexPage,
+}
+
+#[derive(Template)]
+#[template(path = "gpu.html")]
+pub struct GpuTemplate<'a> {
+    pub layout: &'a Layout,
+    pub page: &'a GpuPage,
+    pub charts: Vec<&'a ChartSpec>,
+}
+
+/// All page contexts of a site.
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub title: String,
+    pub index: IndexPage,
+    pub gpu_pages: Vec<GpuPage>,
+}
+
+impl Site {
+    pub fn layout(&self, page_title: &str, current: &str, simulated: bool, legacy: bool) -> Layout {
+        Layout::new(&self.title, page_title, &self.index.gpus, current, simulated, legacy)
+    }
+
+    pub fn render_index(&self) -> askama::Result<String> {
+        let any_sim = self.index.runs.iter().any(|r| r.simulated);
+        let any_legacy = self.index.runs.iter().any(|r| r.legacy);
+        let layout = self.layout(&self.title, "index.html", any_sim, any_legacy);
+        IndexTemplate { layout: &layout, page: &self.index }.render()
+    }
+
+    pub fn render_gpu(&self, page: &GpuPage) -> askama::Result<String> {
+        let sim = page.sections.iter().any(|s| s.simulated);
+        let legacy = page.sections.iter().any(|s| s.legacy);
+        let layout = self.layout(&format!("GPU {}", page.label), &page.href, sim, legacy);
+        GpuTemplate { layout: &layout, page, charts: page.charts() }.render()
+    }
+}
+
+// ---- formatting ----
+
+pub fn num(v: f64, decimals: usize) -> String {
+    format!("{v:.decimals$}")
+}
+
+pub fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "—".to_string(), |v| num(v, decimals))
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_string(), |v| num(v * 1e3, 1))
+}
+
+/// A GPU label as a file-name part: ASCII letters, digits, `-` and `_` kept, others `_`.
+pub fn sanitize_label(label: &str) -> String {
+    let s: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(64)
+        .collect();
+    if s.is_empty() { "gpu".into() } else { s }
+}
+
+/// Masks values of secret-looking flags (`--api-key X`, `--api-key=X`, `*token*`, …).
+pub fn mask_secrets(args: &[String]) -> String {
+    let secret = |a: &str| {
+        let a = a.to_ascii_lowercase();
+        a.starts_with('-') && ["key", "token", "secret", "password", "auth"].iter().any(|w| a.contains(w))
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut mask_next = false;
+    for a in args {
+        if mask_next {
+            out.push("***".to_string());
+            mask_next = false;
+        } else if let Some((flag, _)) = a.split_once('=').filter(|(f, _)| secret(f)) {
+            out.push(format!("{flag}=***"));
+        } else {
+            mask_next = secret(a);
+            out.push(a.clone());
+        }
+    }
+    out.join(" ")
+}
+
+fn joined<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let set: BTreeSet<&str> = items.filter(|s| !s.is_empty()).collect();
+    if set.is_empty() { "—".into() } else { set.into_iter().collect::<Vec<_>>().join(", ") }
+}
+
+fn run_meta(run: &Run) -> RunMeta {
+    match &run.data {
+        RunData::Measured(m) => measured_meta(run, m),
+        RunData::Legacy(l) => RunMeta {
+            id: l.id.clone(),
+            source: run.source.clone(),
+            simulated: false,
+            legacy: true,
+            created: "—".into(),
+            model: "—".into(),
+            engine: "—".into(),
+            launch_args: "—".into(),
+            dataset: "—".into(),
+            tool: "seed scripts".into(),
+            gpus: l.gpu.clone(),
+            turns: l.turns.len().to_string(),
+            notes: vec![LEGACY_NOTE.into()],
+        },
+    }
+}
+
+fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
+    let man: &Manifest = &m.manifest;
+    let sim_model = man.backend.sim.as_ref().map(|s| s.model.as_str());
+    let model = joined(man.servers.iter().filter_map(|s| s.model_path.as_deref()).chain(sim_model));
+    let versions = joined(man.servers.iter().filter_map(|s| s.version.as_deref()));
+    let kind = match man.backend.kind {
+        turnbench_schema::BackendKind::Sglang => "SGLang",
+        turnbench_schema::BackendKind::Openai => "OpenAI-compatible",
+        turnbench_schema::BackendKind::Sim => "simulated SGLang engine",
+    };
+    let mut engine = format!("{kind} {versions} ({}, {} API)", man.backend.access, man.backend.api);
+    if let Some(sim) = &man.backend.sim {
+        engine.push_str(&format!("; GPU profile {}, time scale ×{}", sim.gpu_profile, sim.time_scale));
+    }
+    let launch = joined(
+        man.servers
+            .iter()
+            .filter_map(|s| s.launch_command.as_ref().map(|c| mask_secrets(c)))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+    );
+    let d = &man.dataset;
+    let hash = d.content_hash.as_deref().map(|h| format!(", sha256 {}", &h[..h.len().min(12)])).unwrap_or_default();
+    let gpus = joined(man.gpus.iter().map(|g| g.label.as_str()));
+    let mut notes = Vec::new();
+    if m.truncated_tail {
+        notes.push("turns.jsonl ended in a torn line (interrupted run); that line was ignored.".into());
+    }
+    RunMeta {
+        id: man.run_id.clone(),
+        source: run.source.clone(),
+        simulated: man.simulated,
+        legacy: false,
+        created: man.created.clone(),
+        model,
+        engine,
+        launch_args: launch,
+        dataset: format!("{}: {} ({} trajectories, {} turns{hash})", d.kind, d.source, d.trajectories, d.turns),
+        tool: format!(
+            "{} {}{}",
+            man.tool.name,
+            man.tool.version,
+            man.tool.git_commit.as_deref().map(|c| format!(" ({})", &c[..c.len().min(12)])).unwrap_or_default()
+        ),
+        gpus,
+        turns: m.records.len().to_string(),
+        notes,
+    }
+}
+
+/// Builds every page context. `aggregates[i]` belongs to `runs[i]` (None for legacy runs).
+pub fn site(title: &str, runs: &[Run], aggregates: &[Option<RunAggregate>], skipped: &[Skipped]) -> Site {
+    // GPU labels in first-seen order, with their runs.
+    let mut labels: Vec<String> = Vec::new();
+    let mut push = |l: &str| {
+        if !labels.iter().any(|x| x == l) {
+            labels.push(l.to_string());
+        }
+    };
+    for (run, agg) in runs.iter().zip(aggregates) {
+        match (&run.data, agg) {
+            (RunData::Measured(_), Some(a)) => a.gpus().into_iter().for_each(&mut push),
+            (RunData::Legacy(l), _) => push(&l.gpu),
+            _ => {}
+        }
+    }
+    let mut used = BTreeSet::new();
+    let gpus: Vec<GpuLink> = labels
+        .iter()
+        .map(|label| {
+            let base = sanitize_label(label);
+            let mut name = base.clone();
+            let mut n = 2;
+            while !used.insert(name.clone()) {
+                name = format!("{base}-{n}");
+                n += 1;
+            }
+            let on = |run: &Run, agg: &Option<RunAggregate>| match (&run.data, agg) {
+                (RunData::Measured(_), Some(a)) => a.gpus().contains(&label.as_str()),
+                (RunData::Legacy(l), _) => &l.gpu == label,
+                _ => false,
+            };
+            GpuLink {
+                label: label.clone(),
+                href: format!("gpu-{name}.html"),
+                simulated: runs.iter().zip(aggregates).any(|(r, a)| on(r, a) && r.simulated()),
+                legacy: runs.iter().zip(aggregates).any(|(r, a)| on(r, a) && matches!(r.data, RunData::Legacy(_))),
+            }
+        })
+        .collect();
+
+    let gpu_pages = gpus
+        .iter()
+        .map(|g| gpu_page(g, runs, aggregates))
+        .collect();
+    Site {
+        title: title.to_string(),
+        index: index_page(&gpus, runs, aggregates, skipped),
+        gpu_pages,
+    }
+}
+
+fn href_of<'a>(gpus: &'a [GpuLink], label: &str) -> &'a str {
+    gpus.iter().find(|g| g.label == label).map_or("index.html", |g| g.href.as_str())
+}
+
+fn index_page(gpus: &[GpuLink], runs: &[Run], aggregates: &[Option<RunAggregate>], skipped: &[Skipped]) -> IndexPage {
+    let several_runs = runs.len() > 1;
+    let mut best = Vec::new();
+    let mut lines = Vec::new();
+    let mut limit_lines = Vec::new();
+    let mut speedups = Vec::new();
+    let mut speedup_bars: Vec<(String, Vec<(u32, f64)>)> = Vec::new();
+    let mut baselines = BTreeSet::new();
+    let mut speedup_modes = BTreeSet::new();
+    for (run, agg) in runs.iter().zip(aggregates) {
+        let suffix = if several_runs { format!(" · {}", run.id()) } else { String::new() };
+        match (&run.data, agg) {
+            (RunData::Measured(m), Some(a)) => {
+                for gpu in a.gpus() {
+                    let cells: Vec<&CellSummary> = a.cells_of(gpu).map(|c| &c.summary).collect();
+                    if let Some(b) = a.best.iter().find(|b| b.gpu == gpu && b.cache_mode.is_none() && b.criterion == "output_tok_per_s") {
+                        if let Some(c) = cells.iter().find(|c| c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency) {
+                            best.push(BestRow {
+                                gpu: gpu.to_string(),
+                                href: href_of(gpus, gpu).to_string(),
+                                run_id: run.id().to_string(),
+                                simulated: run.simulated(),
+                                legacy: false,
+                                cache_mode: c.cache_mode.to_string(),
+                                concurrency: c.concurrency.to_string(),
+                                tok_s: num(c.output_tok_per_s, 1),
+                                traj_s: num(c.traj_per_s, 4),
+                                avg_traj: opt(c.avg_traj_time_s, 2),
+                            });
+                        }
+                    }
+                    for mode in CacheMode::ALL {
+                        let pts: Vec<(u32, f64)> = cells.iter().filter(|c| c.cache_mode == mode).map(|c| (c.concurrency, c.output_tok_per_s)).collect();
+                        if !pts.is_empty() {
+                            lines.push(ConcurrencyLine { name: format!("{gpu} · {mode}{suffix}"), points: pts, limit: false });
+                        }
+                    }
+                    if let Some(l) = m.manifest.limits.iter().find(|l| l.gpu == gpu) {
+                        limit_lines.push(ConcurrencyLine { name: format!("{gpu} physical limit{suffix}"), points: l.decode_tok_per_s.clone(), limit: true });
+                    }
+                    // Speed-up of each cache mode against the baseline (none if measured, else prefix).
+                    let modes: Vec<CacheMode> = CacheMode::ALL.into_iter().filter(|m| cells.iter().any(|c| c.cache_mode == *m)).collect();
+                    if modes.len() >= 2 {
+                        let base = if modes.contains(&CacheMode::None) { CacheMode::None } else { modes[0] };
+                        baselines.insert(base.to_string());
+                        let mut per_mode: BTreeMap<CacheMode, Vec<(u32, f64)>> = BTreeMap::new();
+                        for bc in cells.iter().filter(|c| c.cache_mode == base) {
+                            let mut row = SpeedupRow {
+                                gpu: gpu.to_string(),
+                                run_id: run.id().to_string(),
+                                simulated: run.simulated(),
+                                legacy: false,
+                                concurrency: bc.concurrency.to_string(),
+                                baseline: base.to_string(),
+                                modes: Vec::new(),
+                            };
+                            for mode in &modes {
+                                speedup_modes.insert(mode.to_string());
+                                match cells.iter().find(|c| c.cache_mode == *mode && c.concurrency == bc.concurrency) {
+                                    Some(c) if bc.output_tok_per_s > 0.0 => {
+                                        let x = c.output_tok_per_s / bc.output_tok_per_s;
+                                        row.modes.push((mode.to_string(), num(c.output_tok_per_s, 1), format!("×{}", num(x, 2))));
+                                        if *mode != base {
+                                            per_mode.entry(*mode).or_default().push((bc.concurrency, x));
+                                        }
+                                    }
+                                    _ => row.modes.push((mode.to_string(), "—".into(), "—".into())),
+                                }
+                            }
+                            speedups.push(row);
+                        }
+                        for (mode, pts) in per_mode {
+                            speedup_bars.push((format!("{gpu} · {mode} ÷ {base}{suffix}"), pts));
+                        }
+                    }
+                }
+            }
+            (RunData::Legacy(l), _) => {
+                if let Some(row) = legacy_best(&l.rows) {
+                    best.push(BestRow {
+                        gpu: l.gpu.clone(),
+                        href: href_of(gpus, &l.gpu).to_string(),
+                        run_id: l.id.clone(),
+                        simulated: false,
+                        legacy: true,
+                        cache_mode: "seed (prefix)".into(),
+                        concurrency: row.batch_size.to_string(),
+                        tok_s: format!("{} words/s", opt(row.tok_per_s, 1)),
+                        traj_s: opt(row.traj_per_s, 4),
+                        avg_traj: opt(row.avg_traj_time_s, 2),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut ids = Ids::default();
+    let mut charts_out = Vec::new();
+    if !lines.is_empty() {
+        lines.extend(limit_lines);
+        charts_out.push(charts::throughput_vs_concurrency(&mut ids, "Token throughput vs concurrency, all GPUs", &lines));
+    }
+    if !speedup_bars.is_empty() {
+        let base = baselines.into_iter().collect::<Vec<_>>().join("/");
+        charts_out.push(charts::speedup(&mut ids, &speedup_bars, &base));
+    }
+    let order = |m: &String| CacheMode::ALL.iter().position(|c| c.as_str() == m);
+    let mut speedup_modes: Vec<String> = speedup_modes.into_iter().collect();
+    speedup_modes.sort_by_key(order);
+    for row in &mut speedups {
+        row.modes.sort_by_key(|m| order(&m.0));
+    }
+    IndexPage {
+        runs: runs.iter().map(run_meta).collect(),
+        skipped: skipped.to_vec(),
+        gpus: gpus.to_vec(),
+        best,
+        speedup_modes,
+        speedups,
+        charts: charts_out,
+    }
+}
+
+fn legacy_best(rows: &[LegacyRow]) -> Option<&LegacyRow> {
+    rows.iter()
+        .filter(|r| r.tok_per_s.is_some())
+        .max_by(|a, b| a.tok_per_s.unwrap_or(0.0).total_cmp(&b.tok_per_s.unwrap_or(0.0)))
+}
+
+fn gpu_page(link: &GpuLink, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> GpuPage {
+    let mut ids = Ids::default();
+    let mut sections = Vec::new();
+    for (run, agg) in runs.iter().zip(aggregates) {
+        let n = sections.len();
+        match (&run.data, agg) {
+            (RunData::Measured(m), Some(a)) if a.gpus().contains(&link.label.as_str()) => {
+                sections.push(measured_section(&mut ids, n, run, m, a, &link.label));
+            }
+            (RunData::Legacy(l), _) if l.gpu == link.label => {
+                sections.push(legacy_section(&mut ids, n, l));
+            }
+            _ => {}
+        }
+    }
+    GpuPage { label: link.label.clone(), href: link.href.clone(), sections }
+}
+
+fn seed_row(c: &CellSummary, best: bool) -> SeedRow {
+    SeedRow {
+        concurrency: c.concurrency.to_string(),
+        total_time: num(c.total_time_s, 2),
+        avg_traj: opt(c.avg_traj_time_s, 2),
+        traj_s: num(c.traj_per_s, 4),
+        tok_s: num(c.output_tok_per_s, 1),
+        total_tokens: c.total_output_tokens.to_string(),
+        tok_turn: opt(c.tokens_per_turn, 1),
+        failed_turns: c.failed_turns.to_string(),
+        best,
+    }
+}
+
+fn pct3(p: &Percentiles) -> [String; 3] {
+    [ms(p.p50), ms(p.p90), ms(p.p99)]
+}
+
+fn measured_section(ids: &mut Ids, n: usize, run: &Run, m: &MeasuredRun, a: &RunAggregate, gpu: &str) -> GpuSection {
+    let cells: Vec<&CellSeries> = a.cells_of(gpu).collect();
+    let modes: Vec<CacheMode> = CacheMode::ALL.into_iter().filter(|md| cells.iter().any(|c| c.summary.cache_mode == *md)).collect();
+    let mut seed_tables = Vec::new();
+    let mut latency_tables = Vec::new();
+    let mut charts_out = Vec::new();
+    let mut lines = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for mode in &modes {
+        let mc: Vec<&CellSeries> = cells.iter().copied().filter(|c| c.summary.cache_mode == *mode).collect();
+        let best = a.best.iter().find(|b| b.gpu == gpu && b.cache_mode == Some(*mode) && b.criterion == "output_tok_per_s");
+        seed_tables.push(SeedTable {
+            id: format!("seed-{n}-{mode}"),
+            cache_mode: mode.to_string(),
+            legacy: false,
+            rows: mc.iter().map(|c| seed_row(&c.summary, best.is_some_and(|b| b.best_concurrency == c.summary.concurrency))).collect(),
+        });
+        latency_tables.push(LatencyTable {
+            cache_mode: mode.to_string(),
+            rows: mc
+                .iter()
+                .map(|c| {
+                    let s = &c.summary;
+                    let mut values = Vec::new();
+                    values.extend(pct3(&s.ttft));
+                    values.extend([s.itl_turn_mean.p50, s.itl_turn_mean.p90, s.itl_turn_mean.p99].map(|v| v.map_or_else(|| "—".into(), |v| num(v * 1e3, 2))));
+                    values.extend(pct3(&s.e2e));
+                    LatencyRow {
+                        concurrency: s.concurrency.to_string(),
+                        values,
+                        cache_hit: s.cache_hit_ratio.map_or_else(|| "—".into(), |r| format!("{}%", num(r * 100.0, 1))),
+                    }
+                })
+                .collect(),
+        });
+        for c in &mc {
+            for (k, v) in &c.summary.errors {
+                *errors.entry(format!("{mode} c={}: {k}", c.summary.concurrency)).or_default() += v;
+            }
+        }
+        lines.push(ConcurrencyLine { name: mode.to_string(), points: mc.iter().map(|c| (c.summary.concurrency, c.summary.output_tok_per_s)).collect(), limit: false });
+    }
+    if let Some(l) = m.manifest.limits.iter().find(|l| l.gpu == gpu) {
+        lines.push(ConcurrencyLine { name: "physical limit".into(), points: l.decode_tok_per_s.clone(), limit: true });
+    }
+    charts_out.push(charts::throughput_vs_concurrency(ids, "Token throughput vs concurrency", &lines));
+    for mode in &modes {
+        let mc: Vec<&CellSeries> = cells.iter().copied().filter(|c| c.summary.cache_mode == *mode).collect();
+        charts_out.push(charts::throughput_over_time(ids, *mode, &mc, false));
+        charts_out.push(charts::throughput_over_time(ids, *mode, &mc, true));
+        charts_out.push(charts::by_turn_band(ids, *mode, &mc, "TTFT", |t| t.ttft));
+        charts_out.push(charts::by_turn_band(ids, *mode, &mc, "E2E latency", |t| t.e2e));
+        charts_out.push(charts::prompt_vs_cached(ids, *mode, &mc));
+        charts_out.push(charts::in_flight(ids, *mode, &mc));
+        charts_out.push(charts::latency_distribution(ids, *mode, &mc, "TTFT", |c| &c.ttft_quantiles));
+        charts_out.push(charts::latency_distribution(ids, *mode, &mc, "E2E latency", |c| &c.e2e_quantiles));
+    }
+    for series in a.telemetry.iter().filter(|s| s.gpu == gpu) {
+        charts_out.push(charts::telemetry(ids, series));
+    }
+    GpuSection {
+        run_id: run.id().to_string(),
+        simulated: run.simulated(),
+        legacy: false,
+        seed_tables,
+        latency_tables,
+        errors: errors.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+        charts: charts_out,
+    }
+}
+
+fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
+    let best = legacy_best(&l.rows).map(|r| r.batch_size);
+    let rows = l
+        .rows
+        .iter()
+        .map(|r| SeedRow {
+            concurrency: r.batch_size.to_string(),
+            total_time: opt(r.total_time_s, 2),
+            avg_traj: opt(r.avg_traj_time_s, 2),
+            traj_s: opt(r.traj_per_s, 4),
+            tok_s: opt(r.tok_per_s, 1),
+            total_tokens: opt(r.total_tokens, 0),
+            tok_turn: opt(r.tokens_per_turn, 1),
+            failed_turns: "—".into(),
+            best: best == Some(r.batch_size),
+        })
+        .collect();
+    let mut charts_out = Vec::new();
+    let pts: Vec<(u32, f64)> = l.rows.iter().filter_map(|r| Some((r.batch_size, r.tok_per_s?))).collect();
+    if !pts.is_empty() {
+        let mut c = charts::throughput_vs_concurrency(ids, "Legacy: word throughput vs batch size", &[ConcurrencyLine { name: "seed (words/s)".into(), points: pts, limit: false }]);
+        c.note = "LEGACY (seed import): throughput counts words, not tokens.".into();
+        c.layout["yaxis"]["title"]["text"] = "words/s (legacy)".into();
+        charts_out.push(c);
+    }
+    if l.turns.iter().any(|t| t.turn_time_avg_s.is_some()) {
+        charts_out.push(charts::legacy_turn_time(ids, l));
+    }
+    GpuSection {
+        run_id: l.id.clone(),
+        simulated: false,
+        legacy: true,
+        seed_tables: vec![SeedTable { id: format!("seed-{n}-legacy"), cache_mode: "seed".into(), legacy: true, rows }],
+        latency_tables: Vec::new(),
+        errors: Vec::new(),
+        charts: charts_out,
+    }
+}

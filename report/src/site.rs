@@ -1,0 +1,187 @@
+//! `report build`: load → aggregate → page contexts → templates → `site/` (and `--archive`).
+//! The site is written into a staging directory beside `--out` and moved into place at the
+//! end, so a failed build never leaves half a site.
+
+use crate::aggregate::{self, RunAggregate};
+use crate::load::{self, Run, RunData};
+use crate::pages::{self, Site};
+use crate::{archive, assets, data, viewer};
+use anyhow::{bail, Context as _};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Validated options of one build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Run directories, bundles, legacy files, or folders of them. Empty: `results/`.
+    pub inputs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub archive: Option<PathBuf>,
+    pub title: String,
+    /// Also write each page's context as `<page>.json` next to it (debugging).
+    pub dump_contexts: bool,
+}
+
+/// What a build did, for the command line.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub runs: usize,
+    pub records: usize,
+    pub skipped: Vec<load::Skipped>,
+    pub pages: Vec<String>,
+    pub site_bytes: u64,
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
+    let mut timings = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
+        timings.push((name, clock.elapsed().as_secs_f64()));
+        clock = Instant::now();
+    };
+    let inputs = if opts.inputs.is_empty() {
+        let default = PathBuf::from("results");
+        if !default.is_dir() {
+            bail!("no inputs given and no results/ directory here: name run directories, .tar.gz bundles or per_turn_*.jsonl files");
+        }
+        vec![default]
+    } else {
+        opts.inputs.clone()
+    };
+    let (classified, mut skipped) = load::classify(&inputs);
+    let loaded = load::load_all(&classified);
+    skipped.extend(loaded.skipped);
+    let runs = loaded.runs;
+    if runs.is_empty() {
+        let reasons: Vec<String> = skipped.iter().map(|s| format!("  {}: {}", s.source, s.reason)).collect();
+        bail!("no run could be loaded from {:?}\n{}", inputs, reasons.join("\n"));
+    }
+    lap("load", &mut timings);
+
+    let aggregates: Vec<Option<RunAggregate>> = runs
+        .iter()
+        .map(|r| match &r.data {
+            RunData::Measured(m) => Some(aggregate::aggregate(m)),
+            RunData::Legacy(_) => None,
+        })
+        .collect();
+    lap("aggregate", &mut timings);
+
+    let site = pages::site(&opts.title, &runs, &aggregates, &skipped);
+    lap("contexts", &mut timings);
+
+    let staging = staging_dir(&opts.out)?;
+    let pages = write_site(staging.path(), &site, &runs, &aggregates, opts.dump_contexts)?;
+    lap("write", &mut timings);
+    let site_bytes = dir_size(staging.path())?;
+    replace_dir(staging, &opts.out)?;
+    if let Some(dest) = &opts.archive {
+        archive::write(&opts.out, dest)?;
+        lap("archive", &mut timings);
+    }
+    Ok(BuildReport {
+        runs: runs.len(),
+        records: runs
+            .iter()
+            .map(|r| match &r.data {
+                RunData::Measured(m) => m.records.len(),
+                RunData::Legacy(l) => l.turns.len(),
+            })
+            .sum(),
+        skipped,
+        pages,
+        site_bytes,
+        timings,
+    })
+}
+
+/// Writes pages, assets, data and the viewer into `dir`; returns the page file names.
+pub fn write_site(
+    dir: &Path,
+    site: &Site,
+    runs: &[Run],
+    aggregates: &[Option<RunAggregate>],
+    dump_contexts: bool,
+) -> anyhow::Result<Vec<String>> {
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    let mut pages = Vec::new();
+    write("index.html", &site.render_index().context("rendering index.html")?)?;
+    pages.push("index.html".to_string());
+    if dump_contexts {
+        write("index.json", &serde_json::to_string_pretty(&site.index)?)?;
+    }
+    for page in &site.gpu_pages {
+        let html = site.render_gpu(page).with_context(|| format!("rendering {}", page.href))?;
+        write(&page.href, &html)?;
+        if dump_contexts {
+            write(&page.href.replace(".html", ".json"), &serde_json::to_string_pretty(page)?)?;
+        }
+        pages.push(page.href.clone());
+    }
+    write(".nojekyll", "")?;
+    assets::write_all(dir)?;
+    data::write(dir, runs, aggregates)?;
+    let records: Vec<viewer::RunRecords<'_>> = runs
+        .iter()
+        .filter_map(|r| match &r.data {
+            RunData::Measured(m) => Some(viewer::RunRecords {
+                run_id: &m.manifest.run_id,
+                simulated: m.manifest.simulated,
+                records: &m.records,
+            }),
+            RunData::Legacy(_) => None,
+        })
+        .collect();
+    viewer::write(dir, &records).context("writing the viewer")?;
+    Ok(pages)
+}
+
+fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    tempfile::Builder::new()
+        .prefix(".site-staging-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))
+}
+
+/// Moves the staged site to `out`, replacing a previous site there (recognised by its
+/// `.nojekyll`); refuses to delete any other non-empty directory.
+fn replace_dir(staging: tempfile::TempDir, out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        let empty = std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_none();
+        if !empty && !out.join(".nojekyll").is_file() {
+            bail!("{} exists and is not a site written by `report build` (no .nojekyll); refusing to replace it", out.display());
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("removing the old site {}", out.display()))?;
+    }
+    let path = staging.keep();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting permissions of {}", path.display()))?;
+    }
+    std::fs::rename(&path, out).with_context(|| format!("moving {} to {}", path.display(), out.display()))?;
+    Ok(())
+}
+
+pub fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() { dir_size(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}

@@ -1,0 +1,305 @@
+//! How a GPU's server comes to exist (the backend seam, STYLE.md §4): the simulated engine
+//! in process on a loopback port (`sim`), a spawned server process (`launch`), or an existing
+//! URL (`attach`). Whatever the kind, the sweep talks to it over real HTTP.
+//!
+//! `launch` runs the plan's command with `CUDA_VISIBLE_DEVICES=<gpu>` in its own process
+//! group, logs to `results/<run>/logs/`, waits for `GET /health_generate` (the error carries
+//! the log tail), and stops the whole group with SIGTERM, then SIGKILL after a grace period —
+//! also when dropped (error or Ctrl-C).
+
+use crate::client::Client;
+use crate::plan::{BackendChoice, Plan};
+use anyhow::{bail, Context as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A running (or attached) server for one GPU.
+pub struct Server {
+    pub gpu: String,
+    pub url: String,
+    /// False when started with `--disable-radix-cache` (the `none` cache mode).
+    pub radix: bool,
+    /// The command line, when launched (API keys masked).
+    pub launch_command: Option<Vec<String>>,
+    inner: Inner,
+}
+
+enum Inner {
+    Sim(Box<crate::sim::server::SimHandle>),
+    Launched(Launched),
+    Attached,
+}
+
+impl Server {
+    /// Start (or attach to) the server of `gpu`, with or without the radix cache.
+    pub async fn start(
+        plan: &Plan,
+        gpu: &str,
+        radix: bool,
+        logs: &Path,
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Server> {
+        let index = plan.gpus.iter().position(|g| g == gpu).unwrap_or(0);
+        match plan.backend {
+            BackendChoice::Attach => Ok(Server {
+                gpu: gpu.into(),
+                url: plan.urls[index].trim_end_matches('/').to_string(),
+                radix,
+                launch_command: None,
+                inner: Inner::Attached,
+            }),
+            BackendChoice::Sim => {
+                let profile = if crate::sim::cost::GpuProfile::builtin(gpu).is_some() {
+                    gpu.to_string()
+                } else {
+                    plan.sim_gpu.clone()
+                };
+                let mut argv: Vec<String> = [
+                    "--host", "127.0.0.1", "--port", "0", "--model-path", &plan.model_path,
+                    "--sim-gpu", &profile, "--mem-fraction-static",
+                    &plan.mem_fraction_static.to_string(), "--max-total-tokens",
+                    &plan.max_total_tokens.to_string(), "--sim-time-scale",
+                    &plan.sim_time_scale.to_string(), "--sim-seed", &plan.seed.to_string(),
+                ]
+                .map(String::from)
+                .to_vec();
+                if plan.metrics {
+                    argv.push("--enable-metrics".into());
+                }
+                if !radix {
+                    argv.push("--disable-radix-cache".into());
+                }
+                if let Some(k) = api_key {
+                    argv.extend(["--api-key".into(), k.into()]);
+                }
+                argv.extend(plan.sim_args.iter().cloned());
+                let (args, unknown) = crate::sim::cli::SimArgs::parse(&argv)
+                    .with_context(|| format!("sim_args: {:?}", plan.sim_args))?;
+                if !unknown.is_empty() {
+                    tracing::warn!("sim_args: ignored unknown flags {unknown:?}");
+                }
+                let handle = crate::sim::server::start(args)
+                    .await
+                    .with_context(|| format!("starting the simulated server for GPU {gpu}"))?;
+                Ok(Server {
+                    gpu: gpu.into(),
+                    url: handle.base_url(),
+                    radix,
+                    launch_command: None,
+                    inner: Inner::Sim(Box::new(handle)),
+                })
+            }
+            BackendChoice::Launch => {
+                let port = plan.port_base as u32 + plan.port_step as u32 * gpu.parse::<u32>()?;
+                let port = u16::try_from(port).context("port_base + port_step·gpu exceeds 65535")?;
+                let argv = launch_argv(plan, gpu, port, radix);
+                let log = logs.join(format!(
+                    "server-gpu{gpu}-{}.log",
+                    if radix { "radix" } else { "no-radix" }
+                ));
+                let launched = Launched::spawn(&argv, gpu, &log)?;
+                let host = if plan.host == "0.0.0.0" { "127.0.0.1" } else { &plan.host };
+                let url = format!("http://{host}:{port}");
+                let client = Client::new(&url, api_key.map(String::from));
+                let timeout = Duration::from_secs_f64(plan.launch_timeout_s);
+                let mut launched = launched;
+                launched.wait_ready(&client, timeout).await?;
+                Ok(Server {
+                    gpu: gpu.into(),
+                    url,
+                    radix,
+                    launch_command: Some(mask_secrets(&argv)),
+                    inner: Inner::Launched(launched),
+                })
+            }
+        }
+    }
+
+    /// Stop the server (attached servers are left alone).
+    pub async fn stop(self) {
+        match self.inner {
+            Inner::Sim(h) => h.shutdown().await,
+            Inner::Launched(mut l) => l.stop().await,
+            Inner::Attached => {}
+        }
+    }
+}
+
+/// The launch command for one GPU, placeholders filled.
+pub fn launch_argv(plan: &Plan, gpu: &str, port: u16, radix: bool) -> Vec<String> {
+    let mut argv: Vec<String> = plan
+        .launch_command
+        .iter()
+        .map(|a| {
+            a.replace("{model_path}", &plan.model_path)
+                .replace("{host}", &plan.host)
+                .replace("{port}", &port.to_string())
+                .replace("{gpu}", gpu)
+                .replace("{mem_fraction_static}", &plan.mem_fraction_static.to_string())
+                .replace("{max_total_tokens}", &plan.max_total_tokens.to_string())
+        })
+        .collect();
+    if !radix {
+        argv.push("--disable-radix-cache".into());
+    }
+    argv
+}
+
+/// Replace the value of `--api-key`-like flags with `***`.
+pub fn mask_secrets(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut mask_next = false;
+    for a in argv {
+        if mask_next {
+            out.push("***".into());
+            mask_next = false;
+            continue;
+        }
+        let flag = a.split('=').next().unwrap_or("");
+        if crate::client::is_secret_key(&flag.trim_start_matches('-').replace('-', "_")) {
+            if a.contains('=') {
+                out.push(format!("{flag}=***"));
+            } else {
+                out.push(a.clone());
+                mask_next = true;
+            }
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// A spawned server process group.
+struct Launched {
+    child: tokio::process::Child,
+    pgid: Option<rustix::process::Pid>,
+    log: PathBuf,
+    stopped: bool,
+}
+
+impl Launched {
+    fn spawn(argv: &[String], gpu: &str, log: &Path) -> anyhow::Result<Launched> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone().with_context(|| format!("opening {}", log.display()))?;
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env("CUDA_VISIBLE_DEVICES", gpu)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("launch_command: cannot start {:?}", argv[0]))?;
+        let pgid = child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32));
+        tracing::info!("GPU {gpu}: launched {:?} (log {})", mask_secrets(argv), log.display());
+        Ok(Launched {
+            child,
+            pgid,
+            log: log.to_path_buf(),
+            stopped: false,
+        })
+    }
+
+    async fn wait_ready(&mut self, client: &Client, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.stopped = true;
+                bail!(
+                    "the launched server exited ({status}) before it was ready; log {}:\n{}",
+                    self.log.display(),
+                    log_tail(&self.log, 30)
+                );
+            }
+            if client
+                .is_ready("/health_generate", Duration::from_secs(30))
+                .await
+            {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                self.stop().await;
+                bail!(
+                    "the launched server was not ready after {:.0} s (launch_timeout_s); log {}:\n{}",
+                    timeout.as_secs_f64(),
+                    self.log.display(),
+                    log_tail(&self.log, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        if let Some(pg) = self.pgid {
+            let _ = rustix::process::kill_process_group(pg, sig);
+        }
+    }
+
+    /// SIGTERM the group, wait up to 20 s, then SIGKILL it.
+    async fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.signal(rustix::process::Signal::TERM);
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("launched server ignored SIGTERM for 20 s; sending SIGKILL");
+        }
+        // Children of the server may outlive it: the group goes either way.
+        self.signal(rustix::process::Signal::KILL);
+        let _ = self.child.wait().await;
+        self.stopped = true;
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.signal(rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.signal(rustix::process::Signal::KILL);
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_masked_in_launch_commands() {
+        let a: Vec<String> = ["x", "--api-key", "s3", "--admin-api-key=s4", "--port", "1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            mask_secrets(&a),
+            ["x", "--api-key", "***", "--admin-api-key=***", "--port", "1"]
+        );
+    }
+}

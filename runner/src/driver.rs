@@ -1,0 +1,271 @@
+//! One cell of a sweep: a closed loop of N workers over the cell's trajectories.
+//!
+//! Who runs next is pure code ([`ClosedLoop`], [`think_sleep`]); the workers only take the
+//! next trajectory, send its turns in order, record each turn and sleep the think time.
+//! A failed turn is recorded and ends its trajectory; the worker takes the next one.
+
+use crate::client::{Api, Client, Outcome, Prompt, Sampling, Session};
+use crate::console::GpuProgress;
+use crate::conversation::Conversation;
+use crate::plan::ThinkTime;
+use crate::record::{Recorder, Todo};
+use crate::workload::Workload;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use turnbench_schema::manifest::CellId;
+use turnbench_schema::{CacheMode, HistorySource, ItlSummary, TurnRecord};
+
+/// The closed loop's queue: each free worker takes the next trajectory (in dataset order).
+#[derive(Debug, Default)]
+pub struct ClosedLoop {
+    queue: VecDeque<(usize, u32)>,
+}
+
+impl ClosedLoop {
+    pub fn new(todo: Todo) -> ClosedLoop {
+        ClosedLoop {
+            queue: todo.into(),
+        }
+    }
+
+    /// The next (trajectory, attempt) to run, or `None` when the cell is drained.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<(usize, u32)> {
+        self.queue.pop_front()
+    }
+}
+
+/// Wall time to sleep for `engine_s` seconds of think time at `time_scale` engine seconds per
+/// wall second (1 for real servers).
+pub fn think_sleep(engine_s: f64, time_scale: f64) -> Duration {
+    if engine_s <= 0.0 || !engine_s.is_finite() {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(engine_s / time_scale)
+}
+
+/// Everything a cell's workers share.
+pub struct CellCtx {
+    pub cell: CellId,
+    pub client: Client,
+    pub api: Api,
+    pub sampling: Sampling,
+    pub history: HistorySource,
+    pub think: ThinkTime,
+    /// Engine seconds per wall second: recorded times are wall × this.
+    pub time_scale: f64,
+    /// Recorded answer lengths in tokens per (trajectory, turn), for `output_len = recorded`.
+    pub recorded_lens: Option<Arc<Vec<Vec<Option<u32>>>>>,
+    pub workload: Arc<Workload>,
+    pub recorder: Arc<Recorder>,
+    pub progress: Arc<GpuProgress>,
+    /// Unique per run, so request ids never collide across runs on a shared server.
+    pub nonce: String,
+}
+
+/// Run one cell to completion. Only a failure to write results is an error.
+pub async fn run_cell(ctx: Arc<CellCtx>, todo: Todo) -> anyhow::Result<()> {
+    let schedule = Arc::new(Mutex::new(ClosedLoop::new(todo)));
+    let in_flight = Arc::new(AtomicU32::new(0));
+    let t0 = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..ctx.cell.concurrency {
+        let (ctx, schedule, in_flight) = (ctx.clone(), schedule.clone(), in_flight.clone());
+        workers.spawn(async move {
+            loop {
+                let next = schedule.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((t, attempt)) = next else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                let r = run_trajectory(&ctx, t, attempt, t0, &in_flight).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                ctx.progress.trajectory_done();
+                r?;
+            }
+        });
+    }
+    while let Some(r) = workers.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn run_trajectory(
+    ctx: &CellCtx,
+    t: usize,
+    attempt: u32,
+    t0: Instant,
+    in_flight: &AtomicU32,
+) -> anyhow::Result<()> {
+    let traj = &ctx.workload.trajectories[t];
+    let mode = ctx.cell.cache_mode;
+    let mut conv = Conversation::new(&traj.prelude);
+    let mut session: Option<String> = None;
+    if mode == CacheMode::Session {
+        let sent = Instant::now();
+        match ctx.client.open_session().await {
+            Ok(id) => session = Some(id),
+            Err(e) => {
+                let out = failed_outcome(sent, format!("open_session: {e:#}"));
+                let rec = record(ctx, t, attempt, 0, &out, t0, in_flight.load(Ordering::SeqCst), 0.0);
+                ctx.progress.turn_done(0, true);
+                return ctx.recorder.turn(rec);
+            }
+        }
+    }
+    let mut parent: Option<String> = None;
+    let mut parent_generated = true;
+    let n = traj.turns.len();
+    for (k, turn) in traj.turns.iter().enumerate() {
+        let rid = format!(
+            "tb-{}-{}-{}-{}-{t}-{attempt}-{k}",
+            ctx.nonce, ctx.cell.gpu, mode, ctx.cell.concurrency
+        );
+        let mut sampling = ctx.sampling.clone();
+        if let Some(len) = ctx
+            .recorded_lens
+            .as_ref()
+            .and_then(|l| l.get(t).and_then(|v| v.get(k)).copied().flatten())
+        {
+            sampling.max_new_tokens = len.max(1);
+            sampling.ignore_eos = true;
+        }
+        let prompt = match (ctx.api, &session) {
+            (Api::Openai, _) => Prompt::Messages(conv.messages()),
+            (Api::Native, Some(id)) => Prompt::Text {
+                text: conv.new_text(),
+                session: Some(Session {
+                    id: id.clone(),
+                    rid: parent.clone(),
+                    drop_previous_output: parent.is_some() && !parent_generated,
+                }),
+            },
+            (Api::Native, None) => Prompt::Text {
+                text: conv.full_text(),
+                session: None,
+            },
+        };
+        let active = in_flight.load(Ordering::SeqCst);
+        let out = ctx.client.generate(prompt, &sampling, &rid).await;
+        let failed = out.error.is_some();
+        let last = k + 1 == n;
+        let think = if failed || last {
+            0.0
+        } else {
+            ctx.think.of(turn.think_time)
+        };
+        let rec = record(ctx, t, attempt, k as u32, &out, t0, active, think);
+        ctx.progress
+            .turn_done(out.completion_tokens.unwrap_or(0), failed);
+        ctx.recorder.turn(rec)?;
+        if failed {
+            break;
+        }
+        let (answer, generated) = match (&turn.recorded, ctx.history) {
+            (Some(r), HistorySource::Recorded) => (r.as_str(), false),
+            _ => (out.text.as_str(), true),
+        };
+        conv.advance(answer, generated, &turn.after);
+        parent = Some(out.id.clone().unwrap_or(rid));
+        parent_generated = generated;
+        if !last {
+            tokio::time::sleep(think_sleep(think, ctx.time_scale)).await;
+        }
+    }
+    if let Some(id) = session {
+        if let Err(e) = ctx.client.close_session(&id).await {
+            tracing::warn!("close_session {id}: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+fn failed_outcome(at: Instant, error: String) -> Outcome {
+    Outcome {
+        timing: crate::client::Timing {
+            send: at,
+            first: None,
+            chunks: vec![],
+            end: Instant::now(),
+        },
+        text: String::new(),
+        id: None,
+        prompt_tokens: None,
+        cached_tokens: None,
+        completion_tokens: None,
+        finish_reason: None,
+        error: Some(error),
+    }
+}
+
+/// Instants in, offsets out: the turn record of one outcome (times × the time scale).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &CellCtx,
+    t: usize,
+    attempt: u32,
+    turn: u32,
+    out: &Outcome,
+    t0: Instant,
+    in_flight: u32,
+    think_time: f64,
+) -> TurnRecord {
+    let s = ctx.time_scale;
+    let off = |i: Instant| i.saturating_duration_since(t0).as_secs_f64() * s;
+    let tm = &out.timing;
+    let itl: Vec<f64> = tm.itl().into_iter().map(|g| g * s).collect();
+    TurnRecord {
+        gpu: ctx.cell.gpu.clone(),
+        cache_mode: ctx.cell.cache_mode,
+        concurrency: ctx.cell.concurrency,
+        traj: t as u32,
+        traj_id: ctx.workload.trajectories[t].id.clone(),
+        turn,
+        attempt,
+        t_send: off(tm.send),
+        t_first_token: tm.first.map(off),
+        t_end: off(tm.end),
+        ttft: tm.ttft().map(|d| d.as_secs_f64() * s),
+        e2e: Some(tm.e2e().as_secs_f64() * s),
+        itl: ItlSummary::of(&itl),
+        prompt_tokens: out.prompt_tokens,
+        cached_tokens: out.cached_tokens,
+        completion_tokens: out.completion_tokens,
+        think_time,
+        finish_reason: out.finish_reason.clone(),
+        error: out.error.clone(),
+        in_flight,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_loop_hands_out_trajectories_in_order_once() {
+        let mut s = ClosedLoop::new(vec![(0, 0), (3, 1), (4, 0)]);
+        assert_eq!(s.next(), Some((0, 0)));
+        assert_eq!(s.next(), Some((3, 1)));
+        assert_eq!(s.next(), Some((4, 0)));
+        assert_eq!(s.next(), None);
+    }
+
+    #[test]
+    fn think_time_is_engine_time_divided_by_the_scale() {
+        assert_eq!(think_sleep(2.0, 100.0), Duration::from_millis(20));
+        assert_eq!(think_sleep(0.0, 1.0), Duration::ZERO);
+        assert_eq!(ThinkTime::Scale(0.5).of(4.0), 2.0);
+        assert_eq!(ThinkTime::Off.of(4.0), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn think_sleep_waits_on_the_paused_clock() {
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(think_sleep(30.0, 10.0)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+}

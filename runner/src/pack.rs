@@ -1,0 +1,75 @@
+//! `runner pack results/ID [-o ID.tar.gz]`: a reproducible bundle of one run directory, for
+//! moving results between machines (`report build` reads it as is). Entries are sorted by
+//! path, with fixed mtime, owner and modes, and the gzip header carries no time or name, so
+//! packing the same directory twice gives identical bytes.
+
+use anyhow::Context as _;
+use flate2::{Compression, GzBuilder};
+use std::path::{Path, PathBuf};
+
+/// Every file under `dir`, relative, sorted.
+fn files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let abs = dir.join(&rel);
+        for e in std::fs::read_dir(&abs).with_context(|| format!("reading {}", abs.display()))? {
+            let e = e.with_context(|| format!("reading {}", abs.display()))?;
+            let ty = e.file_type()?;
+            let r = rel.join(e.file_name());
+            if ty.is_dir() {
+                stack.push(r);
+            } else if ty.is_file() {
+                out.push(r);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Pack `dir` into `out` (default `<dir name>.tar.gz` in the current directory). Returns the
+/// path written.
+pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        dir.join(turnbench_schema::files::MANIFEST).is_file(),
+        "{}: not a run directory (no {})",
+        dir.display(),
+        turnbench_schema::files::MANIFEST
+    );
+    let name = dir
+        .canonicalize()
+        .with_context(|| format!("reading {}", dir.display()))?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("the run directory has no name")?;
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("{name}.tar.gz")));
+    let tmp = out.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let gz = GzBuilder::new().mtime(0).write(file, Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for rel in files(dir)? {
+        if rel.extension().is_some_and(|e| e == "tmp") {
+            continue;
+        }
+        let abs = dir.join(&rel);
+        let data = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        let path = Path::new(&name).join(&rel);
+        tar.append_data(&mut h, &path, data.as_slice())
+            .with_context(|| format!("adding {}", abs.display()))?;
+    }
+    let gz = tar.into_inner().context("finishing the tar stream")?;
+    gz.finish().context("finishing the gzip stream")?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}

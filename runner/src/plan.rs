@@ -1,0 +1,681 @@
+//! The sweep plan: a TOML file plus command-line overrides (every key has a flag), resolved
+//! once into a validated [`Plan`] before anything starts.
+//!
+//! Precedence: flag > plan file > built-in default. The built-in defaults are the demo plan
+//! (`plans/demo.toml`): two simulated GPUs, concurrency 1, 2, 4, 8, all three cache modes,
+//! 16 synthetic trajectories × 10 turns, which finishes in about a minute on 2 cores.
+//! Errors name the key (and the file) at fault.
+
+use crate::client::Api;
+use crate::workload::Format;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use turnbench_schema::{CacheMode, HistorySource};
+
+/// How a GPU's server comes to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The simulated engine, in process, one loopback server per GPU.
+    Sim,
+    /// Spawn the plan's server command per GPU.
+    Launch,
+    /// Existing servers, one URL per GPU.
+    Attach,
+}
+
+/// How each turn's output length is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputLen {
+    /// Up to `max_new_tokens`, ending at a stop string or EOS.
+    Generated,
+    /// Exactly the recorded assistant message's token count (`ignore_eos`).
+    Recorded,
+}
+
+/// Think (tool) time between turns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThinkTime {
+    Off,
+    /// Sleep the dataset's tool time.
+    Replay,
+    /// Sleep the dataset's tool time × F.
+    Scale(f64),
+}
+
+impl ThinkTime {
+    /// The think time to sleep after a turn whose dataset tool time is `recorded` seconds.
+    pub fn of(self, recorded: f64) -> f64 {
+        match self {
+            ThinkTime::Off => 0.0,
+            ThinkTime::Replay => recorded,
+            ThinkTime::Scale(f) => recorded * f,
+        }
+    }
+}
+
+impl std::str::FromStr for ThinkTime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(ThinkTime::Off),
+            "replay" => Ok(ThinkTime::Replay),
+            _ => match s.strip_prefix("scale=").map(str::parse::<f64>) {
+                Some(Ok(f)) if f.is_finite() && f >= 0.0 => Ok(ThinkTime::Scale(f)),
+                _ => Err(format!("{s:?}: expected off, replay or scale=F (F ≥ 0)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ThinkTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThinkTime::Off => f.write_str("off"),
+            ThinkTime::Replay => f.write_str("replay"),
+            ThinkTime::Scale(x) => write!(f, "scale={x}"),
+        }
+    }
+}
+
+/// Concurrency levels: one list for every GPU, or a list per GPU label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchSizes {
+    All(Vec<u32>),
+    PerGpu(BTreeMap<String, Vec<u32>>),
+}
+
+impl std::str::FromStr for BatchSizes {
+    type Err = String;
+    /// `3,4` (every GPU) or `1=3,4;2=6,8` (per GPU).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let list = |v: &str| -> Result<Vec<u32>, String> {
+            v.split(',')
+                .filter(|x| !x.trim().is_empty())
+                .map(|x| x.trim().parse::<u32>().map_err(|e| format!("{x:?}: {e}")))
+                .collect()
+        };
+        if s.contains('=') {
+            s.split(';')
+                .map(|part| {
+                    let (gpu, v) = part
+                        .split_once('=')
+                        .ok_or_else(|| format!("{part:?}: expected GPU=N,N"))?;
+                    Ok((gpu.trim().to_string(), list(v)?))
+                })
+                .collect::<Result<_, String>>()
+                .map(BatchSizes::PerGpu)
+        } else {
+            list(s).map(BatchSizes::All)
+        }
+    }
+}
+
+fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        S(String),
+        N(u64),
+    }
+    let v: Option<Vec<L>> = Option::deserialize(d)?;
+    Ok(v.map(|v| {
+        v.into_iter()
+            .map(|l| match l {
+                L::S(s) => s,
+                L::N(n) => n.to_string(),
+            })
+            .collect()
+    }))
+}
+
+/// Every plan key, as read from TOML and as flags. `None` = not given here.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PlanKeys {
+    /// Where servers come from: the simulated engine (default), launched processes, or
+    /// existing URLs.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
+    /// `native` (/generate, client-side chat template; needed for sessions) or `openai`.
+    #[arg(long, value_enum)]
+    pub api: Option<Api>,
+    /// Server URLs for `attach`, one per GPU (repeat the flag, or comma-separate).
+    #[arg(long = "url", value_delimiter = ',')]
+    pub urls: Option<Vec<String>>,
+    /// GPU labels: device indices for `launch` (CUDA_VISIBLE_DEVICES), simulated GPU profiles
+    /// (`a100-80gb`, `h100`, …) for `sim`, any name for `attach`.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, deserialize_with = "labels")]
+    pub gpus: Option<Vec<String>>,
+    /// Concurrent trajectories per cell: `3,4` for every GPU or `1=3,4;2=6,8` per GPU.
+    #[arg(long)]
+    pub batch_sizes: Option<BatchSizes>,
+    /// Cache modes to compare: prefix (radix cache), session (SGLang sessions), none.
+    #[arg(long, value_delimiter = ',')]
+    pub cache_modes: Option<Vec<CacheMode>>,
+    /// Trajectories per cell (the first N of the dataset).
+    #[arg(long)]
+    pub trajectories: Option<usize>,
+    /// At most this many turns per trajectory.
+    #[arg(long)]
+    pub turns: Option<usize>,
+    /// Dataset file (r2e-gym JSONL, OpenAI messages JSONL, ShareGPT JSON); synthetic if unset.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// The r2e-gym YAML prompt file (`system_prompt`, `instance_prompt`).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Dataset format; detected from the file when unset.
+    #[arg(long, value_parser = parse_format)]
+    pub dataset_format: Option<Format>,
+    /// Use synthetic SWE-agent-like trajectories (ignores `dataset`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub synthetic: Option<bool>,
+    /// Seed of the synthetic generator.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Next prompt contains what the engine generated (`generated`) or the dataset's recorded
+    /// answer (`recorded`: byte-identical prompts in every cell).
+    #[arg(long, value_parser = parse_history)]
+    pub history: Option<HistorySource>,
+    /// `recorded` fixes each turn's length to the recorded answer's token count (ignore_eos).
+    #[arg(long, value_enum)]
+    pub output_len: Option<OutputLen>,
+    /// Skip (and count) malformed dataset lines instead of stopping.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub skip_bad_lines: Option<bool>,
+    #[arg(long)]
+    pub max_new_tokens: Option<u32>,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Stop strings (repeat the flag).
+    #[arg(long)]
+    pub stop: Option<Vec<String>>,
+    /// off, replay (sleep the dataset's tool time) or scale=F.
+    #[arg(long)]
+    pub think_time: Option<String>,
+    /// Results root directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run id (directory name under `out`); a timestamp when unset.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Model served (`--model-path` of launched servers, profile of the simulated engine).
+    #[arg(long)]
+    pub model_path: Option<String>,
+    #[arg(long)]
+    pub mem_fraction_static: Option<f64>,
+    #[arg(long)]
+    pub max_total_tokens: Option<u64>,
+    /// Host launched servers bind (loopback by default).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port of GPU g is port_base + port_step·g (launch).
+    #[arg(long)]
+    pub port_base: Option<u16>,
+    #[arg(long)]
+    pub port_step: Option<u16>,
+    /// Server command for `launch`, with placeholders {model_path} {host} {port} {gpu}
+    /// {mem_fraction_static} {max_total_tokens}. `--disable-radix-cache` is appended for the
+    /// `none` cache mode. Default: `python -m sglang.launch_server …`.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    pub launch_command: Option<Vec<String>>,
+    /// Seconds to wait for a launched server's `/health_generate`.
+    #[arg(long)]
+    pub launch_timeout_s: Option<f64>,
+    /// Longest a request may take, seconds (wall).
+    #[arg(long)]
+    pub request_timeout_s: Option<f64>,
+    /// Longest silence inside a stream before the turn fails, seconds (wall).
+    #[arg(long)]
+    pub stall_timeout_s: Option<f64>,
+    /// Simulated engine seconds per wall second (`sim` backend).
+    #[arg(long)]
+    pub sim_time_scale: Option<f64>,
+    /// Simulated GPU profile for GPU labels that are not profile names.
+    #[arg(long)]
+    pub sim_gpu: Option<String>,
+    /// Extra `serve-sim` flags for the `sim` backend (e.g. `--sim-fault=http500=0.05`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub sim_args: Option<Vec<String>>,
+    /// Launch servers with `--enable-metrics` and scrape `/metrics` every second.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics: Option<bool>,
+    /// `/flush_cache` before every cell.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub flush_cache: Option<bool>,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "synthetic" => Ok(Format::Synthetic),
+        "r2e-gym" | "r2e" => Ok(Format::R2eGym),
+        "openai" | "openai-messages" => Ok(Format::Openai),
+        "sharegpt" => Ok(Format::Sharegpt),
+        o => Err(format!("{o:?}: expected r2e-gym, openai, sharegpt or synthetic")),
+    }
+}
+
+fn parse_history(s: &str) -> Result<HistorySource, String> {
+    match s {
+        "generated" => Ok(HistorySource::Generated),
+        "recorded" => Ok(HistorySource::Recorded),
+        o => Err(format!("{o:?}: expected generated or recorded")),
+    }
+}
+
+impl PlanKeys {
+    /// `self` over `base`: keys set here win.
+    pub fn over(self, base: PlanKeys) -> PlanKeys {
+        macro_rules! merge {
+            ($($f:ident),*) => { PlanKeys { $($f: self.$f.or(base.$f)),* } };
+        }
+        merge!(
+            backend, api, urls, gpus, batch_sizes, cache_modes, trajectories, turns, dataset,
+            prompts, dataset_format, synthetic, seed, history, output_len, skip_bad_lines,
+            max_new_tokens, temperature, stop, think_time, out, run_id, model_path,
+            mem_fraction_static, max_total_tokens, host, port_base, port_step, launch_command,
+            launch_timeout_s, request_timeout_s, stall_timeout_s, sim_time_scale, sim_gpu,
+            sim_args, metrics, flush_cache
+        )
+    }
+
+    /// Read a plan file. Unknown keys and bad values are errors naming the file, line and key.
+    pub fn from_file(path: &Path) -> Result<PlanKeys, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PlanError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| PlanError::Toml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// A plan that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plan {}: {message}", path.display())]
+    Toml { path: PathBuf, message: String },
+    #[error("plan key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+fn key_err(key: impl Into<String>, message: impl Into<String>) -> PlanError {
+    PlanError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The default server command of `launch` (SGLang).
+pub fn default_launch_command() -> Vec<String> {
+    [
+        "python", "-m", "sglang.launch_server", "--model-path", "{model_path}", "--host", "{host}",
+        "--port", "{port}", "--mem-fraction-static", "{mem_fraction_static}",
+        "--max-total-tokens", "{max_total_tokens}", "--tp-size", "1", "--enable-metrics",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The validated plan. Serialized (with the same key names as the file) into the manifest,
+/// and read back from it by `--resume`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub backend: BackendChoice,
+    pub api: Api,
+    pub urls: Vec<String>,
+    pub gpus: Vec<String>,
+    /// Per GPU label.
+    pub batch_sizes: BTreeMap<String, Vec<u32>>,
+    pub cache_modes: Vec<CacheMode>,
+    pub trajectories: usize,
+    pub turns: usize,
+    pub dataset: Option<PathBuf>,
+    pub prompts: Option<PathBuf>,
+    pub dataset_format: Format,
+    pub seed: u64,
+    pub history: HistorySource,
+    pub output_len: OutputLen,
+    pub skip_bad_lines: bool,
+    pub max_new_tokens: u32,
+    pub temperature: f64,
+    pub stop: Vec<String>,
+    #[serde(serialize_with = "ser_display")]
+    pub think_time: ThinkTime,
+    pub out: PathBuf,
+    pub run_id: Option<String>,
+    pub model_path: String,
+    pub mem_fraction_static: f64,
+    pub max_total_tokens: u64,
+    pub host: String,
+    pub port_base: u16,
+    pub port_step: u16,
+    pub launch_command: Vec<String>,
+    pub launch_timeout_s: f64,
+    pub request_timeout_s: f64,
+    pub stall_timeout_s: f64,
+    pub sim_time_scale: f64,
+    pub sim_gpu: String,
+    pub sim_args: Vec<String>,
+    pub metrics: bool,
+    pub flush_cache: bool,
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// The demo plan's simulated time scale: 16×10 turns × 12 cells per GPU in about a minute.
+pub const DEMO_TIME_SCALE: f64 = 100.0;
+
+impl Plan {
+    /// Resolve keys (already merged flag > file) over the built-in defaults and validate.
+    pub fn resolve(k: PlanKeys) -> Result<Plan, PlanError> {
+        let backend = k.backend.unwrap_or(BackendChoice::Sim);
+        let api = k.api.unwrap_or(Api::Native);
+        let urls = k.urls.unwrap_or_default();
+        let gpus = match (k.gpus, backend) {
+            (Some(g), _) => g,
+            (None, BackendChoice::Attach) => (0..urls.len()).map(|i| i.to_string()).collect(),
+            (None, BackendChoice::Launch) => vec!["0".into()],
+            (None, BackendChoice::Sim) => vec!["a100-80gb".into(), "h100".into()],
+        };
+        if gpus.is_empty() {
+            return Err(key_err("gpus", "empty list: give at least one GPU"));
+        }
+        for (i, g) in gpus.iter().enumerate() {
+            if g.trim().is_empty() || g.contains(['/', '\\']) {
+                return Err(key_err(format!("gpus[{i}]"), format!("{g:?} is not a usable label")));
+            }
+            if gpus[..i].contains(g) {
+                return Err(key_err(format!("gpus[{i}]"), format!("{g:?} appears twice")));
+            }
+        }
+        let batch_sizes: BTreeMap<String, Vec<u32>> =
+            match k.batch_sizes.unwrap_or(BatchSizes::All(vec![1, 2, 4, 8])) {
+                BatchSizes::All(v) => gpus.iter().map(|g| (g.clone(), v.clone())).collect(),
+                BatchSizes::PerGpu(m) => {
+                    if let Some(extra) = m.keys().find(|g| !gpus.contains(g)) {
+                        return Err(key_err(
+                            format!("batch_sizes.{extra}"),
+                            format!("no such GPU in gpus {gpus:?}"),
+                        ));
+                    }
+                    if let Some(g) = gpus.iter().find(|g| !m.contains_key(*g)) {
+                        return Err(key_err(
+                            format!("batch_sizes.{g}"),
+                            "missing: every GPU needs its list",
+                        ));
+                    }
+                    m
+                }
+            };
+        for (g, v) in &batch_sizes {
+            if v.is_empty() {
+                return Err(key_err(format!("batch_sizes.{g}"), "empty list"));
+            }
+            if v.contains(&0) {
+                return Err(key_err(format!("batch_sizes.{g}"), "concurrency 0 runs nothing"));
+            }
+        }
+        let cache_modes = k.cache_modes.unwrap_or(CacheMode::ALL.to_vec());
+        if cache_modes.is_empty() {
+            return Err(key_err("cache_modes", "empty list"));
+        }
+        for (i, m) in cache_modes.iter().enumerate() {
+            if cache_modes[..i].contains(m) {
+                return Err(key_err("cache_modes", format!("{m} appears twice")));
+            }
+        }
+        if api == Api::Openai && cache_modes.contains(&CacheMode::Session) {
+            return Err(key_err(
+                "cache_modes",
+                "session needs api = native (SGLang's OpenAI routes ignore session_params)",
+            ));
+        }
+        let positive = |key: &str, v: Option<usize>, d: usize| -> Result<usize, PlanError> {
+            match v.unwrap_or(d) {
+                0 => Err(key_err(key, "must be at least 1")),
+                n => Ok(n),
+            }
+        };
+        let trajectories = positive("trajectories", k.trajectories, 16)?;
+        let turns = positive("turns", k.turns, 10)?;
+        let synthetic = k.synthetic.unwrap_or(false) || k.dataset.is_none();
+        let dataset = if synthetic { None } else { k.dataset };
+        let dataset_format = match (&dataset, k.dataset_format) {
+            (None, _) => Format::Synthetic,
+            (Some(p), f) => {
+                if !p.is_file() {
+                    return Err(key_err("dataset", format!("{}: no such file", p.display())));
+                }
+                match f {
+                    Some(f) => f,
+                    None => crate::workload::detect_format(p)
+                        .map_err(|e| key_err("dataset_format", e.to_string()))?,
+                }
+            }
+        };
+        if let Some(p) = &k.prompts {
+            if !p.is_file() {
+                return Err(key_err("prompts", format!("{}: no such file", p.display())));
+            }
+        }
+        if dataset_format == Format::R2eGym && k.prompts.is_none() {
+            return Err(key_err("prompts", "the r2e-gym format needs its YAML prompt file"));
+        }
+        let max_new_tokens = k.max_new_tokens.unwrap_or(256);
+        if max_new_tokens == 0 {
+            return Err(key_err("max_new_tokens", "must be at least 1"));
+        }
+        let temperature = k.temperature.unwrap_or(0.7);
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(key_err("temperature", format!("{temperature}: must be ≥ 0")));
+        }
+        let think_time = match k.think_time {
+            None => ThinkTime::Replay,
+            Some(s) => s.parse().map_err(|e: String| key_err("think_time", e))?,
+        };
+        let mem_fraction_static = k.mem_fraction_static.unwrap_or(0.88);
+        if !(mem_fraction_static > 0.0 && mem_fraction_static <= 1.0) {
+            return Err(key_err("mem_fraction_static", "must be in (0, 1]"));
+        }
+        let max_total_tokens = k.max_total_tokens.unwrap_or(131072);
+        if max_total_tokens == 0 {
+            return Err(key_err("max_total_tokens", "must be at least 1"));
+        }
+        let seconds = |key: &str, v: Option<f64>, d: f64| -> Result<f64, PlanError> {
+            let v = v.unwrap_or(d);
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(key_err(key, format!("{v}: must be a positive number of seconds")))
+            }
+        };
+        let sim_time_scale = k.sim_time_scale.unwrap_or(DEMO_TIME_SCALE);
+        if !(sim_time_scale > 0.0) {
+            return Err(key_err("sim_time_scale", "must be > 0"));
+        }
+        let sim_gpu = k.sim_gpu.unwrap_or_else(|| "h100".into());
+        if backend == BackendChoice::Sim {
+            if crate::sim::cost::GpuProfile::builtin(&sim_gpu).is_none() {
+                return Err(key_err("sim_gpu", format!("{sim_gpu:?}: unknown GPU profile")));
+            }
+        }
+        match backend {
+            BackendChoice::Attach => {
+                if urls.is_empty() {
+                    return Err(key_err("urls", "attach needs one server URL per GPU"));
+                }
+                if urls.len() != gpus.len() {
+                    return Err(key_err(
+                        "urls",
+                        format!("{} URLs for {} GPUs: give one per GPU", urls.len(), gpus.len()),
+                    ));
+                }
+                for (i, u) in urls.iter().enumerate() {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        return Err(key_err(format!("urls[{i}]"), format!("{u:?} is not an http URL")));
+                    }
+                }
+            }
+            _ if !urls.is_empty() => {
+                return Err(key_err("urls", "only the attach backend takes URLs"));
+            }
+            _ => {}
+        }
+        let launch_command = k.launch_command.unwrap_or_else(default_launch_command);
+        if backend == BackendChoice::Launch {
+            if launch_command.is_empty() {
+                return Err(key_err("launch_command", "empty command"));
+            }
+            if !launch_command.iter().any(|a| a.contains("{port}")) {
+                return Err(key_err("launch_command", "must contain {port}"));
+            }
+            if let Some(g) = gpus.iter().find(|g| g.parse::<u16>().is_err()) {
+                return Err(key_err("gpus", format!("{g:?}: launch needs device indices")));
+            }
+        }
+        let run_id = k.run_id;
+        if let Some(id) = &run_id {
+            if id.is_empty() || id.contains(['/', '\\']) || id == "." || id == ".." {
+                return Err(key_err("run_id", format!("{id:?} is not a directory name")));
+            }
+        }
+        Ok(Plan {
+            backend,
+            api,
+            urls,
+            gpus,
+            batch_sizes,
+            cache_modes,
+            trajectories,
+            turns,
+            dataset,
+            prompts: k.prompts,
+            dataset_format,
+            seed: k.seed.unwrap_or(0),
+            history: k.history.unwrap_or(HistorySource::Generated),
+            output_len: k.output_len.unwrap_or(OutputLen::Generated),
+            skip_bad_lines: k.skip_bad_lines.unwrap_or(false),
+            max_new_tokens,
+            temperature,
+            stop: k
+                .stop
+                .unwrap_or_else(|| vec!["<|im_end|>".into(), "\n\nUSER:".into()]),
+            think_time,
+            out: k.out.unwrap_or_else(|| "results".into()),
+            run_id,
+            model_path: k.model_path.unwrap_or_else(|| "Qwen/Qwen2.5-14B-Instruct".into()),
+            mem_fraction_static,
+            max_total_tokens,
+            host: k.host.unwrap_or_else(|| "127.0.0.1".into()),
+            port_base: k.port_base.unwrap_or(30000),
+            port_step: k.port_step.unwrap_or(10),
+            launch_command,
+            launch_timeout_s: seconds("launch_timeout_s", k.launch_timeout_s, 600.0)?,
+            request_timeout_s: seconds("request_timeout_s", k.request_timeout_s, 3600.0)?,
+            stall_timeout_s: seconds("stall_timeout_s", k.stall_timeout_s, 120.0)?,
+            sim_time_scale,
+            sim_gpu,
+            sim_args: k.sim_args.unwrap_or_default(),
+            metrics: k.metrics.unwrap_or(true),
+            flush_cache: k.flush_cache.unwrap_or(true),
+        })
+    }
+
+    /// The cells in run order for one GPU: cache modes in plan order (radix-cache modes
+    /// first so a GPU's server restarts at most once), then concurrency ascending.
+    pub fn cells_of(&self, gpu: &str) -> Vec<turnbench_schema::manifest::CellId> {
+        let mut modes = self.cache_modes.clone();
+        modes.sort_by_key(|m| *m == CacheMode::None);
+        let mut sizes = self.batch_sizes.get(gpu).cloned().unwrap_or_default();
+        sizes.sort_unstable();
+        sizes.dedup();
+        modes
+            .iter()
+            .flat_map(|&m| {
+                sizes.iter().map(move |&c| turnbench_schema::manifest::CellId {
+                    gpu: gpu.to_string(),
+                    cache_mode: m,
+                    concurrency: c,
+                })
+            })
+            .collect()
+    }
+
+    /// All cells, GPU by GPU.
+    pub fn cells(&self) -> Vec<turnbench_schema::manifest::CellId> {
+        self.gpus.iter().flat_map(|g| self.cells_of(g)).collect()
+    }
+
+    /// The plan as stored in the manifest (same keys as a plan file).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Read back a manifest's plan (for `--resume`).
+    pub fn from_manifest(v: &serde_json::Value) -> Result<Plan, PlanError> {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            // Stored as resolved; dataset=null means synthetic.
+            m.retain(|_, x| !x.is_null());
+        }
+        let keys: PlanKeys = serde_json::from_value(v)
+            .map_err(|e| key_err("manifest.plan", e.to_string()))?;
+        Plan::resolve(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_demo_plan() {
+        let p = Plan::resolve(PlanKeys::default()).unwrap();
+        assert_eq!(p.backend, BackendChoice::Sim);
+        assert_eq!(p.gpus, ["a100-80gb", "h100"]);
+        assert_eq!(p.batch_sizes["h100"], [1, 2, 4, 8]);
+        assert_eq!(p.cache_modes, CacheMode::ALL);
+        assert_eq!((p.trajectories, p.turns), (16, 10));
+        assert_eq!(p.cells().len(), 24);
+    }
+
+    #[test]
+    fn plan_round_trips_through_the_manifest() {
+        let p = Plan::resolve(PlanKeys {
+            think_time: Some("scale=0.5".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(Plan::from_manifest(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = |k: PlanKeys| Plan::resolve(k).unwrap_err().to_string();
+        assert!(bad(PlanKeys { gpus: Some(vec![]), ..Default::default() }).contains("`gpus`"));
+        assert!(bad(PlanKeys { cache_modes: Some(vec![]), ..Default::default() })
+            .contains("`cache_modes`"));
+        assert!(bad(PlanKeys { think_time: Some("sometimes".into()), ..Default::default() })
+            .contains("`think_time`"));
+        assert!(bad(PlanKeys {
+            batch_sizes: Some("h100=1;nope=2".parse().unwrap()),
+            ..Default::default()
+        })
+        .contains("`batch_sizes.nope`"));
+    }
+}

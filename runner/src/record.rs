@@ -1,0 +1,235 @@
+//! Results on disk, written as the run goes (STYLE.md §10): the manifest first (atomically),
+//! one flushed `turns.jsonl` line per turn, `summary.json` rewritten atomically after every
+//! cell, `telemetry.jsonl` lines as samples arrive. Also what `--resume` needs: reading back
+//! the turns written so far and deciding which trajectories still have to run.
+
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use turnbench_schema::manifest::CellId;
+use turnbench_schema::summary::{best_cells, summarize};
+use turnbench_schema::turn::latest_attempts;
+use turnbench_schema::{files, jsonl, Summary, TelemetrySample, TurnRecord, SCHEMA_VERSION};
+
+/// Write `value` as pretty JSON to `path` atomically (temporary file, then rename).
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// The run directory and its writers.
+pub struct Recorder {
+    pub dir: PathBuf,
+    run_id: String,
+    simulated: bool,
+    turns: Mutex<(File, Vec<TurnRecord>)>,
+    telemetry: Mutex<File>,
+}
+
+fn append_file(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+impl Recorder {
+    /// Open `dir` for appending; `existing` are the turn records already in `turns.jsonl`.
+    pub fn open(
+        dir: &Path,
+        run_id: &str,
+        simulated: bool,
+        existing: Vec<TurnRecord>,
+    ) -> anyhow::Result<Recorder> {
+        std::fs::create_dir_all(dir.join(files::LOGS_DIR))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Recorder {
+            dir: dir.to_path_buf(),
+            run_id: run_id.to_string(),
+            simulated,
+            turns: Mutex::new((append_file(&dir.join(files::TURNS))?, existing)),
+            telemetry: Mutex::new(append_file(&dir.join(files::TELEMETRY))?),
+        })
+    }
+
+    /// Append one turn record and flush it to disk.
+    pub fn turn(&self, rec: TurnRecord) -> anyhow::Result<()> {
+        let mut g = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = serde_json::to_vec(&rec)?;
+        line.push(b'\n');
+        g.0.write_all(&line)
+            .and_then(|_| g.0.flush())
+            .with_context(|| format!("appending to {}", self.dir.join(files::TURNS).display()))?;
+        g.1.push(rec);
+        Ok(())
+    }
+
+    pub fn telemetry(&self, s: &TelemetrySample) -> anyhow::Result<()> {
+        let mut f = self.telemetry.lock().unwrap_or_else(|e| e.into_inner());
+        jsonl::write_line(&mut *f, s)
+            .and_then(|_| f.flush())
+            .with_context(|| format!("appending to {}", self.dir.join(files::TELEMETRY).display()))
+    }
+
+    /// Every record so far, superseded attempts dropped.
+    pub fn records(&self) -> Vec<TurnRecord> {
+        let g = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        latest_attempts(g.1.clone())
+    }
+
+    /// The summary of everything recorded so far.
+    pub fn summary(&self) -> Summary {
+        let cells = summarize(&self.records());
+        Summary {
+            schema_version: SCHEMA_VERSION,
+            run_id: self.run_id.clone(),
+            simulated: self.simulated,
+            best: best_cells(&cells),
+            cells,
+        }
+    }
+
+    /// Rewrite `summary.json` atomically.
+    pub fn write_summary(&self) -> anyhow::Result<Summary> {
+        let s = self.summary();
+        write_json_atomic(&self.dir.join(files::SUMMARY), &s)?;
+        Ok(s)
+    }
+}
+
+/// Read `turns.jsonl` of an interrupted run. A torn last line (a write cut by a crash) is cut
+/// off the file so later appends start on a clean line.
+pub fn read_turns(dir: &Path) -> anyhow::Result<Vec<TurnRecord>> {
+    let path = dir.join(files::TURNS);
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if keep < bytes.len() {
+        tracing::warn!(
+            "{}: dropping a torn last line ({} bytes)",
+            path.display(),
+            bytes.len() - keep
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.set_len(keep as u64)
+            .with_context(|| format!("truncating {}", path.display()))?;
+    }
+    jsonl::read(BufReader::new(&bytes[..keep]))
+        .collect::<Result<Vec<TurnRecord>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// What remains of a cell: (trajectory index, attempt number) to run.
+pub type Todo = Vec<(usize, u32)>;
+
+/// Decide, for every cell, which trajectories still have to run and with which attempt.
+/// A trajectory is done when its latest attempt has every turn (`0..turns[t]`), or ends in a
+/// failed turn (a failure ends a trajectory and is a result). Anything else (no records, or
+/// an unfinished run of successful turns) is (re)run with the next attempt number, so readers
+/// drop the partial lines through [`latest_attempts`].
+pub fn todo(cells: &[CellId], turns: &[usize], existing: &[TurnRecord]) -> BTreeMap<CellId, Todo> {
+    // (cell, traj) → (latest attempt, turns seen in it, failed in it)
+    let mut seen: BTreeMap<(CellId, usize), (u32, Vec<u32>, bool)> = BTreeMap::new();
+    for r in existing {
+        let cell = CellId {
+            gpu: r.gpu.clone(),
+            cache_mode: r.cache_mode,
+            concurrency: r.concurrency,
+        };
+        let e = seen
+            .entry((cell, r.traj as usize))
+            .or_insert((r.attempt, vec![], false));
+        if r.attempt > e.0 {
+            *e = (r.attempt, vec![], false);
+        }
+        if r.attempt == e.0 {
+            e.1.push(r.turn);
+            e.2 |= r.error.is_some();
+        }
+    }
+    cells
+        .iter()
+        .map(|c| {
+            let list = turns
+                .iter()
+                .enumerate()
+                .filter_map(|(t, &n)| match seen.get(&(c.clone(), t)) {
+                    None => Some((t, 0)),
+                    Some((a, got, failed)) => {
+                        let mut got = got.clone();
+                        got.sort_unstable();
+                        got.dedup();
+                        let contiguous = got.iter().enumerate().all(|(i, &x)| i as u32 == x);
+                        let done = contiguous && (*failed || got.len() >= n);
+                        (!done).then_some((t, a + 1))
+                    }
+                })
+                .collect();
+            (c.clone(), list)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnbench_schema::CacheMode;
+
+    fn rec(traj: u32, turn: u32, attempt: u32, error: bool) -> TurnRecord {
+        TurnRecord {
+            gpu: "g".into(),
+            cache_mode: CacheMode::Prefix,
+            concurrency: 2,
+            traj,
+            traj_id: format!("t{traj}"),
+            turn,
+            attempt,
+            t_send: 0.0,
+            t_first_token: None,
+            t_end: 1.0,
+            ttft: None,
+            e2e: None,
+            itl: None,
+            prompt_tokens: None,
+            cached_tokens: None,
+            completion_tokens: None,
+            think_time: 0.0,
+            finish_reason: None,
+            error: error.then(|| "x".into()),
+            in_flight: 1,
+        }
+    }
+
+    #[test]
+    fn resume_reruns_partial_trajectories_with_the_next_attempt() {
+        let cell = CellId {
+            gpu: "g".into(),
+            cache_mode: CacheMode::Prefix,
+            concurrency: 2,
+        };
+        let existing = vec![
+            rec(0, 0, 0, false),
+            rec(0, 1, 0, false),
+            rec(0, 2, 0, false), // complete
+            rec(1, 0, 0, false), // partial
+            rec(2, 0, 0, false),
+            rec(2, 1, 0, true), // ended by a failure: done
+            rec(3, 0, 0, false),
+            rec(3, 0, 1, false), // partial again, attempt 1
+        ];
+        let t = todo(std::slice::from_ref(&cell), &[3, 3, 3, 3, 3], &existing);
+        assert_eq!(t[&cell], vec![(1, 1), (3, 2), (4, 0)]);
+    }
+}

@@ -1,0 +1,594 @@
+//! `runner sweep`: resolve the plan, load the workload, bring up one server per GPU, write the
+//! manifest, then run every GPU's cells (sequentially per GPU, GPUs in parallel, with
+//! `/flush_cache` between cells), recording every turn and rewriting the summary after each
+//! cell; finally print the seed's tables. `--resume ID` finishes an interrupted run.
+
+use crate::backend::Server;
+use crate::client::{scrub, Api, Client, Sampling};
+use crate::console::{self, GpuProgress};
+use crate::driver::{run_cell, CellCtx};
+use crate::plan::{BackendChoice, OutputLen, Plan, PlanKeys};
+use crate::record::{self, Recorder};
+use crate::telemetry::{self, GpuState};
+use crate::workload::{self, Workload};
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use turnbench_schema::manifest::CellId;
+use turnbench_schema::{
+    files, BackendInfo, BackendKind, CacheMode, DatasetInfo, GpuInfo, HostInfo, Manifest,
+    ServerInfo, SimInfo, ToolInfo, SCHEMA_VERSION,
+};
+
+/// `runner sweep` flags: a plan file, any plan key as a flag, and the run controls.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// Plan file (TOML); flags override its keys. Without it the demo plan runs.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    #[command(flatten)]
+    pub keys: PlanKeys,
+    /// Finish the interrupted run `ID` under `out` (its manifest's plan is used).
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<String>,
+    /// Bearer key for the servers. Never written to results.
+    #[arg(long, env = "TURNBENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// No progress bars (the tables are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Entry point of `runner sweep`.
+pub fn main(args: SweepArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,runner=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run(args))
+}
+
+/// Run id from the clock: `YYYYMMDD-HHMMSS`.
+fn default_run_id() -> String {
+    let s = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    s.replace(['-', ':'], "")
+        .replace('T', "-")
+        .trim_end_matches('Z')
+        .to_string()
+}
+
+/// The run to perform: a fresh one or the rest of an interrupted one.
+struct Setup {
+    plan: Plan,
+    run_id: String,
+    dir: PathBuf,
+    existing: Vec<turnbench_schema::TurnRecord>,
+    manifest: Option<Manifest>,
+}
+
+fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
+    if let Some(id) = &args.resume {
+        let out = args.keys.out.clone().unwrap_or_else(|| "results".into());
+        let dir = out.join(id);
+        let mpath = dir.join(files::MANIFEST);
+        let text = std::fs::read_to_string(&mpath)
+            .with_context(|| format!("--resume {id}: reading {}", mpath.display()))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("--resume {id}: parsing {}", mpath.display()))?;
+        let plan = Plan::from_manifest(&manifest.plan)
+            .with_context(|| format!("--resume {id}: the plan in {}", mpath.display()))?;
+        let existing = record::read_turns(&dir)?;
+        return Ok(Setup {
+            plan,
+            run_id: id.clone(),
+            dir,
+            existing,
+            manifest: Some(manifest),
+        });
+    }
+    let file = match &args.plan {
+        Some(p) => PlanKeys::from_file(p)?,
+        None => PlanKeys::default(),
+    };
+    let plan = Plan::resolve(args.keys.clone().over(file))?;
+    let run_id = plan.run_id.clone().unwrap_or_else(default_run_id);
+    let dir = plan.out.join(&run_id);
+    if dir.join(files::MANIFEST).exists() {
+        bail!(
+            "{} already holds a run; pick another run_id, or finish it with --resume {run_id}",
+            dir.display()
+        );
+    }
+    Ok(Setup {
+        plan,
+        run_id,
+        dir,
+        existing: vec![],
+        manifest: None,
+    })
+}
+
+async fn run(args: SweepArgs) -> anyhow::Result<()> {
+    let Setup {
+        plan,
+        run_id,
+        dir,
+        existing,
+        manifest: old_manifest,
+    } = setup(&args)?;
+    let api_key = args.api_key.clone();
+    let source = workload::Source {
+        format: plan.dataset_format,
+        path: plan.dataset.clone(),
+        prompts: plan.prompts.clone(),
+        trajectories: plan.trajectories,
+        max_turns: plan.turns,
+        seed: plan.seed,
+        skip_bad_lines: plan.skip_bad_lines,
+    };
+    let wl = tokio::task::spawn_blocking(move || workload::load(&source)).await??;
+    if wl.trajectories.is_empty() {
+        bail!("dataset: no trajectories to run");
+    }
+    if plan.history == turnbench_schema::HistorySource::Recorded
+        && wl.trajectories.iter().all(|t| t.turns.iter().all(|u| u.recorded.is_none()))
+    {
+        bail!("plan key `history`: recorded, but the dataset records no assistant messages");
+    }
+    if let Some(m) = &old_manifest {
+        if m.dataset.content_hash.as_deref() != Some(wl.content_hash.as_str()) {
+            bail!(
+                "--resume {run_id}: the dataset changed since the run started (hash {} ≠ {:?})",
+                wl.content_hash,
+                m.dataset.content_hash
+            );
+        }
+    }
+    let wl = Arc::new(wl);
+    if plan.backend == BackendChoice::Attach {
+        for (i, u) in plan.urls.iter().enumerate() {
+            let c = Client::new(u, api_key.clone());
+            if let Err(e) = c.get_json("/get_model_info", Duration::from_secs(10)).await {
+                bail!("plan key `urls[{i}]`: {u} is unreachable: {e:#}");
+            }
+        }
+    }
+    std::fs::create_dir_all(dir.join(files::LOGS_DIR))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let logs = dir.join(files::LOGS_DIR);
+
+    // First server of every GPU, in parallel.
+    let first_radix = |g: &str| plan.cells_of(g).first().map(|c| c.cache_mode) != Some(CacheMode::None);
+    let starts = plan.gpus.iter().map(|g| {
+        Server::start(&plan, g, first_radix(g), &logs, api_key.as_deref())
+    });
+    let mut servers = Vec::new();
+    for (g, r) in plan.gpus.iter().zip(futures::future::join_all(starts).await) {
+        match r {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                for s in servers {
+                    s.stop().await;
+                }
+                return Err(e.context(format!("GPU {g}")));
+            }
+        }
+    }
+    let mut infos = Vec::new();
+    for s in &servers {
+        infos.push(server_info(s, api_key.clone()).await);
+    }
+    let simulated = infos.iter().any(|i| i.1.is_some());
+    let scales: BTreeMap<String, f64> = infos
+        .iter()
+        .map(|(si, sim)| (si.gpu.clone(), sim.as_ref().map_or(1.0, |s| s.time_scale)))
+        .collect();
+    let manifest = match old_manifest {
+        Some(m) => m,
+        None => {
+            let m = build_manifest(&plan, &run_id, &wl, &infos, simulated);
+            record::write_json_atomic(&dir.join(files::MANIFEST), &m)?;
+            m
+        }
+    };
+    let manifest = Arc::new(Mutex::new(manifest));
+    let recorder = Arc::new(Recorder::open(&dir, &run_id, simulated, existing.clone())?);
+    let turn_counts: Vec<usize> = wl.trajectories.iter().map(|t| t.turns.len()).collect();
+    let cells = plan.cells();
+    let todo = record::todo(&cells, &turn_counts, &existing);
+    let recorded_lens = if plan.output_len == OutputLen::Recorded {
+        Some(Arc::new(recorded_lengths(&servers[0].url, api_key.clone(), &wl).await?))
+    } else {
+        None
+    };
+
+    // Progress, telemetry.
+    let progress: Vec<Arc<GpuProgress>> = plan
+        .gpus
+        .iter()
+        .map(|g| {
+            let total = todo
+                .iter()
+                .filter(|(c, _)| &c.gpu == g)
+                .map(|(_, t)| t.iter().map(|(i, _)| turn_counts[*i] as u64).sum::<u64>())
+                .sum();
+            let p = GpuProgress::new(g, total);
+            *p.time_scale.lock().unwrap_or_else(|e| e.into_inner()) = scales[g];
+            Arc::new(p)
+        })
+        .collect();
+    let display = Arc::new(console::Display::new(&progress, args.quiet));
+    let ticker = {
+        let d = display.clone();
+        tokio::spawn(async move {
+            loop {
+                d.tick();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let states: Vec<(String, Arc<Mutex<GpuState>>)> = servers
+        .iter()
+        .map(|s| {
+            let st = GpuState {
+                url: Some(s.url.clone()),
+                cell: None,
+                index: s.gpu.parse().ok(),
+            };
+            (s.gpu.clone(), Arc::new(Mutex::new(st)))
+        })
+        .collect();
+    let sampler = tokio::spawn(telemetry::run(
+        states.clone(),
+        recorder.clone(),
+        api_key.clone(),
+        plan.metrics,
+        scales.values().copied().fold(1.0, f64::max),
+        Instant::now(),
+    ));
+    let nonce = format!("{:08x}", rand::random::<u32>());
+
+    // Every GPU's cells, GPUs in parallel.
+    let gpu_runs = servers.into_iter().zip(progress.iter().cloned()).zip(states).map(
+        |((server, prog), (_, state))| {
+            let gpu_cells: Vec<(CellId, record::Todo)> = cells
+                .iter()
+                .filter(|c| c.gpu == server.gpu)
+                .map(|c| (c.clone(), todo.get(c).cloned().unwrap_or_default()))
+                .collect();
+            run_gpu(GpuRun {
+                plan: &plan,
+                server,
+                cells: gpu_cells,
+                workload: wl.clone(),
+                recorder: recorder.clone(),
+                progress: prog,
+                state,
+                api_key: api_key.clone(),
+                logs: &logs,
+                manifest: manifest.clone(),
+                dir: &dir,
+                nonce: nonce.clone(),
+                recorded_lens: recorded_lens.clone(),
+            })
+        },
+    );
+    let result = tokio::select! {
+        r = futures::future::join_all(gpu_runs) => r.into_iter().collect::<anyhow::Result<Vec<()>>>().map(|_| ()),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!(
+            "interrupted: servers stopped; finish the run with --resume {run_id}"
+        )),
+    };
+    ticker.abort();
+    sampler.abort();
+    display.finish();
+    let summary = recorder.write_summary()?;
+    result?;
+    println!("{}", console::tables(&summary));
+    println!("results: {}", dir.display());
+    Ok(())
+}
+
+struct GpuRun<'a> {
+    plan: &'a Plan,
+    server: Server,
+    cells: Vec<(CellId, record::Todo)>,
+    workload: Arc<Workload>,
+    recorder: Arc<Recorder>,
+    progress: Arc<GpuProgress>,
+    state: Arc<Mutex<GpuState>>,
+    api_key: Option<String>,
+    logs: &'a Path,
+    manifest: Arc<Mutex<Manifest>>,
+    dir: &'a Path,
+    nonce: String,
+    recorded_lens: Option<Arc<Vec<Vec<Option<u32>>>>>,
+}
+
+/// One GPU's cells, one after another. The server restarts when the radix cache must change.
+async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
+    let GpuRun {
+        plan,
+        mut server,
+        cells,
+        workload,
+        recorder,
+        progress,
+        state,
+        api_key,
+        logs,
+        manifest,
+        dir,
+        nonce,
+        recorded_lens,
+    } = r;
+    let gpu = server.gpu.clone();
+    let mut warned_none = false;
+    for (cell, todo) in cells {
+        if todo.is_empty() {
+            continue;
+        }
+        let radix = cell.cache_mode != CacheMode::None;
+        if radix != server.radix && plan.backend != BackendChoice::Attach {
+            server.stop().await;
+            server = Server::start(plan, &gpu, radix, logs, api_key.as_deref())
+                .await
+                .with_context(|| format!("GPU {gpu}: restarting the server for {}", cell.cache_mode))?;
+            let (info, _) = server_info(&server, api_key.clone()).await;
+            let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
+            m.servers.push(info);
+            record::write_json_atomic(&dir.join(files::MANIFEST), &*m)?;
+        }
+        if !radix && plan.backend == BackendChoice::Attach && !warned_none {
+            warned_none = true;
+            tracing::warn!(
+                "GPU {gpu}: cache mode none on an attached server cannot be guaranteed \
+                 (start it with --disable-radix-cache); checking cached_tokens"
+            );
+        }
+        {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.url = Some(server.url.clone());
+            s.cell = Some(format!("{}/{}", cell.cache_mode, cell.concurrency));
+        }
+        let mut client = Client::new(&server.url, api_key.clone());
+        client.idle_timeout = Duration::from_secs_f64(plan.stall_timeout_s);
+        client.total_timeout = Duration::from_secs_f64(plan.request_timeout_s);
+        client.model = plan.model_path.clone();
+        if plan.flush_cache {
+            if let Err(e) = client.flush_cache().await {
+                tracing::warn!("GPU {gpu}: {e:#}");
+            }
+        }
+        let scale = server_scale(&client).await;
+        let ctx = Arc::new(CellCtx {
+            cell: cell.clone(),
+            client,
+            api: plan.api,
+            sampling: Sampling {
+                max_new_tokens: plan.max_new_tokens,
+                temperature: plan.temperature,
+                stop: plan.stop.clone(),
+                ignore_eos: false,
+            },
+            history: plan.history,
+            think: plan.think_time,
+            time_scale: scale,
+            recorded_lens: recorded_lens.clone(),
+            workload: workload.clone(),
+            recorder: recorder.clone(),
+            progress: progress.clone(),
+            nonce: nonce.clone(),
+        });
+        run_cell(ctx, todo).await?;
+        let summary = recorder.write_summary()?;
+        if !radix {
+            if let Some(c) = summary.cells.iter().find(|c| {
+                c.gpu == cell.gpu && c.cache_mode == cell.cache_mode && c.concurrency == cell.concurrency
+            }) {
+                if c.cached_tokens_total.unwrap_or(0) > 0 {
+                    tracing::warn!(
+                        "GPU {gpu}: cache mode none, concurrency {}: the server reported {} cached \
+                         tokens: the radix cache was not disabled",
+                        cell.concurrency,
+                        c.cached_tokens_total.unwrap_or(0)
+                    );
+                }
+            }
+        }
+    }
+    state.lock().unwrap_or_else(|e| e.into_inner()).cell = None;
+    server.stop().await;
+    Ok(())
+}
+
+/// Engine seconds per wall second of the server behind `client` (1 for real servers).
+async fn server_scale(client: &Client) -> f64 {
+    match client.get_json("/get_server_info", Duration::from_secs(10)).await {
+        Ok(v) => sim_info(&v).map_or(1.0, |s| s.time_scale),
+        Err(_) => 1.0,
+    }
+}
+
+fn sim_info(v: &Value) -> Option<SimInfo> {
+    let s = v.get("sim")?;
+    let scale = s.get("time_scale").and_then(Value::as_f64).unwrap_or(1.0);
+    Some(SimInfo {
+        time_scale: if scale.is_finite() && scale > 0.0 { scale } else { 1.0 },
+        gpu_profile: s.get("gpu").and_then(Value::as_str).unwrap_or("").into(),
+        model: s.get("model").and_then(Value::as_str).unwrap_or("").into(),
+    })
+}
+
+/// Read `/get_server_info` and `/get_model_info` (secrets removed).
+async fn server_info(s: &Server, api_key: Option<String>) -> (ServerInfo, Option<SimInfo>) {
+    let c = Client::new(&s.url, api_key);
+    let t = Duration::from_secs(10);
+    let mut info = match c.get_json("/get_server_info", t).await {
+        Ok(v) => v,
+        Err(_) => c.get_json("/server_info", t).await.unwrap_or(Value::Null),
+    };
+    let mut model = match c.get_json("/get_model_info", t).await {
+        Ok(v) => v,
+        Err(_) => c.get_json("/model_info", t).await.unwrap_or(Value::Null),
+    };
+    scrub(&mut info);
+    scrub(&mut model);
+    let sim = sim_info(&info);
+    let f = |k: &str| info.get(k).and_then(Value::as_f64);
+    let u = |k: &str| info.get(k).and_then(Value::as_u64);
+    let si = ServerInfo {
+        gpu: s.gpu.clone(),
+        url: s.url.clone(),
+        version: info.get("version").and_then(Value::as_str).map(String::from),
+        model_path: info
+            .get("model_path")
+            .or_else(|| model.get("model_path"))
+            .and_then(Value::as_str)
+            .map(String::from),
+        mem_fraction_static: f("mem_fraction_static"),
+        max_total_num_tokens: u("max_total_num_tokens"),
+        max_running_requests: u("max_running_requests"),
+        context_length: u("context_length"),
+        chunked_prefill_size: info.get("chunked_prefill_size").and_then(Value::as_i64),
+        disable_radix_cache: info.get("disable_radix_cache").and_then(Value::as_bool),
+        launch_command: s.launch_command.clone(),
+        raw: serde_json::json!({"server_info": info, "model_info": model}),
+    };
+    (si, sim)
+}
+
+fn build_manifest(
+    plan: &Plan,
+    run_id: &str,
+    wl: &Workload,
+    infos: &[(ServerInfo, Option<SimInfo>)],
+    simulated: bool,
+) -> Manifest {
+    let sim = infos.iter().find_map(|i| i.1.clone());
+    let gpus = infos
+        .iter()
+        .map(|(si, sim)| {
+            let prof = sim
+                .as_ref()
+                .and_then(|s| crate::sim::cost::GpuProfile::builtin(&s.gpu_profile));
+            GpuInfo {
+                label: si.gpu.clone(),
+                index: match plan.backend {
+                    BackendChoice::Launch => si.gpu.parse().ok(),
+                    _ => None,
+                },
+                name: sim.as_ref().map(|s| format!("simulated {}", s.gpu_profile)),
+                memory_bytes: prof.map(|p| p.mem_bytes),
+            }
+        })
+        .collect();
+    Manifest {
+        schema_version: SCHEMA_VERSION,
+        run_id: run_id.to_string(),
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: ToolInfo {
+            name: "turnbench runner".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: git_commit(),
+        },
+        simulated,
+        plan: plan.to_json(),
+        backend: BackendInfo {
+            kind: match (simulated, plan.api) {
+                (true, _) => BackendKind::Sim,
+                (false, Api::Native) => BackendKind::Sglang,
+                (false, Api::Openai) => BackendKind::Openai,
+            },
+            access: serde_json::to_value(plan.backend)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            api: plan.api.as_str().into(),
+            sim,
+        },
+        servers: infos.iter().map(|i| i.0.clone()).collect(),
+        gpus,
+        dataset: DatasetInfo {
+            kind: wl.format.as_str().into(),
+            source: wl.source.clone(),
+            content_hash: Some(wl.content_hash.clone()),
+            trajectories: wl.trajectories.len() as u64,
+            turns: wl.total_turns(),
+            history: plan.history,
+            skipped_lines: wl.skipped_lines,
+        },
+        host: HostInfo {
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .or_else(|| std::env::var("HOSTNAME").ok()),
+            os: std::env::consts::OS.into(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        },
+        limits: vec![],
+        cells: plan.cells(),
+    }
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Token counts of every recorded answer, from the server's `/v1/tokenize`.
+async fn recorded_lengths(
+    url: &str,
+    api_key: Option<String>,
+    wl: &Workload,
+) -> anyhow::Result<Vec<Vec<Option<u32>>>> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for t in &wl.trajectories {
+        let mut lens = Vec::new();
+        for turn in &t.turns {
+            let Some(text) = &turn.recorded else {
+                lens.push(None);
+                continue;
+            };
+            let mut req = http
+                .post(format!("{url}/v1/tokenize"))
+                .json(&serde_json::json!({"prompt": text, "add_special_tokens": false}));
+            if let Some(k) = &api_key {
+                req = req.bearer_auth(k);
+            }
+            let v: Value = req
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .context("plan key `output_len`: recorded needs the server's /v1/tokenize")?
+                .json()
+                .await?;
+            let n = v
+                .get("count")
+                .and_then(Value::as_u64)
+                .or_else(|| v.get("tokens").and_then(Value::as_array).map(|a| a.len() as u64))
+                .context("/v1/tokenize: no count in the answer")?;
+            lens.push(Some(n as u32));
+        }
+        out.push(lens);
+    }
+    Ok(out)
+}

@@ -1,0 +1,323 @@
+//! Trajectory sources: what a sweep replays.
+//!
+//! A [`Trajectory`] is a prelude (system prompt and first user message), then one [`Turn`] per
+//! generation request: the assistant message the dataset recorded for it (if any), the messages
+//! that follow it (the observation, as the next user or tool message) and the tool time the
+//! dataset measured before the next turn.
+//!
+//! Sources (each streams its file: only the trajectories the plan asks for are parsed, so a
+//! 660 MB dataset costs the lines it uses, plus one streaming pass to hash it):
+//! - [`synthetic`]: seeded SWE-agent-like trajectories (the default).
+//! - [`r2e`]: the seed's r2e-gym JSONL plus its YAML prompt file.
+//! - [`openai`]: OpenAI `messages` JSONL.
+//! - [`sharegpt`]: ShareGPT JSON (an array) or JSONL.
+
+pub mod openai;
+pub mod r2e;
+pub mod sharegpt;
+pub mod synthetic;
+
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Who speaks a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Message {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// One generation request of a trajectory, and what the dataset says happened after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// The assistant message the dataset recorded for this turn, if it has one.
+    pub recorded: Option<String>,
+    /// Messages appended after the assistant's answer (the observation); empty on the last turn.
+    pub after: Vec<Message>,
+    /// Tool (environment) time the dataset measured after this turn, seconds.
+    pub think_time: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trajectory {
+    /// The dataset's own id.
+    pub id: String,
+    /// Messages before the first generation (system prompt, first user message).
+    pub prelude: Vec<Message>,
+    pub turns: Vec<Turn>,
+}
+
+impl Trajectory {
+    /// Keep at most `max` turns (the plan's `turns`).
+    pub fn truncate(&mut self, max: usize) {
+        self.turns.truncate(max);
+        if let Some(last) = self.turns.last_mut() {
+            last.after.clear();
+        }
+    }
+}
+
+/// The dataset formats the runner reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    Synthetic,
+    R2eGym,
+    Openai,
+    Sharegpt,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Synthetic => "synthetic",
+            Format::R2eGym => "r2e-gym",
+            Format::Openai => "openai-messages",
+            Format::Sharegpt => "sharegpt",
+        }
+    }
+}
+
+/// Where trajectories come from and how many to take.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub format: Format,
+    /// The dataset file (not used by the synthetic source).
+    pub path: Option<PathBuf>,
+    /// r2e-gym's YAML prompt file.
+    pub prompts: Option<PathBuf>,
+    pub trajectories: usize,
+    pub max_turns: usize,
+    pub seed: u64,
+    pub skip_bad_lines: bool,
+}
+
+/// The loaded trajectories and what the manifest says about them.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub format: Format,
+    pub source: String,
+    pub content_hash: String,
+    pub trajectories: Vec<Trajectory>,
+    pub skipped_lines: u64,
+}
+
+impl Workload {
+    pub fn total_turns(&self) -> u64 {
+        self.trajectories.iter().map(|t| t.turns.len() as u64).sum()
+    }
+}
+
+/// A dataset that cannot be read. Every message names the file (and line) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Read the trajectories the source describes.
+pub fn load(src: &Source) -> Result<Workload, WorkloadError> {
+    let mut w = match src.format {
+        Format::Synthetic => synthetic::generate(&synthetic::Params::default_with(
+            src.trajectories,
+            src.max_turns,
+            src.seed,
+        )),
+        _ => {
+            let path = src
+                .path
+                .as_deref()
+                .ok_or_else(|| WorkloadError::Other("dataset: no file given".into()))?;
+            let (trajectories, skipped) = match src.format {
+                Format::R2eGym => {
+                    let prompts = src.prompts.as_deref().ok_or_else(|| {
+                        WorkloadError::Other(
+                            "prompts: the r2e-gym format needs a YAML prompt file (--prompts)"
+                                .into(),
+                        )
+                    })?;
+                    r2e::read(path, prompts, src.trajectories, src.skip_bad_lines)?
+                }
+                Format::Openai => openai::read(path, src.trajectories, src.skip_bad_lines)?,
+                Format::Sharegpt => sharegpt::read(path, src.trajectories, src.skip_bad_lines)?,
+                Format::Synthetic => unreachable!("handled above"),
+            };
+            let mut hash = hash_file(path)?;
+            if let Some(p) = &src.prompts {
+                hash = format!("{hash}+{}", hash_file(p)?);
+            }
+            Workload {
+                format: src.format,
+                source: path.display().to_string(),
+                content_hash: hash,
+                trajectories,
+                skipped_lines: skipped,
+            }
+        }
+    };
+    for t in &mut w.trajectories {
+        t.truncate(src.max_turns);
+    }
+    w.trajectories.retain(|t| !t.turns.is_empty());
+    Ok(w)
+}
+
+/// Guess the format from a file's extension and first bytes.
+pub fn detect_format(path: &Path) -> Result<Format, WorkloadError> {
+    let mut f = open(path)?;
+    let mut head = vec![0u8; 64 * 1024];
+    let n = read_some(&mut f, &mut head).map_err(|e| io_err(path, e))?;
+    let head = String::from_utf8_lossy(&head[..n]);
+    let trimmed = head.trim_start();
+    if trimmed.starts_with('[') || head.contains("\"conversations\"") {
+        return Ok(Format::Sharegpt);
+    }
+    if head.contains("\"trajectory_steps\"") || head.contains("\"problem_statement\"") {
+        return Ok(Format::R2eGym);
+    }
+    if head.contains("\"messages\"") {
+        return Ok(Format::Openai);
+    }
+    Err(WorkloadError::File {
+        path: path.to_path_buf(),
+        message: "cannot tell the dataset format (expected r2e-gym JSONL, OpenAI messages JSONL \
+                  or ShareGPT); set dataset_format"
+            .into(),
+    })
+}
+
+fn read_some(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> WorkloadError {
+    WorkloadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn open(path: &Path) -> Result<BufReader<std::fs::File>, WorkloadError> {
+    std::fs::File::open(path)
+        .map(|f| BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| io_err(path, e))
+}
+
+/// Hex SHA-256 of a file, read in chunks.
+pub fn hash_file(path: &Path) -> Result<String, WorkloadError> {
+    let mut f = open(path)?;
+    let mut h = Sha256::new();
+    loop {
+        let buf = f.fill_buf().map_err(|e| io_err(path, e))?;
+        if buf.is_empty() {
+            break;
+        }
+        h.update(buf);
+        let n = buf.len();
+        f.consume(n);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Read JSONL lines one at a time, parse each with `parse`, keep `want` good ones.
+/// A bad line is an error naming file and line, or (with `skip`) counted.
+pub(crate) fn read_jsonl<T>(
+    path: &Path,
+    want: usize,
+    skip: bool,
+    mut parse: impl FnMut(&str, usize) -> Result<Option<T>, String>,
+) -> Result<(Vec<T>, u64), WorkloadError> {
+    let mut reader = open(path)?;
+    let mut out = Vec::new();
+    let mut skipped = 0u64;
+    let mut line = String::new();
+    let mut lineno = 0usize;
+    while out.len() < want {
+        line.clear();
+        lineno += 1;
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| WorkloadError::Line {
+                path: path.to_path_buf(),
+                line: lineno,
+                message: e.to_string(),
+            })?;
+        if n == 0 {
+            break;
+        }
+        let text = line.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        match parse(text, lineno) {
+            Ok(Some(t)) => out.push(t),
+            Ok(None) => {}
+            Err(message) if skip => {
+                tracing::warn!("{}:{lineno}: skipped: {message}", path.display());
+                skipped += 1;
+            }
+            Err(message) => {
+                return Err(WorkloadError::Line {
+                    path: path.to_path_buf(),
+                    line: lineno,
+                    message,
+                })
+            }
+        }
+    }
+    Ok((out, skipped))
+}

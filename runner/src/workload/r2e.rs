@@ -1,0 +1,115 @@
+//! The seed's data: r2e-gym trajectories (JSONL, one trajectory per line) and a YAML prompt
+//! file with `system_prompt` and `instance_prompt` (containing `{problem_statement}`).
+//!
+//! Each `trajectory_steps[i]` is one turn: its recorded assistant message is the step's
+//! `thought` and `action` (separated by a blank line), and the observation that follows is
+//! formatted as the seed did: the observation, a blank line, then
+//! `[Environment execution time: X.XXXXs]`. The tool time replayed is `env_exec_time`.
+
+use super::{Message, Role, Trajectory, Turn, WorkloadError};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+struct Prompts {
+    system_prompt: String,
+    instance_prompt: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    problem_statement: String,
+    trajectory_steps: Vec<Step>,
+    #[serde(default)]
+    instance_id: Option<String>,
+    #[serde(default)]
+    docker_image: Option<String>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Step {
+    #[serde(default)]
+    thought: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    observation: String,
+    #[serde(default)]
+    env_exec_time: Option<f64>,
+}
+
+/// Read the prompt file (small; loaded whole).
+fn prompts(path: &Path) -> Result<Prompts, WorkloadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
+    let p: Prompts = serde_yaml_ng::from_str(&text).map_err(|e| WorkloadError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if !p.instance_prompt.contains("{problem_statement}") {
+        return Err(WorkloadError::File {
+            path: path.to_path_buf(),
+            message: "instance_prompt does not contain {problem_statement}".into(),
+        });
+    }
+    Ok(p)
+}
+
+/// The observation message as the seed formatted it.
+pub fn observation(obs: &str, env_exec_time: f64) -> String {
+    format!("{obs}\n\n[Environment execution time: {env_exec_time:.4}s]")
+}
+
+pub fn read(
+    path: &Path,
+    prompts_path: &Path,
+    want: usize,
+    skip: bool,
+) -> Result<(Vec<Trajectory>, u64), WorkloadError> {
+    let p = prompts(prompts_path)?;
+    super::read_jsonl(path, want, skip, |text, lineno| {
+        let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if line.trajectory_steps.is_empty() {
+            return Err("trajectory_steps is empty".into());
+        }
+        let id = line
+            .instance_id
+            .or(line.docker_image)
+            .or(line.id.map(|v| match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            }))
+            .unwrap_or_else(|| format!("line-{lineno}"));
+        let prelude = vec![
+            Message::new(Role::System, p.system_prompt.clone()),
+            Message::new(
+                Role::User,
+                p.instance_prompt
+                    .replace("{problem_statement}", &line.problem_statement),
+            ),
+        ];
+        let turns = line
+            .trajectory_steps
+            .into_iter()
+            .map(|s| {
+                let think = s.env_exec_time.unwrap_or(0.0).max(0.0);
+                let recorded = match (s.thought.trim().is_empty(), s.action.trim().is_empty()) {
+                    (true, _) => s.action,
+                    (false, true) => s.thought,
+                    (false, false) => format!("{}\n\n{}", s.thought, s.action),
+                };
+                Turn {
+                    recorded: Some(recorded),
+                    after: vec![Message::new(Role::User, observation(&s.observation, think))],
+                    think_time: think,
+                }
+            })
+            .collect();
+        Ok(Some(Trajectory {
+            id,
+            prelude,
+            turns,
+        }))
+    })
+}
