@@ -55,11 +55,22 @@ impl Server {
                     plan.sim_gpu.clone()
                 };
                 let mut argv: Vec<String> = [
-                    "--host", "127.0.0.1", "--port", "0", "--model-path", &plan.model_path,
-                    "--sim-gpu", &profile, "--mem-fraction-static",
-                    &plan.mem_fraction_static.to_string(), "--max-total-tokens",
-                    &plan.max_total_tokens.to_string(), "--sim-time-scale",
-                    &plan.sim_time_scale.to_string(), "--sim-seed", &plan.seed.to_string(),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--model-path",
+                    &plan.model_path,
+                    "--sim-gpu",
+                    &profile,
+                    "--mem-fraction-static",
+                    &plan.mem_fraction_static.to_string(),
+                    "--max-total-tokens",
+                    &plan.max_total_tokens.to_string(),
+                    "--sim-time-scale",
+                    &plan.sim_time_scale.to_string(),
+                    "--sim-seed",
+                    &plan.seed.to_string(),
                 ]
                 .map(String::from)
                 .to_vec();
@@ -91,14 +102,19 @@ impl Server {
             }
             BackendChoice::Launch => {
                 let port = plan.port_base as u32 + plan.port_step as u32 * gpu.parse::<u32>()?;
-                let port = u16::try_from(port).context("port_base + port_step·gpu exceeds 65535")?;
-                let argv = launch_argv(plan, gpu, port, radix);
+                let port =
+                    u16::try_from(port).context("port_base + port_step·gpu exceeds 65535")?;
+                let argv = launch_argv(plan, gpu, port, radix, api_key);
                 let log = logs.join(format!(
                     "server-gpu{gpu}-{}.log",
                     if radix { "radix" } else { "no-radix" }
                 ));
                 let launched = Launched::spawn(&argv, gpu, &log)?;
-                let host = if plan.host == "0.0.0.0" { "127.0.0.1" } else { &plan.host };
+                let host = if plan.host == "0.0.0.0" {
+                    "127.0.0.1"
+                } else {
+                    &plan.host
+                };
                 let url = format!("http://{host}:{port}");
                 let client = Client::new(&url, api_key.map(String::from));
                 let timeout = Duration::from_secs_f64(plan.launch_timeout_s);
@@ -126,17 +142,37 @@ impl Server {
 }
 
 /// The launch command for one GPU, placeholders filled.
-pub fn launch_argv(plan: &Plan, gpu: &str, port: u16, radix: bool) -> Vec<String> {
-    let mut argv: Vec<String> = plan
-        .launch_command
+pub fn launch_argv(
+    plan: &Plan,
+    gpu: &str,
+    port: u16,
+    radix: bool,
+    api_key: Option<&str>,
+) -> Vec<String> {
+    let mut template = plan.launch_command.clone();
+    if api_key.is_none() {
+        // No key: drop `--api-key {api_key}` (and `--flag={api_key}`) rather than pass "".
+        while let Some(i) = template.iter().position(|a| a.contains("{api_key}")) {
+            let flag_before = i > 0 && template[i - 1].starts_with("--") && !template[i].starts_with("--");
+            template.remove(i);
+            if flag_before {
+                template.remove(i - 1);
+            }
+        }
+    }
+    let mut argv: Vec<String> = template
         .iter()
         .map(|a| {
             a.replace("{model_path}", &plan.model_path)
                 .replace("{host}", &plan.host)
                 .replace("{port}", &port.to_string())
                 .replace("{gpu}", gpu)
-                .replace("{mem_fraction_static}", &plan.mem_fraction_static.to_string())
+                .replace(
+                    "{mem_fraction_static}",
+                    &plan.mem_fraction_static.to_string(),
+                )
                 .replace("{max_total_tokens}", &plan.max_total_tokens.to_string())
+                .replace("{api_key}", api_key.unwrap_or(""))
         })
         .collect();
     if !radix {
@@ -185,7 +221,9 @@ impl Launched {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let err = out.try_clone().with_context(|| format!("opening {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("opening {}", log.display()))?;
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .env("CUDA_VISIBLE_DEVICES", gpu)
@@ -199,7 +237,11 @@ impl Launched {
         let pgid = child
             .id()
             .and_then(|id| rustix::process::Pid::from_raw(id as i32));
-        tracing::info!("GPU {gpu}: launched {:?} (log {})", mask_secrets(argv), log.display());
+        tracing::info!(
+            "GPU {gpu}: launched {:?} (log {})",
+            mask_secrets(argv),
+            log.display()
+        );
         Ok(Launched {
             child,
             pgid,
@@ -299,7 +341,14 @@ mod tests {
             .to_vec();
         assert_eq!(
             mask_secrets(&a),
-            ["x", "--api-key", "***", "--admin-api-key=***", "--port", "1"]
+            [
+                "x",
+                "--api-key",
+                "***",
+                "--admin-api-key=***",
+                "--port",
+                "1"
+            ]
         );
     }
 }

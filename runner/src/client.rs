@@ -186,7 +186,11 @@ impl Client {
             .await?;
         let status = resp.status();
         let body = resp.text().await?;
-        anyhow::ensure!(status.is_success(), "GET {path}: HTTP {status}: {}", snippet(&body));
+        anyhow::ensure!(
+            status.is_success(),
+            "GET {path}: HTTP {status}: {}",
+            snippet(&body)
+        );
         Ok(serde_json::from_str(&body)
             .map_err(|e| anyhow::anyhow!("GET {path}: not JSON ({e}): {}", snippet(&body)))?)
     }
@@ -246,7 +250,10 @@ impl Client {
         );
         match serde_json::from_str::<Value>(&body) {
             Ok(Value::String(s)) => Ok(s),
-            _ => anyhow::bail!("POST /open_session: expected a JSON string, got {}", snippet(&body)),
+            _ => anyhow::bail!(
+                "POST /open_session: expected a JSON string, got {}",
+                snippet(&body)
+            ),
         }
     }
 
@@ -257,7 +264,11 @@ impl Client {
             .timeout(Duration::from_secs(30))
             .send()
             .await?;
-        anyhow::ensure!(resp.status().is_success(), "POST /close_session: HTTP {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "POST /close_session: HTTP {}",
+            resp.status()
+        );
         Ok(())
     }
 
@@ -273,7 +284,8 @@ impl Client {
                 if sampling.ignore_eos {
                     sp["ignore_eos"] = json!(true);
                 }
-                let mut b = json!({"text": text, "sampling_params": sp, "stream": true, "rid": rid});
+                let mut b =
+                    json!({"text": text, "sampling_params": sp, "stream": true, "rid": rid});
                 if let Some(s) = session {
                     let mut p = json!({"id": s.id, "rid": s.rid});
                     if s.drop_previous_output {
@@ -317,7 +329,12 @@ impl Client {
     }
 
     async fn stream(&self, path: &str, body: Value, api: Api, st: &mut StreamState) {
-        let resp = match self.req(reqwest::Method::POST, path).json(&body).send().await {
+        let resp = match self
+            .req(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(e) => return st.fail(format!("connection error: {}", error_chain(&e))),
         };
@@ -368,7 +385,10 @@ impl Client {
                 continue;
             }
             if v.get("object").and_then(Value::as_str) == Some("error") {
-                let msg = v.get("message").and_then(Value::as_str).unwrap_or("unknown");
+                let msg = v
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown");
                 st.error.get_or_insert(format!("server error: {msg}"));
                 continue;
             }
@@ -471,7 +491,8 @@ impl StreamState {
             self.finish_reason = Some(kind.to_string());
             if kind == "abort" {
                 let msg = fr.get("message").and_then(Value::as_str).unwrap_or("");
-                self.error.get_or_insert(format!("aborted by server: {msg}"));
+                self.error
+                    .get_or_insert(format!("aborted by server: {msg}"));
             }
         }
         Ok(())
@@ -482,7 +503,10 @@ impl StreamState {
             self.id = Some(id.to_string());
         }
         let usage = v.get("usage").filter(|u| !u.is_null());
-        let choices = v.get("choices").and_then(Value::as_array).ok_or("no choices")?;
+        let choices = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .ok_or("no choices")?;
         if let Some(c) = choices.first() {
             let delta = c
                 .get("delta")
@@ -491,7 +515,9 @@ impl StreamState {
                 .unwrap_or("");
             if !delta.is_empty() {
                 self.text.push_str(delta);
-                let n = match usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64)
+                let n = match usage
+                    .and_then(|u| u.get("completion_tokens"))
+                    .and_then(Value::as_u64)
                 {
                     Some(t) => {
                         self.saw_usage_per_chunk = true;
@@ -571,8 +597,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
     const PARTS: [&str; 10] = [
-        "api_key", "apikey", "secret", "password", "passwd", "credential", "authorization",
-        "access_token", "hf_token", "private_key",
+        "api_key",
+        "apikey",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "authorization",
+        "access_token",
+        "hf_token",
+        "private_key",
     ];
     PARTS.iter().any(|p| k.contains(p)) || k == "key" || k == "token" || k.ends_with("_key")
 }

@@ -144,14 +144,26 @@ pub fn tables(summary: &Summary) -> String {
     let mut out = String::new();
     let mut gpus: Vec<&str> = summary.cells.iter().map(|c| c.gpu.as_str()).collect();
     gpus.dedup();
-    let sim = if summary.simulated { " (simulated, engine time)" } else { "" };
+    let sim = if summary.simulated {
+        " (simulated, engine time)"
+    } else {
+        ""
+    };
     for gpu in gpus {
         let _ = writeln!(out, "\nGPU {gpu}{sim}");
         let _ = writeln!(
             out,
             "{:<8} {:>10} {:>14} {:>12} {:>16} {:>16} {:>12} {:>10} {:>9} {:>7}",
-            "Cache", "Batch Size", "Total Time (s)", "Avg/Traj (s)", "Traj Throughput",
-            "Token Throughput", "Total Tokens", "Tok/Turn", "Hit ratio", "Failed"
+            "Cache",
+            "Batch Size",
+            "Total Time (s)",
+            "Avg/Traj (s)",
+            "Traj Throughput",
+            "Token Throughput",
+            "Total Tokens",
+            "Tok/Turn",
+            "Hit ratio",
+            "Failed"
         );
         for c in summary.cells.iter().filter(|c| c.gpu == gpu) {
             let _ = writeln!(
@@ -165,7 +177,8 @@ pub fn tables(summary: &Summary) -> String {
                 c.output_tok_per_s,
                 c.total_output_tokens,
                 c.tokens_per_turn.map_or("-".into(), |v| format!("{v:.1}")),
-                c.cache_hit_ratio.map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
+                c.cache_hit_ratio
+                    .map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
                 c.failed_turns,
             );
         }

@@ -106,7 +106,9 @@ mod tests {
         // The session's parent holds first + "ANSWER"; the new text completes the full text.
         assert_eq!(format!("{first}ANSWER{}", c.new_text()), c.full_text());
         c.advance("REC", false, &[Message::new(Role::User, "more")]);
-        assert!(c.new_text().starts_with("REC<|im_end|>\n<|im_start|>user\nmore"));
+        assert!(c
+            .new_text()
+            .starts_with("REC<|im_end|>\n<|im_start|>user\nmore"));
         assert_eq!(c.messages().len(), 6);
     }
 }

@@ -25,9 +25,7 @@ pub struct ClosedLoop {
 
 impl ClosedLoop {
     pub fn new(todo: Todo) -> ClosedLoop {
-        ClosedLoop {
-            queue: todo.into(),
-        }
+        ClosedLoop { queue: todo.into() }
     }
 
     /// The next (trajectory, attempt) to run, or `None` when the cell is drained.
@@ -110,7 +108,16 @@ async fn run_trajectory(
             Ok(id) => session = Some(id),
             Err(e) => {
                 let out = failed_outcome(sent, format!("open_session: {e:#}"));
-                let rec = record(ctx, t, attempt, 0, &out, t0, in_flight.load(Ordering::SeqCst), 0.0);
+                let rec = record(
+                    ctx,
+                    t,
+                    attempt,
+                    0,
+                    &out,
+                    t0,
+                    in_flight.load(Ordering::SeqCst),
+                    0.0,
+                );
                 ctx.progress.turn_done(0, true);
                 return ctx.recorder.turn(rec);
             }

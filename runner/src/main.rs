@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "runner", version, about = "Multi-turn agent rollout benchmarks for SGLang")]
+#[command(
+    name = "runner",
+    version,
+    about = "Multi-turn agent rollout benchmarks for SGLang"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +27,7 @@ enum Command {
     },
     /// Run a sweep: GPUs × cache modes × concurrency over multi-turn trajectories, recording
     /// every turn into `results/<run-id>/`. With no flags, the demo plan on the simulated engine.
+    #[command(args_override_self = true)]
     Sweep(Box<runner::sweep::SweepArgs>),
     /// Pack a run directory into a reproducible `.tar.gz` bundle.
     Pack {

@@ -47,8 +47,11 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("{name}.tar.gz")));
     let tmp = out.with_extension("tmp");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let gz = GzBuilder::new().mtime(0).write(file, Compression::default());
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(file, Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for rel in files(dir)? {

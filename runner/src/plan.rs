@@ -220,7 +220,8 @@ pub struct PlanKeys {
     #[arg(long)]
     pub port_step: Option<u16>,
     /// Server command for `launch`, with placeholders {model_path} {host} {port} {gpu}
-    /// {mem_fraction_static} {max_total_tokens}. `--disable-radix-cache` is appended for the
+    /// {mem_fraction_static} {max_total_tokens} {api_key} (the key is never recorded: write
+    /// `--api-key {api_key}`, not the key itself). `--disable-radix-cache` is appended for the
     /// `none` cache mode. Default: `python -m sglang.launch_server …`.
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub launch_command: Option<Vec<String>>,
@@ -256,7 +257,9 @@ fn parse_format(s: &str) -> Result<Format, String> {
         "r2e-gym" | "r2e" => Ok(Format::R2eGym),
         "openai" | "openai-messages" => Ok(Format::Openai),
         "sharegpt" => Ok(Format::Sharegpt),
-        o => Err(format!("{o:?}: expected r2e-gym, openai, sharegpt or synthetic")),
+        o => Err(format!(
+            "{o:?}: expected r2e-gym, openai, sharegpt or synthetic"
+        )),
     }
 }
 
@@ -275,12 +278,43 @@ impl PlanKeys {
             ($($f:ident),*) => { PlanKeys { $($f: self.$f.or(base.$f)),* } };
         }
         merge!(
-            backend, api, urls, gpus, batch_sizes, cache_modes, trajectories, turns, dataset,
-            prompts, dataset_format, synthetic, seed, history, output_len, skip_bad_lines,
-            max_new_tokens, temperature, stop, think_time, out, run_id, model_path,
-            mem_fraction_static, max_total_tokens, host, port_base, port_step, launch_command,
-            launch_timeout_s, request_timeout_s, stall_timeout_s, sim_time_scale, sim_gpu,
-            sim_args, metrics, flush_cache
+            backend,
+            api,
+            urls,
+            gpus,
+            batch_sizes,
+            cache_modes,
+            trajectories,
+            turns,
+            dataset,
+            prompts,
+            dataset_format,
+            synthetic,
+            seed,
+            history,
+            output_len,
+            skip_bad_lines,
+            max_new_tokens,
+            temperature,
+            stop,
+            think_time,
+            out,
+            run_id,
+            model_path,
+            mem_fraction_static,
+            max_total_tokens,
+            host,
+            port_base,
+            port_step,
+            launch_command,
+            launch_timeout_s,
+            request_timeout_s,
+            stall_timeout_s,
+            sim_time_scale,
+            sim_gpu,
+            sim_args,
+            metrics,
+            flush_cache
         )
     }
 
@@ -321,9 +355,22 @@ fn key_err(key: impl Into<String>, message: impl Into<String>) -> PlanError {
 /// The default server command of `launch` (SGLang).
 pub fn default_launch_command() -> Vec<String> {
     [
-        "python", "-m", "sglang.launch_server", "--model-path", "{model_path}", "--host", "{host}",
-        "--port", "{port}", "--mem-fraction-static", "{mem_fraction_static}",
-        "--max-total-tokens", "{max_total_tokens}", "--tp-size", "1", "--enable-metrics",
+        "python",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "{model_path}",
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+        "--mem-fraction-static",
+        "{mem_fraction_static}",
+        "--max-total-tokens",
+        "{max_total_tokens}",
+        "--tp-size",
+        "1",
+        "--enable-metrics",
     ]
     .map(String::from)
     .to_vec()
@@ -397,10 +444,16 @@ impl Plan {
         }
         for (i, g) in gpus.iter().enumerate() {
             if g.trim().is_empty() || g.contains(['/', '\\']) {
-                return Err(key_err(format!("gpus[{i}]"), format!("{g:?} is not a usable label")));
+                return Err(key_err(
+                    format!("gpus[{i}]"),
+                    format!("{g:?} is not a usable label"),
+                ));
             }
             if gpus[..i].contains(g) {
-                return Err(key_err(format!("gpus[{i}]"), format!("{g:?} appears twice")));
+                return Err(key_err(
+                    format!("gpus[{i}]"),
+                    format!("{g:?} appears twice"),
+                ));
             }
         }
         let batch_sizes: BTreeMap<String, Vec<u32>> =
@@ -427,7 +480,10 @@ impl Plan {
                 return Err(key_err(format!("batch_sizes.{g}"), "empty list"));
             }
             if v.contains(&0) {
-                return Err(key_err(format!("batch_sizes.{g}"), "concurrency 0 runs nothing"));
+                return Err(key_err(
+                    format!("batch_sizes.{g}"),
+                    "concurrency 0 runs nothing",
+                ));
             }
         }
         let cache_modes = k.cache_modes.unwrap_or(CacheMode::ALL.to_vec());
@@ -474,7 +530,10 @@ impl Plan {
             }
         }
         if dataset_format == Format::R2eGym && k.prompts.is_none() {
-            return Err(key_err("prompts", "the r2e-gym format needs its YAML prompt file"));
+            return Err(key_err(
+                "prompts",
+                "the r2e-gym format needs its YAML prompt file",
+            ));
         }
         let max_new_tokens = k.max_new_tokens.unwrap_or(256);
         if max_new_tokens == 0 {
@@ -482,7 +541,10 @@ impl Plan {
         }
         let temperature = k.temperature.unwrap_or(0.7);
         if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(key_err("temperature", format!("{temperature}: must be ≥ 0")));
+            return Err(key_err(
+                "temperature",
+                format!("{temperature}: must be ≥ 0"),
+            ));
         }
         let think_time = match k.think_time {
             None => ThinkTime::Replay,
@@ -501,7 +563,10 @@ impl Plan {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
-                Err(key_err(key, format!("{v}: must be a positive number of seconds")))
+                Err(key_err(
+                    key,
+                    format!("{v}: must be a positive number of seconds"),
+                ))
             }
         };
         let sim_time_scale = k.sim_time_scale.unwrap_or(DEMO_TIME_SCALE);
@@ -511,7 +576,10 @@ impl Plan {
         let sim_gpu = k.sim_gpu.unwrap_or_else(|| "h100".into());
         if backend == BackendChoice::Sim {
             if crate::sim::cost::GpuProfile::builtin(&sim_gpu).is_none() {
-                return Err(key_err("sim_gpu", format!("{sim_gpu:?}: unknown GPU profile")));
+                return Err(key_err(
+                    "sim_gpu",
+                    format!("{sim_gpu:?}: unknown GPU profile"),
+                ));
             }
         }
         match backend {
@@ -522,12 +590,19 @@ impl Plan {
                 if urls.len() != gpus.len() {
                     return Err(key_err(
                         "urls",
-                        format!("{} URLs for {} GPUs: give one per GPU", urls.len(), gpus.len()),
+                        format!(
+                            "{} URLs for {} GPUs: give one per GPU",
+                            urls.len(),
+                            gpus.len()
+                        ),
                     ));
                 }
                 for (i, u) in urls.iter().enumerate() {
                     if !(u.starts_with("http://") || u.starts_with("https://")) {
-                        return Err(key_err(format!("urls[{i}]"), format!("{u:?} is not an http URL")));
+                        return Err(key_err(
+                            format!("urls[{i}]"),
+                            format!("{u:?} is not an http URL"),
+                        ));
                     }
                 }
             }
@@ -545,7 +620,10 @@ impl Plan {
                 return Err(key_err("launch_command", "must contain {port}"));
             }
             if let Some(g) = gpus.iter().find(|g| g.parse::<u16>().is_err()) {
-                return Err(key_err("gpus", format!("{g:?}: launch needs device indices")));
+                return Err(key_err(
+                    "gpus",
+                    format!("{g:?}: launch needs device indices"),
+                ));
             }
         }
         let run_id = k.run_id;
@@ -578,7 +656,9 @@ impl Plan {
             think_time,
             out: k.out.unwrap_or_else(|| "results".into()),
             run_id,
-            model_path: k.model_path.unwrap_or_else(|| "Qwen/Qwen2.5-14B-Instruct".into()),
+            model_path: k
+                .model_path
+                .unwrap_or_else(|| "Qwen/Qwen2.5-14B-Instruct".into()),
             mem_fraction_static,
             max_total_tokens,
             host: k.host.unwrap_or_else(|| "127.0.0.1".into()),
@@ -607,11 +687,13 @@ impl Plan {
         modes
             .iter()
             .flat_map(|&m| {
-                sizes.iter().map(move |&c| turnbench_schema::manifest::CellId {
-                    gpu: gpu.to_string(),
-                    cache_mode: m,
-                    concurrency: c,
-                })
+                sizes
+                    .iter()
+                    .map(move |&c| turnbench_schema::manifest::CellId {
+                        gpu: gpu.to_string(),
+                        cache_mode: m,
+                        concurrency: c,
+                    })
             })
             .collect()
     }
@@ -623,7 +705,9 @@ impl Plan {
 
     /// The plan as stored in the manifest (same keys as a plan file).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        let mut p = self.clone();
+        p.launch_command = crate::backend::mask_secrets(&p.launch_command);
+        serde_json::to_value(p).unwrap_or(serde_json::Value::Null)
     }
 
     /// Read back a manifest's plan (for `--resume`).
@@ -633,8 +717,8 @@ impl Plan {
             // Stored as resolved; dataset=null means synthetic.
             m.retain(|_, x| !x.is_null());
         }
-        let keys: PlanKeys = serde_json::from_value(v)
-            .map_err(|e| key_err("manifest.plan", e.to_string()))?;
+        let keys: PlanKeys =
+            serde_json::from_value(v).map_err(|e| key_err("manifest.plan", e.to_string()))?;
         Plan::resolve(keys)
     }
 }
@@ -667,11 +751,21 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let bad = |k: PlanKeys| Plan::resolve(k).unwrap_err().to_string();
-        assert!(bad(PlanKeys { gpus: Some(vec![]), ..Default::default() }).contains("`gpus`"));
-        assert!(bad(PlanKeys { cache_modes: Some(vec![]), ..Default::default() })
-            .contains("`cache_modes`"));
-        assert!(bad(PlanKeys { think_time: Some("sometimes".into()), ..Default::default() })
-            .contains("`think_time`"));
+        assert!(bad(PlanKeys {
+            gpus: Some(vec![]),
+            ..Default::default()
+        })
+        .contains("`gpus`"));
+        assert!(bad(PlanKeys {
+            cache_modes: Some(vec![]),
+            ..Default::default()
+        })
+        .contains("`cache_modes`"));
+        assert!(bad(PlanKeys {
+            think_time: Some("sometimes".into()),
+            ..Default::default()
+        })
+        .contains("`think_time`"));
         assert!(bad(PlanKeys {
             batch_sizes: Some("h100=1;nope=2".parse().unwrap()),
             ..Default::default()

@@ -47,7 +47,7 @@ pub fn main(args: SweepArgs) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,runner=info".into()),
+                .unwrap_or_else(|_| "warn,runner=info,runner::sim=warn".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -141,7 +141,10 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
         bail!("dataset: no trajectories to run");
     }
     if plan.history == turnbench_schema::HistorySource::Recorded
-        && wl.trajectories.iter().all(|t| t.turns.iter().all(|u| u.recorded.is_none()))
+        && wl
+            .trajectories
+            .iter()
+            .all(|t| t.turns.iter().all(|u| u.recorded.is_none()))
     {
         bail!("plan key `history`: recorded, but the dataset records no assistant messages");
     }
@@ -168,12 +171,18 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let logs = dir.join(files::LOGS_DIR);
 
     // First server of every GPU, in parallel.
-    let first_radix = |g: &str| plan.cells_of(g).first().map(|c| c.cache_mode) != Some(CacheMode::None);
-    let starts = plan.gpus.iter().map(|g| {
-        Server::start(&plan, g, first_radix(g), &logs, api_key.as_deref())
-    });
+    let first_radix =
+        |g: &str| plan.cells_of(g).first().map(|c| c.cache_mode) != Some(CacheMode::None);
+    let starts = plan
+        .gpus
+        .iter()
+        .map(|g| Server::start(&plan, g, first_radix(g), &logs, api_key.as_deref()));
     let mut servers = Vec::new();
-    for (g, r) in plan.gpus.iter().zip(futures::future::join_all(starts).await) {
+    for (g, r) in plan
+        .gpus
+        .iter()
+        .zip(futures::future::join_all(starts).await)
+    {
         match r {
             Ok(s) => servers.push(s),
             Err(e) => {
@@ -207,7 +216,9 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let cells = plan.cells();
     let todo = record::todo(&cells, &turn_counts, &existing);
     let recorded_lens = if plan.output_len == OutputLen::Recorded {
-        Some(Arc::new(recorded_lengths(&servers[0].url, api_key.clone(), &wl).await?))
+        Some(Arc::new(
+            recorded_lengths(&servers[0].url, api_key.clone(), &wl).await?,
+        ))
     } else {
         None
     };
@@ -259,8 +270,11 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let nonce = format!("{:08x}", rand::random::<u32>());
 
     // Every GPU's cells, GPUs in parallel.
-    let gpu_runs = servers.into_iter().zip(progress.iter().cloned()).zip(states).map(
-        |((server, prog), (_, state))| {
+    let gpu_runs = servers
+        .into_iter()
+        .zip(progress.iter().cloned())
+        .zip(states)
+        .map(|((server, prog), (_, state))| {
             let gpu_cells: Vec<(CellId, record::Todo)> = cells
                 .iter()
                 .filter(|c| c.gpu == server.gpu)
@@ -281,8 +295,7 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
                 nonce: nonce.clone(),
                 recorded_lens: recorded_lens.clone(),
             })
-        },
-    );
+        });
     let result = tokio::select! {
         r = futures::future::join_all(gpu_runs) => r.into_iter().collect::<anyhow::Result<Vec<()>>>().map(|_| ()),
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!(
@@ -343,7 +356,9 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             server.stop().await;
             server = Server::start(plan, &gpu, radix, logs, api_key.as_deref())
                 .await
-                .with_context(|| format!("GPU {gpu}: restarting the server for {}", cell.cache_mode))?;
+                .with_context(|| {
+                    format!("GPU {gpu}: restarting the server for {}", cell.cache_mode)
+                })?;
             let (info, _) = server_info(&server, api_key.clone()).await;
             let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
             m.servers.push(info);
@@ -394,7 +409,9 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         let summary = recorder.write_summary()?;
         if !radix {
             if let Some(c) = summary.cells.iter().find(|c| {
-                c.gpu == cell.gpu && c.cache_mode == cell.cache_mode && c.concurrency == cell.concurrency
+                c.gpu == cell.gpu
+                    && c.cache_mode == cell.cache_mode
+                    && c.concurrency == cell.concurrency
             }) {
                 if c.cached_tokens_total.unwrap_or(0) > 0 {
                     tracing::warn!(
@@ -414,7 +431,10 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
 
 /// Engine seconds per wall second of the server behind `client` (1 for real servers).
 async fn server_scale(client: &Client) -> f64 {
-    match client.get_json("/get_server_info", Duration::from_secs(10)).await {
+    match client
+        .get_json("/get_server_info", Duration::from_secs(10))
+        .await
+    {
         Ok(v) => sim_info(&v).map_or(1.0, |s| s.time_scale),
         Err(_) => 1.0,
     }
@@ -424,7 +444,11 @@ fn sim_info(v: &Value) -> Option<SimInfo> {
     let s = v.get("sim")?;
     let scale = s.get("time_scale").and_then(Value::as_f64).unwrap_or(1.0);
     Some(SimInfo {
-        time_scale: if scale.is_finite() && scale > 0.0 { scale } else { 1.0 },
+        time_scale: if scale.is_finite() && scale > 0.0 {
+            scale
+        } else {
+            1.0
+        },
         gpu_profile: s.get("gpu").and_then(Value::as_str).unwrap_or("").into(),
         model: s.get("model").and_then(Value::as_str).unwrap_or("").into(),
     })
@@ -450,7 +474,10 @@ async fn server_info(s: &Server, api_key: Option<String>) -> (ServerInfo, Option
     let si = ServerInfo {
         gpu: s.gpu.clone(),
         url: s.url.clone(),
-        version: info.get("version").and_then(Value::as_str).map(String::from),
+        version: info
+            .get("version")
+            .and_then(Value::as_str)
+            .map(String::from),
         model_path: info
             .get("model_path")
             .or_else(|| model.get("model_path"))
@@ -584,7 +611,11 @@ async fn recorded_lengths(
             let n = v
                 .get("count")
                 .and_then(Value::as_u64)
-                .or_else(|| v.get("tokens").and_then(Value::as_array).map(|a| a.len() as u64))
+                .or_else(|| {
+                    v.get("tokens")
+                        .and_then(Value::as_array)
+                        .map(|a| a.len() as u64)
+                })
                 .context("/v1/tokenize: no count in the answer")?;
             lens.push(Some(n as u32));
         }

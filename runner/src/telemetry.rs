@@ -22,7 +22,12 @@ pub struct GpuState {
 
 /// Labels that identify the process rather than the series.
 const PROCESS_LABELS: [&str; 6] = [
-    "model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank", "dp_rank",
+    "model_name",
+    "engine_type",
+    "tp_rank",
+    "pp_rank",
+    "moe_ep_rank",
+    "dp_rank",
 ];
 
 /// Parse the `sglang:` series of a Prometheus text exposition into `name[.label_value…] → value`

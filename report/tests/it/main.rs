@@ -1,1 +1,10 @@
 //! The report's one integration-test binary.
+
+mod browser;
+mod bundles;
+mod contexts;
+mod legacy;
+mod site;
+mod site_in_browser;
+mod support;
+mod viewer;

@@ -2,7 +2,7 @@
 //! defaults, so one command line serves both), the simulator's `--sim-*` flags, and the
 //! resolution of those flags into a validated [`SimConfig`].
 
-use super::cost::{GpuProfile, ModelProfile};
+use super::cost::{kv_capacity_tokens, GpuProfile, ModelProfile};
 use super::faults::Fault;
 use super::tokenizer::Tokenizer;
 use anyhow::{bail, Context as _};
@@ -184,7 +184,10 @@ impl SimArgs {
                 warnings.push(if values.is_empty() {
                     format!("ignoring SGLang flag --{name} (not simulated)")
                 } else {
-                    format!("ignoring SGLang flag --{name} {} (not simulated)", values.join(" "))
+                    format!(
+                        "ignoring SGLang flag --{name} {} (not simulated)",
+                        values.join(" ")
+                    )
                 });
             }
         }
@@ -194,7 +197,9 @@ impl SimArgs {
 
     /// The model name clients see.
     pub fn served_model_name(&self) -> &str {
-        self.served_model_name.as_deref().unwrap_or(&self.model_path)
+        self.served_model_name
+            .as_deref()
+            .unwrap_or(&self.model_path)
     }
 }
 
@@ -218,33 +223,47 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn resolve(args: SimArgs) -> anyhow::Result<SimConfig> {
-        if !(args.sim_time_scale > 0.0) {
-            bail!("--sim-time-scale {}: must be > 0 (or inf)", args.sim_time_scale);
+        if args.sim_time_scale.is_nan() || args.sim_time_scale <= 0.0 {
+            bail!(
+                "--sim-time-scale {}: must be > 0 (or inf)",
+                args.sim_time_scale
+            );
         }
-        if !(args.sim_output_len_mean >= 1.0) || !(args.sim_output_len_sigma >= 0.0) {
+        if args.sim_output_len_mean.is_nan()
+            || args.sim_output_len_mean < 1.0
+            || args.sim_output_len_sigma.is_nan()
+            || args.sim_output_len_sigma < 0.0
+        {
             bail!("--sim-output-len-mean must be >= 1 and --sim-output-len-sigma >= 0");
         }
         if args.tp_size == 0 {
             bail!("--tp-size must be >= 1");
         }
         let gpu = GpuProfile::builtin(&args.sim_gpu).with_context(|| {
-            format!("--sim-gpu {}: unknown GPU (h100, h200, a100-80gb, a100-40gb)", args.sim_gpu)
+            format!(
+                "--sim-gpu {}: unknown GPU (h100, h200, a100-80gb, a100-40gb)",
+                args.sim_gpu
+            )
         })?;
         let dir = Path::new(&args.model_path);
-        let (model, tokenizer, model_type, architectures) = if let Some(m) =
-            ModelProfile::builtin(&args.model_path)
-        {
-            let tok = Tokenizer::builtin(m.vocab as u32);
-            (m, tok, "qwen2".to_string(), vec!["Qwen2ForCausalLM".to_string()])
-        } else if dir.join("config.json").is_file() {
-            load_hf_dir(dir)?
-        } else {
-            bail!(
-                "--model-path {}: neither a built-in model (qwen2.5-14b) nor a directory with \
+        let (model, tokenizer, model_type, architectures) =
+            if let Some(m) = ModelProfile::builtin(&args.model_path) {
+                let tok = Tokenizer::builtin(m.vocab as u32);
+                (
+                    m,
+                    tok,
+                    "qwen2".to_string(),
+                    vec!["Qwen2ForCausalLM".to_string()],
+                )
+            } else if dir.join("config.json").is_file() {
+                load_hf_dir(dir)?
+            } else {
+                bail!(
+                    "--model-path {}: neither a built-in model (qwen2.5-14b) nor a directory with \
                  a config.json",
-                args.model_path
-            );
-        };
+                    args.model_path
+                );
+            };
         let context_length = args.context_length.unwrap_or(model.context_length);
         let mem_fraction_static = args.mem_fraction_static.unwrap_or(0.88);
         if !(0.0..=1.0).contains(&mem_fraction_static) {
@@ -254,19 +273,22 @@ impl SimConfig {
         let max_total_tokens = match args.max_total_tokens {
             Some(n) => n,
             None => {
-                let budget = gpu.mem_bytes as f64 * mem_fraction_static * tp as f64
-                    - model.weight_bytes as f64;
-                if budget <= 0.0 {
-                    bail!(
+                // Weights and KV are split over the TP group: pool as if one GPU had it all.
+                let group = GpuProfile {
+                    mem_bytes: gpu.mem_bytes * tp,
+                    ..gpu.clone()
+                };
+                match kv_capacity_tokens(&model, &group, mem_fraction_static) {
+                    0 => bail!(
                         "{} ({} GB of weights) does not fit {} x {} at --mem-fraction-static {}",
                         model.name,
                         model.weight_bytes / 1_000_000_000,
                         tp,
                         gpu.name,
                         mem_fraction_static
-                    );
+                    ),
+                    n => n,
                 }
-                (budget / model.kv_bytes_per_token as f64) as u64
             }
         };
         let max_running_requests = args.max_running_requests.unwrap_or_else(|| {
@@ -308,11 +330,15 @@ fn load_hf_dir(dir: &Path) -> anyhow::Result<HfModel> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let cfg: Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let model = model_from_hf_config(&cfg, &dir.display().to_string())
+    let model = ModelProfile::from_hf_config(&dir.display().to_string(), &cfg)
         .with_context(|| format!("in {}", path.display()))?;
     let eos: Vec<u32> = match cfg.get("eos_token_id") {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|n| n as u32)
+            .collect(),
         _ => Vec::new(),
     };
     let tok_path = dir.join("tokenizer.json");
@@ -329,60 +355,14 @@ fn load_hf_dir(dir: &Path) -> anyhow::Result<HfModel> {
     let architectures = cfg
         .get("architectures")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     Ok((model, tokenizer, model_type, architectures))
-}
-
-/// The model's shape from a HF `config.json` (bf16 unless `torch_dtype` says otherwise).
-fn model_from_hf_config(cfg: &Value, name: &str) -> anyhow::Result<ModelProfile> {
-    let get = |key: &str| -> anyhow::Result<u64> {
-        cfg.get(key)
-            .and_then(Value::as_u64)
-            .with_context(|| format!("key {key:?}: missing or not a positive integer"))
-    };
-    let hidden = get("hidden_size")?;
-    let layers = get("num_hidden_layers")?;
-    let q_heads = get("num_attention_heads")?;
-    let kv_heads = get("num_key_value_heads").unwrap_or(q_heads);
-    let head_dim = get("head_dim").unwrap_or(hidden / q_heads.max(1));
-    let intermediate = get("intermediate_size")?;
-    let vocab = get("vocab_size")?;
-    let context_length = get("max_position_embeddings").unwrap_or(4096);
-    let dtype_bytes = match cfg.get("torch_dtype").and_then(Value::as_str) {
-        Some("float32") => 4,
-        Some("float8_e4m3fn") | Some("int8") => 1,
-        _ => 2,
-    };
-    let tied = cfg
-        .get("tie_word_embeddings")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let attn = hidden * q_heads * head_dim * 2 + hidden * kv_heads * head_dim * 2;
-    let mlp = 3 * hidden * intermediate;
-    // Qwen2 has q/k/v biases; every layer has two RMSNorm weights, plus the final norm.
-    let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or_default();
-    let bias = if model_type.starts_with("qwen2") {
-        (q_heads + 2 * kv_heads) * head_dim
-    } else {
-        0
-    };
-    let norms = 2 * hidden;
-    let params =
-        layers * (attn + mlp + bias + norms) + hidden + vocab * hidden * if tied { 1 } else { 2 };
-    Ok(ModelProfile {
-        name: name.to_string(),
-        hidden,
-        layers,
-        q_heads,
-        kv_heads,
-        head_dim,
-        intermediate,
-        vocab,
-        weight_bytes: params * dtype_bytes,
-        kv_bytes_per_token: 2 * layers * kv_heads * head_dim * dtype_bytes,
-        context_length,
-    })
 }
 
 /// Entry point of `runner serve-sim ARGS…`.
@@ -454,7 +434,11 @@ mod tests {
         assert_eq!(c.chunked_prefill_size, 8192);
         // Qwen2.5-14B on an 80 GB H100 at 0.88: ~230k tokens (calibration measured 230,282
         // with 79.2 GiB usable; the profile has 80 GiB).
-        assert!((225_000..240_000).contains(&c.max_total_tokens), "{}", c.max_total_tokens);
+        assert!(
+            (225_000..240_000).contains(&c.max_total_tokens),
+            "{}",
+            c.max_total_tokens
+        );
     }
 
     #[test]
@@ -521,6 +505,9 @@ mod tests {
             ..SimArgs::default()
         };
         let e = format!("{:#}", SimConfig::resolve(args).err().unwrap());
-        assert!(e.contains("num_hidden_layers") && e.contains("config.json"), "{e}");
+        assert!(
+            e.contains("num_hidden_layers") && e.contains("config.json"),
+            "{e}"
+        );
     }
 }

@@ -12,8 +12,8 @@
 //!   a weight stream or a GEMM roofline, a fixed per-layer cost (norms, RoPE, launch gaps
 //!   inside the CUDA graph) and `a` activation passes per token over the hidden and
 //!   intermediate vectors (unfused elementwise work).
-//! - **Decode attention** (`B` sequences with contexts `c_i`): `L·t_attn + Σc_i·kvb / (BW·e_kv)
-//!   + B·L·t_seq`: a KV read at an efficiency that is higher while all `B × kv_heads` work
+//! - **Decode attention** (`B` sequences with contexts `c_i`):
+//!   `L·t_attn + Σc_i·kvb / (BW·e_kv) + B·L·t_seq`: a KV read at an efficiency that is higher while all `B × kv_heads` work
 //!   units fit in one wave on the SMs (split-KV keeps every SM streaming) than beyond.
 //! - **Prefill attention** (`n_i` new tokens over `p_i` cached, causal):
 //!   `L·t_attn + Σ 4·L·q_heads·head_dim·n_i·(p_i + (n_i+1)/2) / (F·e_attn·u)`, where `u` is
@@ -58,7 +58,9 @@ pub enum ModelConfigError {
     Missing(&'static str),
     #[error("config.json: field `{field}` must be positive (got {value})")]
     NotPositive { field: &'static str, value: u64 },
-    #[error("config.json: num_attention_heads ({q}) is not a multiple of num_key_value_heads ({kv})")]
+    #[error(
+        "config.json: num_attention_heads ({q}) is not a multiple of num_key_value_heads ({kv})"
+    )]
     Heads { q: u64, kv: u64 },
 }
 
@@ -230,7 +232,8 @@ impl ModelProfile {
     fn body_bytes_lower_bound(&self) -> u64 {
         let q = self.q_heads * self.head_dim;
         let kv = self.kv_heads * self.head_dim;
-        let per_layer = 2 * self.hidden * q + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate;
+        let per_layer =
+            2 * self.hidden * q + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate;
         self.layers * per_layer * BF16_BYTES
     }
 
@@ -373,10 +376,18 @@ pub fn kv_capacity_tokens(model: &ModelProfile, gpu: &GpuProfile, mem_fraction_s
 /// The datasheet roofline for decode: output tokens/s of `batch` sequences of `context`
 /// tokens each, when each step must stream the weights and every sequence's KV once and do
 /// the step's FLOPs at dense peak (whichever takes longer).
-pub fn decode_tok_per_s_bound(model: &ModelProfile, gpu: &GpuProfile, batch: u64, context: u64) -> f64 {
+pub fn decode_tok_per_s_bound(
+    model: &ModelProfile,
+    gpu: &GpuProfile,
+    batch: u64,
+    context: u64,
+) -> f64 {
     let b = batch.max(1) as f64;
-    let bytes = model.forward_weight_bytes() as f64 + b * context as f64 * model.kv_bytes_per_token as f64;
-    let flops = b * (2.0 * model.weight_bytes as f64 / BF16_BYTES as f64 + attention_flops(model, 1, context));
+    let bytes =
+        model.forward_weight_bytes() as f64 + b * context as f64 * model.kv_bytes_per_token as f64;
+    let flops = b
+        * (2.0 * model.weight_bytes as f64 / BF16_BYTES as f64
+            + attention_flops(model, 1, context));
     let t = (bytes / gpu.hbm_bytes_per_s).max(flops / gpu.bf16_flops);
     b / t
 }
@@ -390,7 +401,9 @@ pub fn prefill_tok_per_s_bound(model: &ModelProfile, gpu: &GpuProfile) -> f64 {
 /// Causal attention FLOPs of `new` query tokens over `cached + new` keys (QKᵀ and PV).
 fn attention_flops(model: &ModelProfile, new: u64, cached: u64) -> f64 {
     let n = new as f64;
-    4.0 * (model.layers * model.q_heads * model.head_dim) as f64 * n * (cached as f64 + (n + 1.0) / 2.0)
+    4.0 * (model.layers * model.q_heads * model.head_dim) as f64
+        * n
+        * (cached as f64 + (n + 1.0) / 2.0)
 }
 
 /// One prefill batch's composition, accumulated request by request (no allocation).
@@ -450,8 +463,10 @@ impl CostModel {
         let bw = gpu.hbm_bytes_per_s;
         let layers = model.layers as f64;
         let kvb = model.kv_bytes_per_token as f64;
-        let activation_bytes =
-            e.activation_passes * layers * (model.hidden + model.intermediate) as f64 * BF16_BYTES as f64;
+        let activation_bytes = e.activation_passes
+            * layers
+            * (model.hidden + model.intermediate) as f64
+            * BF16_BYTES as f64;
         CostModel {
             weight_stream_s: model.forward_weight_bytes() as f64 / (bw * e.weight_stream),
             gemm_s_per_token: 2.0 * model.body_matmul_params() / (gpu.bf16_flops * e.gemm),
@@ -471,7 +486,9 @@ impl CostModel {
     /// Linear layers of a forward pass over `tokens` tokens with `rows` through the lm_head.
     fn linear_s(&self, tokens: u64, rows: u64) -> f64 {
         let gemm = self.gemm_s_per_token * tokens as f64 + self.lm_head_s_per_row * rows as f64;
-        self.weight_stream_s.max(gemm) + self.layer_fixed_s + self.activation_s_per_token * tokens as f64
+        self.weight_stream_s.max(gemm)
+            + self.layer_fixed_s
+            + self.activation_s_per_token * tokens as f64
     }
 
     /// One decode step of `batch` sequences whose contexts sum to `kv_tokens` (seconds).
@@ -554,7 +571,10 @@ mod tests {
         assert_eq!(m.weight_bytes / 2, 494_032_768);
         assert_eq!(m.forward_weight_bytes(), m.weight_bytes);
         let untied = qwen14();
-        assert_eq!(untied.forward_weight_bytes(), untied.weight_bytes - 152064 * 5120 * 2);
+        assert_eq!(
+            untied.forward_weight_bytes(),
+            untied.weight_bytes - 152064 * 5120 * 2
+        );
     }
 
     #[test]
@@ -623,7 +643,11 @@ mod tests {
             for (b, c) in [(1, 1024), (16, 4096), (128, 32768)] {
                 let modelled = b as f64 / cost.decode_step_s(b, b * c);
                 let bound = decode_tok_per_s_bound(&qwen14(), &gpu, b, c);
-                assert!(modelled < bound, "{} B={b} C={c}: {modelled} ≥ {bound}", gpu.name);
+                assert!(
+                    modelled < bound,
+                    "{} B={b} C={c}: {modelled} ≥ {bound}",
+                    gpu.name
+                );
             }
             let modelled = 8192.0 / cost.prefill_one_s(8192, 0);
             assert!(modelled < prefill_tok_per_s_bound(&qwen14(), &gpu));
@@ -664,7 +688,10 @@ mod tests {
         }
         assert_eq!(points.len(), 36 + 26);
         let rel = |(_, model, measured): &(String, f64, f64)| (model / measured - 1.0).abs();
-        let worst = points.iter().max_by(|a, b| rel(a).total_cmp(&rel(b))).unwrap();
+        let worst = points
+            .iter()
+            .max_by(|a, b| rel(a).total_cmp(&rel(b)))
+            .unwrap();
         println!(
             "worst point: {} model {:.2} ms vs measured {:.2} ms ({:+.1} %)",
             worst.0,
@@ -673,7 +700,13 @@ mod tests {
             (worst.1 / worst.2 - 1.0) * 100.0
         );
         for point in &points {
-            assert!(rel(point) <= 0.10, "{}: model {:.2} ms, measured {:.2} ms", point.0, point.1, point.2);
+            assert!(
+                rel(point) <= 0.10,
+                "{}: model {:.2} ms, measured {:.2} ms",
+                point.0,
+                point.1,
+                point.2
+            );
         }
     }
 }

@@ -1,10 +1,26 @@
-//! The engine handle: the async face of the simulated scheduler. (STUB: emits everything at
-//! once; the real scheduler replaces the body, the API below is the contract.)
+//! The engine handle: the async face of the simulated scheduler ([`super::core::Core`]).
+//!
+//! One tokio task owns the stepping. It runs a step (the core computes its end time `t` in
+//! engine seconds), sleeps until the wall instant `start + t / time_scale` (an absolute
+//! deadline, so rounding never accumulates into drift), then delivers the step's events to
+//! each request's channel. Requests submitted meanwhile join at the next step boundary, as
+//! in SGLang's scheduler loop. With `time_scale = ∞` it never sleeps: steps run as fast as
+//! the CPU allows and engine time is just the core's clock.
+//!
+//! If a step ends later in wall time than its deadline (the CPU cannot keep up with the
+//! scale), the engine does not stretch or skip time: it records how far engine time is
+//! behind `wall × scale` in [`EngineStats::lag_seconds`] and logs a warning each time the
+//! lag doubles. An idle engine parks on a [`Notify`] and uses no CPU; when a request
+//! arrives the idle time is skipped to the arrival instant. A request whose event receiver
+//! is dropped is aborted (its KV freed) at the next step.
 
+use super::core::{Core, ReqKey};
 use super::cost::{GpuProfile, ModelProfile};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulePolicy {
@@ -22,7 +38,7 @@ pub struct EngineConfig {
     pub chunked_prefill_size: usize,
     pub schedule_policy: SchedulePolicy,
     pub disable_radix_cache: bool,
-    /// Engine seconds per wall second.
+    /// Engine seconds per wall second (`f64::INFINITY`: never sleep).
     pub time_scale: f64,
     pub seed: u64,
 }
@@ -80,70 +96,422 @@ pub struct EngineStats {
     pub lag_seconds: f64,
 }
 
+/// State shared by the handles and the stepping task.
+struct Inner {
+    core: Core,
+    senders: HashMap<ReqKey, (String, mpsc::UnboundedSender<EngineEvent>)>,
+    keys: HashMap<String, ReqKey>,
+    next_key: ReqKey,
+    lag_seconds: f64,
+}
+
+struct Shared {
+    cfg: EngineConfig,
+    start: Instant,
+    inner: Mutex<Inner>,
+    wake: Notify,
+    closed: AtomicBool,
+    /// The core's clock (f64 bits), for `now()` at infinite scale.
+    clock_bits: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while stepping is a bug; the state is still the best there is.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> f64 {
+        if self.cfg.time_scale.is_finite() {
+            self.start.elapsed().as_secs_f64() * self.cfg.time_scale
+        } else {
+            f64::from_bits(self.clock_bits.load(Ordering::Acquire))
+        }
+    }
+}
+
+/// Closes the stepping task when the last [`Engine`] handle is dropped.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine {
-    cfg: Arc<EngineConfig>,
-    start: std::time::Instant,
-    submitted: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
 }
 
 impl Engine {
-    /// Start the scheduler (needs a tokio runtime).
+    /// Start the scheduler task (needs a tokio runtime).
     pub fn start(cfg: EngineConfig) -> Engine {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                core: Core::new(&cfg),
+                senders: HashMap::new(),
+                keys: HashMap::new(),
+                next_key: 0,
+                lag_seconds: 0.0,
+            }),
+            cfg,
+            start: Instant::now(),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            clock_bits: AtomicU64::new(0f64.to_bits()),
+        });
+        tokio::spawn(run(shared.clone()));
         Engine {
-            cfg: Arc::new(cfg),
-            start: std::time::Instant::now(),
-            submitted: Arc::new(AtomicU64::new(0)),
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
         }
     }
 
     pub fn config(&self) -> &EngineConfig {
-        &self.cfg
+        &self.shared.cfg
     }
 
-    /// Engine time now (seconds since start).
+    /// Engine time now (seconds since start): wall time × scale, or at infinite scale the
+    /// end of the last step.
     pub fn now(&self) -> f64 {
-        self.start.elapsed().as_secs_f64() * self.cfg.time_scale
+        self.shared.now()
     }
 
     pub fn submit(&self, req: EngineRequest) -> Submitted {
-        self.submitted.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let at = self.now();
-        let n = req.output_ids.len() as u32;
-        let _ = tx.send(EngineEvent::First {
-            cached_tokens: 0,
-            at,
-        });
-        for i in 2..=n {
-            let _ = tx.send(EngineEvent::Progress {
-                completion_tokens: i,
-                at,
-            });
+        let mut inner = self.shared.lock();
+        let now = self.shared.now();
+        let key = inner.next_key;
+        inner.next_key += 1;
+        if inner.core.is_idle() {
+            inner.core.advance_to(now);
         }
-        let _ = tx.send(EngineEvent::Finished {
-            completion_tokens: n,
-            at,
-            retractions: 0,
-        });
+        inner.keys.insert(req.rid.clone(), key);
+        inner.senders.insert(key, (req.rid.clone(), tx));
+        inner.core.submit(key, req);
+        deliver_pending(&mut inner);
+        drop(inner);
+        self.shared.wake.notify_one();
         Submitted {
             events: rx,
-            received_at: at,
+            received_at: now,
         }
     }
 
-    /// Abort a request by id (no-op if unknown).
-    pub fn abort(&self, _rid: &str) {}
+    /// Abort a request by id (no-op if unknown or finished).
+    pub fn abort(&self, rid: &str) {
+        let mut inner = self.shared.lock();
+        if let Some(key) = inner.keys.get(rid).copied() {
+            inner.core.abort(key, "Abort request");
+            deliver_pending(&mut inner);
+        }
+        drop(inner);
+        self.shared.wake.notify_one();
+    }
 
     /// Empty the radix cache. `false` (nothing done) while requests are running or queued.
     pub async fn flush_cache(&self) -> bool {
-        true
+        self.shared.lock().core.flush_cache()
     }
 
     pub fn stats(&self) -> EngineStats {
+        let inner = self.shared.lock();
+        let s = inner.core.stats();
         EngineStats {
-            max_total_num_tokens: self.cfg.max_total_tokens,
-            ..Default::default()
+            running: s.running,
+            queued: s.queued,
+            used_tokens: s.used_tokens,
+            max_total_num_tokens: s.max_total_num_tokens,
+            token_usage: s.token_usage,
+            cache_hit_rate: s.cache_hit_rate,
+            gen_throughput: s.gen_throughput,
+            prefill_compute_tokens_total: s.prefill_compute_tokens_total,
+            prefill_cache_tokens_total: s.prefill_cache_tokens_total,
+            decode_tokens_total: s.decode_tokens_total,
+            retractions_total: s.retractions_total,
+            lag_seconds: inner.lag_seconds,
         }
+    }
+}
+
+/// Send the core's queued events; forget requests that ended.
+fn deliver_pending(inner: &mut Inner) {
+    let Inner {
+        core,
+        senders,
+        keys,
+        ..
+    } = inner;
+    for (key, event) in core.drain_events() {
+        deliver(senders, keys, key, event);
+    }
+}
+
+fn deliver(
+    senders: &mut HashMap<ReqKey, (String, mpsc::UnboundedSender<EngineEvent>)>,
+    keys: &mut HashMap<String, ReqKey>,
+    key: ReqKey,
+    event: EngineEvent,
+) {
+    let last = matches!(
+        event,
+        EngineEvent::Finished { .. } | EngineEvent::Aborted { .. }
+    );
+    if let Some((_, tx)) = senders.get(&key) {
+        // A closed receiver is noticed (and the request aborted) before the next step.
+        let _ = tx.send(event);
+    }
+    if last {
+        if let Some((rid, _)) = senders.remove(&key) {
+            if keys.get(&rid) == Some(&key) {
+                keys.remove(&rid);
+            }
+        }
+    }
+}
+
+/// Abort every request whose receiver was dropped.
+fn reap_disconnected(inner: &mut Inner) {
+    let closed: Vec<ReqKey> = inner
+        .senders
+        .iter()
+        .filter(|(_, (_, tx))| tx.is_closed())
+        .map(|(&k, _)| k)
+        .collect();
+    for key in closed {
+        inner.core.abort(key, "client disconnected");
+    }
+    deliver_pending(inner);
+}
+
+/// The stepping task.
+async fn run(shared: Arc<Shared>) {
+    let scale = shared.cfg.time_scale;
+    let mut pending: Vec<(ReqKey, EngineEvent)> = Vec::new();
+    let mut warned_lag = 0.0f64;
+    let mut steps_since_yield = 0u32;
+    loop {
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let end = {
+            let mut inner = shared.lock();
+            reap_disconnected(&mut inner);
+            let report = inner.core.step();
+            pending.extend(inner.core.drain_events());
+            shared
+                .clock_bits
+                .store(inner.core.clock().to_bits(), Ordering::Release);
+            report.map(|r| r.end)
+        };
+        let Some(end) = end else {
+            // Idle (or blocked): park until a submit, abort or shutdown.
+            shared.wake.notified().await;
+            continue;
+        };
+        if scale.is_finite() {
+            let deadline = shared.start + std::time::Duration::from_secs_f64(end / scale);
+            let now = Instant::now();
+            if now > deadline {
+                let lag = (now - deadline).as_secs_f64() * scale;
+                shared.lock().lag_seconds = lag;
+                if lag > 2.0 * warned_lag.max(0.01) {
+                    tracing::warn!(
+                        lag_engine_s = lag,
+                        engine_time = end,
+                        time_scale = scale,
+                        "the simulated engine is behind wall time × scale: the CPU cannot keep up; \
+                         timings stay in engine time but the run takes longer than scaled"
+                    );
+                    warned_lag = lag;
+                }
+                tokio::task::yield_now().await;
+            } else {
+                if warned_lag > 0.0 {
+                    tracing::info!(
+                        engine_time = end,
+                        "the simulated engine caught up with wall time"
+                    );
+                    warned_lag = 0.0;
+                }
+                shared.lock().lag_seconds = 0.0;
+                tokio::time::sleep_until(deadline).await;
+            }
+        } else {
+            steps_since_yield += 1;
+            if steps_since_yield >= 16 {
+                steps_since_yield = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut inner = shared.lock();
+        let Inner { senders, keys, .. } = &mut *inner;
+        for (key, event) in pending.drain(..) {
+            deliver(senders, keys, key, event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cost::CostModel;
+    use super::*;
+    use std::time::Duration;
+
+    fn config(time_scale: f64) -> EngineConfig {
+        EngineConfig {
+            model: ModelProfile::builtin("qwen2.5-14b").unwrap(),
+            gpu: GpuProfile::builtin("h100").unwrap(),
+            max_total_tokens: 200_000,
+            max_running_requests: 64,
+            chunked_prefill_size: 8192,
+            schedule_policy: SchedulePolicy::Fcfs,
+            disable_radix_cache: false,
+            time_scale,
+            seed: 0,
+        }
+    }
+
+    fn request(rid: &str, prompt: u32, output: u32) -> EngineRequest {
+        EngineRequest {
+            rid: rid.to_string(),
+            input_ids: (0..prompt).collect(),
+            output_ids: (1000..1000 + output).collect(),
+        }
+    }
+
+    async fn collect(mut sub: Submitted) -> Vec<EngineEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = sub.events.recv().await {
+            out.push(e);
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_arrive_at_their_engine_time_divided_by_the_scale() {
+        let engine = Engine::start(config(2.0));
+        let cost = CostModel::new(engine.config().model.clone(), engine.config().gpu.clone());
+        let t0 = Instant::now();
+        let mut sub = engine.submit(request("a", 4000, 3));
+        assert_eq!(sub.received_at, 0.0);
+        let first = sub.events.recv().await.unwrap();
+        let wall = t0.elapsed().as_secs_f64();
+        let prefill = cost.prefill_one_s(4000, 0);
+        assert_eq!(
+            first,
+            EngineEvent::First {
+                cached_tokens: 0,
+                at: prefill
+            }
+        );
+        assert!(
+            (wall - prefill / 2.0).abs() < 1e-3,
+            "{wall} vs {}",
+            prefill / 2.0
+        );
+        let rest = collect(sub).await;
+        let Some(EngineEvent::Finished {
+            completion_tokens: 3,
+            at,
+            ..
+        }) = rest.last()
+        else {
+            panic!("{rest:?}");
+        };
+        let expected = prefill + cost.decode_step_s(1, 4001) + cost.decode_step_s(1, 4002);
+        assert!((at - expected).abs() < 1e-9);
+        assert!((t0.elapsed().as_secs_f64() - expected / 2.0).abs() < 1e-3);
+        assert_eq!(engine.stats().lag_seconds, 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_is_skipped_and_the_second_turn_hits_the_cache() {
+        let engine = Engine::start(config(1.0));
+        let turn1 = collect(engine.submit(request("t1", 2000, 50))).await;
+        assert!(matches!(turn1.last(), Some(EngineEvent::Finished { .. })));
+        tokio::time::sleep(Duration::from_secs(10)).await; // think time
+        let received = engine.now();
+        // Turn 2 resends turn 1 (prompt + output) and appends an observation.
+        let mut turn2 = request("t2", 2000, 5);
+        turn2.input_ids.extend(1000..1050);
+        turn2.input_ids.extend(5000..5100);
+        let mut sub = engine.submit(turn2.clone());
+        assert!((sub.received_at - received).abs() < 1e-6 && received >= 10.0);
+        match sub.events.recv().await.unwrap() {
+            EngineEvent::First { cached_tokens, at } => {
+                assert_eq!(cached_tokens, 2050);
+                assert!(at > received && at < received + 0.5, "{at} {received}");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(!engine.flush_cache().await, "t2 is still running");
+        collect(sub).await;
+        assert!(engine.flush_cache().await);
+        let again = collect(engine.submit(turn2)).await;
+        assert!(matches!(
+            again[0],
+            EngineEvent::First {
+                cached_tokens: 0,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_receiver_aborts_and_frees_the_request() {
+        let engine = Engine::start(config(1.0));
+        let sub = engine.submit(request("gone", 1000, 10_000));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(engine.stats().running, 1);
+        drop(sub);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stats = engine.stats();
+        assert_eq!((stats.running, stats.queued, stats.used_tokens), (0, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abort_by_rid_sends_aborted() {
+        let engine = Engine::start(config(1.0));
+        let mut sub = engine.submit(request("x", 100, 10_000));
+        assert!(matches!(
+            sub.events.recv().await,
+            Some(EngineEvent::First { .. })
+        ));
+        engine.abort("x");
+        engine.abort("unknown");
+        let rest = collect(sub).await;
+        assert!(
+            matches!(rest.last(), Some(EngineEvent::Aborted { .. })),
+            "{rest:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn infinite_scale_never_sleeps_and_reports_engine_time() {
+        let engine = Engine::start(config(f64::INFINITY));
+        let wall = std::time::Instant::now();
+        let events = collect(engine.submit(request("fast", 30_000, 2000))).await;
+        // ~40 engine seconds of work in well under a wall second.
+        let Some(EngineEvent::Finished { at, .. }) = events.last() else {
+            panic!("{events:?}");
+        };
+        assert!(*at > 20.0, "{at}");
+        assert!(wall.elapsed() < Duration::from_secs(5));
+        assert_eq!(engine.now(), *at);
+        assert_eq!(events.len(), 2001);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_engine_does_not_step() {
+        let engine = Engine::start(config(1.0));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(engine.shared.lock().core.stats().steps_total, 0);
+        collect(engine.submit(request("one", 10, 1))).await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(engine.shared.lock().core.stats().steps_total, 1);
     }
 }

@@ -39,7 +39,9 @@ impl FromStr for Fault {
         let rate = |v: &str| -> Result<f64, String> {
             match v.trim().parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                _ => Err(format!("--sim-fault {s:?}: rate {v:?} is not a number in [0, 1]")),
+                _ => Err(format!(
+                    "--sim-fault {s:?}: rate {v:?} is not a number in [0, 1]"
+                )),
             }
         };
         match kind {
@@ -65,7 +67,9 @@ impl FromStr for Fault {
                 match at {
                     "before" => Ok(Fault::StallBefore { ms, rate: r }),
                     "during" => Ok(Fault::StallDuring { ms, rate: r }),
-                    _ => Err(format!("--sim-fault {s:?}: stall is @before or @during, not {at:?}")),
+                    _ => Err(format!(
+                        "--sim-fault {s:?}: stall is @before or @during, not {at:?}"
+                    )),
                 }
             }
             _ => Err(format!(
@@ -165,7 +169,14 @@ mod tests {
             "stall=5@during".parse::<Fault>().unwrap(),
             Fault::StallDuring { ms: 5, rate: 1.0 }
         );
-        for bad in ["http500", "http500=2", "stall=5", "stall=x@before", "stall=5@later", "boom=1"] {
+        for bad in [
+            "http500",
+            "http500=2",
+            "stall=5",
+            "stall=x@before",
+            "stall=5@later",
+            "boom=1",
+        ] {
             let e = bad.parse::<Fault>().unwrap_err();
             assert!(e.contains("--sim-fault"), "{e}");
         }

@@ -19,16 +19,16 @@ type GaugeF = Gauge<f64, AtomicU64>;
 type Labels = Vec<(&'static str, &'static str)>;
 
 const TTFT_BUCKETS: [f64; 18] = [
-    0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0,
-    200.0, 400.0,
+    0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 200.0,
+    400.0,
 ];
 const ITL_BUCKETS: [f64; 23] = [
     0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060, 0.080,
     0.100, 0.200, 0.400, 0.600, 0.800, 1.0, 2.0, 4.0, 6.0, 8.0,
 ];
 const E2E_BUCKETS: [f64; 23] = [
-    0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0,
-    200.0, 400.0, 800.0, 1200.0, 1600.0, 2000.0, 2400.0,
+    0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 200.0,
+    400.0, 800.0, 1200.0, 1600.0, 2000.0, 2400.0,
 ];
 
 pub struct Metrics {
@@ -92,13 +92,48 @@ impl Metrics {
                 .into_iter(),
             );
             let g = |r: &mut Registry, n: &str, h: &str, m: &GaugeF| r.register(n, h, m.clone());
-            g(sched, "sglang:num_running_reqs", "The number of running requests", &m.running);
-            g(sched, "sglang:num_queue_reqs", "The number of requests in the waiting queue", &m.queued);
-            g(sched, "sglang:num_used_tokens", "The number of used tokens", &m.used_tokens);
-            g(sched, "sglang:token_usage", "The token usage", &m.token_usage);
-            g(sched, "sglang:max_total_num_tokens", "Maximum total number of tokens in the KV cache pool", &m.max_total);
-            g(sched, "sglang:gen_throughput", "The generation throughput (token/s)", &m.gen_throughput);
-            g(sched, "sglang:cache_hit_rate", "The prefix cache hit rate", &m.cache_hit_rate);
+            g(
+                sched,
+                "sglang:num_running_reqs",
+                "The number of running requests",
+                &m.running,
+            );
+            g(
+                sched,
+                "sglang:num_queue_reqs",
+                "The number of requests in the waiting queue",
+                &m.queued,
+            );
+            g(
+                sched,
+                "sglang:num_used_tokens",
+                "The number of used tokens",
+                &m.used_tokens,
+            );
+            g(
+                sched,
+                "sglang:token_usage",
+                "The token usage",
+                &m.token_usage,
+            );
+            g(
+                sched,
+                "sglang:max_total_num_tokens",
+                "Maximum total number of tokens in the KV cache pool",
+                &m.max_total,
+            );
+            g(
+                sched,
+                "sglang:gen_throughput",
+                "The generation throughput (token/s)",
+                &m.gen_throughput,
+            );
+            g(
+                sched,
+                "sglang:cache_hit_rate",
+                "The prefix cache hit rate",
+                &m.cache_hit_rate,
+            );
             sched.register(
                 "sglang:realtime_tokens",
                 "Tokens processed, by mode",
@@ -117,20 +152,58 @@ impl Metrics {
             );
         }
         {
-            let tok = root.sub_registry_with_labels(
-                [(Cow::Borrowed("model_name"), name)].into_iter(),
+            let tok =
+                root.sub_registry_with_labels([(Cow::Borrowed("model_name"), name)].into_iter());
+            tok.register(
+                "sglang:prompt_tokens",
+                "Number of prefill tokens processed",
+                m.prompt_tokens.clone(),
             );
-            tok.register("sglang:prompt_tokens", "Number of prefill tokens processed", m.prompt_tokens.clone());
-            tok.register("sglang:generation_tokens", "Number of generation tokens processed", m.generation_tokens.clone());
-            tok.register("sglang:cached_tokens", "Number of cached prompt tokens", m.cached_tokens.clone());
-            tok.register("sglang:num_requests", "Number of requests processed", m.requests.clone());
-            tok.register("sglang:num_aborted_requests", "Number of requests aborted", m.aborted.clone());
-            tok.register("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds", m.ttft.clone());
-            tok.register("sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds", m.itl.clone());
-            tok.register("sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds", m.e2e.clone());
-            tok.register("sglang:num_retractions", "Histogram of retractions per request", m.retractions.clone());
+            tok.register(
+                "sglang:generation_tokens",
+                "Number of generation tokens processed",
+                m.generation_tokens.clone(),
+            );
+            tok.register(
+                "sglang:cached_tokens",
+                "Number of cached prompt tokens",
+                m.cached_tokens.clone(),
+            );
+            tok.register(
+                "sglang:num_requests",
+                "Number of requests processed",
+                m.requests.clone(),
+            );
+            tok.register(
+                "sglang:num_aborted_requests",
+                "Number of requests aborted",
+                m.aborted.clone(),
+            );
+            tok.register(
+                "sglang:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds",
+                m.ttft.clone(),
+            );
+            tok.register(
+                "sglang:inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds",
+                m.itl.clone(),
+            );
+            tok.register(
+                "sglang:e2e_request_latency_seconds",
+                "Histogram of End-to-end request latency in seconds",
+                m.e2e.clone(),
+            );
+            tok.register(
+                "sglang:num_retractions",
+                "Histogram of retractions per request",
+                m.retractions.clone(),
+            );
         }
-        Metrics { registry: root, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// The Prometheus text exposition, scheduler gauges refreshed from `stats`.
@@ -150,9 +223,10 @@ impl Metrics {
         set("prefill_compute", stats.prefill_compute_tokens_total);
         set("prefill_cache", stats.prefill_cache_tokens_total);
         set("decode", stats.decode_tokens_total);
-        self.retracted_total
-            .inner()
-            .store(stats.retractions_total, std::sync::atomic::Ordering::Relaxed);
+        self.retracted_total.inner().store(
+            stats.retractions_total,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

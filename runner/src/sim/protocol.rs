@@ -287,5 +287,6 @@ impl IntoResponse for ApiError {
 
 /// Parse a JSON body, mapping failures to SGLang's validation error.
 pub fn parse_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::validation(format!("invalid request body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::validation(format!("invalid request body: {e}")))
 }

@@ -171,6 +171,32 @@ impl RadixCache {
         }
     }
 
+    /// Length of the longest cached prefix of `tokens`, without locking or touching anything
+    /// (the `lpm` policy's sort key).
+    pub fn prefix_len(&self, tokens: &[u32]) -> usize {
+        if !self.enabled {
+            return 0;
+        }
+        let (mut node, mut len) = (ROOT, 0);
+        while len < tokens.len() {
+            let Some(child) = self.child(node, tokens[len]) else {
+                break;
+            };
+            let edge = &self.nodes[child as usize].tokens;
+            let common = edge
+                .iter()
+                .zip(&tokens[len..])
+                .take_while(|(a, b)| a == b)
+                .count();
+            len += common;
+            if common < edge.len() {
+                break;
+            }
+            node = child;
+        }
+        len
+    }
+
     /// Longest cached prefix of `tokens`: walks (splitting a partly matched node), marks the
     /// path used, and locks it. Disabled: always 0.
     pub fn match_prefix(&mut self, tokens: &[u32]) -> PrefixMatch {
@@ -227,7 +253,8 @@ impl RadixCache {
             }
             let parent = n.parent;
             if self.is_evictable_leaf(id) {
-                self.leaves.insert((self.nodes[id as usize].last_access, id));
+                self.leaves
+                    .insert((self.nodes[id as usize].last_access, id));
             }
             id = parent;
         }
@@ -249,7 +276,11 @@ impl RadixCache {
 
     /// Give back `n` private slots.
     pub fn release(&mut self, n: u64) {
-        debug_assert!(n <= self.private, "releasing {n} of {} private slots", self.private);
+        debug_assert!(
+            n <= self.private,
+            "releasing {n} of {} private slots",
+            self.private
+        );
         self.private -= n.min(self.private);
     }
 
@@ -267,10 +298,13 @@ impl RadixCache {
             self.tree_tokens -= len;
             self.evictable -= len;
             let parent = node.parent;
-            self.nodes[parent as usize].children.retain(|&(_, c)| c != id);
+            self.nodes[parent as usize]
+                .children
+                .retain(|&(_, c)| c != id);
             self.free_ids.push(id);
             if self.is_evictable_leaf(parent) {
-                self.leaves.insert((self.nodes[parent as usize].last_access, parent));
+                self.leaves
+                    .insert((self.nodes[parent as usize].last_access, parent));
             }
         }
         self.evicted_total += freed;
@@ -303,7 +337,9 @@ impl RadixCache {
                     lock_ref: 0,
                     last_access: now,
                 });
-                self.nodes[parent as usize].children.push((tokens[len], leaf));
+                self.nodes[parent as usize]
+                    .children
+                    .push((tokens[len], leaf));
                 self.tree_tokens += room as u64;
                 self.evictable += room as u64;
                 self.leaves.insert((now, leaf));
@@ -333,7 +369,12 @@ impl RadixCache {
     /// Check every internal invariant (tests and debug builds).
     #[cfg(test)]
     fn check(&self) {
-        assert!(self.used() <= self.capacity, "{} > {}", self.used(), self.capacity);
+        assert!(
+            self.used() <= self.capacity,
+            "{} > {}",
+            self.used(),
+            self.capacity
+        );
         let free: std::collections::HashSet<_> = self.free_ids.iter().copied().collect();
         let (mut tree, mut evictable, mut leaves) = (0, 0, BTreeSet::new());
         for (id, n) in self.nodes.iter().enumerate().skip(1) {
@@ -484,7 +525,9 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Match(t) => {
+                        let peek = c.prefix_len(&t);
                         let m = c.match_prefix(&t);
+                        prop_assert_eq!(peek, m.len);
                         // cached ≤ prompt, and the match is a real prefix of a stored path.
                         prop_assert!(m.len <= t.len());
                         if m.len > 0 {

@@ -383,15 +383,19 @@ fn prepare(
     let new_ids = match prompt {
         Prompt::Text(_) if st.cfg.args.skip_tokenizer_init => {
             return Err(bad(
-                "input_ids must be provided when the server runs with --skip-tokenizer-init"
-                    .into(),
+                "input_ids must be provided when the server runs with --skip-tokenizer-init".into(),
             ))
         }
         Prompt::Text(t) => st.tok().encode(&t),
         Prompt::Ids(ids) => ids,
     };
     let rid = rid.unwrap_or_else(new_rid);
-    if !st.in_flight.lock().expect("in-flight set").insert(rid.clone()) {
+    if !st
+        .in_flight
+        .lock()
+        .expect("in-flight set")
+        .insert(rid.clone())
+    {
         return Err(bad("Duplicate request IDs detected".into()));
     }
     let unregister = |st: &St| {
@@ -417,7 +421,10 @@ fn prepare(
     let fail = |st: &St, m: String| {
         unregister(st);
         if let Some(sid) = &sid {
-            st.sessions.lock().expect("sessions").finish(sid, &rid, None);
+            st.sessions
+                .lock()
+                .expect("sessions")
+                .finish(sid, &rid, None);
         }
         Err(bad(m))
     };
@@ -429,7 +436,9 @@ fn prepare(
     if n >= ctx {
         return fail(
             st,
-            format!("The input ({n} tokens) is longer than the model's context length ({ctx} tokens)."),
+            format!(
+                "The input ({n} tokens) is longer than the model's context length ({ctx} tokens)."
+            ),
         );
     }
     let max_new = sp
@@ -596,7 +605,12 @@ impl Running {
                 self.finished_at = Some(finite(at));
                 if let Some(m) = &self.st.metrics {
                     m.e2e.observe((finite(at) - self.received_at).max(0.0));
-                    m.finished(self.prompt_tokens, self.completion, self.cached, retractions);
+                    m.finished(
+                        self.prompt_tokens,
+                        self.completion,
+                        self.cached,
+                        retractions,
+                    );
                 }
                 if let Some(sid) = &self.session {
                     let out = &self.plan.ids[..self.completion as usize];
@@ -753,7 +767,10 @@ impl SseJob {
         }
         let mut out = BytesMut::new();
         if self.sent == 0 {
-            if let Route::Chat { id, model, created, .. } = &self.route {
+            if let Route::Chat {
+                id, model, created, ..
+            } = &self.route
+            {
                 let chunk = Chunk {
                     id,
                     object: "chat.completion.chunk",
@@ -807,7 +824,9 @@ impl SseJob {
             }
             if self.faults.malformed {
                 self.faults.malformed = false;
-                out.extend_from_slice(b"data: {\"text\": \"malformed chunk\", \"meta_info\": {\n\n");
+                out.extend_from_slice(
+                    b"data: {\"text\": \"malformed chunk\", \"meta_info\": {\n\n",
+                );
             }
             let before = out.len();
             out = self.chunk(out);
@@ -831,7 +850,9 @@ impl SseJob {
         let r = &self.running;
         match &self.route {
             Route::Native { index } => sse(out, &r.native_json(*index)),
-            Route::Chat { id, model, created, .. } => {
+            Route::Chat {
+                id, model, created, ..
+            } => {
                 if r.aborted.is_some() {
                     return out;
                 }
@@ -862,7 +883,9 @@ impl SseJob {
                 self.text_sent = text.len();
                 sse(out, &serde_json::to_vec(&chunk).expect("chunk"))
             }
-            Route::Completion { id, model, created, .. } => {
+            Route::Completion {
+                id, model, created, ..
+            } => {
                 if r.aborted.is_some() {
                     return out;
                 }
@@ -900,10 +923,18 @@ impl SseJob {
         let aborted = r.aborted.clone();
         match &self.route {
             Route::Native { .. } => {}
-            Route::Chat { id, model, created, include_usage } => {
+            Route::Chat {
+                id,
+                model,
+                created,
+                include_usage,
+            } => {
                 if let Some(m) = aborted {
                     let e = ApiError::openai(StatusCode::INTERNAL_SERVER_ERROR, m);
-                    out = sse(out, &serde_json::to_vec(&json!({"error": e.body})).expect("json"));
+                    out = sse(
+                        out,
+                        &serde_json::to_vec(&json!({"error": e.body})).expect("json"),
+                    );
                 } else {
                     let (f, matched) = p::openai_finish(&r.plan.finish);
                     let chunk = Chunk {
@@ -939,10 +970,18 @@ impl SseJob {
                     }
                 }
             }
-            Route::Completion { id, model, created, include_usage } => {
+            Route::Completion {
+                id,
+                model,
+                created,
+                include_usage,
+            } => {
                 if let Some(m) = aborted {
                     let e = ApiError::openai(StatusCode::INTERNAL_SERVER_ERROR, m);
-                    out = sse(out, &serde_json::to_vec(&json!({"error": e.body})).expect("json"));
+                    out = sse(
+                        out,
+                        &serde_json::to_vec(&json!({"error": e.body})).expect("json"),
+                    );
                 } else if *include_usage {
                     // This chunk is serialized with nulls dropped (spec §2.5).
                     let mut usage = serde_json::to_value(r.usage()).expect("usage");
@@ -1002,9 +1041,7 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
     // Normalize to a list of prompts (a list = a batch).
     let (prompts, batch): (Vec<Prompt>, bool) = match (&req.text, &req.input_ids) {
         (Some(OneOrMany::One(t)), None) => (vec![Prompt::Text(t.clone())], false),
-        (Some(OneOrMany::Many(v)), None) => {
-            (v.iter().cloned().map(Prompt::Text).collect(), true)
-        }
+        (Some(OneOrMany::Many(v)), None) => (v.iter().cloned().map(Prompt::Text).collect(), true),
         (None, Some(p::IdsInput::One(ids))) => (vec![Prompt::Ids(ids.clone())], false),
         (None, Some(p::IdsInput::Many(v))) => (v.iter().cloned().map(Prompt::Ids).collect(), true),
         (Some(_), Some(_)) => {
@@ -1021,7 +1058,10 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
         }
     };
     if batch && req.session_params.is_some() {
-        return native_error(&req, "session_params are not supported in batch requests".into());
+        return native_error(
+            &req,
+            "session_params are not supported in batch requests".into(),
+        );
     }
     let mut running = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.into_iter().enumerate() {
@@ -1030,7 +1070,14 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
             None => SamplingParams::default(),
         };
         let rid = req.rid.as_ref().and_then(|r| r.get(i));
-        match prepare(&st, prompt, &sp, Some(128), rid, req.session_params.as_ref()) {
+        match prepare(
+            &st,
+            prompt,
+            &sp,
+            Some(128),
+            rid,
+            req.session_params.as_ref(),
+        ) {
             Ok(job) => running.push(Running::submit(&st, job)),
             Err(Reject::Session(m)) if req.stream => {
                 return sse_once(json!({
@@ -1054,7 +1101,11 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
                 route: Route::Native {
                     index: batch.then_some(i),
                 },
-                faults: if i == 0 { faults.clone() } else { FaultPlan::default() },
+                faults: if i == 0 {
+                    faults.clone()
+                } else {
+                    FaultPlan::default()
+                },
                 sent: 0,
                 text_sent: 0,
                 primed: false,
@@ -1078,7 +1129,7 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
     for (i, mut r) in running.into_iter().enumerate() {
         while r.next().await {
             if i == 0 && r.completion > 0 {
-                if let Some(d) = faults.stall_during.clone() {
+                if let Some(d) = faults.stall_during {
                     tokio::time::sleep(d).await;
                 }
             }
@@ -1164,7 +1215,10 @@ async fn chat_completions(State(st): State<St>, headers: HeaderMap, body: Bytes)
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let system = st.cfg.qwen_template.then_some(template::QWEN_DEFAULT_SYSTEM);
+    let system = st
+        .cfg
+        .qwen_template
+        .then_some(template::QWEN_DEFAULT_SYSTEM);
     let text = match template::chatml(&req.messages, system) {
         Ok(t) => t,
         Err(e) => return ApiError::openai(StatusCode::BAD_REQUEST, e).into_response(),
@@ -1199,26 +1253,25 @@ async fn completions(State(st): State<St>, headers: HeaderMap, body: Bytes) -> R
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let prompt = match &req.prompt {
-        Value::String(s) => Prompt::Text(s.clone()),
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-            Prompt::Text(a[0].as_str().unwrap_or_default().to_string())
-        }
-        Value::Array(a) if a.iter().all(Value::is_u64) => Prompt::Ids(
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|x| x as u32)
-                .collect(),
-        ),
-        _ => {
-            return ApiError::openai(
+    let prompt =
+        match &req.prompt {
+            Value::String(s) => Prompt::Text(s.clone()),
+            Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+                Prompt::Text(a[0].as_str().unwrap_or_default().to_string())
+            }
+            Value::Array(a) if a.iter().all(Value::is_u64) => Prompt::Ids(
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect(),
+            ),
+            _ => return ApiError::openai(
                 StatusCode::BAD_REQUEST,
                 "prompt: a string, a list with one string, or a list of token ids (batches are \
                  not supported by the simulator)",
             )
-            .into_response()
-        }
-    };
+            .into_response(),
+        };
     let call = OpenAiCall {
         prompt,
         sp: SamplingParams {
@@ -1322,11 +1375,7 @@ async fn openai(st: St, call: OpenAiCall) -> Response {
         "usage": r.usage(),
         "metadata": {"weight_version": "default"},
     });
-    finish_body(
-        serde_json::to_vec(&body).expect("json"),
-        &faults,
-        answered,
-    )
+    finish_body(serde_json::to_vec(&body).expect("json"), &faults, answered)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1379,14 +1428,20 @@ fn server_args(st: &AppState) -> serde_json::Map<String, Value> {
         _ => serde_json::Map::new(),
     };
     let c = &st.cfg;
-    args.insert("served_model_name".into(), json!(c.args.served_model_name()));
+    args.insert(
+        "served_model_name".into(),
+        json!(c.args.served_model_name()),
+    );
     args.insert("tokenizer_path".into(), json!(c.args.model_path));
     args.insert("mem_fraction_static".into(), json!(c.mem_fraction_static));
     args.insert("chunked_prefill_size".into(), json!(c.chunked_prefill_size));
     args.insert("context_length".into(), json!(c.context_length));
     args.insert("max_total_tokens".into(), json!(c.args.max_total_tokens));
     args.insert("page_size".into(), json!(c.args.page_size.unwrap_or(1)));
-    args.insert("sim_time_scale".into(), time_scale_json(c.args.sim_time_scale));
+    args.insert(
+        "sim_time_scale".into(),
+        time_scale_json(c.args.sim_time_scale),
+    );
     args
 }
 
@@ -1425,7 +1480,10 @@ async fn server_info(State(st): State<St>) -> Json<Value> {
         "max_req_input_len".into(),
         json!((c.context_length - 1).min(c.max_total_tokens.saturating_sub(1))),
     );
-    info.insert("max_running_requests_resolved".into(), json!(c.max_running_requests));
+    info.insert(
+        "max_running_requests_resolved".into(),
+        json!(c.max_running_requests),
+    );
     info.insert("internal_states".into(), json!([Value::Object(state)]));
     info.insert("version".into(), json!(SGLANG_VERSION));
     info.insert(
@@ -1462,9 +1520,11 @@ async fn model_card(State(st): State<St>, Path(id): Path<String>) -> Response {
     } else {
         (
             StatusCode::NOT_FOUND,
-            Json(json!({"error": {"message": format!("The model '{id}' does not exist"),
+            Json(
+                json!({"error": {"message": format!("The model '{id}' does not exist"),
                                   "type": "invalid_request_error", "param": "model",
-                                  "code": "model_not_found"}})),
+                                  "code": "model_not_found"}}),
+            ),
         )
             .into_response()
     }
@@ -1487,7 +1547,10 @@ async fn metrics(State(st): State<St>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         m.render(&st.engine.stats()),
     )
         .into_response()
@@ -1523,7 +1586,13 @@ async fn abort_request(State(st): State<St>, body: Bytes) -> Response {
         Err(e) => return e.into_response(),
     };
     if req.get("abort_all").and_then(Value::as_bool) == Some(true) {
-        let all: Vec<String> = st.in_flight.lock().expect("in-flight set").iter().cloned().collect();
+        let all: Vec<String> = st
+            .in_flight
+            .lock()
+            .expect("in-flight set")
+            .iter()
+            .cloned()
+            .collect();
         for rid in all {
             st.engine.abort(&rid);
         }

@@ -30,7 +30,9 @@ impl Sessions {
     /// Open a session; `Err` when the id is already open.
     pub fn open(&mut self, id: String) -> Result<String, String> {
         if self.open.contains_key(&id) {
-            return Err(format!("Failed to open the session. Session id {id} already exists."));
+            return Err(format!(
+                "Failed to open the session. Session id {id} already exists."
+            ));
         }
         self.open.insert(id.clone(), Session::default());
         Ok(id)
@@ -78,7 +80,11 @@ impl Sessions {
                 if let Some(off) = p.offset.filter(|&o| o != 0) {
                     // Python slicing `[:offset]`.
                     let n = ids.len() as i64;
-                    let cut = if off < 0 { (n + off).max(0) } else { off.min(n) };
+                    let cut = if off < 0 {
+                        (n + off).max(0)
+                    } else {
+                        off.min(n)
+                    };
                     ids.truncate(cut as usize);
                 }
                 if replace {
@@ -160,9 +166,15 @@ mod tests {
         assert!(s.open("s".into()).is_err());
         assert_eq!(s.begin(&sp(None), "a", &[1, 2]).unwrap(), vec![1, 2]);
         // Parent not finished yet.
-        assert!(s.begin(&sp(Some("a")), "b", &[5]).unwrap_err().contains("not finished"));
+        assert!(s
+            .begin(&sp(Some("a")), "b", &[5])
+            .unwrap_err()
+            .contains("not finished"));
         s.finish("s", "a", Some(&[3, 4]));
-        assert_eq!(s.begin(&sp(Some("a")), "b", &[5]).unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            s.begin(&sp(Some("a")), "b", &[5]).unwrap(),
+            vec![1, 2, 3, 4, 5]
+        );
         let drop_out = SessionParams {
             drop_previous_output: Some(true),
             ..sp(Some("a"))
@@ -180,13 +192,22 @@ mod tests {
             ..sp(Some("a"))
         };
         s.begin(&replace, "e", &[8]).unwrap();
-        assert!(s.begin(&sp(Some("b")), "f", &[1]).unwrap_err().contains("does not exist"));
-        assert!(s.begin(&sp(Some("zz")), "g", &[1]).unwrap_err().contains("rid zz"));
+        assert!(s
+            .begin(&sp(Some("b")), "f", &[1])
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(s
+            .begin(&sp(Some("zz")), "g", &[1])
+            .unwrap_err()
+            .contains("rid zz"));
         let unknown = SessionParams {
             id: Some("nope".into()),
             ..Default::default()
         };
-        assert!(s.begin(&unknown, "h", &[1]).unwrap_err().contains("session id nope"));
+        assert!(s
+            .begin(&unknown, "h", &[1])
+            .unwrap_err()
+            .contains("session id nope"));
         assert!(s.close("s"));
         assert!(!s.close("s"));
     }

@@ -11,7 +11,10 @@ pub const QWEN_DEFAULT_SYSTEM: &str =
 /// `default_system`: the system prompt to add when the conversation has none.
 pub fn chatml(messages: &[Value], default_system: Option<&str>) -> Result<String, String> {
     let mut out = String::new();
-    let first_role = messages.first().and_then(|m| m.get("role")).and_then(Value::as_str);
+    let first_role = messages
+        .first()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str);
     if let (Some(sys), false) = (default_system, first_role == Some("system")) {
         push_turn(&mut out, "system", sys);
     }
@@ -51,10 +54,12 @@ fn content_text(v: &Value) -> Result<String, String> {
         Value::String(s) => Ok(s.clone()),
         Value::Array(parts) => parts
             .iter()
-            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
-                _ => Err("only text content parts are supported".to_string()),
-            })
+            .map(
+                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
+                    _ => Err("only text content parts are supported".to_string()),
+                },
+            )
             .collect::<Result<Vec<_>, _>>()
             .map(|v| v.concat()),
         _ => Err("expected a string or a list of content parts".to_string()),

@@ -99,7 +99,11 @@ pub fn plan(tok: &Tokenizer, seed: u64, params: &GenParams, len: &OutputLen) -> 
         }
         let unit = if after_word && rng.random_bool(0.12) && !units.punct.is_empty() {
             after_word = false;
-            let k = if rng.random_bool(0.25) { 2 } else { rng.random_range(0..2) };
+            let k = if rng.random_bool(0.25) {
+                2
+            } else {
+                rng.random_range(0..2)
+            };
             &units.punct[k.min(units.punct.len() - 1)]
         } else {
             after_word = true;
@@ -112,7 +116,8 @@ pub fn plan(tok: &Tokenizer, seed: u64, params: &GenParams, len: &OutputLen) -> 
                 break 'gen;
             }
             let before = out.text.len();
-            out.text.push_str(text_after.get(unit_text_len..).unwrap_or(""));
+            out.text
+                .push_str(text_after.get(unit_text_len..).unwrap_or(""));
             unit_text_len = out.text.len() - base;
             out.ids.push(*id);
             if params.stop_token_ids.contains(id) {
@@ -188,7 +193,9 @@ mod tests {
     fn mean_length_is_about_the_configured_mean() {
         let tok = Tokenizer::builtin(152_064);
         let n = 2000;
-        let total: usize = (0..n).map(|s| plan(&tok, s, &params(100_000), &LEN).ids.len()).sum();
+        let total: usize = (0..n)
+            .map(|s| plan(&tok, s, &params(100_000), &LEN).ids.len())
+            .sum();
         let mean = total as f64 / n as f64;
         assert!((100.0..=120.0).contains(&mean), "mean {mean}");
     }
@@ -196,20 +203,45 @@ mod tests {
     #[test]
     fn limits_and_stops() {
         let tok = Tokenizer::builtin(152_064);
-        let p = plan(&tok, 1, &GenParams { ignore_eos: true, ..params(300) }, &LEN);
+        let p = plan(
+            &tok,
+            1,
+            &GenParams {
+                ignore_eos: true,
+                ..params(300)
+            },
+            &LEN,
+        );
         assert_eq!(p.ids.len(), 300);
         assert_eq!(p.finish, Finish::Length(300));
         assert!(!p.ids.contains(&tok.eos_id()));
         assert_eq!(plan(&tok, 1, &params(0), &LEN).finish, Finish::Length(0));
 
         // A stop string that the unconstrained output contains really stops it there.
-        let free = plan(&tok, 3, &GenParams { ignore_eos: true, ..params(200) }, &LEN);
-        let word = free.text().split(' ').nth(5).unwrap().trim_matches(['.', ',', '\n']);
+        let free = plan(
+            &tok,
+            3,
+            &GenParams {
+                ignore_eos: true,
+                ..params(200)
+            },
+            &LEN,
+        );
+        let word = free
+            .text()
+            .split(' ')
+            .nth(5)
+            .unwrap()
+            .trim_matches(['.', ',', '\n']);
         let stop = format!(" {word}");
         let cut = plan(
             &tok,
             3,
-            &GenParams { ignore_eos: true, stop: vec![stop.clone()], ..params(200) },
+            &GenParams {
+                ignore_eos: true,
+                stop: vec![stop.clone()],
+                ..params(200)
+            },
             &LEN,
         );
         assert_eq!(cut.finish, Finish::StopString(stop.clone()));
@@ -217,14 +249,21 @@ mod tests {
         assert!(free.text().starts_with(cut.text()));
         assert!(free.text()[cut.text().len()..].starts_with(&stop));
         for k in 0..cut.ids.len() {
-            assert!(cut.text().starts_with(cut.text_at(k)), "cumulative text never shrinks");
+            assert!(
+                cut.text().starts_with(cut.text_at(k)),
+                "cumulative text never shrinks"
+            );
         }
         // Stop token ids.
         let id = free.ids[10];
         let st = plan(
             &tok,
             3,
-            &GenParams { ignore_eos: true, stop_token_ids: vec![id], ..params(200) },
+            &GenParams {
+                ignore_eos: true,
+                stop_token_ids: vec![id],
+                ..params(200)
+            },
             &LEN,
         );
         assert_eq!(st.finish, Finish::StopToken(id));

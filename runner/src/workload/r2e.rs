@@ -106,10 +106,6 @@ pub fn read(
                 }
             })
             .collect();
-        Ok(Some(Trajectory {
-            id,
-            prelude,
-            turns,
-        }))
+        Ok(Some(Trajectory { id, prelude, turns }))
     })
 }

@@ -50,12 +50,12 @@ impl Params {
 
 const WORDS: &[&str] = &[
     "the", "file", "function", "returns", "error", "test", "value", "self", "def", "import",
-    "class", "None", "if", "else", "for", "in", "return", "line", "path", "module", "=", "(",
-    ")", "src", "config", "assert", "raise", "except", "try", "with", "open", "print", "data",
-    "index", "list", "dict", "str", "int", "True", "False", "and", "or", "not", "is", "args",
-    "kwargs", "result", "output", "input", "check", "fix", "bug", "issue", "we", "need", "to",
-    "update", "call", "method", "object", "type", "name", "key", "0", "1", "2", "42", "->",
-    ":", "::", "[", "]", "{", "}", "parser", "token", "cache", "request", "response",
+    "class", "None", "if", "else", "for", "in", "return", "line", "path", "module", "=", "(", ")",
+    "src", "config", "assert", "raise", "except", "try", "with", "open", "print", "data", "index",
+    "list", "dict", "str", "int", "True", "False", "and", "or", "not", "is", "args", "kwargs",
+    "result", "output", "input", "check", "fix", "bug", "issue", "we", "need", "to", "update",
+    "call", "method", "object", "type", "name", "key", "0", "1", "2", "42", "->", ":", "::", "[",
+    "]", "{", "}", "parser", "token", "cache", "request", "response",
 ];
 
 fn lognormal(rng: &mut ChaCha8Rng, median: f64, sigma: f64) -> f64 {
@@ -91,7 +91,9 @@ pub fn generate(p: &Params) -> Workload {
     );
     let trajectories = (0..p.trajectories)
         .map(|i| {
-            let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                p.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             let first = sized(&mut rng, p.first_user_median, 0.5, 150.0, 3000.0);
             let prelude = vec![
                 Message::new(Role::System, system.clone()),
@@ -103,7 +105,13 @@ pub fn generate(p: &Params) -> Workload {
             let turns = (0..p.turns)
                 .map(|_| {
                     let a = sized(&mut rng, p.assistant_median, 0.5, 20.0, 600.0);
-                    let o = sized(&mut rng, p.observation_median, p.observation_sigma, 20.0, 4000.0);
+                    let o = sized(
+                        &mut rng,
+                        p.observation_median,
+                        p.observation_sigma,
+                        20.0,
+                        4000.0,
+                    );
                     let think = lognormal(&mut rng, p.tool_time_median_s, 1.0).clamp(0.05, 60.0);
                     Turn {
                         recorded: Some(words(&mut rng, a)),
@@ -143,15 +151,29 @@ mod tests {
     fn seeded_and_sized_like_agent_runs() {
         let p = Params::default_with(8, 20, 7);
         let a = generate(&p);
-        assert_eq!(a.trajectories, generate(&p).trajectories, "same seed, same text");
-        assert_ne!(a.trajectories, generate(&Params::default_with(8, 20, 8)).trajectories);
+        assert_eq!(
+            a.trajectories,
+            generate(&p).trajectories,
+            "same seed, same text"
+        );
+        assert_ne!(
+            a.trajectories,
+            generate(&Params::default_with(8, 20, 8)).trajectories
+        );
         let obs: Vec<usize> = a
             .trajectories
             .iter()
-            .flat_map(|t| t.turns.iter().map(|u| u.after[0].content.split_whitespace().count()))
+            .flat_map(|t| {
+                t.turns
+                    .iter()
+                    .map(|u| u.after[0].content.split_whitespace().count())
+            })
             .collect();
         let mean = obs.iter().sum::<usize>() as f64 / obs.len() as f64;
-        assert!((200.0..2000.0).contains(&mean), "mean observation {mean} words");
+        assert!(
+            (200.0..2000.0).contains(&mean),
+            "mean observation {mean} words"
+        );
         assert!(obs.iter().all(|&n| (20..=4010).contains(&n)));
     }
 }

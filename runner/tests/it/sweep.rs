@@ -1,1 +1,138 @@
-//! `runner sweep` end to end against the simulated engine.
+//! `runner sweep` and `runner pack` end to end: the real binary, real loopback HTTP, the
+//! simulated engine in process (`sim` backend), as a spawned `runner serve-sim` (`launch`), or
+//! behind a recording proxy (`attach`).
+
+mod cache_modes;
+mod datasets;
+mod faults;
+mod launch;
+mod pack;
+mod resume;
+mod session_wire;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use turnbench_schema::summary::summarize;
+use turnbench_schema::turn::latest_attempts;
+use turnbench_schema::{files, jsonl, Manifest, Summary, TurnRecord};
+
+pub fn runner() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sweep")
+        .join(name)
+}
+
+/// Flags of a small, fast sweep: one simulated H100, 2 trajectories × 4 turns, concurrency
+/// 1 and 2, engine time 1000× faster than real.
+pub fn small(out: &Path, id: &str) -> Vec<String> {
+    [
+        "sweep",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+        "--run-id",
+        id,
+        "--gpus",
+        "h100",
+        "--trajectories",
+        "2",
+        "--turns",
+        "4",
+        "--batch-sizes",
+        "1,2",
+        "--sim-time-scale",
+        "1000",
+        "--think-time",
+        "off",
+        "--max-new-tokens",
+        "32",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Run the binary; panics with its output when it fails.
+pub fn run_ok(args: &[String]) -> Output {
+    let out = runner().args(args).output().expect("runner starts");
+    assert!(
+        out.status.success(),
+        "runner {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run the binary expecting failure; returns stderr.
+pub fn run_err(args: &[String]) -> String {
+    let out = runner().args(args).output().expect("runner starts");
+    assert!(!out.status.success(), "runner {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub struct Run {
+    pub manifest: Manifest,
+    /// Every line of turns.jsonl, superseded attempts included.
+    pub raw: Vec<TurnRecord>,
+    pub summary: Summary,
+}
+
+impl Run {
+    pub fn load(dir: &Path) -> Run {
+        let manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(dir.join(files::MANIFEST)).unwrap()).unwrap();
+        let raw: Vec<TurnRecord> = jsonl::read_all(std::io::BufReader::new(
+            std::fs::File::open(dir.join(files::TURNS)).unwrap(),
+        ))
+        .unwrap();
+        let summary: Summary =
+            serde_json::from_slice(&std::fs::read(dir.join(files::SUMMARY)).unwrap()).unwrap();
+        Run {
+            manifest,
+            raw,
+            summary,
+        }
+    }
+
+    pub fn turns(&self) -> Vec<TurnRecord> {
+        latest_attempts(self.raw.clone())
+    }
+
+    /// Every (cell, trajectory, turn) of the plan exactly once (a trajectory may end early
+    /// only at a failed turn), and the summary equal to a recomputation from turns.jsonl.
+    pub fn assert_complete(&self, turns_per_traj: &[u32]) {
+        let turns = self.turns();
+        for c in &self.manifest.cells {
+            for (t, &n) in turns_per_traj.iter().enumerate() {
+                let mut got: Vec<&TurnRecord> = turns
+                    .iter()
+                    .filter(|r| {
+                        r.gpu == c.gpu
+                            && r.cache_mode == c.cache_mode
+                            && r.concurrency == c.concurrency
+                            && r.traj == t as u32
+                    })
+                    .collect();
+                got.sort_by_key(|r| r.turn);
+                let idx: Vec<u32> = got.iter().map(|r| r.turn).collect();
+                let ended_by_failure = got.last().is_some_and(|r| r.error.is_some());
+                let want: Vec<u32> = (0..if ended_by_failure {
+                    idx.len() as u32
+                } else {
+                    n
+                })
+                    .collect();
+                assert_eq!(idx, want, "cell {c:?} trajectory {t}: turns recorded");
+            }
+        }
+        assert_eq!(
+            self.summary.cells,
+            summarize(&turns),
+            "summary.json = recomputation"
+        );
+    }
+}

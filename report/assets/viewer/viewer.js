@@ -1,0 +1,329 @@
+// turnbench per-turn viewer: starts the wasm query engine from the bytes carried in a classic
+// script, loads the data scripts' column chunks into it, and keeps the controls, the URL hash,
+// the table and the plotly chart in step. Every string from the data is written with
+// textContent (never innerHTML); strings handed to plotly are entity-escaped.
+(function () {
+  "use strict";
+  var timings = { start_ms: performance.now() };
+  var api = { timings: timings };
+  window.TURNBENCH_VIEWER = api;
+
+  var $ = function (id) { return document.getElementById(id); };
+  var statusEl = $("viewer-status");
+  var SINGLE = ["metric", "agg", "group", "series", "chart", "error"];
+  var MULTI = ["run", "gpu", "cache_mode", "concurrency", "finish_reason"];
+  var RANGES = ["traj", "turn"];
+  var NUMERIC_DIMS = { turn: 1, concurrency: 1, traj: 1, t_send: 1 };
+
+  function setStatus(text, isError) {
+    statusEl.textContent = text;
+    statusEl.className = isError ? "error" : "";
+  }
+
+  function bytesOfBase64(b64) {
+    var bin = atob(b64);
+    var out = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+
+  function errorText(e) {
+    return e && e.message ? e.message : String(e);
+  }
+
+  var viewer, options;
+  try {
+    wasm_bindgen.initSync({ module: bytesOfBase64(window.TURNBENCH_VIEWER_WASM) });
+    window.TURNBENCH_VIEWER_WASM = null;
+    var loader = new wasm_bindgen.ViewerLoader(window.TURNBENCH_VIEWER_META);
+    var chunks = window.TURNBENCH_VIEWER_CHUNKS || [];
+    for (var i = 0; i < chunks.length; i++) {
+      loader.add_chunk(chunks[i][0], chunks[i][1], chunks[i][2]);
+      chunks[i] = null;
+    }
+    window.TURNBENCH_VIEWER_CHUNKS = null;
+    viewer = loader.finish();
+    options = JSON.parse(viewer.options());
+  } catch (e) {
+    setStatus("The viewer could not start: " + errorText(e), true);
+    return;
+  }
+  timings.ready_ms = performance.now();
+  api.viewer = viewer;
+
+  // ---- controls -------------------------------------------------------------------------
+
+  function fillSelect(select, choices, withNone) {
+    if (withNone) select.appendChild(new Option("(none)", ""));
+    choices.forEach(function (c) {
+      var opt = new Option(c.label, c.key);
+      select.appendChild(opt);
+    });
+  }
+  fillSelect($("ctl-metric"), options.metrics);
+  fillSelect($("ctl-agg"), options.aggs);
+  fillSelect($("ctl-group"), options.dims);
+  fillSelect($("ctl-series"), options.dims, true);
+  fillSelect($("ctl-chart"), options.charts);
+  MULTI.forEach(function (key) { fillSelect($("ctl-" + key), options[key]); });
+  $("viewer-controls").hidden = false;
+
+  var DEFAULTS = { metric: "ttft", agg: "p50", group: "turn", series: "", chart: "line", error: "" };
+
+  // Controls → hash (form-encoded, the record's own field names and raw values).
+  function hashOfControls() {
+    var p = new URLSearchParams();
+    SINGLE.forEach(function (key) {
+      var v = $("ctl-" + key).value;
+      // metric, aggregate and group always; the others only when not their default.
+      if (["metric", "agg", "group"].indexOf(key) >= 0 || v !== DEFAULTS[key]) p.append(key, v);
+    });
+    MULTI.forEach(function (key) {
+      Array.prototype.forEach.call($("ctl-" + key).options, function (o) {
+        if (o.selected) p.append(key, o.value);
+      });
+    });
+    RANGES.forEach(function (key) {
+      $("ctl-" + key).value.split(",").forEach(function (r) {
+        r = r.trim();
+        if (r !== "") p.append(key, r);
+      });
+    });
+    return p.toString();
+  }
+
+  // Hash → controls.
+  function syncControls(hash) {
+    var p = new URLSearchParams(hash);
+    SINGLE.forEach(function (key) {
+      var el = $("ctl-" + key);
+      el.value = p.has(key) ? p.get(key) : DEFAULTS[key];
+      if (el.selectedIndex < 0) el.value = DEFAULTS[key];
+    });
+    MULTI.forEach(function (key) {
+      var want = p.getAll(key);
+      Array.prototype.forEach.call($("ctl-" + key).options, function (o) {
+        o.selected = want.indexOf(o.value) >= 0;
+      });
+    });
+    RANGES.forEach(function (key) { $("ctl-" + key).value = p.getAll(key).join(", "); });
+  }
+
+  function currentHash() {
+    return location.hash.replace(/^#/, "");
+  }
+
+  $("viewer-controls").addEventListener("change", function () {
+    var hash = hashOfControls();
+    if (hash === currentHash()) render();
+    else location.hash = hash;
+  });
+  $("viewer-controls").addEventListener("submit", function (e) { e.preventDefault(); });
+
+  // ---- rendering ------------------------------------------------------------------------
+
+  function fmt(v) {
+    if (v === null || v === undefined) return "—";
+    if (Number.isInteger(v)) return String(v);
+    return String(Number(v.toPrecision(5)));
+  }
+
+  // Plotly reads a subset of HTML in labels: escape what comes from the data.
+  function plotlyText(s) {
+    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
+  function cell(tr, text, attrs) {
+    var td = document.createElement("td");
+    td.textContent = text;
+    if (attrs) Object.keys(attrs).forEach(function (k) { td.setAttribute(k, attrs[k]); });
+    tr.appendChild(td);
+    return td;
+  }
+
+  function headerRow(table, names) {
+    var thead = document.createElement("thead");
+    var tr = document.createElement("tr");
+    names.forEach(function (n) {
+      var th = document.createElement("th");
+      th.textContent = n;
+      tr.appendChild(th);
+    });
+    thead.appendChild(tr);
+    table.appendChild(thead);
+  }
+
+  function renderTable(view) {
+    var table = $("view-table");
+    table.textContent = "";
+    var names = [view.group_label];
+    if (view.series) names.push(view.series_label);
+    names.push(view.agg + " of " + view.metric_label, "records used", "skipped");
+    headerRow(table, names);
+    var tbody = document.createElement("tbody");
+    view.rows.forEach(function (r) {
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-group", r.group);
+      if (view.series) tr.setAttribute("data-series", r.series);
+      cell(tr, r.group_label, { "class": "text" });
+      if (view.series) cell(tr, r.series_label, { "class": "text" });
+      cell(tr, fmt(r.value), { "data-value": r.value === null ? "" : String(r.value), "class": "value" });
+      cell(tr, String(r.n), { "data-col": "n" });
+      cell(tr, String(r.skipped), { "data-col": "skipped" });
+      tr.addEventListener("click", function () { showRecords(r.group, view.series ? r.series : null, r.group_label, r.series_label); });
+      tbody.appendChild(tr);
+    });
+    table.appendChild(tbody);
+    var skipped = view.skipped_error + view.skipped_missing;
+    $("view-skipped").textContent = skipped + " skipped (" + view.skipped_error + " failed, " +
+      view.skipped_missing + " without " + view.metric + ") of " + view.matched +
+      " matching records; " + view.used + " aggregated.";
+    $("view-skipped").setAttribute("data-skipped", String(skipped));
+  }
+
+  function seriesOf(view) {
+    var order = [], by = {};
+    view.rows.forEach(function (r) {
+      var key = view.series ? r.series : "";
+      if (!(key in by)) { by[key] = { label: view.series ? r.series_label : view.metric_label, rows: [] }; order.push(key); }
+      by[key].rows.push(r);
+    });
+    return order.map(function (k) { return { key: k, label: by[k].label, rows: by[k].rows }; });
+  }
+
+  function renderChart(view) {
+    var numeric = NUMERIC_DIMS[view.group] === 1;
+    var xOf = function (r) { return numeric ? Number(r.group) : plotlyText(r.group_label); };
+    var traces = [];
+    seriesOf(view).forEach(function (s) {
+      var custom = s.rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; });
+      var name = plotlyText(s.label);
+      if (view.chart === "box") {
+        var rows = s.rows.filter(function (r) { return r.dist; });
+        traces.push({
+          type: "bar", name: name + " (p25–p75)", legendgroup: name,
+          x: rows.map(xOf), base: rows.map(function (r) { return r.dist.q1; }),
+          y: rows.map(function (r) { return r.dist.q3 - r.dist.q1; }),
+          customdata: rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; }),
+          opacity: 0.5
+        });
+        traces.push({
+          type: "scatter", mode: "markers", name: name + " (median, min–max)", legendgroup: name,
+          x: rows.map(xOf), y: rows.map(function (r) { return r.dist.median; }),
+          error_y: { type: "data", symmetric: false,
+            array: rows.map(function (r) { return r.dist.max - r.dist.median; }),
+            arrayminus: rows.map(function (r) { return r.dist.median - r.dist.min; }) },
+          customdata: rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; })
+        });
+      } else {
+        traces.push({
+          type: view.chart === "bar" ? "bar" : "scatter",
+          mode: "lines+markers", name: name,
+          x: s.rows.map(xOf), y: s.rows.map(function (r) { return r.value; }),
+          customdata: custom
+        });
+      }
+    });
+    var layout = {
+      margin: { t: 30, r: 20, b: 50, l: 70 },
+      barmode: view.chart === "box" ? "overlay" : "group",
+      xaxis: { title: { text: plotlyText(view.group_label) }, type: numeric ? "linear" : "category" },
+      yaxis: { title: { text: plotlyText(view.chart === "box" ? view.metric_label : view.agg + " of " + view.metric_label) } },
+      showlegend: traces.length > 1,
+      hovermode: "closest"
+    };
+    var el = $("view-chart");
+    if (typeof Plotly === "undefined") {
+      el.textContent = "plotly.js did not load; the table below has the numbers.";
+      return;
+    }
+    Plotly.react(el, traces, layout, { displaylogo: false, responsive: true });
+    if (!el.dataset.clickBound) {
+      el.on("plotly_click", function (ev) {
+        var d = ev.points && ev.points[0] && ev.points[0].customdata;
+        if (d) showRecords(d[0], d[1], d[2], d[3]);
+      });
+      el.dataset.clickBound = "1";
+    }
+  }
+
+  var RECORD_COLUMNS = ["run", "gpu", "cache_mode", "concurrency", "traj", "traj_id", "turn", "t_send",
+    "ttft", "e2e", "itl_mean", "itl_p99", "prompt_tokens", "cached_tokens", "completion_tokens",
+    "think_time", "finish_reason", "error"];
+  var TEXT_COLUMNS = { run: 1, gpu: 1, cache_mode: 1, traj_id: 1, finish_reason: 1, error: 1 };
+
+  function showRecords(group, series, groupLabel, seriesLabel) {
+    var res;
+    try {
+      res = JSON.parse(viewer.records(currentHash(), group, series, 100));
+    } catch (e) {
+      setStatus(errorText(e), true);
+      return;
+    }
+    $("records").hidden = false;
+    $("records-point").textContent = groupLabel + (series !== null && series !== undefined ? " · " + seriesLabel : "");
+    $("records-note").textContent = "Showing " + res.rows.length + " of " + res.total + " records (filters applied, failed turns included).";
+    var table = $("records-table");
+    table.textContent = "";
+    headerRow(table, RECORD_COLUMNS);
+    var tbody = document.createElement("tbody");
+    res.rows.forEach(function (rec) {
+      var tr = document.createElement("tr");
+      RECORD_COLUMNS.forEach(function (c) {
+        var v = rec[c];
+        var text = v === null || v === undefined ? "—" : (typeof v === "number" ? fmt(v) : String(v));
+        var td = cell(tr, text, TEXT_COLUMNS[c] ? { "class": "text", title: text } : null);
+        if (typeof v === "number") td.setAttribute("data-value", String(v));
+      });
+      tbody.appendChild(tr);
+    });
+    table.appendChild(tbody);
+  }
+
+  function render() {
+    var hash = currentHash();
+    syncControls(hash);
+    var t = performance.now();
+    var view;
+    try {
+      view = JSON.parse(viewer.query(hash));
+    } catch (e) {
+      setStatus("This view link does not work: " + errorText(e), true);
+      return;
+    }
+    timings.last_query_ms = performance.now() - t;
+    api.view = view;
+    setStatus(options.rows + " records loaded.", false);
+    renderTable(view);
+    renderChart(view);
+    $("download-csv").disabled = false;
+    if (timings.first_chart_ms === undefined) timings.first_chart_ms = performance.now();
+    api.renderedHash = hash;
+  }
+
+  $("download-csv").addEventListener("click", function () {
+    var csv;
+    try {
+      csv = viewer.csv(currentHash());
+    } catch (e) {
+      setStatus(errorText(e), true);
+      return;
+    }
+    var a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
+    a.download = "turnbench-view.csv";
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 0);
+  });
+
+  // For the benchmark page and tests: time one query of `hash` in the engine alone.
+  api.timeQuery = function (hash) {
+    var t = performance.now();
+    viewer.query(hash);
+    return performance.now() - t;
+  };
+
+  window.addEventListener("hashchange", render);
+  render();
+})();

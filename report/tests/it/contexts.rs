@@ -1,0 +1,78 @@
+//! Page contexts and chart specs from a fixture run, as insta snapshots, plus the numbers
+//! checked against an independent recomputation from `turns.jsonl`.
+
+use crate::support::{assert_shown, recompute_seed, tiny_spec, write_run};
+use report::aggregate;
+use report::load::{self, Run, RunData};
+use report::pages;
+
+fn tiny_site() -> (pages::Site, std::path::PathBuf, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = write_run(tmp.path(), "tiny", &tiny_spec("tiny"));
+    let measured = load::load_dir(&dir).unwrap();
+    let agg = aggregate::aggregate(&measured);
+    let runs = vec![Run { source: "fixtures/tiny".into(), data: RunData::Measured(measured) }];
+    let site = pages::site("turnbench test", &runs, &[Some(agg)], &[]);
+    (site, dir, tmp)
+}
+
+#[test]
+fn gpu_page_tables() {
+    let (site, dir, _tmp) = tiny_site();
+    assert_eq!(site.gpu_pages.len(), 1);
+    let page = &site.gpu_pages[0];
+    let section = &page.sections[0];
+    insta::assert_json_snapshot!("gpu_tables", (&section.seed_tables, &section.latency_tables));
+
+    // Every seed-table number equals the independent recomputation.
+    let expected = recompute_seed(&dir.join("turns.jsonl"));
+    let mut checked = 0;
+    for table in &section.seed_tables {
+        for row in &table.rows {
+            let key = ("h100".to_string(), table.cache_mode.clone(), row.concurrency.parse().unwrap());
+            let e = &expected[&key];
+            assert_shown(&row.total_time, e.total_time, "total time");
+            assert_shown(&row.avg_traj, e.avg_traj, "avg/traj");
+            assert_shown(&row.traj_s, e.traj_s, "traj/s");
+            assert_shown(&row.tok_s, e.tok_s, "tok/s");
+            assert_eq!(row.total_tokens, e.total_tokens.to_string());
+            assert_shown(&row.tok_turn, e.tok_turn, "tok/turn");
+            checked += 1;
+        }
+        // Exactly one best row: the highest token throughput of the table.
+        let best: Vec<_> = table.rows.iter().filter(|r| r.best).collect();
+        assert_eq!(best.len(), 1);
+        let max = table.rows.iter().map(|r| r.tok_s.parse::<f64>().unwrap()).fold(0.0, f64::max);
+        assert_eq!(best[0].tok_s.parse::<f64>().unwrap(), max);
+    }
+    assert_eq!(checked, 4);
+}
+
+#[test]
+fn index_context() {
+    let (site, _dir, _tmp) = tiny_site();
+    insta::assert_json_snapshot!("index_context", site.index, {
+        ".charts" => "[charts: see chart snapshots]",
+    });
+}
+
+#[test]
+fn chart_specs() {
+    let (site, _dir, _tmp) = tiny_site();
+    let charts = site.gpu_pages[0].charts();
+    let titles: Vec<&str> = charts.iter().map(|c| c.title.as_str()).collect();
+    insta::assert_json_snapshot!("gpu_chart_titles", titles);
+    // Throughput vs concurrency: one line per cache mode plus the dashed physical limit.
+    insta::assert_json_snapshot!("chart_throughput_vs_concurrency", charts[0]);
+    // TTFT by turn index, prefix: p10 / p90 band + p50 line per concurrency.
+    let ttft = charts.iter().find(|c| c.title == "TTFT by turn index (prefix)").unwrap();
+    insta::assert_json_snapshot!("chart_ttft_by_turn_prefix", ttft);
+    assert_eq!(ttft.data.len(), 3 * 2);
+    // Index: cross-GPU throughput and cache-mode speed-up.
+    insta::assert_json_snapshot!("index_charts", site.index.charts);
+}
+#[test]
+fn tmp_dump_tiny() {
+    let tmp = std::path::Path::new("/tmp/tiny");
+    write_run(tmp, "tiny", &tiny_spec("tiny"));
+}

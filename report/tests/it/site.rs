@@ -1,0 +1,157 @@
+//! `report build` end to end on fixture runs: files, links, escaping, skipped runs, archive.
+
+use crate::support::{build, fixtures_dir, tiny_spec, write_run};
+use report::fixture::{FixtureSpec, HOSTILE_DATASET, HOSTILE_MODEL, HOSTILE_RUN_ID};
+use std::path::Path;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn builds_every_page_with_relative_links_and_no_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "run-a", &FixtureSpec::small("run-a"));
+    let site = tmp.path().join("site");
+    let report = build(&[run], &site, None);
+    assert_eq!(report.runs, 1);
+    assert_eq!(report.pages, ["index.html", "gpu-a100.html", "gpu-h100.html"]);
+    for f in [".nojekyll", "data/turns.csv", "data/summary.csv", "assets/plotly-basic.min.js.LICENSE"] {
+        assert!(site.join(f).is_file(), "{f} missing");
+    }
+    let turns_csv = read(&site.join("data/turns.csv"));
+    assert_eq!(turns_csv.lines().count() as u64, 1 + FixtureSpec::small("x").record_count());
+    let summary_csv = read(&site.join("data/summary.csv"));
+    assert_eq!(summary_csv.lines().count(), 1 + 2 * 2 * 3, "one row per cell");
+
+    for page in &report.pages {
+        let html = read(&site.join(page));
+        assert!(html.contains("href=\"viewer.html\""), "{page}: no viewer link");
+        assert!(!html.contains("sk-fixture-secret"), "{page}: API key leaked");
+        assert!(html.contains("class=\"badge simulated\""), "{page}: no simulated badge");
+        assert!(html.contains("id=\"simulated-banner\""), "{page}: no simulated banner");
+        // Every src/href is relative and points at a file of the site (or a page of it).
+        for attr in ["src=\"", "href=\""] {
+            for part in html.split(attr).skip(1) {
+                let target = &part[..part.find('"').unwrap()];
+                assert!(!target.contains("://") && !target.starts_with('/'), "{page}: absolute link {target}");
+                if target != "viewer.html" && !target.starts_with('#') {
+                    assert!(site.join(target).is_file(), "{page}: broken link {target}");
+                }
+            }
+        }
+        assert!(!html.contains("type=\"module\""), "{page}: ES module");
+    }
+    // The launch command is shown, with its key masked.
+    assert!(read(&site.join("index.html")).contains("--api-key ***"));
+}
+
+#[test]
+fn hostile_strings_render_as_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = FixtureSpec::small(HOSTILE_RUN_ID);
+    spec.hostile = true;
+    spec.gpus = vec!["h100</script><i>x".into()];
+    let run = write_run(tmp.path(), "hostile", &spec);
+    let site = tmp.path().join("site");
+    let report = build(&[run], &site, None);
+    assert_eq!(report.pages, ["index.html", "gpu-h100__script__i_x.html"]);
+    for page in &report.pages {
+        let html = read(&site.join(page));
+        for raw in [HOSTILE_MODEL, HOSTILE_DATASET, HOSTILE_RUN_ID, "</script><i>", "<script>alert", "<img src=x"] {
+            assert!(!html.contains(raw), "{page} contains raw {raw:?}");
+        }
+        // Exactly the page's own three script tags, each closed once.
+        assert_eq!(html.matches("<script").count(), 3, "{page}");
+        assert_eq!(html.matches("</script>").count(), 3, "{page}");
+    }
+    let index = read(&site.join("index.html"));
+    assert!(index.contains("run&#60;/script&#62;&#60;b&#62;&#34;bold&#34;&#60;/b&#62;&#38;&#39;") || index.contains("run&lt;/script&gt;"), "run id not escaped as text");
+}
+
+#[test]
+fn one_bad_run_is_skipped_and_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = write_run(tmp.path(), "good", &tiny_spec("good"));
+    let bad = write_run(tmp.path(), "bad", &tiny_spec("bad"));
+    let turns = bad.join("turns.jsonl");
+    let mut text = read(&turns);
+    let second = text.find('\n').unwrap() + 1;
+    text.insert_str(second, "{\"gpu\": oops}\n");
+    std::fs::write(&turns, text).unwrap();
+    let site = tmp.path().join("site");
+    let report = build(&[good, bad], &site, None);
+    assert_eq!(report.runs, 1);
+    assert_eq!(report.skipped.len(), 1);
+    let reason = &report.skipped[0].reason;
+    assert!(reason.contains("turns.jsonl:2:"), "reason names file and line: {reason}");
+    let index = read(&site.join("index.html"));
+    assert!(index.contains("id=\"skipped\""));
+    assert!(index.contains("turns.jsonl:2:"));
+}
+
+#[test]
+fn refuses_to_replace_a_folder_that_is_not_a_site() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "r", &tiny_spec("r"));
+    let out = tmp.path().join("precious");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "keep me").unwrap();
+    let err = report::site::build(&report::site::BuildOptions {
+        inputs: vec![run.clone()],
+        out: out.clone(),
+        archive: None,
+        title: "t".into(),
+        dump_contexts: false,
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("refusing"), "{err:#}");
+    assert_eq!(read(&out.join("notes.txt")), "keep me");
+    // A previous site is replaced.
+    let site = tmp.path().join("site");
+    build(&[run.clone()], &site, None);
+    std::fs::write(site.join("stale.html"), "old").unwrap();
+    build(&[run], &site, None);
+    assert!(!site.join("stale.html").exists());
+}
+
+#[test]
+fn archive_is_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "r", &tiny_spec("r"));
+    let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
+    build(&[run.clone()], &tmp.path().join("site-a"), Some(&a));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    build(&[run], &tmp.path().join("site-b"), Some(&b));
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert!(a == b, "two builds gave different archives");
+    let mut names: Vec<String> = tar::Archive::new(flate2::read::GzDecoder::new(a.as_slice()))
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.contains(&"index.html".to_string()) && names.contains(&".nojekyll".to_string()));
+    let sorted = {
+        let mut s = names.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(names, sorted);
+    names.retain(|n| n.starts_with('/') || n.contains(".."));
+    assert!(names.is_empty());
+}
+
+#[test]
+fn default_input_is_results_dir_and_errors_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = report::site::build(&report::site::BuildOptions {
+        inputs: vec![tmp.path().join("nope")],
+        out: tmp.path().join("site"),
+        archive: None,
+        title: "t".into(),
+        dump_contexts: false,
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("no such file"), "{err:#}");
+    let _ = fixtures_dir();
+}

@@ -1,0 +1,113 @@
+//! The built site in headless Chromium, opened from `file://`: no console errors, every chart
+//! rendered, and the seed table in the DOM equal to values recomputed from `turns.jsonl`.
+
+use crate::browser::Browser;
+use crate::support::{assert_shown, build, recompute_seed, write_run};
+use report::fixture::{FixtureSpec, HOSTILE_MODEL, HOSTILE_RUN_ID};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_renders_from_file_urls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "browser-run", &FixtureSpec::small("browser-run"));
+    let mut hostile = FixtureSpec::small(HOSTILE_RUN_ID);
+    hostile.hostile = true;
+    hostile.gpus = vec!["l4".into()];
+    hostile.concurrencies = vec![1, 2];
+    let hostile_run = write_run(tmp.path(), "hostile-run", &hostile);
+    let legacy = crate::support::fixtures_dir().join("legacy-seed");
+    let site = tmp.path().join("site");
+    let report = build(&[run.clone(), hostile_run.clone(), legacy], &site, None);
+    assert_eq!(report.runs, 3);
+
+    let expected = recompute_seed(&run.join("turns.jsonl"));
+    let browser = Browser::start().await.expect("headless chromium");
+    let mut tables_checked = 0;
+    for page in &report.pages {
+        browser.open(&site.join(page)).await.unwrap();
+        let errors = browser.errors().await.unwrap();
+        assert!(errors.is_empty(), "{page}: console errors: {errors:?}");
+        let (containers, rendered): (usize, usize) = browser
+            .eval::<(usize, usize)>(
+                "var c = document.querySelectorAll('.chart');
+                 var r = Array.prototype.filter.call(c, function (e) { return e.querySelector('svg.main-svg .plot .trace, svg.main-svg .barlayer .trace, svg.main-svg .scatterlayer .trace') !== null; });
+                 return [c.length, r.length];",
+            )
+            .await
+            .unwrap();
+        assert!(containers > 0, "{page}: no chart");
+        assert_eq!(rendered, containers, "{page}: {} of {containers} charts hold no plotted trace", containers - rendered);
+        let (sim, legacy) = browser
+            .eval::<(bool, bool)>("return [document.getElementById('simulated-banner') !== null, document.getElementById('legacy-banner') !== null]")
+            .await
+            .unwrap();
+        // Only the seed's GPU page shows no simulated run; it carries the legacy label instead.
+        let legacy_page = page == "gpu-gpu1.html";
+        assert_eq!(sim, !legacy_page, "{page}: simulated banner");
+        assert_eq!(legacy, legacy_page || page == "index.html", "{page}: legacy banner");
+
+        // Seed tables of the measured run, read back from the DOM.
+        let rows: Vec<(String, String, Vec<(String, String)>)> = browser
+            .eval(
+                "var out = [];
+                 document.querySelectorAll('table.seed[data-run=\"browser-run\"]').forEach(function (t) {
+                   t.querySelectorAll('tbody tr').forEach(function (tr) {
+                     var cells = [];
+                     tr.querySelectorAll('td[data-col]').forEach(function (td) { cells.push([td.dataset.col, td.textContent]); });
+                     out.push([t.dataset.cacheMode, tr.className, cells]);
+                   });
+                 });
+                 return out;",
+            )
+            .await
+            .unwrap();
+        let gpu = page.trim_start_matches("gpu-").trim_end_matches(".html");
+        for (mode, _class, cells) in &rows {
+            let cell = |name: &str| cells.iter().find(|c| c.0 == name).unwrap().1.clone();
+            let conc: u32 = cell("concurrency").trim_end_matches(" ★").parse().unwrap();
+            let e = &expected[&(gpu.to_string(), mode.clone(), conc)];
+            assert_shown(&cell("total_time"), e.total_time, "total time");
+            assert_shown(&cell("avg_traj"), e.avg_traj, "avg/traj");
+            assert_shown(&cell("traj_s"), e.traj_s, "traj/s");
+            assert_shown(&cell("tok_s"), e.tok_s, "tok/s");
+            assert_eq!(cell("total_tokens"), e.total_tokens.to_string());
+            assert_shown(&cell("tok_turn"), e.tok_turn, "tok/turn");
+            tables_checked += 1;
+        }
+    }
+    assert_eq!(tables_checked, 2 * 2 * 3, "every cell of the measured run was compared");
+
+    // Hostile strings are text: the index shows them verbatim and ran no injected script.
+    browser.open(&site.join("index.html")).await.unwrap();
+    let texts: Vec<String> = browser
+        .eval("return Array.prototype.map.call(document.querySelectorAll('section.run h3, dl.meta dd'), function (e) { return e.textContent; })")
+        .await
+        .unwrap();
+    assert!(texts.iter().any(|t| t.starts_with(HOSTILE_RUN_ID)), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains(HOSTILE_MODEL)), "{texts:?}");
+    let injected = browser.eval::<usize>("return document.querySelectorAll('b, i, img').length").await.unwrap();
+    assert_eq!(injected, 0, "hostile markup became elements");
+    assert!(browser.errors().await.unwrap().is_empty());
+    browser.close().await.unwrap();
+}
+
+/// The helper itself: errors thrown, failed loads and console.error are all caught, so a clean
+/// result above means something.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_helper_reports_console_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let page = tmp.path().join("broken.html");
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html><html><body><script src=\"missing.js\"></script>\
+         <script>console.error('boom');</script><script>undefinedFunction();</script></body></html>",
+    )
+    .unwrap();
+    let browser = Browser::start().await.expect("headless chromium");
+    browser.open(&page).await.unwrap();
+    let errors = browser.errors().await.unwrap();
+    browser.close().await.unwrap();
+    let all = errors.join("\n");
+    assert!(all.contains("missing.js"), "{all}");
+    assert!(all.contains("console.error: boom"), "{all}");
+    assert!(all.contains("undefinedFunction"), "{all}");
+}

@@ -1,0 +1,272 @@
+//! The per-turn viewer (`viewer.html`) in headless Chromium from `file://`: the table of several
+//! views (set through the URL hash) equals values computed here from `turns.jsonl` with the
+//! schema crate's percentile, a control change re-renders, no console errors, hostile strings
+//! stay text. Also `viewer::write`'s file layout and the size budget of the wasm.
+
+use crate::browser::Browser;
+use crate::support::{build, write_run};
+use fantoccini::Locator;
+use report::fixture::{FixtureSpec, HOSTILE_RUN_ID};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use turnbench_schema::stats;
+
+const HOSTILE_GPU: &str = "<img src=x onerror=\"document.title='pwned'\">gpu&amp;'";
+
+/// One row of `#view-table` as the page shows it.
+#[derive(Debug, serde::Deserialize)]
+struct TableRow {
+    group: String,
+    series: Option<String>,
+    value: String,
+    n: u64,
+    skipped: u64,
+}
+
+const READ_TABLE: &str = "var out = [];
+  document.querySelectorAll('#view-table tbody tr').forEach(function (tr) {
+    out.push({ group: tr.getAttribute('data-group'), series: tr.getAttribute('data-series'),
+      value: tr.querySelector('td[data-value]').getAttribute('data-value'),
+      n: Number(tr.querySelector('td[data-col=n]').textContent),
+      skipped: Number(tr.querySelector('td[data-col=skipped]').textContent) });
+  });
+  return out;";
+
+/// A record field as the viewer stores it: times as f32.
+fn f32r(x: f64) -> f64 {
+    x as f32 as f64
+}
+
+/// The metric of one `turns.jsonl` line, from the JSON alone (not the engine under test).
+fn metric(v: &Value, name: &str) -> Option<f64> {
+    let f = |k: &str| v[k].as_f64();
+    match name {
+        "ttft" | "e2e" => f(name).map(f32r),
+        "cached_tokens" | "prompt_tokens" => f(name),
+        "tpot" => {
+            let n = f("completion_tokens")?;
+            (n >= 2.0).then_some(())?;
+            Some((f32r(f("e2e")?) - f32r(f("ttft")?)) / (n - 1.0))
+        }
+        other => panic!("no reference for {other}"),
+    }
+}
+
+fn aggregate(agg: &str, values: &[f64]) -> Option<f64> {
+    match agg {
+        "count" => Some(values.len() as f64),
+        "mean" => stats::mean(values),
+        "max" => values.iter().copied().reduce(f64::max),
+        "p50" => stats::percentile(values, 50.0),
+        "p90" => stats::percentile(values, 90.0),
+        "p99" => stats::percentile(values, 99.0),
+        other => panic!("no reference for {other}"),
+    }
+}
+
+/// The expected table of a view: (group, series) → (value, n, skipped), from the JSON lines.
+fn expected(
+    lines: &[Value],
+    keep: &dyn Fn(&Value) -> bool,
+    group: &dyn Fn(&Value) -> String,
+    series: Option<&dyn Fn(&Value) -> String>,
+    metric_name: &str,
+    agg: &str,
+) -> Vec<(String, Option<String>, Option<f64>, u64, u64)> {
+    let mut groups: std::collections::BTreeMap<(String, Option<String>), (Vec<f64>, u64)> = Default::default();
+    for v in lines.iter().filter(|v| keep(v)) {
+        let e = groups.entry((group(v), series.map(|s| s(v)))).or_default();
+        match (v["error"].is_null(), metric(v, metric_name)) {
+            (true, Some(x)) => e.0.push(x),
+            _ => e.1 += 1,
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((g, s), (values, skipped))| (g, s, aggregate(agg, &values), values.len() as u64, skipped))
+        .collect()
+}
+
+fn assert_table(hash: &str, got: &[TableRow], want: &[(String, Option<String>, Option<f64>, u64, u64)]) {
+    let mut got: Vec<&TableRow> = got.iter().collect();
+    got.sort_by(|a, b| (&a.group, &a.series).cmp(&(&b.group, &b.series)));
+    assert_eq!(got.len(), want.len(), "{hash}: rows {got:?}");
+    for (g, (wg, ws, wv, wn, wskip)) in got.iter().zip(want) {
+        assert_eq!((&g.group, &g.series), (wg, ws), "{hash}");
+        assert_eq!((g.n, g.skipped), (*wn, *wskip), "{hash} group {wg} series {ws:?}");
+        match wv {
+            None => assert_eq!(g.value, "", "{hash} group {wg}"),
+            Some(w) => {
+                let v: f64 = g.value.parse().unwrap();
+                assert!(
+                    (v - w).abs() <= 1e-12 * w.abs().max(1.0),
+                    "{hash} group {wg} series {ws:?}: page {v} vs records {w}"
+                );
+            }
+        }
+    }
+}
+
+async fn open_view(browser: &Browser, page: &Path, hash: &str) -> Vec<TableRow> {
+    let url = url::Url::from_file_path(page.canonicalize().unwrap()).unwrap();
+    browser.client().goto(&format!("{url}#{hash}")).await.unwrap();
+    wait_for_table(browser, hash).await
+}
+
+/// Waits until the page rendered the view of `hash` and returns its table.
+async fn wait_for_table(browser: &Browser, hash: &str) -> Vec<TableRow> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rendered, status): (String, String) = browser
+            .eval("var v = window.TURNBENCH_VIEWER; return [(v && v.renderedHash !== undefined) ? v.renderedHash : '(none)', document.getElementById('viewer-status').textContent];")
+            .await
+            .unwrap();
+        if rendered == hash {
+            break;
+        }
+        assert!(Instant::now() < deadline, "view {hash} did not render: {rendered} / {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.eval(READ_TABLE).await.unwrap()
+}
+
+fn read_lines(turns: &Path) -> Vec<Value> {
+    std::fs::read_to_string(turns)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_tables_match_the_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = FixtureSpec::small("viewer-run");
+    spec.error_rate = 0.05;
+    let run = write_run(tmp.path(), "viewer-run", &spec);
+    let mut hostile = FixtureSpec::small(HOSTILE_RUN_ID);
+    hostile.hostile = true;
+    hostile.gpus = vec![HOSTILE_GPU.into()];
+    hostile.concurrencies = vec![1, 2];
+    let hostile_run = write_run(tmp.path(), "hostile-run", &hostile);
+    let site = tmp.path().join("site");
+    build(&[run.clone(), hostile_run.clone()], &site, None);
+    let page = site.join("viewer.html");
+    let lines = read_lines(&run.join("turns.jsonl"));
+    let hostile_lines = read_lines(&hostile_run.join("turns.jsonl"));
+    assert!(lines.iter().any(|v| !v["error"].is_null()), "the fixture must contain failed turns");
+
+    let s = |k: &'static str| move |v: &Value| v[k].as_str().unwrap().to_string();
+    let n = |k: &'static str| move |v: &Value| v[k].as_u64().unwrap().to_string();
+    let bucket = |v: &Value| ((f32r(v["t_send"].as_f64().unwrap()) / 10.0).floor() * 10.0).to_string();
+    let gpu = spec.gpus[0].clone();
+    let browser = Browser::start().await.expect("headless chromium");
+
+    // A hash per kind of view; the expected table from the JSON lines of the measured run.
+    let hash = format!("metric=ttft&agg=p90&group=turn&series=concurrency&run=viewer-run&gpu={gpu}&cache_mode=prefix");
+    let got = open_view(&browser, &page, &hash).await;
+    let keep = |v: &Value| v["gpu"] == gpu.as_str() && v["cache_mode"] == "prefix";
+    assert_table(&hash, &got, &expected(&lines, &keep, &n("turn"), Some(&n("concurrency")), "ttft", "p90"));
+
+    let hash = "metric=cached_tokens&agg=mean&group=cache_mode&run=viewer-run".to_string();
+    let got = open_view(&browser, &page, &hash).await;
+    assert_table(&hash, &got, &expected(&lines, &|_| true, &s("cache_mode"), None, "cached_tokens", "mean"));
+
+    let hash = "metric=tpot&agg=p99&group=t_send&run=viewer-run&turn=1-3".to_string();
+    let got = open_view(&browser, &page, &hash).await;
+    let keep = |v: &Value| (1..=3).contains(&v["turn"].as_u64().unwrap());
+    assert_table(&hash, &got, &expected(&lines, &keep, &bucket, None, "tpot", "p99"));
+
+    // The skipped note counts what the table's rows skipped.
+    let skipped: u64 = browser
+        .eval::<String>("return document.getElementById('view-skipped').getAttribute('data-skipped')")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(skipped, got.iter().map(|r| r.skipped).sum::<u64>());
+    assert!(skipped > 0);
+
+    // Change a control as a reader would: the hash and the table follow.
+    let hash = "metric=e2e&agg=p50&group=concurrency&run=viewer-run".to_string();
+    open_view(&browser, &page, &hash).await;
+    let select = browser.client().find(Locator::Css("#ctl-agg")).await.unwrap();
+    select.select_by_value("max").await.unwrap();
+    let hash = "metric=e2e&agg=max&group=concurrency&run=viewer-run".to_string();
+    let got = wait_for_table(&browser, &hash).await;
+    let want: Vec<_> = {
+        let mut by: std::collections::BTreeMap<String, (Vec<f64>, u64)> = Default::default();
+        for v in &lines {
+            let e = by.entry(n("concurrency")(v)).or_default();
+            match (v["error"].is_null(), v["e2e"].as_f64()) {
+                (true, Some(x)) => e.0.push(f32r(x)),
+                _ => e.1 += 1,
+            }
+        }
+        by.into_iter()
+            .map(|(g, (vals, sk))| (g, None, aggregate("max", &vals), vals.len() as u64, sk))
+            .collect()
+    };
+    assert_table(&hash, &got, &want);
+
+    // Hostile run id and GPU label render as text, in the table, the options and the records.
+    let hash = "metric=ttft&agg=count&group=gpu&series=run".to_string();
+    let got = open_view(&browser, &page, &hash).await;
+    assert!(got.iter().any(|r| r.group == HOSTILE_GPU && r.series.as_deref() == Some(HOSTILE_RUN_ID)));
+    let hostile_count = hostile_lines.iter().filter(|v| v["error"].is_null()).count() as u64;
+    let row = got.iter().find(|r| r.group == HOSTILE_GPU).unwrap();
+    assert_eq!(row.n, hostile_count);
+    browser
+        .client()
+        .find(Locator::Css(&format!("#view-table tbody tr[data-series=\"{}\"]", css_escape(HOSTILE_RUN_ID))))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let (cells, options, injected, title): (Vec<String>, Vec<String>, usize, String) = browser
+        .eval(
+            "var tds = Array.prototype.map.call(document.querySelectorAll('#view-table td.text, #records-table td.text'), function (t) { return t.textContent; });
+             var opts = Array.prototype.map.call(document.querySelectorAll('#ctl-gpu option, #ctl-run option'), function (o) { return o.textContent; });
+             return [tds, opts, document.querySelectorAll('main img, main b, main script').length, document.title];",
+        )
+        .await
+        .unwrap();
+    assert!(cells.iter().any(|c| c == HOSTILE_GPU), "{cells:?}");
+    assert!(cells.iter().any(|c| c == HOSTILE_RUN_ID), "records list: {cells:?}");
+    assert!(options.iter().any(|c| c == HOSTILE_GPU) && options.iter().any(|c| c.starts_with(HOSTILE_RUN_ID)));
+    assert_eq!(injected, 0, "markup from the data became elements");
+    assert!(!title.contains("pwned"));
+
+    let errors = browser.errors().await.unwrap();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.close().await.unwrap();
+}
+
+fn css_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[test]
+fn viewer_files_and_wasm_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let records = report::fixture::records(&FixtureSpec::small("files"));
+    report::viewer::write(
+        tmp.path(),
+        &[report::viewer::RunRecords { run_id: "files", simulated: true, records: &records }],
+    )
+    .unwrap();
+    let html = std::fs::read_to_string(tmp.path().join("viewer.html")).unwrap();
+    for src in html.split("<script src=\"").skip(1).map(|s| s.split('"').next().unwrap()) {
+        if src.contains("plotly") {
+            continue; // written by the asset registry, not by the viewer
+        }
+        assert!(!src.starts_with('/') && !src.contains("://"), "{src} is not relative");
+        assert!(tmp.path().join(src).is_file(), "{src} is missing");
+    }
+    assert!(html.contains("data/viewer-meta.js") && html.contains("data/viewer-ttft-0.js"));
+    assert!(!html.contains("type=\"module\""), "no ES modules: they do not load from file://");
+    assert!(report::viewer::WASM.len() <= 300 * 1024, "wasm is {} bytes", report::viewer::WASM.len());
+}

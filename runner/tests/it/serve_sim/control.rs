@@ -1,0 +1,259 @@
+//! Health, info, models, flush, metrics, client disconnects, and the real binary.
+
+use super::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn info_routes_describe_a_simulated_sglang() {
+    let h = server(&["--mem-fraction-static", "0.85"]).await;
+    let (s1, a) = get(&h, "/model_info").await;
+    let (s2, b) = get(&h, "/get_model_info").await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(a, b);
+    let mi: Value = serde_json::from_str(&a).unwrap();
+    assert_eq!(mi["model_path"], "qwen2.5-14b");
+    assert_eq!(mi["is_generation"], true);
+    assert_eq!(mi["architectures"], json!(["Qwen2ForCausalLM"]));
+
+    let (status, body) = get(&h, "/server_info").await;
+    assert_eq!(status, 200);
+    let si: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(si["version"], "0.5.10.post1");
+    assert_eq!(si["status"], "ready");
+    assert_eq!(si["mem_fraction_static"], 0.85);
+    assert_eq!(si["chunked_prefill_size"], 8192);
+    assert_eq!(si["port"], 0);
+    assert!(si["max_total_tokens"].is_null(), "the CLI value");
+    let pool = u(&si, "/max_total_num_tokens");
+    assert!((150_000..260_000).contains(&pool), "{pool}");
+    assert_eq!(
+        u(&si, "/internal_states/0/memory_usage/token_capacity"),
+        pool
+    );
+    assert_eq!(si["sim"]["simulated"], true);
+    assert_eq!(si["sim"]["gpu"]["name"], "h100");
+    assert_eq!(si["sim"]["time_scale"], "inf");
+    assert_eq!(si["sim"]["model"]["kv_bytes_per_token"], 196_608);
+    let (_, legacy) = get(&h, "/get_server_info").await;
+    let legacy: Value = serde_json::from_str(&legacy).unwrap();
+    assert_eq!(legacy["max_total_num_tokens"], si["max_total_num_tokens"]);
+
+    let (status, body) = get(&h, "/v1/models").await;
+    assert_eq!(status, 200);
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["object"], "list");
+    assert_eq!(m["data"][0]["id"], "qwen2.5-14b");
+    assert_eq!(m["data"][0]["owned_by"], "sglang");
+    assert_eq!(m["data"][0]["max_model_len"], 32768);
+    let (status, _) = get(&h, "/v1/models/qwen2.5-14b").await;
+    assert_eq!(status, 200);
+    // /metrics is mounted only with --enable-metrics.
+    assert_eq!(get(&h, "/metrics").await.0, 404);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_is_503_while_warming_up() {
+    let h = server(&["--sim-warmup-secs", "0.4"]).await;
+    let t0 = Instant::now();
+    let (status, body) = get(&h, "/health").await;
+    assert_eq!(status, 503);
+    assert_eq!(body, "");
+    assert_eq!(get(&h, "/health_generate").await.0, 503);
+    tokio::time::sleep(Duration::from_millis(450).saturating_sub(t0.elapsed())).await;
+    let (status, body) = get(&h, "/health").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(get(&h, "/health_generate").await.0, 200);
+    h.shutdown().await;
+}
+
+fn metric(text: &str, name_and_labels_prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name_and_labels_prefix} not in\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_expose_sglang_series() {
+    let h = server(&["--enable-metrics"]).await;
+    let a = gen(
+        &h,
+        "count me",
+        json!({"max_new_tokens": 12, "ignore_eos": true}),
+    )
+    .await;
+    let b = gen(
+        &h,
+        "and me",
+        json!({"max_new_tokens": 30, "ignore_eos": true}),
+    )
+    .await;
+    let (status, text) = get(&h, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "sglang:num_running_reqs{",
+        "sglang:num_queue_reqs{",
+        "sglang:num_used_tokens{",
+        "sglang:token_usage{",
+        "sglang:max_total_num_tokens{",
+        "sglang:gen_throughput{",
+        "sglang:cache_hit_rate{",
+        "sglang:realtime_tokens_total{",
+        "sglang:time_to_first_token_seconds_bucket{",
+        "sglang:inter_token_latency_seconds_bucket{",
+        "sglang:e2e_request_latency_seconds_count{",
+        "turnbench:sim_engine_lag_seconds{",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    assert!(text.contains("engine_type=\"unified\""));
+    let prompt = u(&a, "/meta_info/prompt_tokens") + u(&b, "/meta_info/prompt_tokens");
+    assert_eq!(metric(&text, "sglang:generation_tokens_total{"), 42.0);
+    assert_eq!(metric(&text, "sglang:prompt_tokens_total{"), prompt as f64);
+    assert_eq!(metric(&text, "sglang:num_requests_total{"), 2.0);
+    assert_eq!(
+        metric(&text, "sglang:e2e_request_latency_seconds_count{"),
+        2.0
+    );
+    assert_eq!(metric(&text, "sglang:num_running_reqs{"), 0.0);
+    let pool = metric(&text, "sglang:max_total_num_tokens{");
+    assert!(pool > 100_000.0);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn flush_is_refused_while_busy_and_disconnects_abort() {
+    // Real engine time (scale 1): a 2,000-token answer takes ~30 s, so it is still running.
+    let (args, _) = SimArgs::parse(&["--port", "0", "--enable-metrics"].map(String::from)).unwrap();
+    let h = start(args).await.unwrap();
+    let resp = client()
+        .post(format!("{}/generate", h.base_url()))
+        .json(&json!({"text": "long", "stream": true,
+                      "sampling_params": {"max_new_tokens": 2000, "ignore_eos": true}}))
+        .send()
+        .await
+        .unwrap();
+    let mut events = resp.bytes_stream().eventsource();
+    let first = events.next().await.unwrap().unwrap();
+    assert!(
+        first.data.contains("\"finish_reason\":null"),
+        "{}",
+        first.data
+    );
+    let r = client()
+        .post(format!("{}/flush_cache", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(r.text().await.unwrap(), "Flush cache failed.\n");
+    // Drop the client: the request is aborted, the server becomes idle.
+    drop(events);
+    let t0 = Instant::now();
+    loop {
+        let r = client()
+            .post(format!("{}/flush_cache", h.base_url()))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "request not aborted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, text) = get(&h, "/metrics").await;
+    assert_eq!(metric(&text, "sglang:num_aborted_requests_total{"), 1.0);
+    assert_eq!(metric(&text, "sglang:num_running_reqs{"), 0.0);
+    h.shutdown().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start the real binary; wait until /health answers 200. Returns the child and the time
+/// it took to become healthy.
+pub async fn spawn_binary(port: u16, extra: &[&str]) -> (tokio::process::Child, Duration) {
+    let t0 = Instant::now();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("serve-sim")
+        .args(["--port", &port.to_string(), "--sim-time-scale", "inf"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("runner binary starts");
+    let url = format!("http://127.0.0.1:{port}/health");
+    loop {
+        if let Ok(r) = client().get(&url).send().await {
+            if r.status() == 200 {
+                return (child, t0.elapsed());
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "serve-sim did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_binary_takes_sglang_flags_and_serves() {
+    use tokio::io::AsyncReadExt;
+    let port = free_port();
+    let (mut child, ready) = spawn_binary(
+        port,
+        &[
+            "--model-path",
+            "qwen2.5-14b",
+            "--sim-gpu",
+            "h100",
+            "--trust-remote-code",
+            "--cuda-graph-max-bs",
+            "8",
+            "--mem-fraction-static",
+            "0.88",
+        ],
+    )
+    .await;
+    assert!(ready < Duration::from_secs(5), "healthy after {ready:?}");
+    let r = client()
+        .post(format!("http://127.0.0.1:{port}/generate"))
+        .json(&json!({"text": "hi", "sampling_params": {"max_new_tokens": 4}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    assert!(
+        log.contains("The server is fired up and ready to roll!"),
+        "{log}"
+    );
+    assert!(
+        log.contains("--trust-remote-code"),
+        "unknown flags are warned about: {log}"
+    );
+    assert!(log.contains("--cuda-graph-max-bs 8"), "{log}");
+}

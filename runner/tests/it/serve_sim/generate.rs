@@ -1,0 +1,279 @@
+//! Native `/generate`: body and stream shapes of spec §1.3–1.4, batches, stops, lengths.
+
+use super::*;
+
+const META_KEYS: [&str; 12] = [
+    "id",
+    "finish_reason",
+    "prompt_tokens",
+    "weight_version",
+    "total_retractions",
+    "reasoning_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cached_tokens_details",
+    "dp_rank",
+    "e2e_latency",
+    "response_sent_to_client_ts",
+];
+
+#[tokio::test]
+async fn non_streaming_body_has_the_spec_shape() {
+    let h = server(&[]).await;
+    let v = gen(
+        &h,
+        "Hello world",
+        json!({"max_new_tokens": 8, "ignore_eos": true, "temperature": 0}),
+    )
+    .await;
+    let meta = v["meta_info"].as_object().unwrap();
+    let mut keys: Vec<&str> = meta.keys().map(String::as_str).collect();
+    keys.sort();
+    let mut want = META_KEYS.to_vec();
+    want.sort();
+    assert_eq!(keys, want);
+    assert_eq!(
+        v["meta_info"]["finish_reason"],
+        json!({"type": "length", "length": 8})
+    );
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), 8);
+    assert_eq!(u(&v, "/meta_info/completion_tokens"), 8);
+    // "Hello world" = "Hell" "o" " wor" "ld" in the built-in tokenizer (4 chars per chunk).
+    assert_eq!(u(&v, "/meta_info/prompt_tokens"), 4);
+    assert_eq!(v["meta_info"]["weight_version"], "default");
+    assert_eq!(u(&v, "/meta_info/cached_tokens"), 0);
+    assert!(v["meta_info"]["e2e_latency"].as_f64().unwrap() >= 0.0);
+    assert!(
+        v["meta_info"]["response_sent_to_client_ts"]
+            .as_f64()
+            .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(v["meta_info"]["id"].as_str().unwrap().len(), 32);
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(' ') && text.split_whitespace().count() >= 2,
+        "{text:?}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_is_cumulative_and_matches_the_non_streaming_answer() {
+    let h = server(&[]).await;
+    let body = json!({"text": "Tell me a story.", "rid": "story-1", "stream": true,
+                      "sampling_params": {"max_new_tokens": 64, "temperature": 0}});
+    let (status, data) = stream(&h, "/generate", body).await;
+    assert_eq!(status, 200);
+    let chunks = chunks(&data);
+    assert!(!chunks.is_empty());
+    let mut prev_text = String::new();
+    let mut prev_ids: Vec<Value> = Vec::new();
+    let mut prev_n = 0;
+    for (i, c) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let text = c["text"].as_str().unwrap();
+        let ids = c["output_ids"].as_array().unwrap();
+        assert!(text.starts_with(&prev_text), "cumulative text");
+        assert!(ids.starts_with(&prev_ids), "cumulative ids");
+        let n = u(c, "/meta_info/completion_tokens");
+        assert!(n >= prev_n && n as usize == ids.len());
+        assert_eq!(c["meta_info"]["id"], "story-1");
+        assert_eq!(c["meta_info"]["finish_reason"].is_null(), !last);
+        assert_eq!(c["meta_info"].get("e2e_latency").is_some(), last);
+        assert!(c.get("index").is_none());
+        prev_text = text.to_string();
+        prev_ids = ids.clone();
+        prev_n = n;
+    }
+    let whole = gen(
+        &h,
+        "Tell me a story.",
+        json!({"max_new_tokens": 64, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(
+        whole["text"],
+        prev_text.as_str(),
+        "greedy output is deterministic"
+    );
+    assert_eq!(whole["output_ids"], json!(prev_ids));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn batches_return_a_list_or_indexed_chunks() {
+    let h = server(&[]).await;
+    let sp = json!({"max_new_tokens": 5, "ignore_eos": true});
+    let (status, v) = post(
+        &h,
+        "/generate",
+        json!({"text": ["a b", "c d e"], "sampling_params": sp}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(u(&list[1], "/meta_info/completion_tokens"), 5);
+    let (status, v) = post(
+        &h,
+        "/generate",
+        json!({"input_ids": [[1, 2, 3], [4, 5]], "sampling_params": sp}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(u(&v, "/1/meta_info/prompt_tokens"), 2);
+    let (_, data) = stream(
+        &h,
+        "/generate",
+        json!({"text": ["a b", "c d e"], "sampling_params": sp, "stream": true}),
+    )
+    .await;
+    let chunks = chunks(&data);
+    for idx in [0, 1] {
+        let last = chunks.iter().filter(|c| c["index"] == idx).last().unwrap();
+        assert_eq!(last["meta_info"]["finish_reason"]["type"], "length");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn stop_strings_and_stop_token_ids_really_stop() {
+    let h = server(&[]).await;
+    let free = gen(
+        &h,
+        "Go on.",
+        json!({"max_new_tokens": 80, "ignore_eos": true, "temperature": 0}),
+    )
+    .await;
+    let free_text = free["text"].as_str().unwrap();
+    let word = free_text
+        .split(' ')
+        .nth(6)
+        .unwrap()
+        .trim_matches(['.', ',', '\n']);
+    let stop = format!(" {word}");
+    let cut = gen(
+        &h,
+        "Go on.",
+        json!({"max_new_tokens": 80, "ignore_eos": true, "temperature": 0, "stop": [stop.clone()]}),
+    )
+    .await;
+    assert_eq!(
+        cut["meta_info"]["finish_reason"],
+        json!({"type": "stop", "matched": stop})
+    );
+    let cut_text = cut["text"].as_str().unwrap();
+    assert!(!cut_text.contains(&stop));
+    assert!(
+        free_text[cut_text.len()..].starts_with(&stop),
+        "{cut_text:?} / {free_text:?}"
+    );
+    assert!(u(&cut, "/meta_info/completion_tokens") < 80);
+
+    let id = free["output_ids"][10].as_u64().unwrap();
+    let st = gen(
+        &h,
+        "Go on.",
+        json!({"max_new_tokens": 80, "ignore_eos": true, "temperature": 0, "stop_token_ids": [id]}),
+    )
+    .await;
+    assert_eq!(
+        st["meta_info"]["finish_reason"],
+        json!({"type": "stop", "matched": id})
+    );
+    let ids = st["output_ids"].as_array().unwrap();
+    assert_eq!(ids.last().unwrap().as_u64(), Some(id));
+    assert!(ids.len() <= 11);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn lengths_follow_eos_max_new_tokens_and_ignore_eos() {
+    let h = server(&[]).await;
+    // Without a cap the answer ends with EOS (<|im_end|> = 151645 for Qwen), ~110 tokens.
+    let mut total = 0;
+    for i in 0..40 {
+        let v = gen(
+            &h,
+            &format!("question {i}"),
+            json!({"max_new_tokens": 2000, "temperature": 0}),
+        )
+        .await;
+        assert_eq!(
+            v["meta_info"]["finish_reason"],
+            json!({"type": "stop", "matched": 151645})
+        );
+        assert_eq!(v["output_ids"].as_array().unwrap().last().unwrap(), 151645);
+        total += u(&v, "/meta_info/completion_tokens");
+    }
+    let mean = total as f64 / 40.0;
+    assert!((70.0..160.0).contains(&mean), "mean answer {mean} tokens");
+    // The default max_new_tokens is 128.
+    let v = gen(&h, "x", json!({"ignore_eos": true})).await;
+    assert_eq!(
+        v["meta_info"]["finish_reason"],
+        json!({"type": "length", "length": 128})
+    );
+    let v = gen(&h, "x", json!({"max_new_tokens": 700, "ignore_eos": true})).await;
+    assert_eq!(u(&v, "/meta_info/completion_tokens"), 700);
+    // max_new_tokens 0: prefill only.
+    let v = gen(&h, "x", json!({"max_new_tokens": 0})).await;
+    assert_eq!(u(&v, "/meta_info/completion_tokens"), 0);
+    assert_eq!(v["text"], "");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn temperature_zero_repeats_and_sampling_varies() {
+    let h = server(&["--sim-seed", "5"]).await;
+    let sp0 = json!({"max_new_tokens": 30, "temperature": 0, "ignore_eos": true});
+    let a = gen(&h, "same prompt", sp0.clone()).await;
+    let b = gen(&h, "same prompt", sp0).await;
+    assert_eq!(a["output_ids"], b["output_ids"]);
+    let sp1 = json!({"max_new_tokens": 30, "temperature": 1.0, "ignore_eos": true});
+    let c = gen(&h, "same prompt", sp1.clone()).await;
+    let d = gen(&h, "same prompt", sp1).await;
+    assert_ne!(c["output_ids"], d["output_ids"]);
+    h.shutdown().await;
+    // Another seed, another text; the same seed, the same text.
+    let h2 = server(&["--sim-seed", "6"]).await;
+    let e = gen(
+        &h2,
+        "same prompt",
+        json!({"max_new_tokens": 30, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_ne!(a["output_ids"], e["output_ids"]);
+    h2.shutdown().await;
+    let h3 = server(&["--sim-seed", "5"]).await;
+    let f = gen(
+        &h3,
+        "same prompt",
+        json!({"max_new_tokens": 30, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(a["output_ids"], f["output_ids"]);
+    h3.shutdown().await;
+}
+
+#[tokio::test]
+async fn skip_tokenizer_init_needs_ids_and_returns_no_text() {
+    let h = server(&["--skip-tokenizer-init"]).await;
+    let (status, v) = post(&h, "/generate", json!({"text": "hi"})).await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("input_ids"));
+    let (status, v) = post(
+        &h,
+        "/generate",
+        json!({"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 3}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(v.get("text").is_none());
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), 3);
+    h.shutdown().await;
+}

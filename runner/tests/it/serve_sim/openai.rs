@@ -1,0 +1,149 @@
+//! `/v1/chat/completions` and `/v1/completions`: stream and non-stream shapes of spec §2.
+
+use super::*;
+
+#[tokio::test]
+async fn chat_stream_has_role_deltas_finish_usage_and_done() {
+    let h = server(&[]).await;
+    let messages = json!([{"role": "user", "content": "Hi"}]);
+    let (status, data) = stream(
+        &h,
+        "/v1/chat/completions",
+        json!({"model": "m", "messages": messages, "stream": true, "temperature": 0,
+               "max_tokens": 40, "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let chunks = chunks(&data);
+    assert!(chunks.len() >= 4, "{data:?}");
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "m");
+        assert_eq!(c["id"], chunks[0]["id"]);
+    }
+    let role = &chunks[0]["choices"][0];
+    assert_eq!(
+        role["delta"],
+        json!({"role": "assistant", "content": "", "reasoning_content": null, "tool_calls": null})
+    );
+    assert!(role["finish_reason"].is_null());
+    let n = chunks.len();
+    let mut content = String::new();
+    for c in &chunks[1..n - 2] {
+        let d = &c["choices"][0]["delta"];
+        assert!(d["role"].is_null());
+        let piece = d["content"].as_str().unwrap();
+        assert!(!piece.is_empty(), "no chunk without new text");
+        content.push_str(piece);
+        assert!(c["choices"][0]["finish_reason"].is_null());
+    }
+    let finish = &chunks[n - 2]["choices"][0];
+    assert_eq!(
+        finish["delta"],
+        json!({"role": null, "content": null, "reasoning_content": null, "tool_calls": null})
+    );
+    let reason = finish["finish_reason"].as_str().unwrap();
+    assert!(reason == "stop" || reason == "length");
+    if reason == "stop" {
+        assert_eq!(finish["matched_stop"], 151645);
+    }
+    let usage_chunk = &chunks[n - 1];
+    assert_eq!(usage_chunk["choices"], json!([]));
+    let usage = &usage_chunk["usage"];
+    // No --enable-cache-report: details stay null.
+    assert!(usage["prompt_tokens_details"].is_null());
+    assert_eq!(usage["reasoning_tokens"], 0);
+    assert_eq!(
+        u(usage, "/total_tokens"),
+        u(usage, "/prompt_tokens") + u(usage, "/completion_tokens")
+    );
+    // The template is applied server-side: the same prompt sent raw to /generate.
+    let raw = gen(
+        &h,
+        &chatml_turn(Some(SYSTEM), "Hi"),
+        json!({"max_new_tokens": 40, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(
+        u(usage, "/prompt_tokens"),
+        u(&raw, "/meta_info/prompt_tokens")
+    );
+    assert_eq!(content, raw["text"].as_str().unwrap());
+
+    // Non-streaming: the same answer in one body.
+    let (status, v) = post(
+        &h,
+        "/v1/chat/completions",
+        json!({"messages": messages, "temperature": 0, "max_tokens": 40}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "default");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], content.as_str());
+    assert_eq!(v["choices"][0]["finish_reason"], reason);
+    assert_eq!(v["usage"], *usage);
+    assert_eq!(v["metadata"]["weight_version"], "default");
+    // Without include_usage there is no usage chunk.
+    let (_, data) = stream(
+        &h,
+        "/v1/chat/completions",
+        json!({"messages": messages, "stream": true, "max_tokens": 5}),
+    )
+    .await;
+    let chunks2 = super::chunks(&data);
+    assert!(chunks2.iter().all(|c| c["usage"].is_null()));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn completions_stream_carries_finish_on_the_last_content_chunk() {
+    let h = server(&[]).await;
+    let (status, data) = stream(
+        &h,
+        "/v1/completions",
+        json!({"model": "m", "prompt": "Once upon a time", "stream": true, "temperature": 0,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let chunks = chunks(&data);
+    let n = chunks.len();
+    assert!(n >= 2);
+    let mut text = String::new();
+    for c in &chunks[..n - 1] {
+        assert_eq!(c["object"], "text_completion");
+        assert!(c["choices"][0].get("delta").is_none(), "no role chunk");
+        text.push_str(c["choices"][0]["text"].as_str().unwrap());
+    }
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], "length");
+    assert!(chunks[..n - 2]
+        .iter()
+        .all(|c| c["choices"][0]["finish_reason"].is_null()));
+    let usage = &chunks[n - 1]["usage"];
+    assert_eq!(chunks[n - 1]["choices"], json!([]));
+    // max_tokens defaults to 16; nulls are dropped from this chunk.
+    assert_eq!(u(usage, "/completion_tokens"), 16);
+    assert!(usage.get("prompt_tokens_details").is_none(), "{usage}");
+    let (status, v) = post(
+        &h,
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], text.as_str());
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    // Token-id prompts work too.
+    let (status, v) = post(
+        &h,
+        "/v1/completions",
+        json!({"prompt": [1, 2, 3], "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(u(&v, "/usage/prompt_tokens"), 3);
+    h.shutdown().await;
+}

@@ -1,0 +1,145 @@
+//! The key experiment: the three cache modes side by side through the real binary.
+
+use super::*;
+use turnbench_schema::{BackendKind, CacheMode};
+
+#[test]
+fn three_cache_modes_record_what_the_engine_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_ok(&small(tmp.path(), "modes"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Token Throughput"),
+        "seed table printed:\n{stdout}"
+    );
+    assert!(stdout.contains("Best by token throughput"), "{stdout}");
+
+    let run = Run::load(&tmp.path().join("modes"));
+    let m = &run.manifest;
+    assert!(m.simulated);
+    assert_eq!(m.backend.kind, BackendKind::Sim);
+    assert_eq!(m.backend.sim.as_ref().unwrap().time_scale, 1000.0);
+    assert_eq!(m.backend.sim.as_ref().unwrap().gpu_profile, "h100");
+    assert_eq!(m.cells.len(), 6);
+    assert_eq!(m.dataset.kind, "synthetic");
+    assert_eq!((m.dataset.trajectories, m.dataset.turns), (2, 8));
+    // One server with the radix cache, one without (for `none`).
+    let radix: Vec<Option<bool>> = m.servers.iter().map(|s| s.disable_radix_cache).collect();
+    assert_eq!(radix, [Some(false), Some(true)]);
+    run.assert_complete(&[4, 4]);
+
+    let turns = run.turns();
+    assert!(turns.iter().all(|r| r.error.is_none()), "no failures");
+    for r in &turns {
+        assert!(r.prompt_tokens.unwrap() > 0 && r.completion_tokens.unwrap() > 0);
+        assert!(r.ttft.unwrap() > 0.0 && r.e2e.unwrap() >= r.ttft.unwrap());
+        assert!(r.t_send <= r.t_first_token.unwrap() && r.t_first_token.unwrap() <= r.t_end);
+        assert!(r.in_flight >= 1 && r.in_flight <= r.concurrency);
+    }
+    for mode in [CacheMode::Prefix, CacheMode::Session] {
+        for t in 0..2 {
+            let mut tr: Vec<&TurnRecord> = turns
+                .iter()
+                .filter(|r| r.cache_mode == mode && r.concurrency == 1 && r.traj == t)
+                .collect();
+            tr.sort_by_key(|r| r.turn);
+            let cached: Vec<u64> = tr.iter().map(|r| r.cached_tokens.unwrap()).collect();
+            let prompt: Vec<u64> = tr.iter().map(|r| r.prompt_tokens.unwrap()).collect();
+            assert!(
+                cached[1..].iter().all(|&c| c > 0),
+                "{mode}: later turns reuse the cache: {cached:?}"
+            );
+            assert!(
+                cached.windows(2).all(|w| w[1] > w[0]),
+                "{mode}: cached tokens rise: {cached:?}"
+            );
+            assert!(
+                prompt.windows(2).all(|w| w[1] > w[0]),
+                "{mode}: the conversation grows: {prompt:?}"
+            );
+        }
+    }
+    let none: Vec<u64> = turns
+        .iter()
+        .filter(|r| r.cache_mode == CacheMode::None)
+        .map(|r| r.cached_tokens.unwrap())
+        .collect();
+    assert!(none.iter().all(|&c| c == 0), "none: no reuse: {none:?}");
+    let hit = |mode| {
+        run.summary
+            .cells
+            .iter()
+            .find(|c| c.cache_mode == mode && c.concurrency == 1)
+            .unwrap()
+            .cache_hit_ratio
+            .unwrap()
+    };
+    assert!(
+        hit(CacheMode::Prefix) > 0.5,
+        "prefix hit ratio {}",
+        hit(CacheMode::Prefix)
+    );
+    assert_eq!(hit(CacheMode::None), 0.0);
+    assert!(!run.summary.best.is_empty());
+}
+
+#[test]
+fn bad_plans_are_rejected_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap().to_string();
+    let err = run_err(&[
+        "sweep".into(),
+        "--plan".into(),
+        fixture("bad-plan.toml").display().to_string(),
+        "--out".into(),
+        out.clone(),
+    ]);
+    assert!(
+        err.contains("bad-plan.toml") && err.contains("batch_size"),
+        "{err}"
+    );
+    let empty = tmp.path().join("empty.toml");
+    std::fs::write(&empty, "cache_modes = []\n").unwrap();
+    let err =
+        run_err(&["sweep", "--out", &out, "--plan", empty.to_str().unwrap()].map(String::from));
+    assert!(
+        err.contains("`cache_modes`") && err.contains("empty"),
+        "{err}"
+    );
+    std::fs::remove_file(&empty).unwrap();
+    let err = run_err(
+        &[
+            "sweep",
+            "--out",
+            &out,
+            "--batch-sizes",
+            "h100=1;tpu=2",
+            "--gpus",
+            "h100",
+        ]
+        .map(String::from),
+    );
+    assert!(err.contains("batch_sizes.tpu"), "{err}");
+    let err = run_err(&["sweep", "--out", &out, "--think-time", "later"].map(String::from));
+    assert!(err.contains("think_time"), "{err}");
+    let err = run_err(
+        &[
+            "sweep",
+            "--out",
+            &out,
+            "--backend",
+            "attach",
+            "--url",
+            "http://127.0.0.1:9",
+        ]
+        .map(String::from),
+    );
+    assert!(
+        err.contains("urls[0]") && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().next().is_none(),
+        "nothing written for a rejected plan"
+    );
+}

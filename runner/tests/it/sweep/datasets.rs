@@ -1,0 +1,121 @@
+//! The dataset readers through the binary: r2e-gym (+ YAML prompts), OpenAI messages,
+//! ShareGPT; malformed lines named by file and line, or skipped and counted.
+
+use super::*;
+use turnbench_schema::HistorySource;
+
+fn dataset_args(tmp: &Path, id: &str, dataset: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = small(tmp, id);
+    a.extend([
+        "--cache-modes".into(),
+        "prefix".into(),
+        "--batch-sizes".into(),
+        "2".into(),
+    ]);
+    a.extend(["--dataset".into(), fixture(dataset).display().to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn r2e_gym_with_recorded_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = fixture("r2e-prompts.yaml").display().to_string();
+    run_ok(&dataset_args(
+        tmp.path(),
+        "r2e",
+        "r2e.jsonl",
+        &[
+            "--prompts",
+            &prompts,
+            "--history",
+            "recorded",
+            "--think-time",
+            "replay",
+        ],
+    ));
+    let run = Run::load(&tmp.path().join("r2e"));
+    assert_eq!(run.manifest.dataset.kind, "r2e-gym");
+    assert_eq!(run.manifest.dataset.history, HistorySource::Recorded);
+    assert_eq!(
+        (
+            run.manifest.dataset.trajectories,
+            run.manifest.dataset.turns
+        ),
+        (2, 5)
+    );
+    assert!(run.manifest.dataset.content_hash.as_ref().unwrap().len() >= 64);
+    run.assert_complete(&[3, 2]);
+    let turns = run.turns();
+    let ids: std::collections::BTreeSet<&str> = turns.iter().map(|r| r.traj_id.as_str()).collect();
+    assert_eq!(ids, ["demo__repo-1", "demo__repo-2"].into());
+    // The dataset's env_exec_time is replayed as think time (the last turn has none).
+    let t0: Vec<f64> = {
+        let mut v: Vec<&TurnRecord> = turns.iter().filter(|r| r.traj == 0).collect();
+        v.sort_by_key(|r| r.turn);
+        v.iter().map(|r| r.think_time).collect()
+    };
+    assert_eq!(t0, [0.1532, 0.0811, 0.0]);
+}
+
+#[test]
+fn openai_messages_through_the_openai_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(&dataset_args(
+        tmp.path(),
+        "oai",
+        "openai.jsonl",
+        &["--api", "openai"],
+    ));
+    let run = Run::load(&tmp.path().join("oai"));
+    assert_eq!(run.manifest.dataset.kind, "openai-messages");
+    assert_eq!(run.manifest.backend.api, "openai");
+    // conv-a: two assistant turns, then a tool + user message → a third generated turn.
+    run.assert_complete(&[3, 1]);
+    for r in run.turns() {
+        assert!(r.error.is_none(), "{r:?}");
+        assert!(r.prompt_tokens.unwrap() > 0 && r.completion_tokens.unwrap() > 0);
+    }
+}
+
+#[test]
+fn sharegpt_array_is_streamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(&dataset_args(tmp.path(), "sg", "sharegpt.json", &[]));
+    let run = Run::load(&tmp.path().join("sg"));
+    assert_eq!(run.manifest.dataset.kind, "sharegpt");
+    run.assert_complete(&[2, 1]);
+    let ids: std::collections::BTreeSet<String> =
+        run.turns().into_iter().map(|r| r.traj_id).collect();
+    assert_eq!(ids, ["sg-1".to_string(), "sg-2".to_string()].into());
+}
+
+#[test]
+fn malformed_lines_name_file_and_line_or_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = fixture("r2e-prompts.yaml").display().to_string();
+    let err = run_err(&dataset_args(
+        tmp.path(),
+        "bad",
+        "r2e-bad.jsonl",
+        &["--prompts", &prompts, "--trajectories", "3"],
+    ));
+    assert!(err.contains("r2e-bad.jsonl:2:"), "{err}");
+    run_ok(&dataset_args(
+        tmp.path(),
+        "skip",
+        "r2e-bad.jsonl",
+        &[
+            "--prompts",
+            &prompts,
+            "--trajectories",
+            "3",
+            "--skip-bad-lines",
+        ],
+    ));
+    let run = Run::load(&tmp.path().join("skip"));
+    assert_eq!(run.manifest.dataset.skipped_lines, 1);
+    assert_eq!(run.manifest.dataset.trajectories, 2);
+    let err = run_err(&dataset_args(tmp.path(), "noprompts", "r2e.jsonl", &[]));
+    assert!(err.contains("`prompts`"), "{err}");
+}

@@ -1,0 +1,156 @@
+//! The `launch` backend, tested by launching `runner serve-sim` through the very path that
+//! launches `python -m sglang.launch_server`.
+
+use super::*;
+use std::net::{TcpListener, TcpStream};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn plan(tmp: &Path, port: u16, command: &[&str], extra: &str) -> PathBuf {
+    let cmd: Vec<String> = command.iter().map(|s| format!("{s:?}")).collect();
+    let text = format!(
+        "backend = \"launch\"\ngpus = [0]\nport_base = {port}\nlaunch_timeout_s = 20\n\
+         launch_command = [{}]\n{extra}",
+        cmd.join(", ")
+    );
+    let p = tmp.join("plan.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn serve_sim(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec![
+        env!("CARGO_BIN_EXE_runner"),
+        "serve-sim",
+        "--model-path",
+        "{model_path}",
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+        "--mem-fraction-static",
+        "{mem_fraction_static}",
+        "--max-total-tokens",
+        "{max_total_tokens}",
+        "--enable-metrics",
+        "--sim-gpu",
+        "a100-80gb",
+        "--sim-time-scale",
+        "1000",
+        "--api-key",
+        "{api_key}",
+    ];
+    v.extend(extra);
+    v
+}
+
+#[test]
+fn launches_serve_sim_per_gpu_and_stops_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = plan(tmp.path(), port, &serve_sim(&[]), "");
+    let mut args = small(tmp.path(), "launched");
+    args.retain(|a| a != "h100");
+    let i = args.iter().position(|a| a == "--gpus").unwrap();
+    args.drain(i..i + 1);
+    args.extend([
+        "--plan".into(),
+        p.display().to_string(),
+        "--api-key".into(),
+        "sekrit-key".into(),
+    ]);
+    run_ok(&args);
+    let dir = tmp.path().join("launched");
+    let run = Run::load(&dir);
+    run.assert_complete(&[4, 4]);
+    assert_eq!(run.manifest.backend.access, "launch");
+    assert!(
+        run.manifest.simulated,
+        "serve-sim reports itself as simulated"
+    );
+    let s = &run.manifest.servers[0];
+    assert_eq!(s.url, format!("http://127.0.0.1:{port}"));
+    assert!(s
+        .launch_command
+        .as_ref()
+        .unwrap()
+        .contains(&port.to_string()));
+    assert_eq!(run.manifest.gpus[0].index, Some(0));
+    for log in ["server-gpu0-radix.log", "server-gpu0-no-radix.log"] {
+        assert!(dir.join("logs").join(log).is_file(), "{log} written");
+    }
+    // The servers are gone, and the key is nowhere in the results.
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "server stopped"
+    );
+    for f in [
+        "manifest.json",
+        "turns.jsonl",
+        "summary.json",
+        "telemetry.jsonl",
+    ] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(!text.contains("sekrit-key"), "API key leaked into {f}");
+    }
+    let telemetry = std::fs::read_to_string(dir.join("telemetry.jsonl")).unwrap();
+    assert!(
+        telemetry.contains("\"source\":\"metrics\""),
+        "server /metrics scraped"
+    );
+}
+
+#[test]
+fn a_server_that_dies_at_startup_is_reported_with_its_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = plan(
+        tmp.path(),
+        port,
+        &[
+            "sh",
+            "-c",
+            "echo 'CUDA out of memory on device' $CUDA_VISIBLE_DEVICES; exit 1",
+            "{port}",
+        ],
+        "",
+    );
+    let err = run_err(&[
+        "sweep".into(),
+        "--quiet".into(),
+        "--out".into(),
+        tmp.path().display().to_string(),
+        "--plan".into(),
+        p.display().to_string(),
+    ]);
+    assert!(err.contains("CUDA out of memory on device 0"), "{err}");
+}
+
+#[test]
+fn a_server_exiting_mid_sweep_fails_turns_not_the_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = plan(
+        tmp.path(),
+        port,
+        &serve_sim(&["--sim-fault", "exit-after=5"]),
+        "",
+    );
+    let mut args = small(tmp.path(), "exits");
+    args.retain(|a| a != "h100");
+    let i = args.iter().position(|a| a == "--gpus").unwrap();
+    args.drain(i..i + 1);
+    args.extend(["--plan".into(), p.display().to_string()]);
+    run_ok(&args);
+    let run = Run::load(&tmp.path().join("exits"));
+    run.assert_complete(&[4, 4]);
+    let failed: Vec<&str> = run.raw.iter().filter_map(|r| r.error.as_deref()).collect();
+    assert!(!failed.is_empty(), "turns after the exit failed");
+    assert!(run.raw.iter().filter(|r| r.error.is_none()).count() >= 5);
+}

@@ -1,0 +1,53 @@
+//! `runner pack`: a reproducible bundle of a run directory.
+
+use super::*;
+use std::io::Read;
+
+#[test]
+fn pack_is_reproducible_and_holds_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = small(tmp.path(), "packme");
+    args.extend(["--cache-modes".into(), "prefix".into()]);
+    run_ok(&args);
+    let dir = tmp.path().join("packme");
+    let a = tmp.path().join("a.tar.gz");
+    let b = tmp.path().join("b.tar.gz");
+    for out in [&a, &b] {
+        let o = run_ok(&[
+            "pack".into(),
+            dir.display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+        ]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains(out.to_str().unwrap()));
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // a different mtime, if used
+    }
+    let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ba, bb, "two packs of one run are identical bytes");
+
+    let mut names = vec![];
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(ba.as_slice()));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        assert_eq!(e.header().mtime().unwrap(), 0);
+        assert_eq!(e.header().uid().unwrap(), 0);
+        let name = e.path().unwrap().display().to_string();
+        let mut body = Vec::new();
+        e.read_to_end(&mut body).unwrap();
+        let file = name.strip_prefix("packme/").unwrap();
+        assert_eq!(
+            body,
+            std::fs::read(dir.join(file)).unwrap(),
+            "{name} content"
+        );
+        names.push(name);
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    for f in ["manifest.json", "turns.jsonl", "summary.json"] {
+        assert!(names.contains(&format!("packme/{f}")), "{f} in {names:?}");
+    }
+    let err = run_err(&["pack".into(), tmp.path().display().to_string()]);
+    assert!(err.contains("not a run directory"), "{err}");
+}

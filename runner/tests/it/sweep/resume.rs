@@ -1,0 +1,83 @@
+//! SIGKILL in the middle of a sweep, then `--resume`: every (cell, trajectory, turn) exactly
+//! once in the final analysis, the partial trajectories re-run under a higher attempt.
+
+use super::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn sigkill_then_resume_gives_the_complete_set_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = small(tmp.path(), "killed");
+    // Slow enough to be killed midway: engine time only 20× faster, tool time replayed.
+    args.extend(
+        [
+            "--trajectories",
+            "4",
+            "--turns",
+            "6",
+            "--sim-time-scale",
+            "20",
+            "--think-time",
+            "replay",
+        ]
+        .map(String::from),
+    );
+    let mut child = runner().args(&args).spawn().unwrap();
+    let turns = tmp.path().join("killed").join("turns.jsonl");
+    let start = Instant::now();
+    let lines = loop {
+        let n = std::fs::read_to_string(&turns).map_or(0, |s| s.lines().count());
+        if n >= 20 {
+            break n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "sweep too slow to reach 20 turns"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sweep ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let total = 6 * 4 * 6; // cells × trajectories × turns
+    assert!(
+        lines < total,
+        "killed before the end ({lines} of {total} lines)"
+    );
+    // A torn last line, as a crash mid-write leaves it.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&turns)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"gpu\":\"h10").unwrap();
+    drop(f);
+
+    run_ok(
+        &[
+            "sweep",
+            "--quiet",
+            "--out",
+            tmp.path().to_str().unwrap(),
+            "--resume",
+            "killed",
+        ]
+        .map(String::from),
+    );
+    let run = Run::load(&tmp.path().join("killed"));
+    run.assert_complete(&[6, 6, 6, 6]);
+    assert_eq!(
+        run.turns().len(),
+        total,
+        "each (cell, trajectory, turn) once"
+    );
+    assert!(run.raw.len() >= total);
+    let resumed = run.raw.iter().filter(|r| r.attempt > 0).count();
+    let superseded = run.raw.len() - total;
+    assert!(
+        superseded == 0 || resumed > 0,
+        "superseded lines come only from re-run trajectories"
+    );
+}

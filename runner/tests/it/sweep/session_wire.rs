@@ -1,0 +1,163 @@
+//! What goes over the wire, seen by a recording proxy in front of serve-sim (`attach`):
+//! session mode sends only the new text, chained by the previous request id; prefix mode
+//! resends the whole conversation.
+
+use super::*;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use runner::sim::cli::SimArgs;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    seen: Arc<Mutex<Vec<(String, Value, Option<Value>)>>>,
+    http: reqwest::Client,
+}
+
+async fn forward(State(p): State<Proxy>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let resp = p
+        .http
+        .request(method, format!("{}{path}", p.upstream))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let ctype = resp.headers().get("content-type").cloned();
+    let req_json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if path == "/generate" {
+        // Keep the response (the stream's text) to check the rid chain.
+        let text = resp.text().await.unwrap();
+        let last = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .last();
+        p.seen.lock().unwrap().push((path, req_json, last));
+        let mut r = Response::new(Body::from(text));
+        *r.status_mut() = status;
+        if let Some(c) = ctype {
+            r.headers_mut().insert("content-type", c);
+        }
+        return r;
+    }
+    p.seen.lock().unwrap().push((path, req_json, None));
+    let mut r = Response::new(Body::from_stream(resp.bytes_stream()));
+    *r.status_mut() = status;
+    if let Some(c) = ctype {
+        r.headers_mut().insert("content-type", c);
+    }
+    r
+}
+
+#[test]
+fn session_sends_only_new_text_and_prefix_resends_everything() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (sim, proxy_url, seen) = rt.block_on(async {
+        let argv: Vec<String> = ["--port", "0", "--sim-time-scale", "1000"]
+            .map(String::from)
+            .to_vec();
+        let sim = runner::sim::server::start(SimArgs::parse(&argv).unwrap().0)
+            .await
+            .unwrap();
+        let p = Proxy {
+            upstream: sim.base_url(),
+            seen: Arc::default(),
+            http: reqwest::Client::new(),
+        };
+        let seen = p.seen.clone();
+        let app = axum::Router::new().fallback(forward).with_state(p);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (sim, url, seen)
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = small(tmp.path(), "wire");
+    args.extend(
+        [
+            "--backend",
+            "attach",
+            "--url",
+            &proxy_url,
+            "--gpus",
+            "sim",
+            "--cache-modes",
+            "session,prefix",
+            "--batch-sizes",
+            "1",
+            "--trajectories",
+            "1",
+        ]
+        .map(String::from),
+    );
+    run_ok(&args);
+    let run = Run::load(&tmp.path().join("wire"));
+    run.assert_complete(&[4]);
+    let seen = seen.lock().unwrap().clone();
+    let gens: Vec<&(String, Value, Option<Value>)> =
+        seen.iter().filter(|(p, _, _)| p == "/generate").collect();
+    assert_eq!(gens.len(), 8, "4 session turns then 4 prefix turns");
+    let (session, prefix) = gens.split_at(4);
+    let text = |g: &(String, Value, Option<Value>)| g.1["text"].as_str().unwrap().to_string();
+    let first = text(session[0]);
+    assert!(
+        first.starts_with("<|im_start|>system\n"),
+        "turn 0 sends the whole prompt"
+    );
+    assert!(session[0].1["session_params"]["rid"].is_null());
+    let sid = session[0].1["session_params"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for k in 1..4 {
+        let t = text(session[k]);
+        assert!(
+            t.starts_with("<|im_end|>\n<|im_start|>user\n"),
+            "turn {k} sends only new text: {t:.80}"
+        );
+        assert!(!t.contains("<|im_start|>system"), "no history resent");
+        assert!(t.len() < first.len());
+        let sp = &session[k].1["session_params"];
+        assert_eq!(sp["id"], sid.as_str());
+        let prev_id = session[k - 1].2.as_ref().unwrap()["meta_info"]["id"].clone();
+        assert_eq!(sp["rid"], prev_id, "chained to the previous turn's id");
+    }
+    assert!(seen
+        .iter()
+        .any(|(p, b, _)| p == "/open_session" && b["capacity_of_str_len"].is_u64()));
+    assert!(seen
+        .iter()
+        .any(|(p, b, _)| p == "/close_session" && b["session_id"] == sid.as_str()));
+    // Prefix mode: every turn resends the previous prompt as its prefix.
+    for k in 1..4 {
+        let (a, b) = (text(prefix[k - 1]), text(prefix[k]));
+        assert!(
+            b.starts_with(&a) && b.len() > a.len(),
+            "prefix turn {k} resends the conversation"
+        );
+        assert!(prefix[k].1.get("session_params").is_none());
+    }
+    // Session and prefix saw the same conversation (generated history, same seed & text).
+    let session_turns: Vec<u64> = run
+        .turns()
+        .iter()
+        .filter(|r| r.cache_mode == turnbench_schema::CacheMode::Session)
+        .map(|r| r.prompt_tokens.unwrap())
+        .collect();
+    assert!(
+        session_turns.windows(2).all(|w| w[1] > w[0]),
+        "server saw the whole prompt: {session_turns:?}"
+    );
+    rt.block_on(sim.shutdown());
+}
