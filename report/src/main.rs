@@ -26,7 +26,7 @@ enum Command {
         #[arg(long)]
         archive: Option<PathBuf>,
         /// Title shown on every page.
-        #[arg(long, default_value = "turnbench results")]
+        #[arg(long, default_value = report::pages::DEFAULT_TITLE)]
         title: String,
         /// Write each page's context as JSON next to it (for debugging templates).
         #[arg(long, hide = true)]

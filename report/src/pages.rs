@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use turnbench_schema::{CacheMode, CellSummary, Manifest, Percentiles};
 
 pub const VIEWER_HREF: &str = "viewer.html";
-pub const SIMULATED_NOTE: &str = "Simulated: these numbers come from turnbench's simulated SGLang engine (a cost model), not from a real GPU.";
+pub const SIMULATED_NOTE: &str = "Simulated results: numbers of runs marked simulated come from turnbench's simulated SGLang engine (a cost model), not from a real GPU.";
 pub const LEGACY_NOTE: &str = "Legacy import of the seed's files: its \"tokens\" are word counts, not tokenizer tokens, and its per-turn times are averages (trajectory time ÷ turns).";
 
 /// What every page shares: title, navigation, asset links, and the page-wide labels.
@@ -364,6 +364,27 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
     }
 }
 
+/// Page file names of GPU labels (in site order): `gpu-<sanitized>.html`, a numeric suffix
+/// telling apart labels that sanitize alike.
+pub fn gpu_hrefs(labels: &[String]) -> Vec<String> {
+    let mut used = BTreeSet::new();
+    labels
+        .iter()
+        .map(|label| {
+            let base = sanitize_label(label);
+            let mut name = base.clone();
+            let mut n = 2;
+            while !used.insert(name.clone()) {
+                name = format!("{base}-{n}");
+                n += 1;
+            }
+            format!("gpu-{name}.html")
+        })
+        .collect()
+}
+
+pub const DEFAULT_TITLE: &str = "turnbench results";
+
 /// Builds every page context. `aggregates[i]` belongs to `runs[i]` (None for legacy runs).
 pub fn site(title: &str, runs: &[Run], aggregates: &[Option<RunAggregate>], skipped: &[Skipped]) -> Site {
     // GPU labels in first-seen order, with their runs.
@@ -380,17 +401,11 @@ pub fn site(title: &str, runs: &[Run], aggregates: &[Option<RunAggregate>], skip
             _ => {}
         }
     }
-    let mut used = BTreeSet::new();
+    let hrefs = gpu_hrefs(&labels);
     let gpus: Vec<GpuLink> = labels
         .iter()
-        .map(|label| {
-            let base = sanitize_label(label);
-            let mut name = base.clone();
-            let mut n = 2;
-            while !used.insert(name.clone()) {
-                name = format!("{base}-{n}");
-                n += 1;
-            }
+        .zip(hrefs)
+        .map(|(label, href)| {
             let on = |run: &Run, agg: &Option<RunAggregate>| match (&run.data, agg) {
                 (RunData::Measured(_), Some(a)) => a.gpus().contains(&label.as_str()),
                 (RunData::Legacy(l), _) => &l.gpu == label,
@@ -398,7 +413,7 @@ pub fn site(title: &str, runs: &[Run], aggregates: &[Option<RunAggregate>], skip
             };
             GpuLink {
                 label: label.clone(),
-                href: format!("gpu-{name}.html"),
+                href,
                 simulated: runs.iter().zip(aggregates).any(|(r, a)| on(r, a) && r.simulated()),
                 legacy: runs.iter().zip(aggregates).any(|(r, a)| on(r, a) && matches!(r.data, RunData::Legacy(_))),
             }
@@ -679,6 +694,7 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
         let mut c = charts::throughput_vs_concurrency(ids, "Legacy: word throughput vs batch size", &[ConcurrencyLine { name: "seed (words/s)".into(), points: pts, limit: false }]);
         c.note = "LEGACY (seed import): throughput counts words, not tokens.".into();
         c.layout["yaxis"]["title"]["text"] = "words/s (legacy)".into();
+        c.layout["xaxis"]["title"]["text"] = "batch size".into();
         charts_out.push(c);
     }
     if l.turns.iter().any(|t| t.turn_time_avg_s.is_some()) {

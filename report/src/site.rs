@@ -124,7 +124,6 @@ pub fn write_site(
     }
     write(".nojekyll", "")?;
     assets::write_all(dir)?;
-    data::write(dir, runs, aggregates)?;
     let records: Vec<viewer::RunRecords<'_>> = runs
         .iter()
         .filter_map(|r| match &r.data {
@@ -136,7 +135,14 @@ pub fn write_site(
             RunData::Legacy(_) => None,
         })
         .collect();
-    viewer::write(dir, &records).context("writing the viewer")?;
+    let layout = site.layout("Viewer", pages::VIEWER_HREF, records.iter().any(|r| r.simulated), false);
+    // The CSV export and the viewer's data are the two big writes: do them side by side.
+    std::thread::scope(|scope| {
+        let csv = scope.spawn(|| data::write(dir, runs, aggregates));
+        let viewer = viewer::write_with_layout(dir, &layout, &records).context("writing the viewer");
+        let csv = csv.join().map_err(|_| anyhow::anyhow!("the CSV writer panicked"))?;
+        viewer.and(csv)
+    })?;
     Ok(pages)
 }
 

@@ -26,7 +26,7 @@ pub struct Server {
 
 enum Inner {
     Sim(Box<crate::sim::server::SimHandle>),
-    Launched(Launched),
+    Launched(Box<Launched>),
     Attached,
 }
 
@@ -125,7 +125,7 @@ impl Server {
                     url,
                     radix,
                     launch_command: Some(mask_secrets(&argv)),
-                    inner: Inner::Launched(launched),
+                    inner: Inner::Launched(Box::new(launched)),
                 })
             }
         }
@@ -153,7 +153,8 @@ pub fn launch_argv(
     if api_key.is_none() {
         // No key: drop `--api-key {api_key}` (and `--flag={api_key}`) rather than pass "".
         while let Some(i) = template.iter().position(|a| a.contains("{api_key}")) {
-            let flag_before = i > 0 && template[i - 1].starts_with("--") && !template[i].starts_with("--");
+            let flag_before =
+                i > 0 && template[i - 1].starts_with("--") && !template[i].starts_with("--");
             template.remove(i);
             if flag_before {
                 template.remove(i - 1);

@@ -132,6 +132,9 @@ pub struct Outcome {
     pub completion_tokens: Option<u64>,
     pub finish_reason: Option<String>,
     pub error: Option<String>,
+    /// The server's own end-to-end latency (`meta_info.e2e_latency`, native API), seconds of
+    /// engine time; used to check the client's timing accuracy.
+    pub server_e2e: Option<f64>,
 }
 
 /// A connection to one server.
@@ -191,8 +194,8 @@ impl Client {
             "GET {path}: HTTP {status}: {}",
             snippet(&body)
         );
-        Ok(serde_json::from_str(&body)
-            .map_err(|e| anyhow::anyhow!("GET {path}: not JSON ({e}): {}", snippet(&body)))?)
+        serde_json::from_str(&body)
+            .map_err(|e| anyhow::anyhow!("GET {path}: not JSON ({e}): {}", snippet(&body)))
     }
 
     /// GET a text document (`/metrics`).
@@ -418,6 +421,7 @@ struct StreamState {
     completion_tokens: Option<u64>,
     finish_reason: Option<String>,
     error: Option<String>,
+    server_e2e: Option<f64>,
     done: bool,
     saw_usage_per_chunk: bool,
 }
@@ -435,6 +439,7 @@ impl StreamState {
             completion_tokens: None,
             finish_reason: None,
             error: None,
+            server_e2e: None,
             done: false,
             saw_usage_per_chunk: false,
         }
@@ -485,6 +490,9 @@ impl StreamState {
         }
         if let Some(id) = meta.get("id").and_then(Value::as_str) {
             self.id = Some(id.to_string());
+        }
+        if let Some(e) = meta.get("e2e_latency").and_then(Value::as_f64) {
+            self.server_e2e = Some(e);
         }
         if let Some(fr) = meta.get("finish_reason").filter(|f| !f.is_null()) {
             let kind = fr.get("type").and_then(Value::as_str).unwrap_or("unknown");
@@ -567,6 +575,7 @@ impl StreamState {
             completion_tokens: self.completion_tokens,
             finish_reason: self.finish_reason,
             error: self.error,
+            server_e2e: self.server_e2e,
         }
     }
 }

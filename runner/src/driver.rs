@@ -205,6 +205,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
         completion_tokens: None,
         finish_reason: None,
         error: Some(error),
+        server_e2e: None,
     }
 }
 

@@ -540,7 +540,7 @@ impl Plan {
             return Err(key_err("max_new_tokens", "must be at least 1"));
         }
         let temperature = k.temperature.unwrap_or(0.7);
-        if !(temperature.is_finite() && temperature >= 0.0) {
+        if !temperature.is_finite() || temperature < 0.0 {
             return Err(key_err(
                 "temperature",
                 format!("{temperature}: must be ≥ 0"),
@@ -551,7 +551,7 @@ impl Plan {
             Some(s) => s.parse().map_err(|e: String| key_err("think_time", e))?,
         };
         let mem_fraction_static = k.mem_fraction_static.unwrap_or(0.88);
-        if !(mem_fraction_static > 0.0 && mem_fraction_static <= 1.0) {
+        if mem_fraction_static.is_nan() || mem_fraction_static <= 0.0 || mem_fraction_static > 1.0 {
             return Err(key_err("mem_fraction_static", "must be in (0, 1]"));
         }
         let max_total_tokens = k.max_total_tokens.unwrap_or(131072);
@@ -570,17 +570,17 @@ impl Plan {
             }
         };
         let sim_time_scale = k.sim_time_scale.unwrap_or(DEMO_TIME_SCALE);
-        if !(sim_time_scale > 0.0) {
+        if sim_time_scale.is_nan() || sim_time_scale <= 0.0 {
             return Err(key_err("sim_time_scale", "must be > 0"));
         }
         let sim_gpu = k.sim_gpu.unwrap_or_else(|| "h100".into());
-        if backend == BackendChoice::Sim {
-            if crate::sim::cost::GpuProfile::builtin(&sim_gpu).is_none() {
-                return Err(key_err(
-                    "sim_gpu",
-                    format!("{sim_gpu:?}: unknown GPU profile"),
-                ));
-            }
+        if backend == BackendChoice::Sim
+            && crate::sim::cost::GpuProfile::builtin(&sim_gpu).is_none()
+        {
+            return Err(key_err(
+                "sim_gpu",
+                format!("{sim_gpu:?}: unknown GPU profile"),
+            ));
         }
         match backend {
             BackendChoice::Attach => {
@@ -736,6 +736,39 @@ mod tests {
         assert_eq!(p.cache_modes, CacheMode::ALL);
         assert_eq!((p.trajectories, p.turns), (16, 10));
         assert_eq!(p.cells().len(), 24);
+    }
+
+    #[test]
+    fn shipped_plans_resolve() {
+        let plans = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans");
+        let demo = Plan::resolve(PlanKeys::from_file(&plans.join("demo.toml")).unwrap()).unwrap();
+        assert_eq!(
+            demo,
+            Plan::resolve(PlanKeys::default()).unwrap(),
+            "demo.toml = defaults"
+        );
+        let seed =
+            Plan::resolve(PlanKeys::from_file(&plans.join("seed-a100.toml")).unwrap()).unwrap();
+        assert_eq!(seed.gpus, ["1", "2", "3"]);
+        assert_eq!(seed.batch_sizes["1"], [3, 4]);
+        assert_eq!(seed.batch_sizes["2"], [6, 8]);
+        assert_eq!(seed.batch_sizes["3"], [12, 16]);
+        assert_eq!(
+            (seed.trajectories, seed.turns, seed.max_new_tokens),
+            (50, 50, 256)
+        );
+        assert_eq!(
+            (seed.mem_fraction_static, seed.max_total_tokens),
+            (0.88, 131072)
+        );
+        assert_eq!(seed.stop, ["<|im_end|>", "\n\nUSER:"]);
+        assert_eq!(seed.temperature, 0.7);
+        let ports: Vec<u32> = seed
+            .gpus
+            .iter()
+            .map(|g| seed.port_base as u32 + seed.port_step as u32 * g.parse::<u32>().unwrap())
+            .collect();
+        assert_eq!(ports, [30010, 30020, 30030]);
     }
 
     #[test]

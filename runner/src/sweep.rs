@@ -443,14 +443,21 @@ async fn server_scale(client: &Client) -> f64 {
 fn sim_info(v: &Value) -> Option<SimInfo> {
     let s = v.get("sim")?;
     let scale = s.get("time_scale").and_then(Value::as_f64).unwrap_or(1.0);
+    // A name, or a profile object with a `name`.
+    let name = |v: Option<&Value>| -> String {
+        v.and_then(|v| v.as_str().or_else(|| v.get("name").and_then(Value::as_str)))
+            .unwrap_or("")
+            .to_string()
+    };
     Some(SimInfo {
+        // `inf` (no waiting at all) has no engine time to convert to: wall time is recorded.
         time_scale: if scale.is_finite() && scale > 0.0 {
             scale
         } else {
             1.0
         },
-        gpu_profile: s.get("gpu").and_then(Value::as_str).unwrap_or("").into(),
-        model: s.get("model").and_then(Value::as_str).unwrap_or("").into(),
+        gpu_profile: name(s.get("gpu")),
+        model: name(s.get("model")),
     })
 }
 
@@ -563,7 +570,7 @@ fn build_manifest(
             os: std::env::consts::OS.into(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         },
-        limits: vec![],
+        limits: limits(plan, wl, infos),
         cells: plan.cells(),
     }
 }
@@ -622,4 +629,71 @@ async fn recorded_lengths(
         out.push(lens);
     }
     Ok(out)
+}
+
+/// Roofline bounds per GPU, from the simulator's cost model, for GPUs whose profile is known
+/// (simulated GPUs, or labels naming a profile) and a built-in model shape.
+fn limits(
+    plan: &Plan,
+    wl: &Workload,
+    infos: &[(ServerInfo, Option<SimInfo>)],
+) -> Vec<turnbench_schema::PhysicalLimits> {
+    use crate::sim::cost::{self, GpuProfile, ModelProfile};
+    // Mean prompt length over every turn of the workload, in characters, then tokens at the
+    // built-in tokenizer's ~4 characters per token (answers counted at their recorded length,
+    // or max_new_tokens when none is recorded).
+    let (mut chars, mut n) = (0f64, 0f64);
+    for t in &wl.trajectories {
+        let mut len: usize = t.prelude.iter().map(|m| m.content.len() + 20).sum();
+        for turn in &t.turns {
+            chars += len as f64;
+            n += 1.0;
+            len += turn
+                .recorded
+                .as_ref()
+                .map_or(plan.max_new_tokens as usize * 4, |r| r.len());
+            len += turn
+                .after
+                .iter()
+                .map(|m| m.content.len() + 20)
+                .sum::<usize>();
+        }
+    }
+    let context = ((chars / n.max(1.0)) / 4.0).round().max(1.0) as u64;
+    let model = infos
+        .iter()
+        .find_map(|i| i.1.as_ref().and_then(|s| ModelProfile::builtin(&s.model)))
+        .or_else(|| ModelProfile::builtin(&plan.model_path));
+    let Some(model) = model else {
+        return vec![];
+    };
+    infos
+        .iter()
+        .filter_map(|(si, sim)| {
+            let profile = sim
+                .as_ref()
+                .map_or(si.gpu.as_str(), |s| s.gpu_profile.as_str());
+            let gpu = GpuProfile::builtin(profile)?;
+            let sizes = plan.batch_sizes.get(&si.gpu)?;
+            Some(turnbench_schema::PhysicalLimits {
+                gpu: si.gpu.clone(),
+                decode_tok_per_s: sizes
+                    .iter()
+                    .map(|&c| {
+                        (
+                            c,
+                            cost::decode_tok_per_s_bound(&model, &gpu, c as u64, context),
+                        )
+                    })
+                    .collect(),
+                prefill_tok_per_s: cost::prefill_tok_per_s_bound(&model, &gpu),
+                note: format!(
+                    "datasheet roofline of {} for {}: decode streams weights + KV of `concurrency` \
+                     sequences of {context} tokens (the workload's mean prompt at ~4 characters \
+                     per token) per step; prefill at dense bf16 peak, attention excluded",
+                    gpu.name, model.name
+                ),
+            })
+        })
+        .collect()
 }

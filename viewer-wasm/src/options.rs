@@ -13,7 +13,11 @@ pub struct Choice {
     pub label: String,
 }
 
-fn choices<T: Copy>(all: &[T], key: fn(T) -> &'static str, label: fn(T) -> &'static str) -> Vec<Choice> {
+fn choices<T: Copy>(
+    all: &[T],
+    key: fn(T) -> &'static str,
+    label: fn(T) -> &'static str,
+) -> Vec<Choice> {
     all.iter()
         .map(|x| Choice {
             key: key(*x).to_string(),

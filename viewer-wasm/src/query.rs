@@ -229,27 +229,26 @@ impl Query {
                 "chart" => q.chart = Chart::parse("chart", v)?,
                 "run" => f.run.push(v.to_string()),
                 "gpu" => f.gpu.push(v.to_string()),
-                "cache_mode" => f
-                    .cache_mode
-                    .push(v.parse().map_err(|e: String| QueryError(format!("cache_mode: {e}")))?),
-                "concurrency" => f.concurrency.push(v.parse().map_err(|_| {
-                    QueryError(format!("concurrency={v:?} is not a whole number"))
-                })?),
+                "cache_mode" => f.cache_mode.push(
+                    v.parse()
+                        .map_err(|e: String| QueryError(format!("cache_mode: {e}")))?,
+                ),
+                "concurrency" => {
+                    f.concurrency.push(v.parse().map_err(|_| {
+                        QueryError(format!("concurrency={v:?} is not a whole number"))
+                    })?)
+                }
                 "traj" => f.traj.push(Range::parse("traj", v)?),
                 "turn" => f.turn.push(Range::parse("turn", v)?),
-                "finish_reason" => f
-                    .finish_reason
-                    .push((!v.is_empty()).then(|| v.to_string())),
+                "finish_reason" => f.finish_reason.push((!v.is_empty()).then(|| v.to_string())),
                 "error" => {
                     f.error = match v {
                         "true" => Some(true),
                         "false" => Some(false),
                         "" => None,
-                        _ => {
-                            return Err(QueryError(format!(
-                                "error={v:?}: expected true (failed turns) or false (successful turns)"
-                            )))
-                        }
+                        _ => return Err(QueryError(format!(
+                            "error={v:?}: expected true (failed turns) or false (successful turns)"
+                        ))),
                     }
                 }
                 other => {

@@ -191,6 +191,34 @@ impl Column {
         }
     }
 
+    /// Calls `f` with the code of every row, in order (see [`Column::code`]).
+    #[inline]
+    pub fn codes(&self, mut f: impl FnMut(u32)) {
+        match self {
+            Column::F32(v) => v.iter().for_each(|x| f(*x as u32)),
+            Column::U8(v) => v.iter().for_each(|x| f(*x as u32)),
+            Column::U16(v) => v.iter().for_each(|x| f(*x as u32)),
+            Column::U32(v) => v.iter().for_each(|x| f(*x)),
+        }
+    }
+
+    /// Calls `f` with the value of every row, in order, NaN where missing.
+    #[inline]
+    pub fn values(&self, mut f: impl FnMut(f64)) {
+        match self {
+            Column::F32(v) => v.iter().for_each(|x| f(*x as f64)),
+            Column::U8(v) => v
+                .iter()
+                .for_each(|x| f(if *x == u8::MAX { f64::NAN } else { *x as f64 })),
+            Column::U16(v) => v
+                .iter()
+                .for_each(|x| f(if *x == u16::MAX { f64::NAN } else { *x as f64 })),
+            Column::U32(v) => v
+                .iter()
+                .for_each(|x| f(if *x == u32::MAX { f64::NAN } else { *x as f64 })),
+        }
+    }
+
     fn floats(values: Vec<f64>) -> Column {
         Column::F32(values.into_iter().map(|x| x as f32).collect())
     }
@@ -199,11 +227,26 @@ impl Column {
     fn ints(field: Field, values: &[Option<u64>]) -> Result<Column, TableError> {
         let max = values.iter().flatten().copied().max().unwrap_or(0);
         Ok(if max < u8::MAX as u64 {
-            Column::U8(values.iter().map(|v| v.map_or(u8::MAX, |x| x as u8)).collect())
+            Column::U8(
+                values
+                    .iter()
+                    .map(|v| v.map_or(u8::MAX, |x| x as u8))
+                    .collect(),
+            )
         } else if max < u16::MAX as u64 {
-            Column::U16(values.iter().map(|v| v.map_or(u16::MAX, |x| x as u16)).collect())
+            Column::U16(
+                values
+                    .iter()
+                    .map(|v| v.map_or(u16::MAX, |x| x as u16))
+                    .collect(),
+            )
         } else if max < u32::MAX as u64 {
-            Column::U32(values.iter().map(|v| v.map_or(u32::MAX, |x| x as u32)).collect())
+            Column::U32(
+                values
+                    .iter()
+                    .map(|v| v.map_or(u32::MAX, |x| x as u32))
+                    .collect(),
+            )
         } else {
             return err(format!(
                 "{} value {max} is too large for the viewer (limit {})",
@@ -333,16 +376,42 @@ pub struct RunSource<'a> {
 pub struct Table {
     pub meta: Meta,
     columns: Vec<Column>,
+    /// Largest turn, trajectory and `t_send` (for dense group indexes).
+    pub(crate) max_turn: u32,
+    pub(crate) max_traj: u32,
+    pub(crate) max_t_send: f64,
 }
 
 /// Dictionary builder: sorted code order is assigned once all values are seen.
 fn sorted_codes<'a>(values: impl Iterator<Item = &'a str>) -> (Vec<String>, HashMap<&'a str, u32>) {
     let set: BTreeSet<&str> = values.collect();
-    let codes = set.iter().enumerate().map(|(i, s)| (*s, i as u32)).collect();
+    let codes = set
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, i as u32))
+        .collect();
     (set.into_iter().map(str::to_string).collect(), codes)
 }
 
 impl Table {
+    fn new(meta: Meta, columns: Vec<Column>) -> Table {
+        let max_code = |f: Field| {
+            let c = &columns[f as usize];
+            (0..c.len()).map(|i| c.code(i)).max().unwrap_or(0)
+        };
+        let t_send = &columns[Field::TSend as usize];
+        let max_t_send = (0..t_send.len())
+            .filter_map(|i| t_send.value(i))
+            .fold(0.0, f64::max);
+        Table {
+            max_turn: max_code(Field::Turn),
+            max_traj: max_code(Field::Traj),
+            max_t_send,
+            meta,
+            columns,
+        }
+    }
+
     /// Build the table from every run's records. Of a trajectory that was resumed, only the
     /// records of its highest attempt are kept, as everywhere else.
     pub fn from_runs(runs: &[RunSource<'_>]) -> Result<Table, TableError> {
@@ -361,7 +430,9 @@ impl Table {
                 let latest = latest_attempts(run.records);
                 run.records
                     .iter()
-                    .filter(move |r| latest[&(r.gpu.as_str(), r.cache_mode, r.concurrency, r.traj)] == r.attempt)
+                    .filter(move |r| {
+                        latest[&(r.gpu.as_str(), r.cache_mode, r.concurrency, r.traj)] == r.attempt
+                    })
                     .map(move |r| (ri as u32, r))
             })
             .collect();
@@ -369,7 +440,8 @@ impl Table {
         let (gpus, gpu_code) = sorted_codes(kept.iter().map(|(_, r)| r.gpu.as_str()));
         let (finish_reasons, finish_code) =
             sorted_codes(kept.iter().filter_map(|(_, r)| r.finish_reason.as_deref()));
-        let (errors, error_code) = sorted_codes(kept.iter().filter_map(|(_, r)| r.error.as_deref()));
+        let (errors, error_code) =
+            sorted_codes(kept.iter().filter_map(|(_, r)| r.error.as_deref()));
         let cell_of = |run: u32, r: &TurnRecord| CellInfo {
             run,
             gpu: gpu_code[r.gpu.as_str()],
@@ -382,8 +454,11 @@ impl Table {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let cell_code: HashMap<CellInfo, u32> =
-            cells.iter().enumerate().map(|(i, c)| (*c, i as u32)).collect();
+        let cell_code: HashMap<CellInfo, u32> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c, i as u32))
+            .collect();
         let mut traj_ids: Vec<String> = Vec::new();
         let mut traj_code: HashMap<&str, u32> = HashMap::new();
         for (_, r) in &kept {
@@ -417,7 +492,11 @@ impl Table {
                 Field::CompletionTokens => ints(field, &|_, r| r.completion_tokens)?,
                 Field::ThinkTime => floats(&|r| Some(r.think_time)),
                 Field::FinishReason => ints(field, &|_, r| {
-                    Some(r.finish_reason.as_deref().map_or(0, |s| finish_code[s] as u64 + 1))
+                    Some(
+                        r.finish_reason
+                            .as_deref()
+                            .map_or(0, |s| finish_code[s] as u64 + 1),
+                    )
                 })?,
                 Field::Error => ints(field, &|_, r| {
                     Some(r.error.as_deref().map_or(0, |s| error_code[s] as u64 + 1))
@@ -450,7 +529,7 @@ impl Table {
                 })
                 .collect(),
         };
-        Ok(Table { meta, columns })
+        Ok(Table::new(meta, columns))
     }
 
     /// Set the rows per chunk of the encoding (tests use small chunks).
@@ -576,7 +655,7 @@ impl Loader {
             }
             columns.push(col);
         }
-        let table = Table { meta, columns };
+        let table = Table::new(meta, columns);
         let limits = [
             (Field::Cell, table.meta.cells.len()),
             (Field::TrajId, table.meta.traj_ids.len()),

@@ -15,6 +15,9 @@ use turnbench_schema::CacheMode;
 /// Width of a [`Dim::TimeBucket`] bucket, seconds of `t_send`.
 pub const BUCKET_S: f64 = 10.0;
 
+/// Largest (group × series) code space indexed densely (16 MB of `u32`).
+const DENSE_SLOTS: u64 = 1 << 22;
+
 /// Distribution of one group, for box charts: min, quartiles (p25, p50, p75), max.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BoxStats {
@@ -133,6 +136,37 @@ struct Selection<'a> {
 }
 
 impl<'a> Selection<'a> {
+    /// Which rows pass every filter, column by column.
+    fn mask(&self) -> Vec<bool> {
+        let t = self.table;
+        let f = &self.query.filters;
+        let mut keep: Vec<bool> = Vec::with_capacity(t.rows());
+        t.column(Field::Cell)
+            .codes(|c| keep.push(self.cell_ok[c as usize]));
+        let mut i = 0;
+        t.column(Field::FinishReason).codes(|c| {
+            keep[i] &= self.finish_ok[c as usize];
+            i += 1;
+        });
+        for (field, ranges) in [(Field::Turn, &f.turn), (Field::Traj, &f.traj)] {
+            if !ranges.is_empty() {
+                let mut i = 0;
+                t.column(field).codes(|x| {
+                    keep[i] &= ranges.iter().any(|r| r.contains(x));
+                    i += 1;
+                });
+            }
+        }
+        if let Some(want) = f.error {
+            let mut i = 0;
+            t.column(Field::Error).codes(|c| {
+                keep[i] &= (c != 0) == want;
+                i += 1;
+            });
+        }
+        keep
+    }
+
     fn new(table: &'a Table, query: &'a Query) -> Self {
         let m = &table.meta;
         let f = &query.filters;
@@ -178,8 +212,7 @@ impl<'a> Selection<'a> {
                 let x = t.column(Field::Traj).code(i);
                 f.traj.iter().any(|r| r.contains(x))
             })
-            && f
-                .error
+            && f.error
                 .is_none_or(|want| (t.column(Field::Error).code(i) != 0) == want)
     }
 }
@@ -236,10 +269,7 @@ impl Table {
             }
             Dim::TimeBucket => {
                 let start = k as f64 * BUCKET_S;
-                (
-                    start.to_string(),
-                    format!("{start}–{} s", start + BUCKET_S),
-                )
+                (start.to_string(), format!("{start}–{} s", start + BUCKET_S))
             }
         }
     }
@@ -265,79 +295,147 @@ impl Table {
         }
     }
 
-    /// `metric` of row `i`; `None` when the record lacks what it needs.
-    #[inline]
-    pub fn metric(&self, metric: Metric, i: usize) -> Option<f64> {
-        let v = |f: Field| self.column(f).value(i);
+    /// How many codes `dim` can take (codes are `0..cardinality`).
+    fn cardinality(&self, dim: Dim) -> u64 {
+        let m = &self.meta;
+        1 + match dim {
+            Dim::Turn => self.max_turn as u64,
+            Dim::Traj => self.max_traj as u64,
+            Dim::Concurrency => m.cells.iter().map(|c| c.concurrency).max().unwrap_or(0) as u64,
+            Dim::Gpu => m.gpus.len() as u64,
+            Dim::Run => m.runs.len() as u64,
+            Dim::CacheMode => CacheMode::ALL.len() as u64,
+            Dim::FinishReason => m.finish_reasons.len() as u64,
+            Dim::TimeBucket => (self.max_t_send / BUCKET_S)
+                .floor()
+                .clamp(0.0, u32::MAX as f64) as u64,
+        }
+    }
+
+    /// The code of every row along `dim`.
+    fn codes_of(&self, dim: Dim) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.rows());
+        let by_cell = |f: fn(&CellInfo) -> u32, out: &mut Vec<u32>| {
+            let lut: Vec<u32> = self.meta.cells.iter().map(f).collect();
+            self.column(Field::Cell)
+                .codes(|c| out.push(lut[c as usize]));
+        };
+        match dim {
+            Dim::Turn => self.column(Field::Turn).codes(|c| out.push(c)),
+            Dim::Traj => self.column(Field::Traj).codes(|c| out.push(c)),
+            Dim::FinishReason => self.column(Field::FinishReason).codes(|c| out.push(c)),
+            Dim::Concurrency => by_cell(|c| c.concurrency, &mut out),
+            Dim::Gpu => by_cell(|c| c.gpu, &mut out),
+            Dim::Run => by_cell(|c| c.run, &mut out),
+            Dim::CacheMode => by_cell(|c| cache_mode_code(c.cache_mode), &mut out),
+            Dim::TimeBucket => out.extend((0..self.rows()).map(|i| self.key(dim, i))),
+        }
+        out
+    }
+
+    /// `metric` of every row, NaN where missing.
+    fn metric_values(&self, metric: Metric) -> Vec<f64> {
+        let col = |f: Field| {
+            let mut out = Vec::with_capacity(self.rows());
+            self.column(f).values(|x| out.push(x));
+            out
+        };
+        let zip = |a: Field, b: Field, op: fn(f64, f64) -> f64| -> Vec<f64> {
+            let (a, b) = (col(a), col(b));
+            a.iter().zip(&b).map(|(x, y)| op(*x, *y)).collect()
+        };
+        let nan_unless = |ok: bool, x: f64| if ok { x } else { f64::NAN };
         match metric {
-            Metric::Ttft => v(Field::Ttft),
-            Metric::E2e => v(Field::E2e),
-            Metric::ItlMean => v(Field::ItlMean),
-            Metric::ItlP99 => v(Field::ItlP99),
-            Metric::PromptTokens => v(Field::PromptTokens),
-            Metric::CachedTokens => v(Field::CachedTokens),
-            Metric::CompletionTokens => v(Field::CompletionTokens),
-            Metric::ThinkTime => v(Field::ThinkTime),
+            Metric::Ttft => col(Field::Ttft),
+            Metric::E2e => col(Field::E2e),
+            Metric::ItlMean => col(Field::ItlMean),
+            Metric::ItlP99 => col(Field::ItlP99),
+            Metric::PromptTokens => col(Field::PromptTokens),
+            Metric::CachedTokens => col(Field::CachedTokens),
+            Metric::CompletionTokens => col(Field::CompletionTokens),
+            Metric::ThinkTime => col(Field::ThinkTime),
+            Metric::NewPromptTokens => zip(Field::PromptTokens, Field::CachedTokens, |p, c| {
+                // `f64::max` would turn a missing (NaN) count into 0.
+                if p.is_nan() || c.is_nan() {
+                    f64::NAN
+                } else {
+                    (p - c).max(0.0)
+                }
+            }),
+            Metric::CacheHitRatio => zip(Field::PromptTokens, Field::CachedTokens, |p, c| {
+                if p > 0.0 {
+                    c / p
+                } else {
+                    f64::NAN
+                }
+            }),
+            Metric::OutputTokPerS => zip(Field::CompletionTokens, Field::E2e, |n, e2e| {
+                if e2e > 0.0 {
+                    n / e2e
+                } else {
+                    f64::NAN
+                }
+            }),
             Metric::Tpot => {
-                let n = v(Field::CompletionTokens)?;
-                (n >= 2.0).then_some(())?;
-                Some((v(Field::E2e)? - v(Field::Ttft)?) / (n - 1.0))
-            }
-            Metric::NewPromptTokens => {
-                Some((v(Field::PromptTokens)? - v(Field::CachedTokens)?).max(0.0))
-            }
-            Metric::CacheHitRatio => {
-                let p = v(Field::PromptTokens)?;
-                let c = v(Field::CachedTokens)?;
-                (p > 0.0).then(|| c / p)
-            }
-            Metric::OutputTokPerS => {
-                let e2e = v(Field::E2e)?;
-                let n = v(Field::CompletionTokens)?;
-                (e2e > 0.0).then(|| n / e2e)
+                let spans = zip(Field::E2e, Field::Ttft, |e2e, ttft| e2e - ttft);
+                let n = col(Field::CompletionTokens);
+                spans
+                    .iter()
+                    .zip(&n)
+                    .map(|(span, n)| nan_unless(*n >= 2.0, span / (n - 1.0)))
+                    .collect()
             }
         }
     }
 
     /// Run `query`: filter, group, aggregate. Rows are ordered by group, then series.
     pub fn view(&self, query: &Query) -> View {
-        let sel = Selection::new(self, query);
-        let err_col = self.column(Field::Error);
-        let mut index: HashMap<(u32, u32), usize> = HashMap::new();
+        let keep = Selection::new(self, query).mask();
+        let group_codes = self.codes_of(query.group);
+        let series_codes = query.series.map(|s| self.codes_of(s));
+        let values = self.metric_values(query.metric);
+        let mut errors = Vec::with_capacity(self.rows());
+        self.column(Field::Error).codes(|c| errors.push(c != 0));
+
+        let series_card = query.series.map_or(1, |s| self.cardinality(s));
+        let slots = self.cardinality(query.group) * series_card;
+        // Group index by (group, series) code: a dense table when small, a map otherwise.
+        let mut dense: Vec<u32> = if slots <= DENSE_SLOTS {
+            vec![u32::MAX; slots as usize]
+        } else {
+            Vec::new()
+        };
+        let mut sparse: HashMap<(u32, u32), u32> = HashMap::new();
         let mut groups: Vec<((u32, u32), Vec<f64>, u64)> = Vec::new();
-        let mut last: Option<((u32, u32), usize)> = None;
         let (mut matched, mut skipped_error, mut skipped_missing) = (0u64, 0u64, 0u64);
         for i in 0..self.rows() {
-            if !sel.keeps(i) {
+            if !keep[i] {
                 continue;
             }
             matched += 1;
-            let key = (
-                self.key(query.group, i),
-                query.series.map_or(0, |s| self.key(s, i)),
-            );
-            let g = match last {
-                Some((k, g)) if k == key => g,
-                _ => {
-                    let g = *index.entry(key).or_insert_with(|| {
-                        groups.push((key, Vec::new(), 0));
-                        groups.len() - 1
-                    });
-                    last = Some((key, g));
-                    g
-                }
+            let key = (group_codes[i], series_codes.as_ref().map_or(0, |s| s[i]));
+            let mut new_group = || {
+                groups.push((key, Vec::new(), 0));
+                groups.len() as u32 - 1
             };
-            if err_col.code(i) != 0 {
+            let g = if dense.is_empty() {
+                *sparse.entry(key).or_insert_with(new_group)
+            } else {
+                let slot = &mut dense[(key.0 as u64 * series_card + key.1 as u64) as usize];
+                if *slot == u32::MAX {
+                    *slot = new_group();
+                }
+                *slot
+            } as usize;
+            let x = values[i];
+            if errors[i] {
                 skipped_error += 1;
                 groups[g].2 += 1;
-                continue;
-            }
-            match self.metric(query.metric, i) {
-                Some(x) if !x.is_nan() => groups[g].1.push(x),
-                _ => {
-                    skipped_missing += 1;
-                    groups[g].2 += 1;
-                }
+            } else if x.is_nan() {
+                skipped_missing += 1;
+                groups[g].2 += 1;
+            } else {
+                groups[g].1.push(x);
             }
         }
         groups.sort_unstable_by_key(|g| g.0);
@@ -352,16 +450,18 @@ impl Table {
                     }
                     None => (None, None),
                 };
-                if query.agg.quantile().is_some() || query.chart == Chart::Box {
-                    values.sort_unstable_by(f64::total_cmp);
-                }
-                let dist = (query.chart == Chart::Box).then(|| box_stats(&values)).flatten();
+                let dist = (query.chart == Chart::Box)
+                    .then(|| {
+                        values.sort_unstable_by(f64::total_cmp);
+                        box_stats(&values)
+                    })
+                    .flatten();
                 Row {
                     group,
                     group_label,
                     series,
                     series_label,
-                    value: aggregate(query.agg, &values),
+                    value: aggregate(query.agg, &mut values),
                     n: values.len() as u64,
                     skipped,
                     dist,
@@ -388,7 +488,13 @@ impl Table {
 
     /// The records of one point of `query`'s view: group `group` (raw value) and, when the
     /// view is split, series `series`; the first `limit` of them in table order.
-    pub fn records(&self, query: &Query, group: &str, series: Option<&str>, limit: usize) -> Records {
+    pub fn records(
+        &self,
+        query: &Query,
+        group: &str,
+        series: Option<&str>,
+        limit: usize,
+    ) -> Records {
         let sel = Selection::new(self, query);
         let want_g = self.key_of_raw(query.group, group);
         let want_s = match (query.series, series) {
@@ -455,10 +561,10 @@ fn cache_mode_code(m: CacheMode) -> u32 {
     CacheMode::ALL.iter().position(|x| *x == m).unwrap_or(0) as u32
 }
 
-/// `agg` of `values` (no NaN; sorted ascending when `agg` is a percentile).
-pub fn aggregate(agg: Agg, values: &[f64]) -> Option<f64> {
+/// `agg` of `values` (no NaN, any order; percentiles reorder them).
+pub fn aggregate(agg: Agg, values: &mut [f64]) -> Option<f64> {
     if let Some(q) = agg.quantile() {
-        return stats::percentile_sorted(values, q);
+        return percentile(values, q);
     }
     match agg {
         Agg::Count => Some(values.len() as f64),
@@ -468,6 +574,24 @@ pub fn aggregate(agg: Agg, values: &[f64]) -> Option<f64> {
         Agg::Max => values.iter().copied().reduce(f64::max),
         Agg::P50 | Agg::P90 | Agg::P99 => None,
     }
+}
+
+/// [`stats::percentile_sorted`] without sorting everything: the definition reads only the
+/// order statistics at ranks `floor(h)` and `floor(h) + 1` (`h = (n - 1) q / 100`), so those
+/// two are put in place by selection (linear time) and the schema's function interpolates.
+/// `values` must hold no NaN; they are reordered.
+pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    let h = (n - 1) as f64 * q.clamp(0.0, 100.0) / 100.0;
+    let lo = (h.floor() as usize).min(n - 1);
+    values.select_nth_unstable_by(lo, f64::total_cmp);
+    if lo + 1 < n {
+        values[lo + 1..].select_nth_unstable_by(0, f64::total_cmp);
+    }
+    stats::percentile_sorted(values, q)
 }
 
 fn box_stats(sorted: &[f64]) -> Option<BoxStats> {

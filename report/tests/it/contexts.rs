@@ -71,8 +71,3 @@ fn chart_specs() {
     // Index: cross-GPU throughput and cache-mode speed-up.
     insta::assert_json_snapshot!("index_charts", site.index.charts);
 }
-#[test]
-fn tmp_dump_tiny() {
-    let tmp = std::path::Path::new("/tmp/tiny");
-    write_run(tmp, "tiny", &tiny_spec("tiny"));
-}

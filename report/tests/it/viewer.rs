@@ -91,6 +91,7 @@ fn expected(
 fn assert_table(hash: &str, got: &[TableRow], want: &[(String, Option<String>, Option<f64>, u64, u64)]) {
     let mut got: Vec<&TableRow> = got.iter().collect();
     got.sort_by(|a, b| (&a.group, &a.series).cmp(&(&b.group, &b.series)));
+    assert!(!want.is_empty(), "{hash}: the fixture has no records for this view");
     assert_eq!(got.len(), want.len(), "{hash}: rows {got:?}");
     for (g, (wg, ws, wv, wn, wskip)) in got.iter().zip(want) {
         assert_eq!((&g.group, &g.series), (wg, ws), "{hash}");
@@ -269,4 +270,72 @@ fn viewer_files_and_wasm_budget() {
     assert!(html.contains("data/viewer-meta.js") && html.contains("data/viewer-ttft-0.js"));
     assert!(!html.contains("type=\"module\""), "no ES modules: they do not load from file://");
     assert!(report::viewer::WASM.len() <= 300 * 1024, "wasm is {} bytes", report::viewer::WASM.len());
+}
+
+/// The viewer's benchmark (not a timed test): `cargo test -p report --test it viewer::bench --
+/// --ignored --nocapture`. 1,000,000 generated records → the viewer's files; then in headless
+/// Chromium from `file://`: page load to first chart, and filter + group-by + p99 queries, each
+/// the median of several runs. Set `TB_BENCH_RECORDS` for another size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly"]
+async fn bench() {
+    let n: u64 = std::env::var("TB_BENCH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let records = report::fixture::records(&FixtureSpec::with_records("bench", n));
+    println!("generated {} records in {:.1} s", records.len(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    report::assets::write_all(tmp.path()).unwrap();
+    report::viewer::write(
+        tmp.path(),
+        &[report::viewer::RunRecords { run_id: "bench", simulated: true, records: &records }],
+    )
+    .unwrap();
+    println!("viewer::write in {:.1} s (debug build)", t.elapsed().as_secs_f64());
+    let (mut total, mut largest) = (0u64, 0u64);
+    for entry in std::fs::read_dir(tmp.path().join("data")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with("viewer-") {
+            let len = entry.metadata().unwrap().len();
+            total += len;
+            largest = largest.max(len);
+        }
+    }
+    println!("wasm: {} bytes ({:.1} KB)", report::viewer::WASM.len(), report::viewer::WASM.len() as f64 / 1024.0);
+    println!("site data for {n} records: {:.1} MB (largest file {:.1} MB)", total as f64 / 1e6, largest as f64 / 1e6);
+    drop(records);
+
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let browser = Browser::start().await.expect("headless chromium");
+    let page = tmp.path().join("viewer.html");
+    let mut loads = Vec::new();
+    for _ in 0..5 {
+        open_view(&browser, &page, "metric=ttft&agg=p99&group=turn").await;
+        let t: (f64, f64, f64) = browser
+            .eval("var t = window.TURNBENCH_VIEWER.timings; return [t.start_ms, t.ready_ms, t.first_chart_ms];")
+            .await
+            .unwrap();
+        println!("  scripts parsed {:.0} ms, table loaded {:.0} ms, first chart {:.0} ms", t.0, t.1, t.2);
+        loads.push(t.2);
+        browser.client().goto("about:blank").await.unwrap();
+    }
+    println!("page load (navigation start → first chart), median of 5: {:.0} ms  {loads:.0?}", median(loads.clone()));
+    open_view(&browser, &page, "metric=ttft&agg=p99&group=turn").await;
+    for hash in [
+        "metric=ttft&agg=p99&group=turn",
+        "metric=e2e&agg=p99&group=concurrency&series=cache_mode",
+        "metric=ttft&agg=p99&group=t_send&cache_mode=prefix&turn=2-20",
+        "metric=itl_p99&agg=p99&group=gpu&concurrency=8&concurrency=16",
+        "metric=cache_hit_ratio&agg=p99&group=traj&error=false",
+    ] {
+        let js = format!("var t = []; for (var i = 0; i < 7; i++) t.push(window.TURNBENCH_VIEWER.timeQuery('{hash}')); return t;");
+        let times: Vec<f64> = browser.eval(&js).await.unwrap();
+        println!("query {hash}: median of 7 {:.1} ms  {times:.1?}", median(times.clone()));
+    }
+    let errors = browser.errors().await.unwrap();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.close().await.unwrap();
 }

@@ -29,7 +29,8 @@ Unknown SGLang flags are accepted with a warning and ignored.";
     name = "runner serve-sim",
     about = "A simulated SGLang server: SGLang's HTTP protocol, timing from a cost model \
              calibrated on real GPUs. Takes `python -m sglang.launch_server` flags.",
-    after_help = FAULT_HELP
+    after_help = FAULT_HELP,
+    args_override_self = true
 )]
 pub struct SimArgs {
     /// Address to bind (SGLang's default keeps the server private to this machine).
@@ -381,6 +382,7 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
     };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .try_init();
     for w in &warnings {

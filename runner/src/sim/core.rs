@@ -21,8 +21,9 @@
 //!    [`CostModel`]; events are stamped with the clock at the step's end.
 //! 4. **Events.** A finished prefill samples the first token (`First`; after a retraction
 //!    the next token, `Progress`); each decode step emits one token per running request.
-//!    A finished request's prompt + output is inserted in the radix cache and its prefix
-//!    unlocked.
+//! 5. **Caching.** Each computed prompt chunk goes into the radix tree at once, locked by
+//!    its request (SGLang's `cache_unfinished_req`), so requests admitted later share it; a
+//!    finished request's prompt + output is inserted and its path unlocked (evictable).
 //!
 //! Per step the work is O(running + admitted) and allocation-free, except for inserting
 //! finished sequences and the `lpm` sort.
@@ -326,6 +327,13 @@ impl Core {
         if decode_batch > 0 {
             self.decode_tokens(decode_batch);
         }
+        if let Some(key) = self.chunked {
+            self.commit_prefill(key);
+        }
+        for i in 0..self.admitted_now.len() {
+            let key = self.admitted_now[i];
+            self.commit_prefill(key);
+        }
         self.finish_prefills();
         for i in 0..self.finished_now.len() {
             let key = self.finished_now[i];
@@ -521,6 +529,33 @@ impl Core {
         }
     }
 
+    /// Hand a request's freshly computed prompt KV to the radix tree (SGLang's
+    /// `cache_unfinished_req`): later requests can share it at once, and the request keeps
+    /// it locked, so the pool usage does not change.
+    fn commit_prefill(&mut self, key: ReqKey) {
+        if !self.radix.enabled() {
+            return;
+        }
+        let req = self.reqs.get_mut(&key).expect("prefilling request");
+        let Some(old) = req.prefix.take() else {
+            return;
+        };
+        let prompt_private = (req.filled - old.len) as u64;
+        if prompt_private == 0 {
+            req.prefix = Some(old);
+            return;
+        }
+        self.radix.release(prompt_private);
+        let (_, new) = self.radix.insert_locked(&req.tokens[..req.filled]);
+        self.radix.unlock(old);
+        // Whatever the tree could not take (never, in practice) stays private.
+        let still_private = (req.filled - new.len) as u64;
+        let ok = self.radix.alloc(still_private);
+        debug_assert!(ok, "the released slots cover it");
+        req.private = req.private - prompt_private + still_private;
+        req.prefix = Some(new);
+    }
+
     /// Requests whose prefill completed this step sample a token and join the decode batch.
     fn finish_prefills(&mut self) {
         let at = self.clock;
@@ -705,6 +740,17 @@ mod tests {
     }
 
     #[test]
+    fn a_computed_prompt_is_shared_before_its_request_finishes() {
+        let mut core = Core::new(&config(100_000));
+        core.submit(1, request(0..3000, 500..600));
+        core.step(); // prefilled, decoding
+        core.submit(2, request(0..3500, 700..710));
+        let ev = run(&mut core);
+        assert_eq!(first(&ev[&2]).0, 3000);
+        assert!(first(&ev[&2]).1 < finished(&ev[&1]).1);
+    }
+
+    #[test]
     fn requests_arriving_together_share_prefill_and_decode_steps() {
         let mut core = Core::new(&config(100_000));
         core.submit(1, request(0..1000, 5000..5005));
@@ -817,13 +863,19 @@ mod tests {
         let mut core = Core::new(&config(100_000));
         core.submit(1, request(0..1000, 500..600));
         core.step();
-        assert!(core.radix().used() > 0);
+        assert_eq!(
+            core.stats().used_tokens,
+            1001,
+            "prompt + first token, locked"
+        );
         assert!(core.abort(1, "client went away"));
         assert!(matches!(
             core.drain_events().next_back(),
             Some((1, EngineEvent::Aborted { .. }))
         ));
-        assert_eq!(core.radix().used(), 0);
+        // The computed prompt stays cached but evictable; nothing is held.
+        assert_eq!(core.stats().used_tokens, 0);
+        assert_eq!(core.radix().evictable(), 1000);
         assert!(core.is_idle());
         assert!(!core.abort(1, "again"));
         assert!(core.step().is_none());
@@ -862,5 +914,93 @@ mod tests {
         let ev = run(&mut core);
         assert_eq!(ev[&1].len(), 2);
         assert_eq!(finished(&ev[&1]).0, 0);
+    }
+
+    proptest::proptest! {
+        /// Any mix of requests, pool sizes, batch limits, chunk sizes and policies: the pool
+        /// is never over-committed, every request gets one First, then one token per
+        /// event, in time order, and finishes with all its planned tokens;
+        /// cached ≤ prompt − 1.
+        #[test]
+        fn every_request_completes_with_consistent_events(
+            capacity in 200u64..5000,
+            max_running in 1usize..6,
+            chunk in 16usize..600,
+            lpm in proptest::bool::ANY,
+            disabled in proptest::bool::ANY,
+            reqs in proptest::collection::vec((0u32..4, 1u32..300, 0u32..200, 0usize..20), 1..12),
+        ) {
+            let mut cfg = config(capacity);
+            cfg.max_running_requests = max_running;
+            cfg.chunked_prefill_size = chunk;
+            cfg.disable_radix_cache = disabled;
+            cfg.schedule_policy = if lpm { SchedulePolicy::Lpm } else { SchedulePolicy::Fcfs };
+            let mut core = Core::new(&cfg);
+            // (shared-prefix family, prompt length, output length, arrival step)
+            let mut arrivals: Vec<(usize, u64, EngineRequest)> = reqs
+                .iter()
+                .enumerate()
+                .map(|(i, &(family, prompt, output, at))| {
+                    let base = family * 100_000;
+                    (at, i as u64, request(base..base + prompt, 90_000..90_000 + output))
+                })
+                .collect();
+            arrivals.sort_by_key(|a| a.0);
+            let mut events: HashMap<ReqKey, Vec<EngineEvent>> = HashMap::new();
+            let mut step_no = 0;
+            let mut last_at = 0.0;
+            loop {
+                while arrivals.first().is_some_and(|a| a.0 <= step_no) {
+                    let (_, key, req) = arrivals.remove(0);
+                    core.submit(key, req);
+                }
+                let stepped = core.step();
+                step_no += 1;
+                proptest::prop_assert!(core.radix().used() <= capacity);
+                for (k, e) in core.drain_events() {
+                    let at = match &e {
+                        EngineEvent::First { at, .. }
+                        | EngineEvent::Progress { at, .. }
+                        | EngineEvent::Finished { at, .. }
+                        | EngineEvent::Aborted { at, .. } => *at,
+                    };
+                    proptest::prop_assert!(at >= last_at);
+                    last_at = at;
+                    events.entry(k).or_default().push(e);
+                }
+                if stepped.is_none() {
+                    if arrivals.is_empty() {
+                        break;
+                    }
+                    step_no = arrivals[0].0;
+                }
+            }
+            proptest::prop_assert!(core.is_idle());
+            for (i, &(_, prompt, output, _)) in reqs.iter().enumerate() {
+                let ev = &events[&(i as u64)];
+                if u64::from(prompt + output) + 1 > capacity {
+                    let refused = matches!(ev.as_slice(), [EngineEvent::Aborted { .. }]);
+                    proptest::prop_assert!(refused);
+                    continue;
+                }
+                let (cached, _) = first(ev);
+                proptest::prop_assert!(cached < prompt);
+                if disabled {
+                    proptest::prop_assert_eq!(cached, 0);
+                }
+                let mut n = u32::from(output > 0);
+                for e in &ev[1..ev.len() - 1] {
+                    match e {
+                        EngineEvent::Progress { completion_tokens, .. } => {
+                            n += 1;
+                            proptest::prop_assert_eq!(*completion_tokens, n);
+                        }
+                        other => proptest::prop_assert!(false, "unexpected {:?}", other),
+                    }
+                }
+                proptest::prop_assert_eq!(finished(ev).0, output);
+                proptest::prop_assert_eq!(n, output);
+            }
+        }
     }
 }

@@ -148,7 +148,14 @@ pub struct Engine {
 
 impl Engine {
     /// Start the scheduler task (needs a tokio runtime).
-    pub fn start(cfg: EngineConfig) -> Engine {
+    pub fn start(mut cfg: EngineConfig) -> Engine {
+        if cfg.time_scale.is_nan() || cfg.time_scale <= 0.0 {
+            tracing::error!(
+                time_scale = cfg.time_scale,
+                "the engine time scale must be > 0; running in real time (scale 1)"
+            );
+            cfg.time_scale = 1.0;
+        }
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 core: Core::new(&cfg),
@@ -275,6 +282,9 @@ fn deliver(
 
 /// Abort every request whose receiver was dropped.
 fn reap_disconnected(inner: &mut Inner) {
+    if !inner.senders.values().any(|(_, tx)| tx.is_closed()) {
+        return;
+    }
     let closed: Vec<ReqKey> = inner
         .senders
         .iter()
@@ -308,13 +318,19 @@ async fn run(shared: Arc<Shared>) {
             report.map(|r| r.end)
         };
         let Some(end) = end else {
-            // Idle (or blocked): park until a submit, abort or shutdown.
+            // Idle (or blocked): park until a submit, abort or shutdown. Idle time is
+            // skipped, so an idle engine is never behind.
+            shared.lock().lag_seconds = 0.0;
             shared.wake.notified().await;
             continue;
         };
         if scale.is_finite() {
-            let deadline = shared.start + std::time::Duration::from_secs_f64(end / scale);
             let now = Instant::now();
+            // A deadline beyond what `Instant` can hold is simply "not yet".
+            let deadline = std::time::Duration::try_from_secs_f64(end / scale)
+                .ok()
+                .and_then(|d| shared.start.checked_add(d))
+                .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365));
             if now > deadline {
                 let lag = (now - deadline).as_secs_f64() * scale;
                 shared.lock().lag_seconds = lag;

@@ -57,6 +57,14 @@ pub struct RadixCache {
     evicted_total: u64,
 }
 
+/// Length of the common prefix of `edge` and `rest` (slice equality first: a memcmp).
+fn common_prefix(edge: &[u32], rest: &[u32]) -> usize {
+    if edge.len() <= rest.len() && edge == &rest[..edge.len()] {
+        return edge.len();
+    }
+    edge.iter().zip(rest).take_while(|(a, b)| a == b).count()
+}
+
 impl RadixCache {
     /// A pool of `capacity` tokens; `enabled == false` is `--disable-radix-cache`.
     pub fn new(capacity: u64, enabled: bool) -> RadixCache {
@@ -183,11 +191,7 @@ impl RadixCache {
                 break;
             };
             let edge = &self.nodes[child as usize].tokens;
-            let common = edge
-                .iter()
-                .zip(&tokens[len..])
-                .take_while(|(a, b)| a == b)
-                .count();
+            let common = common_prefix(edge, &tokens[len..]);
             len += common;
             if common < edge.len() {
                 break;
@@ -211,8 +215,7 @@ impl RadixCache {
                 break;
             };
             let edge = &self.nodes[child as usize].tokens;
-            let rest = &tokens[len..];
-            let common = edge.iter().zip(rest).take_while(|(a, b)| a == b).count();
+            let common = common_prefix(edge, &tokens[len..]);
             if common < edge.len() {
                 node = self.split(child, common);
                 len += common;
@@ -315,41 +318,54 @@ impl RadixCache {
     /// already cached takes slots, evicting if needed; if the pool cannot hold it all, the
     /// longest prefix that fits is kept. Returns the tokens added. Disabled: stores nothing.
     pub fn insert(&mut self, tokens: &[u32]) -> u64 {
-        if !self.enabled || tokens.is_empty() {
-            return 0;
-        }
-        let m = self.match_prefix(tokens);
-        let (mut len, parent) = (m.len, m.node);
-        let mut added = 0;
-        if len < tokens.len() {
-            let want = (tokens.len() - len) as u64;
-            let free = self.capacity - self.used();
-            if free < want {
-                self.evict(want - free);
-            }
-            let room = (self.capacity - self.used()).min(want) as usize;
-            if room > 0 {
-                let now = self.clock;
-                let leaf = self.alloc_node(Node {
-                    tokens: tokens[len..len + room].to_vec(),
-                    parent,
-                    children: Vec::new(),
-                    lock_ref: 0,
-                    last_access: now,
-                });
-                self.nodes[parent as usize]
-                    .children
-                    .push((tokens[len], leaf));
-                self.tree_tokens += room as u64;
-                self.evictable += room as u64;
-                self.leaves.insert((now, leaf));
-                len += room;
-                added = room as u64;
-            }
-        }
-        debug_assert!(len <= tokens.len());
+        let (added, m) = self.insert_locked(tokens);
         self.unlock(m);
         added
+    }
+
+    /// [`insert`](Self::insert), then lock the stored prefix of `tokens` as
+    /// [`match_prefix`](Self::match_prefix) would (one walk instead of two).
+    pub fn insert_locked(&mut self, tokens: &[u32]) -> (u64, PrefixMatch) {
+        if !self.enabled || tokens.is_empty() {
+            return (0, PrefixMatch { len: 0, node: ROOT });
+        }
+        let m = self.match_prefix(tokens);
+        let (len, parent) = (m.len, m.node);
+        if len == tokens.len() {
+            return (0, m);
+        }
+        let want = (tokens.len() - len) as u64;
+        let free = self.capacity - self.used();
+        if free < want {
+            self.evict(want - free);
+        }
+        let room = (self.capacity - self.used()).min(want) as usize;
+        if room == 0 {
+            return (0, m);
+        }
+        let now = self.clock;
+        let leaf = self.alloc_node(Node {
+            tokens: tokens[len..len + room].to_vec(),
+            parent,
+            children: Vec::new(),
+            lock_ref: 0,
+            last_access: now,
+        });
+        self.nodes[parent as usize]
+            .children
+            .push((tokens[len], leaf));
+        self.tree_tokens += room as u64;
+        self.evictable += room as u64;
+        self.leaves.insert((now, leaf));
+        self.lock(leaf);
+        self.unlock(m);
+        (
+            room as u64,
+            PrefixMatch {
+                len: len + room,
+                node: leaf,
+            },
+        )
     }
 
     /// Empty the tree (`/flush_cache`). Refused (`false`) while any prefix is locked.

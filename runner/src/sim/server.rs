@@ -144,6 +144,10 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
     let (tx, mut rx) = watch::channel(false);
     let st = state.clone();
     let task = tokio::spawn(async move {
+        // Like uvicorn (asyncio sets TCP_NODELAY): small SSE chunks go out at once.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = rx.wait_for(|stop| *stop).await;
         });
@@ -164,22 +168,7 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
             st.cfg.max_total_tokens
         );
         tracing::info!("The server is fired up and ready to roll!");
-        // Say so when the engine falls behind wall time (its timings stay in engine time).
-        let mut warned = 0.0;
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            if st.draining.load(Ordering::Relaxed) || st.dead.load(Ordering::Relaxed) {
-                break;
-            }
-            let lag = st.engine.stats().lag_seconds;
-            if lag > 1.0 && lag > warned * 2.0 {
-                tracing::warn!(
-                    "the simulated engine is {lag:.1} s (engine time) behind wall time; \
-                     results stay in engine time"
-                );
-                warned = lag;
-            }
-        }
+        // (The engine itself logs when it falls behind wall time.)
     });
     Ok(SimHandle {
         addr,
@@ -1034,7 +1023,7 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
         Err(e) => return e.into_response(),
     };
     let answered = Answered(st.clone());
-    let faults = st.next_faults();
+    let mut faults = st.next_faults();
     if let Some(code) = faults.status {
         return fault_status(code, false);
     }
@@ -1129,7 +1118,7 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
     for (i, mut r) in running.into_iter().enumerate() {
         while r.next().await {
             if i == 0 && r.completion > 0 {
-                if let Some(d) = faults.stall_during {
+                if let Some(d) = faults.stall_during.take() {
                     tokio::time::sleep(d).await;
                 }
             }

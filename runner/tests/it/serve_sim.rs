@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod generate;
 mod openai;
+mod tokenizer_file;
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;

@@ -27,32 +27,44 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// Flags of a small, fast sweep: one simulated H100, 2 trajectories × 4 turns, concurrency
-/// 1 and 2, engine time 1000× faster than real.
-pub fn small(out: &Path, id: &str) -> Vec<String> {
-    [
-        "sweep",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-        "--run-id",
-        id,
-        "--gpus",
-        "h100",
-        "--trajectories",
-        "2",
-        "--turns",
-        "4",
-        "--batch-sizes",
-        "1,2",
-        "--sim-time-scale",
-        "1000",
-        "--think-time",
-        "off",
-        "--max-new-tokens",
-        "32",
+/// 1 and 2, engine time 1000× faster than real; `over` replaces or adds flags.
+pub fn small_with(out: &Path, id: &str, over: &[(&str, &str)]) -> Vec<String> {
+    let mut flags: Vec<(String, String)> = [
+        ("--out", out.to_str().unwrap()),
+        ("--run-id", id),
+        ("--gpus", "h100"),
+        ("--trajectories", "2"),
+        ("--turns", "4"),
+        ("--batch-sizes", "1,2"),
+        ("--sim-time-scale", "1000"),
+        ("--think-time", "off"),
+        ("--max-new-tokens", "32"),
     ]
-    .map(String::from)
-    .to_vec()
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in over {
+        match flags
+            .iter_mut()
+            .find(|f| f.0 == *k && !k.starts_with("--sim-args"))
+        {
+            Some(f) => f.1 = v.to_string(),
+            None => flags.push((k.to_string(), v.to_string())),
+        }
+    }
+    let mut a = vec!["sweep".to_string(), "--quiet".to_string()];
+    for (k, v) in flags {
+        if v.is_empty() {
+            a.push(k);
+        } else {
+            a.push(format!("{k}={v}"));
+        }
+    }
+    a
+}
+
+pub fn small(out: &Path, id: &str) -> Vec<String> {
+    small_with(out, id, &[])
 }
 
 /// Run the binary; panics with its output when it fails.
@@ -129,10 +141,29 @@ impl Run {
                 assert_eq!(idx, want, "cell {c:?} trajectory {t}: turns recorded");
             }
         }
-        assert_eq!(
-            self.summary.cells,
-            summarize(&turns),
-            "summary.json = recomputation"
+        let recomputed = serde_json::to_value(summarize(&turns)).unwrap();
+        let written = serde_json::to_value(&self.summary.cells).unwrap();
+        assert!(
+            same(&written, &recomputed),
+            "summary.json = recomputation from turns.jsonl:\n{written}\n{recomputed}"
         );
+    }
+}
+
+/// Equal JSON, numbers to 1e-9 relative (a JSON float round trip may move the last bit).
+pub fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as V;
+    match (a, b) {
+        (V::Number(x), V::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs())
+        }
+        (V::Array(x), V::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (V::Object(x), V::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
     }
 }

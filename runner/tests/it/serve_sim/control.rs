@@ -257,3 +257,35 @@ async fn the_binary_takes_sglang_flags_and_serves() {
     );
     assert!(log.contains("--cuda-graph-max-bs 8"), "{log}");
 }
+
+#[tokio::test]
+async fn abort_request_ends_a_stream_with_an_abort_reason() {
+    let (args, _) = SimArgs::parse(&["--port", "0"].map(String::from)).unwrap();
+    let h = start(args).await.unwrap();
+    let resp = client()
+        .post(format!("{}/generate", h.base_url()))
+        .json(&json!({"text": "long", "stream": true, "rid": "long-1",
+                      "sampling_params": {"max_new_tokens": 2000, "ignore_eos": true}}))
+        .send()
+        .await
+        .unwrap();
+    let mut events = resp.bytes_stream().eventsource();
+    events.next().await.unwrap().unwrap();
+    let (status, _) = post(&h, "/abort_request", json!({"rid": "long-1"})).await;
+    assert_eq!(status, 200);
+    let mut rest = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("the stream ends after the abort")
+    {
+        rest.push(ev.unwrap().data);
+    }
+    assert_eq!(rest.last().unwrap(), "[DONE]");
+    let last: Value = serde_json::from_str(&rest[rest.len() - 2]).unwrap();
+    assert_eq!(
+        last["meta_info"]["finish_reason"]["type"], "abort",
+        "{last}"
+    );
+    assert!(u(&last, "/meta_info/completion_tokens") < 2000);
+    h.shutdown().await;
+}

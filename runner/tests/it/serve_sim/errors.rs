@@ -183,3 +183,38 @@ async fn api_key_guards_everything_but_health_and_metrics_and_is_never_shown() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn odd_but_json_bodies_never_hurt_the_server() {
+    let h = server(&[]).await;
+    let bodies = [
+        json!({"text": "x", "sampling_params": {"max_new_tokens": -1}}),
+        json!({"input_ids": [-1]}),
+        json!({"input_ids": []}),
+        json!({"input_ids": [[]]}),
+        json!({"input_ids": [4_000_000_000u64], "sampling_params": {"max_new_tokens": 2}}),
+        json!({"text": "x", "input_ids": [1]}),
+        json!({"text": [], "sampling_params": {"max_new_tokens": 1}}),
+        json!({"text": "x", "sampling_params": {"stop": ["", "\u{0}"], "max_new_tokens": 3}}),
+        json!({"text": "x", "sampling_params": {"temperature": "hot"}}),
+        json!({"text": "x", "sampling_params": [{"max_new_tokens": 1}, 5]}),
+        json!({"text": "x", "session_params": {"id": null}, "sampling_params": {"max_new_tokens": 1}}),
+        json!({"text": "x", "session_params": {"id": 7}}),
+        json!({"text": "x", "stream": "yes"}),
+        json!({"text": "x", "rid": ["a", "b"], "sampling_params": {"max_new_tokens": 1}}),
+        json!({"text": "\u{1F600}\u{0}<|im_end|><|im_start|", "sampling_params": {"max_new_tokens": 2}}),
+        json!([1, 2, 3]),
+        json!("text"),
+        json!(null),
+    ];
+    for b in bodies {
+        for path in ["/generate", "/v1/completions", "/v1/chat/completions"] {
+            let (status, v) = post(&h, path, b.clone()).await;
+            assert!(status == 200 || status == 400, "{path} {b}: {status} {v}");
+        }
+    }
+    assert_eq!(get(&h, "/health").await.0, 200);
+    let v = gen(&h, "still alive", json!({"max_new_tokens": 3})).await;
+    assert_eq!(u(&v, "/meta_info/completion_tokens"), 3);
+    h.shutdown().await;
+}

@@ -60,13 +60,14 @@ async fn non_streaming_body_has_the_spec_shape() {
 
 #[tokio::test]
 async fn stream_is_cumulative_and_matches_the_non_streaming_answer() {
-    let h = server(&[]).await;
+    // Engine time 20x faster than real: ~40 ms of decode steps, several chunks.
+    let h = server(&["--sim-time-scale", "20"]).await;
     let body = json!({"text": "Tell me a story.", "rid": "story-1", "stream": true,
                       "sampling_params": {"max_new_tokens": 64, "temperature": 0}});
     let (status, data) = stream(&h, "/generate", body).await;
     assert_eq!(status, 200);
     let chunks = chunks(&data);
-    assert!(!chunks.is_empty());
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
     let mut prev_text = String::new();
     let mut prev_ids: Vec<Value> = Vec::new();
     let mut prev_n = 0;
@@ -131,7 +132,7 @@ async fn batches_return_a_list_or_indexed_chunks() {
     .await;
     let chunks = chunks(&data);
     for idx in [0, 1] {
-        let last = chunks.iter().filter(|c| c["index"] == idx).last().unwrap();
+        let last = chunks.iter().rfind(|c| c["index"] == idx).unwrap();
         assert_eq!(last["meta_info"]["finish_reason"]["type"], "length");
     }
     h.shutdown().await;

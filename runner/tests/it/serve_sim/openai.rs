@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn chat_stream_has_role_deltas_finish_usage_and_done() {
-    let h = server(&[]).await;
+    let h = server(&["--sim-time-scale", "20"]).await;
     let messages = json!([{"role": "user", "content": "Hi"}]);
     let (status, data) = stream(
         &h,
@@ -15,7 +15,10 @@ async fn chat_stream_has_role_deltas_finish_usage_and_done() {
     .await;
     assert_eq!(status, 200);
     let chunks = chunks(&data);
-    assert!(chunks.len() >= 4, "{data:?}");
+    assert!(
+        chunks.len() >= 5,
+        "role, several deltas, finish, usage: {data:?}"
+    );
     for c in &chunks {
         assert_eq!(c["object"], "chat.completion.chunk");
         assert_eq!(c["model"], "m");

@@ -21,6 +21,13 @@ fn three_cache_modes_record_what_the_engine_reused() {
     assert_eq!(m.backend.sim.as_ref().unwrap().time_scale, 1000.0);
     assert_eq!(m.backend.sim.as_ref().unwrap().gpu_profile, "h100");
     assert_eq!(m.cells.len(), 6);
+    let limits = &m.limits[0];
+    assert_eq!(limits.gpu, "h100");
+    assert_eq!(limits.decode_tok_per_s.len(), 2);
+    assert!(
+        limits.decode_tok_per_s[1].1 > limits.decode_tok_per_s[0].1
+            && limits.prefill_tok_per_s > 0.0
+    );
     assert_eq!(m.dataset.kind, "synthetic");
     assert_eq!((m.dataset.trajectories, m.dataset.turns), (2, 8));
     // One server with the radix cache, one without (for `none`).

@@ -55,10 +55,7 @@ fn launches_serve_sim_per_gpu_and_stops_it() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let p = plan(tmp.path(), port, &serve_sim(&[]), "");
-    let mut args = small(tmp.path(), "launched");
-    args.retain(|a| a != "h100");
-    let i = args.iter().position(|a| a == "--gpus").unwrap();
-    args.drain(i..i + 1);
+    let mut args = small_with(tmp.path(), "launched", &[("--gpus", "0")]);
     args.extend([
         "--plan".into(),
         p.display().to_string(),
@@ -142,10 +139,7 @@ fn a_server_exiting_mid_sweep_fails_turns_not_the_sweep() {
         &serve_sim(&["--sim-fault", "exit-after=5"]),
         "",
     );
-    let mut args = small(tmp.path(), "exits");
-    args.retain(|a| a != "h100");
-    let i = args.iter().position(|a| a == "--gpus").unwrap();
-    args.drain(i..i + 1);
+    let mut args = small_with(tmp.path(), "exits", &[("--gpus", "0")]);
     args.extend(["--plan".into(), p.display().to_string()]);
     run_ok(&args);
     let run = Run::load(&tmp.path().join("exits"));

@@ -10,10 +10,13 @@ use runner::sim::cli::SimArgs;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
+/// (path, request body, last SSE data object of a /generate answer)
+type Seen = (String, Value, Option<Value>);
+
 #[derive(Clone)]
 struct Proxy {
     upstream: String,
-    seen: Arc<Mutex<Vec<(String, Value, Option<Value>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     http: reqwest::Client,
 }
 
@@ -42,7 +45,7 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
             .filter_map(|l| l.strip_prefix("data: "))
             .filter(|d| *d != "[DONE]")
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .last();
+            .next_back();
         p.seen.lock().unwrap().push((path, req_json, last));
         let mut r = Response::new(Body::from(text));
         *r.status_mut() = status;
@@ -83,33 +86,26 @@ fn session_sends_only_new_text_and_prefix_resends_everything() {
         (sim, url, seen)
     });
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = small(tmp.path(), "wire");
-    args.extend(
-        [
-            "--backend",
-            "attach",
-            "--url",
-            &proxy_url,
-            "--gpus",
-            "sim",
-            "--cache-modes",
-            "session,prefix",
-            "--batch-sizes",
-            "1",
-            "--trajectories",
-            "1",
-        ]
-        .map(String::from),
+    let args = small_with(
+        tmp.path(),
+        "wire",
+        &[
+            ("--backend", "attach"),
+            ("--url", &proxy_url),
+            ("--gpus", "sim"),
+            ("--cache-modes", "session,prefix"),
+            ("--batch-sizes", "1"),
+            ("--trajectories", "1"),
+        ],
     );
     run_ok(&args);
     let run = Run::load(&tmp.path().join("wire"));
     run.assert_complete(&[4]);
     let seen = seen.lock().unwrap().clone();
-    let gens: Vec<&(String, Value, Option<Value>)> =
-        seen.iter().filter(|(p, _, _)| p == "/generate").collect();
+    let gens: Vec<&Seen> = seen.iter().filter(|(p, _, _)| p == "/generate").collect();
     assert_eq!(gens.len(), 8, "4 session turns then 4 prefix turns");
     let (session, prefix) = gens.split_at(4);
-    let text = |g: &(String, Value, Option<Value>)| g.1["text"].as_str().unwrap().to_string();
+    let text = |g: &Seen| g.1["text"].as_str().unwrap().to_string();
     let first = text(session[0]);
     assert!(
         first.starts_with("<|im_start|>system\n"),
