@@ -285,7 +285,7 @@ pub fn read_turns(mut reader: impl BufRead, path: &Path) -> Result<(Vec<TurnReco
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(usize, usize, Vec<u8>)>(workers * 2);
     let job_rx = std::sync::Mutex::new(job_rx);
     let (res_tx, res_rx) = std::sync::mpsc::channel();
-    let read_result = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         for _ in 0..workers {
             let (rx, tx) = (&job_rx, res_tx.clone());
             scope.spawn(move || loop {
@@ -295,45 +295,57 @@ pub fn read_turns(mut reader: impl BufRead, path: &Path) -> Result<(Vec<TurnReco
             });
         }
         drop(res_tx);
+        // Appends chunks in order as they arrive, so parsed records exist once, not twice.
+        let collector = scope.spawn(move || {
+            let mut pending = BTreeMap::new();
+            let (mut next, mut records, mut torn) = (0, Vec::new(), false);
+            let mut first_error: Option<(usize, String)> = None;
+            for (index, result) in res_rx {
+                pending.insert(index, result);
+                while let Some(result) = pending.remove(&next) {
+                    next += 1;
+                    match result {
+                        Ok((part, t)) if first_error.is_none() => {
+                            records.extend(part);
+                            torn |= t;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok((records, torn)),
+            }
+        });
         let mut line = 1;
-        for index in 0.. {
-            let mut bytes = Vec::with_capacity(CHUNK_BYTES as usize + 4096);
-            (&mut reader).take(CHUNK_BYTES).read_to_end(&mut bytes)?;
-            if bytes.is_empty() {
-                break;
+        let mut read = || -> std::io::Result<()> {
+            for index in 0.. {
+                let mut bytes = Vec::with_capacity(CHUNK_BYTES as usize + 4096);
+                (&mut reader).take(CHUNK_BYTES).read_to_end(&mut bytes)?;
+                if bytes.is_empty() {
+                    break;
+                }
+                if !bytes.ends_with(b"\n") {
+                    reader.read_until(b'\n', &mut bytes)?;
+                }
+                let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+                if job_tx.send((index, line, bytes)).is_err() {
+                    break;
+                }
+                line += lines;
             }
-            if !bytes.ends_with(b"\n") {
-                reader.read_until(b'\n', &mut bytes)?;
-            }
-            let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-            if job_tx.send((index, line, bytes)).is_err() {
-                break;
-            }
-            line += lines;
-        }
+            Ok(())
+        };
+        let read_result = read();
         drop(job_tx);
-        Ok::<(), std::io::Error>(())
-    });
-    read_result.map_err(|e| LoadError::io(path, e))?;
-    let mut chunks: Vec<(usize, ChunkResult)> = res_rx.into_iter().collect();
-    chunks.sort_by_key(|c| c.0);
-    let mut total = 0;
-    for (_, chunk) in &chunks {
-        match chunk {
-            Ok((records, _)) => total += records.len(),
-            Err((line, message)) => {
-                return Err(LoadError::Parse { path: path.display().to_string(), line: *line, message: message.clone() })
-            }
-        }
-    }
-    let mut records = Vec::with_capacity(total);
-    let mut torn = false;
-    for (_, chunk) in chunks {
-        let (part, t) = chunk.expect("errors returned above");
-        records.extend(part);
-        torn |= t;
-    }
-    Ok((records, torn))
+        let parsed = collector.join().expect("the collector does not panic");
+        read_result.map_err(|e| LoadError::io(path, e))?;
+        parsed.map_err(|(line, message)| LoadError::Parse { path: path.display().to_string(), line, message })
+    })
 }
 
 /// Records of a chunk and whether it ended in a torn line, or (line, message) of its first error.

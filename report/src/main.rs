@@ -88,7 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.site_bytes as f64 / 1e6
             );
             if stats {
-                let stages: Vec<String> = report.timings.iter().map(|(n, t)| format!("{n} {t:.2}s")).collect();
+                let stages: Vec<String> = report.timings.iter().map(|(n, t, rss)| format!("{n} {t:.2}s (peak RSS {:.0} MB)", *rss as f64 / 1e6)).collect();
                 println!("stages: {}", stages.join(", "));
                 println!(
                     "build: wall {:.2} s, peak RSS {:.0} MB (VmHWM), site {:.1} MB",

@@ -30,14 +30,16 @@ pub struct BuildReport {
     pub skipped: Vec<load::Skipped>,
     pub pages: Vec<String>,
     pub site_bytes: u64,
-    pub timings: Vec<(&'static str, f64)>,
+    /// (stage, seconds, peak RSS in bytes at its end).
+    pub timings: Vec<(&'static str, f64, u64)>,
 }
 
 pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let mut timings = Vec::new();
     let mut clock = Instant::now();
-    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
-        timings.push((name, clock.elapsed().as_secs_f64()));
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64, u64)>| {
+        let rss = crate::bench::peak_rss_bytes().unwrap_or(0);
+        timings.push((name, clock.elapsed().as_secs_f64(), rss));
         clock = Instant::now();
     };
     let inputs = if opts.inputs.is_empty() {

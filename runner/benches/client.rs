@@ -128,12 +128,21 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("## Client overhead against serve-sim at zero engine cost (--sim-time-scale inf)");
-        println!("{:>11} {:>9} {:>10} {:>12} {:>11} {:>14} {:>7}", "concurrency", "requests", "wall (s)", "tokens/s", "requests/s", "CPU µs/token", "errors");
+        println!(
+            "{:>11} {:>9} {:>10} {:>12} {:>11} {:>14} {:>7}",
+            "concurrency",
+            "requests",
+            "wall (s)",
+            "tokens/s",
+            "requests/s",
+            "CPU µs/token",
+            "errors"
+        );
         let srv = serve_sim("inf");
         let client = Arc::new(Client::new(&srv.url, None));
         wait_ready(&client).await;
         for c in [1usize, 4, 16, 64, 256, 1024] {
-            let requests = (4 * c).max(256);
+            let requests = (4 * c).max(1024);
             let cpu0 = cpu_seconds();
             let (outs, wall) = run(client.clone(), c, requests, 128).await;
             let cpu = cpu_seconds() - cpu0;
@@ -148,7 +157,15 @@ fn main() {
         }
         drop(srv);
 
-        println!("\n## Timing accuracy at time scale 1, 512 concurrent streams (64 tokens each)");
+        println!("\n## Timing accuracy at time scale 1 (64 tokens per request)");
+        println!(
+            "{:>8} {:>24} {:>24} {:>24} {:>22}",
+            "streams",
+            "|ΔE2E| p50 (ms)",
+            "|ΔE2E| p99 (ms)",
+            "|ΔE2E| max (ms)",
+            "mean TTFT client/server (ms)"
+        );
         let srv = serve_sim("1");
         let client = Arc::new(Client::new(&srv.url, None));
         wait_ready(&client).await;
@@ -158,34 +175,41 @@ fn main() {
                 .filter_map(|l| l.rsplit_once(' ').and_then(|x| x.1.parse::<f64>().ok()))
                 .sum()
         };
-        // Warm the connection pool: the measurement is the client's clock, not TCP setup.
-        run(client.clone(), 512, 512, 1).await;
-        let before = client.get_text("/metrics", Duration::from_secs(5)).await.unwrap();
-        let (outs, wall) = run(client.clone(), 512, 512, 64).await;
-        let after = client.get_text("/metrics", Duration::from_secs(5)).await.unwrap();
-        let ok: Vec<&Outcome> = outs.iter().filter(|o| o.error.is_none()).collect();
-        let diffs: Vec<f64> = ok
-            .iter()
-            .filter_map(|o| Some((o.timing.e2e().as_secs_f64() - o.server_e2e?).abs() * 1e3))
-            .collect();
-        let ttfts: Vec<f64> = ok.iter().filter_map(|o| o.timing.ttft()).map(|d| d.as_secs_f64()).collect();
-        let d = |n: &str| metrics(&after, n) - metrics(&before, n);
-        let server_ttft =
-            d("sglang:time_to_first_token_seconds_sum") / d("sglang:time_to_first_token_seconds_count").max(1.0);
-        let client_ttft = ttfts.iter().sum::<f64>() / ttfts.len().max(1) as f64;
-        println!("requests ok {} of {}, wall {wall:.2} s", ok.len(), outs.len());
-        println!(
-            "|client E2E − server e2e_latency| per request: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} requests)",
-            percentile(&diffs, 50.0).unwrap_or(f64::NAN),
-            percentile(&diffs, 99.0).unwrap_or(f64::NAN),
-            percentile(&diffs, 100.0).unwrap_or(f64::NAN),
-            diffs.len()
-        );
-        println!(
-            "mean TTFT: client {:.3} ms, server histogram {:.3} ms, difference {:.3} ms",
-            client_ttft * 1e3,
-            server_ttft * 1e3,
-            (client_ttft - server_ttft) * 1e3
-        );
+        for streams in [1usize, 64, 512] {
+            // Warm the connection pool: the measurement is the client's clock, not TCP setup.
+            run(client.clone(), streams, streams, 1).await;
+            let before = client
+                .get_text("/metrics", Duration::from_secs(5))
+                .await
+                .unwrap();
+            let (outs, _wall) = run(client.clone(), streams, streams.max(16), 64).await;
+            let after = client
+                .get_text("/metrics", Duration::from_secs(5))
+                .await
+                .unwrap();
+            let ok: Vec<&Outcome> = outs.iter().filter(|o| o.error.is_none()).collect();
+            let diffs: Vec<f64> = ok
+                .iter()
+                .filter_map(|o| Some((o.timing.e2e().as_secs_f64() - o.server_e2e?).abs() * 1e3))
+                .collect();
+            let ttfts: Vec<f64> = ok
+                .iter()
+                .filter_map(|o| o.timing.ttft())
+                .map(|d| d.as_secs_f64())
+                .collect();
+            let d = |n: &str| metrics(&after, n) - metrics(&before, n);
+            let server_ttft = d("sglang:time_to_first_token_seconds_sum")
+                / d("sglang:time_to_first_token_seconds_count").max(1.0);
+            let client_ttft = ttfts.iter().sum::<f64>() / ttfts.len().max(1) as f64;
+            println!(
+                "{streams:>8} {:>24.3} {:>24.3} {:>24.3} {:>13.3} / {:.3}",
+                percentile(&diffs, 50.0).unwrap_or(f64::NAN),
+                percentile(&diffs, 99.0).unwrap_or(f64::NAN),
+                percentile(&diffs, 100.0).unwrap_or(f64::NAN),
+                client_ttft * 1e3,
+                server_ttft * 1e3,
+            );
+            assert_eq!(ok.len(), outs.len(), "every request succeeded");
+        }
     });
 }

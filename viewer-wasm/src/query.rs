@@ -246,9 +246,11 @@ impl Query {
                         "true" => Some(true),
                         "false" => Some(false),
                         "" => None,
-                        _ => return Err(QueryError(format!(
+                        _ => {
+                            return Err(QueryError(format!(
                             "error={v:?}: expected true (failed turns) or false (successful turns)"
-                        ))),
+                        )))
+                        }
                     }
                 }
                 other => {

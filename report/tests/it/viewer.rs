@@ -74,7 +74,8 @@ fn expected(
     metric_name: &str,
     agg: &str,
 ) -> Vec<(String, Option<String>, Option<f64>, u64, u64)> {
-    let mut groups: std::collections::BTreeMap<(String, Option<String>), (Vec<f64>, u64)> = Default::default();
+    let mut groups: std::collections::BTreeMap<(String, Option<String>), (Vec<f64>, u64)> =
+        Default::default();
     for v in lines.iter().filter(|v| keep(v)) {
         let e = groups.entry((group(v), series.map(|s| s(v)))).or_default();
         match (v["error"].is_null(), metric(v, metric_name)) {
@@ -84,18 +85,31 @@ fn expected(
     }
     groups
         .into_iter()
-        .map(|((g, s), (values, skipped))| (g, s, aggregate(agg, &values), values.len() as u64, skipped))
+        .map(|((g, s), (values, skipped))| {
+            (g, s, aggregate(agg, &values), values.len() as u64, skipped)
+        })
         .collect()
 }
 
-fn assert_table(hash: &str, got: &[TableRow], want: &[(String, Option<String>, Option<f64>, u64, u64)]) {
+fn assert_table(
+    hash: &str,
+    got: &[TableRow],
+    want: &[(String, Option<String>, Option<f64>, u64, u64)],
+) {
     let mut got: Vec<&TableRow> = got.iter().collect();
     got.sort_by(|a, b| (&a.group, &a.series).cmp(&(&b.group, &b.series)));
-    assert!(!want.is_empty(), "{hash}: the fixture has no records for this view");
+    assert!(
+        !want.is_empty(),
+        "{hash}: the fixture has no records for this view"
+    );
     assert_eq!(got.len(), want.len(), "{hash}: rows {got:?}");
     for (g, (wg, ws, wv, wn, wskip)) in got.iter().zip(want) {
         assert_eq!((&g.group, &g.series), (wg, ws), "{hash}");
-        assert_eq!((g.n, g.skipped), (*wn, *wskip), "{hash} group {wg} series {ws:?}");
+        assert_eq!(
+            (g.n, g.skipped),
+            (*wn, *wskip),
+            "{hash} group {wg} series {ws:?}"
+        );
         match wv {
             None => assert_eq!(g.value, "", "{hash} group {wg}"),
             Some(w) => {
@@ -111,7 +125,11 @@ fn assert_table(hash: &str, got: &[TableRow], want: &[(String, Option<String>, O
 
 async fn open_view(browser: &Browser, page: &Path, hash: &str) -> Vec<TableRow> {
     let url = url::Url::from_file_path(page.canonicalize().unwrap()).unwrap();
-    browser.client().goto(&format!("{url}#{hash}")).await.unwrap();
+    browser
+        .client()
+        .goto(&format!("{url}#{hash}"))
+        .await
+        .unwrap();
     wait_for_table(browser, hash).await
 }
 
@@ -126,7 +144,10 @@ async fn wait_for_table(browser: &Browser, hash: &str) -> Vec<TableRow> {
         if rendered == hash {
             break;
         }
-        assert!(Instant::now() < deadline, "view {hash} did not render: {rendered} / {status}");
+        assert!(
+            Instant::now() < deadline,
+            "view {hash} did not render: {rendered} / {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     browser.eval(READ_TABLE).await.unwrap()
@@ -157,11 +178,15 @@ async fn viewer_tables_match_the_records() {
     let page = site.join("viewer.html");
     let lines = read_lines(&run.join("turns.jsonl"));
     let hostile_lines = read_lines(&hostile_run.join("turns.jsonl"));
-    assert!(lines.iter().any(|v| !v["error"].is_null()), "the fixture must contain failed turns");
+    assert!(
+        lines.iter().any(|v| !v["error"].is_null()),
+        "the fixture must contain failed turns"
+    );
 
     let s = |k: &'static str| move |v: &Value| v[k].as_str().unwrap().to_string();
     let n = |k: &'static str| move |v: &Value| v[k].as_u64().unwrap().to_string();
-    let bucket = |v: &Value| ((f32r(v["t_send"].as_f64().unwrap()) / 10.0).floor() * 10.0).to_string();
+    let bucket =
+        |v: &Value| ((f32r(v["t_send"].as_f64().unwrap()) / 10.0).floor() * 10.0).to_string();
     let gpu = spec.gpus[0].clone();
     let browser = Browser::start().await.expect("headless chromium");
 
@@ -169,20 +194,48 @@ async fn viewer_tables_match_the_records() {
     let hash = format!("metric=ttft&agg=p90&group=turn&series=concurrency&run=viewer-run&gpu={gpu}&cache_mode=prefix");
     let got = open_view(&browser, &page, &hash).await;
     let keep = |v: &Value| v["gpu"] == gpu.as_str() && v["cache_mode"] == "prefix";
-    assert_table(&hash, &got, &expected(&lines, &keep, &n("turn"), Some(&n("concurrency")), "ttft", "p90"));
+    assert_table(
+        &hash,
+        &got,
+        &expected(
+            &lines,
+            &keep,
+            &n("turn"),
+            Some(&n("concurrency")),
+            "ttft",
+            "p90",
+        ),
+    );
 
     let hash = "metric=cached_tokens&agg=mean&group=cache_mode&run=viewer-run".to_string();
     let got = open_view(&browser, &page, &hash).await;
-    assert_table(&hash, &got, &expected(&lines, &|_| true, &s("cache_mode"), None, "cached_tokens", "mean"));
+    assert_table(
+        &hash,
+        &got,
+        &expected(
+            &lines,
+            &|_| true,
+            &s("cache_mode"),
+            None,
+            "cached_tokens",
+            "mean",
+        ),
+    );
 
     let hash = "metric=tpot&agg=p99&group=t_send&run=viewer-run&turn=1-3".to_string();
     let got = open_view(&browser, &page, &hash).await;
     let keep = |v: &Value| (1..=3).contains(&v["turn"].as_u64().unwrap());
-    assert_table(&hash, &got, &expected(&lines, &keep, &bucket, None, "tpot", "p99"));
+    assert_table(
+        &hash,
+        &got,
+        &expected(&lines, &keep, &bucket, None, "tpot", "p99"),
+    );
 
     // The skipped note counts what the table's rows skipped.
     let skipped: u64 = browser
-        .eval::<String>("return document.getElementById('view-skipped').getAttribute('data-skipped')")
+        .eval::<String>(
+            "return document.getElementById('view-skipped').getAttribute('data-skipped')",
+        )
         .await
         .unwrap()
         .parse()
@@ -193,7 +246,11 @@ async fn viewer_tables_match_the_records() {
     // Change a control as a reader would: the hash and the table follow.
     let hash = "metric=e2e&agg=p50&group=concurrency&run=viewer-run".to_string();
     open_view(&browser, &page, &hash).await;
-    let select = browser.client().find(Locator::Css("#ctl-agg")).await.unwrap();
+    let select = browser
+        .client()
+        .find(Locator::Css("#ctl-agg"))
+        .await
+        .unwrap();
     select.select_by_value("max").await.unwrap();
     let hash = "metric=e2e&agg=max&group=concurrency&run=viewer-run".to_string();
     let got = wait_for_table(&browser, &hash).await;
@@ -215,13 +272,21 @@ async fn viewer_tables_match_the_records() {
     // Hostile run id and GPU label render as text, in the table, the options and the records.
     let hash = "metric=ttft&agg=count&group=gpu&series=run".to_string();
     let got = open_view(&browser, &page, &hash).await;
-    assert!(got.iter().any(|r| r.group == HOSTILE_GPU && r.series.as_deref() == Some(HOSTILE_RUN_ID)));
-    let hostile_count = hostile_lines.iter().filter(|v| v["error"].is_null()).count() as u64;
+    assert!(got
+        .iter()
+        .any(|r| r.group == HOSTILE_GPU && r.series.as_deref() == Some(HOSTILE_RUN_ID)));
+    let hostile_count = hostile_lines
+        .iter()
+        .filter(|v| v["error"].is_null())
+        .count() as u64;
     let row = got.iter().find(|r| r.group == HOSTILE_GPU).unwrap();
     assert_eq!(row.n, hostile_count);
     browser
         .client()
-        .find(Locator::Css(&format!("#view-table tbody tr[data-series=\"{}\"]", css_escape(HOSTILE_RUN_ID))))
+        .find(Locator::Css(&format!(
+            "#view-table tbody tr[data-series=\"{}\"]",
+            css_escape(HOSTILE_RUN_ID)
+        )))
         .await
         .unwrap()
         .click()
@@ -236,8 +301,14 @@ async fn viewer_tables_match_the_records() {
         .await
         .unwrap();
     assert!(cells.iter().any(|c| c == HOSTILE_GPU), "{cells:?}");
-    assert!(cells.iter().any(|c| c == HOSTILE_RUN_ID), "records list: {cells:?}");
-    assert!(options.iter().any(|c| c == HOSTILE_GPU) && options.iter().any(|c| c.starts_with(HOSTILE_RUN_ID)));
+    assert!(
+        cells.iter().any(|c| c == HOSTILE_RUN_ID),
+        "records list: {cells:?}"
+    );
+    assert!(
+        options.iter().any(|c| c == HOSTILE_GPU)
+            && options.iter().any(|c| c.starts_with(HOSTILE_RUN_ID))
+    );
     assert_eq!(injected, 0, "markup from the data became elements");
     assert!(!title.contains("pwned"));
 
@@ -256,20 +327,38 @@ fn viewer_files_and_wasm_budget() {
     let records = report::fixture::records(&FixtureSpec::small("files"));
     report::viewer::write(
         tmp.path(),
-        &[report::viewer::RunRecords { run_id: "files", simulated: true, records: &records }],
+        &[report::viewer::RunRecords {
+            run_id: "files",
+            simulated: true,
+            records: &records,
+        }],
     )
     .unwrap();
     let html = std::fs::read_to_string(tmp.path().join("viewer.html")).unwrap();
-    for src in html.split("<script src=\"").skip(1).map(|s| s.split('"').next().unwrap()) {
+    for src in html
+        .split("<script src=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+    {
         if src.contains("plotly") {
             continue; // written by the asset registry, not by the viewer
         }
-        assert!(!src.starts_with('/') && !src.contains("://"), "{src} is not relative");
+        assert!(
+            !src.starts_with('/') && !src.contains("://"),
+            "{src} is not relative"
+        );
         assert!(tmp.path().join(src).is_file(), "{src} is missing");
     }
     assert!(html.contains("data/viewer-meta.js") && html.contains("data/viewer-ttft-0.js"));
-    assert!(!html.contains("type=\"module\""), "no ES modules: they do not load from file://");
-    assert!(report::viewer::WASM.len() <= 300 * 1024, "wasm is {} bytes", report::viewer::WASM.len());
+    assert!(
+        !html.contains("type=\"module\""),
+        "no ES modules: they do not load from file://"
+    );
+    assert!(
+        report::viewer::WASM.len() <= 300 * 1024,
+        "wasm is {} bytes",
+        report::viewer::WASM.len()
+    );
 }
 
 /// The viewer's benchmark (not a timed test): `cargo test -p report --test it viewer::bench --
@@ -279,19 +368,33 @@ fn viewer_files_and_wasm_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run explicitly"]
 async fn bench() {
-    let n: u64 = std::env::var("TB_BENCH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::var("TB_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let tmp = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let records = report::fixture::records(&FixtureSpec::with_records("bench", n));
-    println!("generated {} records in {:.1} s", records.len(), t.elapsed().as_secs_f64());
+    println!(
+        "generated {} records in {:.1} s",
+        records.len(),
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     report::assets::write_all(tmp.path()).unwrap();
     report::viewer::write(
         tmp.path(),
-        &[report::viewer::RunRecords { run_id: "bench", simulated: true, records: &records }],
+        &[report::viewer::RunRecords {
+            run_id: "bench",
+            simulated: true,
+            records: &records,
+        }],
     )
     .unwrap();
-    println!("viewer::write in {:.1} s (debug build)", t.elapsed().as_secs_f64());
+    println!(
+        "viewer::write in {:.1} s (debug build)",
+        t.elapsed().as_secs_f64()
+    );
     let (mut total, mut largest) = (0u64, 0u64);
     for entry in std::fs::read_dir(tmp.path().join("data")).unwrap() {
         let entry = entry.unwrap();
@@ -301,8 +404,16 @@ async fn bench() {
             largest = largest.max(len);
         }
     }
-    println!("wasm: {} bytes ({:.1} KB)", report::viewer::WASM.len(), report::viewer::WASM.len() as f64 / 1024.0);
-    println!("site data for {n} records: {:.1} MB (largest file {:.1} MB)", total as f64 / 1e6, largest as f64 / 1e6);
+    println!(
+        "wasm: {} bytes ({:.1} KB)",
+        report::viewer::WASM.len(),
+        report::viewer::WASM.len() as f64 / 1024.0
+    );
+    println!(
+        "site data for {n} records: {:.1} MB (largest file {:.1} MB)",
+        total as f64 / 1e6,
+        largest as f64 / 1e6
+    );
     drop(records);
 
     let median = |mut v: Vec<f64>| {
@@ -318,11 +429,17 @@ async fn bench() {
             .eval("var t = window.TURNBENCH_VIEWER.timings; return [t.start_ms, t.ready_ms, t.first_chart_ms];")
             .await
             .unwrap();
-        println!("  scripts parsed {:.0} ms, table loaded {:.0} ms, first chart {:.0} ms", t.0, t.1, t.2);
+        println!(
+            "  scripts parsed {:.0} ms, table loaded {:.0} ms, first chart {:.0} ms",
+            t.0, t.1, t.2
+        );
         loads.push(t.2);
         browser.client().goto("about:blank").await.unwrap();
     }
-    println!("page load (navigation start → first chart), median of 5: {:.0} ms  {loads:.0?}", median(loads.clone()));
+    println!(
+        "page load (navigation start → first chart), median of 5: {:.0} ms  {loads:.0?}",
+        median(loads.clone())
+    );
     open_view(&browser, &page, "metric=ttft&agg=p99&group=turn").await;
     for hash in [
         "metric=ttft&agg=p99&group=turn",
@@ -333,7 +450,10 @@ async fn bench() {
     ] {
         let js = format!("var t = []; for (var i = 0; i < 7; i++) t.push(window.TURNBENCH_VIEWER.timeQuery('{hash}')); return t;");
         let times: Vec<f64> = browser.eval(&js).await.unwrap();
-        println!("query {hash}: median of 7 {:.1} ms  {times:.1?}", median(times.clone()));
+        println!(
+            "query {hash}: median of 7 {:.1} ms  {times:.1?}",
+            median(times.clone())
+        );
     }
     let errors = browser.errors().await.unwrap();
     assert!(errors.is_empty(), "console errors: {errors:?}");

@@ -150,6 +150,7 @@ impl ModelProfile {
             }
         };
         let hidden = int("hidden_size")?;
+        let layers = int("num_hidden_layers")?;
         let q_heads = int("num_attention_heads")?;
         let kv_heads = opt_int("num_key_value_heads")?.unwrap_or(q_heads);
         if q_heads % kv_heads != 0 {
@@ -171,7 +172,7 @@ impl ModelProfile {
         };
         let shape = Shape {
             hidden,
-            layers: int("num_hidden_layers")?,
+            layers,
             q_heads,
             kv_heads,
             head_dim,
@@ -589,9 +590,10 @@ mod tests {
     #[test]
     fn hf_config_errors_name_the_field() {
         let err = ModelProfile::from_hf_config("x", &json!({"hidden_size": 8})).unwrap_err();
-        assert_eq!(err, ModelConfigError::Missing("num_attention_heads"));
-        assert!(err.to_string().contains("num_attention_heads"));
-        let bad = json!({"hidden_size": 8, "num_attention_heads": 3, "num_key_value_heads": 2});
+        assert_eq!(err, ModelConfigError::Missing("num_hidden_layers"));
+        assert!(err.to_string().contains("num_hidden_layers"));
+        let bad = json!({"hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 3,
+                         "num_key_value_heads": 2});
         assert!(matches!(
             ModelProfile::from_hf_config("x", &bad),
             Err(ModelConfigError::Heads { .. })

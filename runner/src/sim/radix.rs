@@ -496,6 +496,8 @@ mod tests {
         /// Release the i-th held lock.
         Unlock(usize),
         Insert(Vec<u32>),
+        /// Insert and hold the lock on the stored prefix.
+        InsertLocked(Vec<u32>),
         Alloc(u64),
         Release(u64),
     }
@@ -505,7 +507,8 @@ mod tests {
         prop_oneof![
             tokens.clone().prop_map(Op::Match),
             (0usize..8).prop_map(Op::Unlock),
-            tokens.prop_map(Op::Insert),
+            tokens.clone().prop_map(Op::Insert),
+            tokens.prop_map(Op::InsertLocked),
             (0u64..10).prop_map(Op::Alloc),
             (0u64..10).prop_map(Op::Release),
         ]
@@ -572,6 +575,12 @@ mod tests {
                         let m = c.match_prefix(&t);
                         prop_assert_eq!(m.len, known + added as usize);
                         c.unlock(m);
+                    }
+                    Op::InsertLocked(t) => {
+                        let known = c.prefix_len(&t);
+                        let (added, m) = c.insert_locked(&t);
+                        prop_assert_eq!(m.len, known + added as usize);
+                        held.push((t, m));
                     }
                     Op::Alloc(n) => {
                         let available = c.available();
