@@ -5,7 +5,7 @@
 
 use crate::load::MeasuredRun;
 use std::collections::BTreeMap;
-use turnbench_schema::stats::{percentile_sorted, mean};
+use turnbench_schema::stats::{mean, percentile_sorted};
 use turnbench_schema::summary::{best_cells, summarize_cell};
 use turnbench_schema::{BestCell, CacheMode, CellSummary, TelemetrySample, TurnRecord};
 
@@ -246,7 +246,9 @@ struct TurnAcc {
 }
 
 fn telemetry_series(samples: &[TelemetrySample]) -> Vec<TelemetrySeries> {
-    let mut series: BTreeMap<(&str, &str, &str), Vec<(f64, f64)>> = BTreeMap::new();
+    // (gpu, source, key) → points.
+    type Key<'a> = (&'a str, &'a str, &'a str);
+    let mut series: BTreeMap<Key<'_>, Vec<(f64, f64)>> = BTreeMap::new();
     for s in samples {
         for (k, v) in &s.values {
             if v.is_finite() {

@@ -18,10 +18,14 @@ fn files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
             let child = rel.join(entry.file_name());
-            let kind = entry.file_type().with_context(|| format!("reading {}", entry.path().display()))?;
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
             if kind.is_dir() {
                 stack.push(child);
             } else if kind.is_file() {
@@ -37,7 +41,9 @@ fn files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
 pub fn write(site: &Path, dest: &Path) -> anyhow::Result<()> {
     let tmp = dest.with_extension("tmp");
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let gz: GzEncoder<File> = GzBuilder::new().mtime(0).write(file, Compression::default());
+    let gz: GzEncoder<File> = GzBuilder::new()
+        .mtime(0)
+        .write(file, Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for rel in files(site)? {
@@ -53,9 +59,14 @@ pub fn write(site: &Path, dest: &Path) -> anyhow::Result<()> {
         tar.append_data(&mut header, &rel, bytes.as_slice())
             .with_context(|| format!("archiving {}", path.display()))?;
     }
-    let gz = tar.into_inner().with_context(|| format!("writing {}", tmp.display()))?;
-    let mut file = gz.finish().with_context(|| format!("writing {}", tmp.display()))?;
+    let gz = tar
+        .into_inner()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    let mut file = gz
+        .finish()
+        .with_context(|| format!("writing {}", tmp.display()))?;
     file.flush()?;
-    std::fs::rename(&tmp, dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    std::fs::rename(&tmp, dest)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     Ok(())
 }

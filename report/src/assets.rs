@@ -74,7 +74,8 @@ pub fn write_all(site: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     for asset in all() {
         let path = dir.join(asset.file_name());
-        std::fs::write(&path, asset.bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        std::fs::write(&path, asset.bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let Some((name, bytes)) = asset.license {
             let path = dir.join(name);
             std::fs::write(&path, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -14,6 +14,16 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system) this process used so far, in seconds (all threads).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 pub fn run(records: u64, work: &Path) -> anyhow::Result<()> {
     let spec = crate::fixture::FixtureSpec::with_records("bench-1m", records);
     let t = Instant::now();
@@ -40,6 +50,9 @@ pub fn run(records: u64, work: &Path) -> anyhow::Result<()> {
     if !status.success() {
         bail!("report build failed: {status}");
     }
-    println!("bench: {} records → site in {wall:.2} s wall (child process, including its start-up)", spec.record_count());
+    println!(
+        "bench: {} records → site in {wall:.2} s wall (child process, including its start-up)",
+        spec.record_count()
+    );
     Ok(())
 }

@@ -55,7 +55,7 @@ fn line(name: String, x: Vec<f64>, y: Vec<f64>) -> Value {
 pub struct Ids(usize);
 
 impl Ids {
-    pub fn next(&mut self) -> String {
+    pub fn next_id(&mut self) -> String {
         self.0 += 1;
         format!("chart-{}", self.0)
     }
@@ -69,7 +69,11 @@ pub struct ConcurrencyLine {
     pub limit: bool,
 }
 
-pub fn throughput_vs_concurrency(ids: &mut Ids, title: &str, lines: &[ConcurrencyLine]) -> ChartSpec {
+pub fn throughput_vs_concurrency(
+    ids: &mut Ids,
+    title: &str,
+    lines: &[ConcurrencyLine],
+) -> ChartSpec {
     let data = lines
         .iter()
         .map(|l| {
@@ -88,7 +92,7 @@ pub fn throughput_vs_concurrency(ids: &mut Ids, title: &str, lines: &[Concurrenc
     let mut lay = layout("concurrency (trajectories in flight)", "output tokens/s");
     lay["xaxis"]["type"] = json!("log");
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: title.to_string(),
         note: "Dashed: the physical limit from the run manifest (cost-model roofline), not a measurement.".into(),
         data,
@@ -97,7 +101,12 @@ pub fn throughput_vs_concurrency(ids: &mut Ids, title: &str, lines: &[Concurrenc
 }
 
 /// Throughput over time for each concurrency of one cache mode: sliding window or cumulative.
-pub fn throughput_over_time(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries], cumulative: bool) -> ChartSpec {
+pub fn throughput_over_time(
+    ids: &mut Ids,
+    mode: CacheMode,
+    cells: &[&CellSeries],
+    cumulative: bool,
+) -> ChartSpec {
     let data = cells
         .iter()
         .map(|c| {
@@ -114,12 +123,15 @@ pub fn throughput_over_time(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries
         })
         .collect();
     let (title, note) = if cumulative {
-        ("Throughput over time, cumulative", "Output tokens finished since the cell started ÷ elapsed time.")
+        (
+            "Throughput over time, cumulative",
+            "Output tokens finished since the cell started ÷ elapsed time.",
+        )
     } else {
         ("Throughput over time, sliding 10 s window", "Output tokens finished in the last 10 s ÷ 10 s (÷ elapsed time during the first 10 s).")
     };
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: format!("{title} ({mode})"),
         note: note.into(),
         data,
@@ -162,7 +174,7 @@ pub fn by_turn_band(
         }));
     }
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: format!("{what} by turn index ({mode})"),
         note: "Line: median; band: p10–p90 over the successful turns at that index.".into(),
         data,
@@ -181,11 +193,18 @@ pub fn prompt_vs_cached(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries]) -
     let n = cells.len();
     for (i, c) in cells.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let visible: Value = if i == 0 || i + 1 == n { json!(true) } else { json!("legendonly") };
+        let visible: Value = if i == 0 || i + 1 == n {
+            json!(true)
+        } else {
+            json!("legendonly")
+        };
         let x: Vec<f64> = c.by_turn.iter().map(|t| f64::from(t.turn)).collect();
         let conc = c.summary.concurrency;
         let series = |f: fn(&TurnIndexStats) -> Option<f64>| -> Vec<Value> {
-            c.by_turn.iter().map(|t| f(t).map_or(Value::Null, |v| json!(r(v)))).collect()
+            c.by_turn
+                .iter()
+                .map(|t| f(t).map_or(Value::Null, |v| json!(r(v))))
+                .collect()
         };
         data.push(json!({"type": "scatter", "mode": "lines", "name": format!("prompt c={conc}"), "x": x,
             "y": series(|t| t.prompt_tokens_mean), "line": {"color": color}, "legendgroup": format!("c{conc}"), "visible": visible}));
@@ -198,7 +217,7 @@ pub fn prompt_vs_cached(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries]) -
     lay["yaxis2"] = json!({"title": {"text": "cache-hit ratio"}, "overlaying": "y", "side": "right", "range": [0, 1.05]});
     lay["margin"]["r"] = json!(60);
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: format!("Prompt vs cached tokens by turn index ({mode})"),
         note: "Solid: prompt tokens; dashed: tokens served from the prefix cache; dotted (right axis): cached ÷ prompt. Server-reported counts.".into(),
         data,
@@ -217,16 +236,24 @@ pub fn in_flight(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries]) -> Chart
         })
         .collect();
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: format!("Trajectories in flight over time ({mode})"),
-        note: "A trajectory counts from its first request to its last response (think time included).".into(),
+        note:
+            "A trajectory counts from its first request to its last response (think time included)."
+                .into(),
         data,
         layout: layout("time since cell start (s)", "trajectories in flight"),
     }
 }
 
 /// Distribution as a quantile curve (x = latency, y = percentile) per concurrency.
-pub fn latency_distribution(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries], what: &str, pick: fn(&CellSeries) -> &[f64]) -> ChartSpec {
+pub fn latency_distribution(
+    ids: &mut Ids,
+    mode: CacheMode,
+    cells: &[&CellSeries],
+    what: &str,
+    pick: fn(&CellSeries) -> &[f64],
+) -> ChartSpec {
     let data = cells
         .iter()
         .filter(|c| !pick(c).is_empty())
@@ -240,7 +267,7 @@ pub fn latency_distribution(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries
     let mut lay = layout(&format!("{what} (ms)"), "percentile");
     lay["xaxis"]["type"] = json!("log");
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: format!("{what} distribution ({mode})"),
         note: "Cumulative distribution over successful turns: the percentile (y) below which a latency (x) falls.".into(),
         data,
@@ -250,12 +277,14 @@ pub fn latency_distribution(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries
 
 pub fn telemetry(ids: &mut Ids, series: &TelemetrySeries) -> ChartSpec {
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: format!("Telemetry: {} / {}", series.source, series.key),
         note: "Sampled during the run; time is seconds since the run started.".into(),
-        data: vec![json!({"type": "scatter", "mode": "lines", "name": plot_text(&series.key),
+        data: vec![
+            json!({"type": "scatter", "mode": "lines", "name": plot_text(&series.key),
             "x": series.points.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
-            "y": series.points.iter().map(|p| r(p.1)).collect::<Vec<_>>()})],
+            "y": series.points.iter().map(|p| r(p.1)).collect::<Vec<_>>()}),
+        ],
         layout: layout("time since run start (s)", &plot_text(&series.key)),
     }
 }
@@ -273,7 +302,7 @@ pub fn speedup(ids: &mut Ids, bars: &[(String, Vec<(u32, f64)>)], baseline: &str
     let mut lay = layout("concurrency", &format!("output tok/s ÷ {baseline}"));
     lay["barmode"] = json!("group");
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: "Cache-mode speed-up".into(),
         note: format!("Output token throughput of each cache mode divided by the {baseline} mode's, same GPU and concurrency."),
         data,
@@ -287,7 +316,11 @@ pub fn legacy_turn_time(ids: &mut Ids, run: &LegacyRun) -> ChartSpec {
     let mut by: BTreeMap<u32, BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
     for t in &run.turns {
         if let Some(v) = t.turn_time_avg_s {
-            by.entry(t.batch_size).or_default().entry(t.turn).or_default().push(v);
+            by.entry(t.batch_size)
+                .or_default()
+                .entry(t.turn)
+                .or_default()
+                .push(v);
         }
     }
     let mut data = Vec::new();
@@ -309,7 +342,7 @@ pub fn legacy_turn_time(ids: &mut Ids, run: &LegacyRun) -> ChartSpec {
         data.push(json!({"type": "scatter", "mode": "lines+markers", "x": x, "y": p50, "line": {"color": color}, "legendgroup": group, "name": format!("batch {batch} p50")}));
     }
     ChartSpec {
-        id: ids.next(),
+        id: ids.next_id(),
         title: "Legacy: turn time by turn index".into(),
         note: "LEGACY (seed import): each turn time is the trajectory's time ÷ its turns, an average, not a measured per-turn latency.".into(),
         data,

@@ -1,10 +1,16 @@
 //! Spreadsheet exports: `data/turns.csv` (every per-turn record of every measured run) and
 //! `data/summary.csv` (one row per cell, the recomputed summaries; legacy rows marked).
+//! Times in `turns.csv` are seconds rounded to the microsecond (the JSONL keeps full precision).
 
 use crate::aggregate::RunAggregate;
 use crate::load::{Run, RunData};
 use anyhow::Context as _;
 use std::path::Path;
+
+/// Seconds rounded to the microsecond, so the CSV stays readable and about a third smaller.
+fn us(t: f64) -> f64 {
+    (t * 1e6).round() / 1e6
+}
 
 #[derive(serde::Serialize)]
 struct TurnRow<'a> {
@@ -88,19 +94,19 @@ pub fn write(site: &Path, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> 
                     traj_id: &r.traj_id,
                     turn: r.turn,
                     attempt: r.attempt,
-                    t_send: r.t_send,
-                    t_first_token: r.t_first_token,
-                    t_end: r.t_end,
-                    ttft: r.ttft,
-                    e2e: r.e2e,
-                    itl_mean: r.itl.map(|i| i.mean),
-                    itl_p50: r.itl.map(|i| i.p50),
-                    itl_p99: r.itl.map(|i| i.p99),
-                    itl_max: r.itl.map(|i| i.max),
+                    t_send: us(r.t_send),
+                    t_first_token: r.t_first_token.map(us),
+                    t_end: us(r.t_end),
+                    ttft: r.ttft.map(us),
+                    e2e: r.e2e.map(us),
+                    itl_mean: r.itl.map(|i| us(i.mean)),
+                    itl_p50: r.itl.map(|i| us(i.p50)),
+                    itl_p99: r.itl.map(|i| us(i.p99)),
+                    itl_max: r.itl.map(|i| us(i.max)),
                     prompt_tokens: r.prompt_tokens,
                     cached_tokens: r.cached_tokens,
                     completion_tokens: r.completion_tokens,
-                    think_time: r.think_time,
+                    think_time: us(r.think_time),
                     finish_reason: r.finish_reason.as_deref(),
                     error: r.error.as_deref(),
                     in_flight: r.in_flight,
@@ -109,10 +115,12 @@ pub fn write(site: &Path, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> 
             }
         }
     }
-    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
 
     let path = dir.join("summary.csv");
-    let mut w = csv::Writer::from_path(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w =
+        csv::Writer::from_path(&path).with_context(|| format!("creating {}", path.display()))?;
     for (run, agg) in runs.iter().zip(aggregates) {
         match (&run.data, agg) {
             (RunData::Measured(m), Some(a)) => {
@@ -182,6 +190,7 @@ pub fn write(site: &Path, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> 
             _ => {}
         }
     }
-    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

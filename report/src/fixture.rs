@@ -13,8 +13,8 @@ use turnbench_schema::manifest::CellId;
 use turnbench_schema::summary::{best_cells, summarize_cell};
 use turnbench_schema::{
     files, jsonl, BackendInfo, BackendKind, CacheMode, DatasetInfo, GpuInfo, HistorySource,
-    HostInfo, ItlSummary, Manifest, PhysicalLimits, ServerInfo, SimInfo, Summary,
-    TelemetrySample, ToolInfo, TurnRecord, SCHEMA_VERSION,
+    HostInfo, ItlSummary, Manifest, PhysicalLimits, ServerInfo, SimInfo, Summary, TelemetrySample,
+    ToolInfo, TurnRecord, SCHEMA_VERSION,
 };
 
 /// Strings that must render as text wherever they appear.
@@ -309,7 +309,8 @@ fn cell_records(spec: &FixtureSpec, cell: &CellId, rng: &mut ChaCha8Rng) -> Vec<
             };
             let computed = prompt - cached;
             let completion: u64 = rng.random_range(40..400);
-            let ttft = 0.02 + computed as f64 / m.prefill_tok_s * slowdown * rng.random_range(0.9..1.2);
+            let ttft =
+                0.02 + computed as f64 / m.prefill_tok_s * slowdown * rng.random_range(0.9..1.2);
             let itl = m.itl_s * slowdown * rng.random_range(0.95..1.1);
             let e2e = ttft + (completion - 1) as f64 * itl;
             let failed = rng.random::<f64>() < spec.error_rate;
@@ -350,12 +351,20 @@ fn cell_records(spec: &FixtureSpec, cell: &CellId, rng: &mut ChaCha8Rng) -> Vec<
     out
 }
 
-fn telemetry(cell: &CellId, records: &[TurnRecord], start: f64, total: f64) -> Vec<TelemetrySample> {
+fn telemetry(
+    cell: &CellId,
+    records: &[TurnRecord],
+    start: f64,
+    total: f64,
+) -> Vec<TelemetrySample> {
     let steps = 20;
     (0..=steps)
         .map(|i| {
             let t = total * f64::from(i) / f64::from(steps);
-            let running = records.iter().filter(|r| r.t_send <= t && r.t_end > t).count() as f64;
+            let running = records
+                .iter()
+                .filter(|r| r.t_send <= t && r.t_end > t)
+                .count() as f64;
             TelemetrySample {
                 t: start + t,
                 gpu: cell.gpu.clone(),

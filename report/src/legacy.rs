@@ -20,13 +20,19 @@ pub const SUMMARY_PREFIX: &str = "per_turn_summary_";
 /// `per_turn_metrics_<suffix>.jsonl` → `suffix`.
 pub fn metrics_suffix(name: &str) -> Option<String> {
     let rest = name.strip_prefix(METRICS_PREFIX)?;
-    let stem = rest.strip_suffix(".jsonl").or_else(|| rest.strip_suffix(".json"))?;
+    let stem = rest
+        .strip_suffix(".jsonl")
+        .or_else(|| rest.strip_suffix(".json"))?;
     Some(stem.to_string())
 }
 
 /// `per_turn_summary_<suffix>.json` → `suffix`.
 pub fn summary_suffix(name: &str) -> Option<String> {
-    Some(name.strip_prefix(SUMMARY_PREFIX)?.strip_suffix(".json")?.to_string())
+    Some(
+        name.strip_prefix(SUMMARY_PREFIX)?
+            .strip_suffix(".json")?
+            .to_string(),
+    )
 }
 
 /// One turn of the seed's per-turn file.
@@ -103,7 +109,12 @@ const TURN_TIME: &[&str] = &[
     "latency",
     "turnlatency",
 ];
-const TOTAL_TIME: &[&str] = &["totaltime", "totaltimes", "totaltimesec", "totaltimeseconds"];
+const TOTAL_TIME: &[&str] = &[
+    "totaltime",
+    "totaltimes",
+    "totaltimesec",
+    "totaltimeseconds",
+];
 const AVG_TRAJ: &[&str] = &[
     "avgtimepertraj",
     "avgtimepertrajectory",
@@ -267,7 +278,11 @@ pub fn read_metrics(reader: impl BufRead, path: &Path) -> Result<Vec<LegacyTurn>
             }
         };
         let turn = field(&obj, TURN).and_then(number).ok_or_else(|| {
-            parse_err(path, lineno, format!("no turn index field (one of {TURN:?})"))
+            parse_err(
+                path,
+                lineno,
+                format!("no turn index field (one of {TURN:?})"),
+            )
         })? as u32;
         out.push(LegacyTurn {
             batch_size,
@@ -282,13 +297,16 @@ pub fn read_metrics(reader: impl BufRead, path: &Path) -> Result<Vec<LegacyTurn>
 }
 
 pub fn read_summary(text: &[u8], path: &Path) -> Result<Vec<LegacyRow>, LoadError> {
-    let value: Value = serde_json::from_slice(text).map_err(|e| parse_err(path, e.line(), e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(text).map_err(|e| parse_err(path, e.line(), e.to_string()))?;
     let mut rows = Vec::new();
     collect_rows(&value, None, &mut rows, path)?;
     if rows.is_empty() {
         return Err(LoadError::Invalid {
             path: path.display().to_string(),
-            message: "no per-batch-size rows (expected objects with a batch size and the seed's columns)".into(),
+            message:
+                "no per-batch-size rows (expected objects with a batch size and the seed's columns)"
+                    .into(),
         });
     }
     Ok(rows)
@@ -318,7 +336,10 @@ fn collect_rows(
                     .or(key_batch)
                     .ok_or_else(|| LoadError::Invalid {
                         path: path.display().to_string(),
-                        message: format!("a summary row has no batch size: {}", Value::Object(obj.clone())),
+                        message: format!(
+                            "a summary row has no batch size: {}",
+                            Value::Object(obj.clone())
+                        ),
                     })?;
                 let get = |names| field(obj, names).and_then(number);
                 rows.push(LegacyRow {

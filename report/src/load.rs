@@ -57,7 +57,7 @@ pub struct MeasuredRun {
 
 #[derive(Debug)]
 pub enum RunData {
-    Measured(MeasuredRun),
+    Measured(Box<MeasuredRun>),
     Legacy(LegacyRun),
 }
 
@@ -196,9 +196,12 @@ pub fn load_all(inputs: &[Input]) -> Loaded {
                 .join(" + "),
         };
         let result = match input {
-            Input::RunDir(dir) => load_dir(dir).map(|r| vec![RunData::Measured(r)]),
-            Input::Bundle(path) => load_bundle(path)
-                .map(|runs| runs.into_iter().map(RunData::Measured).collect()),
+            Input::RunDir(dir) => load_dir(dir).map(|r| vec![RunData::Measured(Box::new(r))]),
+            Input::Bundle(path) => load_bundle(path).map(|runs| {
+                runs.into_iter()
+                    .map(|r| RunData::Measured(Box::new(r)))
+                    .collect()
+            }),
             Input::Legacy { metrics, summary } => {
                 legacy::load(metrics.as_deref(), summary.as_deref())
                     .map(|r| vec![RunData::Legacy(r)])
@@ -247,7 +250,11 @@ fn finish(
         return Err(LoadError::invalid(turns_path, "no turn records"));
     }
     // Only a resumed run has attempts above 0; skip the regrouping otherwise.
-    let records = if records.iter().any(|r| r.attempt > 0) { latest_attempts(records) } else { records };
+    let records = if records.iter().any(|r| r.attempt > 0) {
+        latest_attempts(records)
+    } else {
+        records
+    };
     Ok(MeasuredRun {
         manifest,
         records,
@@ -280,8 +287,13 @@ const CHUNK_BYTES: u64 = 4 << 20;
 /// Reads turn records; a torn final line (no newline, unparsable) is tolerated and reported,
 /// as [`turnbench_schema::jsonl::read`] does. Parses chunks of whole lines on a few threads
 /// (the dominant cost of a build); errors name the first bad line.
-pub fn read_turns(mut reader: impl BufRead, path: &Path) -> Result<(Vec<TurnRecord>, bool), LoadError> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+pub fn read_turns(
+    mut reader: impl BufRead,
+    path: &Path,
+) -> Result<(Vec<TurnRecord>, bool), LoadError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(usize, usize, Vec<u8>)>(workers * 2);
     let job_rx = std::sync::Mutex::new(job_rx);
     let (res_tx, res_rx) = std::sync::mpsc::channel();
@@ -290,7 +302,9 @@ pub fn read_turns(mut reader: impl BufRead, path: &Path) -> Result<(Vec<TurnReco
             let (rx, tx) = (&job_rx, res_tx.clone());
             scope.spawn(move || loop {
                 let job = rx.lock().map(|rx| rx.recv());
-                let Ok(Ok((index, first_line, bytes))) = job else { break };
+                let Ok(Ok((index, first_line, bytes))) = job else {
+                    break;
+                };
                 let _ = tx.send((index, parse_chunk(&bytes, first_line)));
             });
         }
@@ -344,7 +358,11 @@ pub fn read_turns(mut reader: impl BufRead, path: &Path) -> Result<(Vec<TurnReco
         drop(job_tx);
         let parsed = collector.join().expect("the collector does not panic");
         read_result.map_err(|e| LoadError::io(path, e))?;
-        parsed.map_err(|(line, message)| LoadError::Parse { path: path.display().to_string(), line, message })
+        parsed.map_err(|(line, message)| LoadError::Parse {
+            path: path.display().to_string(),
+            line,
+            message,
+        })
     })
 }
 
@@ -431,11 +449,16 @@ pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
                 ),
             ));
         }
-        let Some(name) = entry_path.file_name().map(|n| n.to_string_lossy().into_owned())
+        let Some(name) = entry_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
         else {
             continue;
         };
-        let dir = entry_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = entry_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let shown = PathBuf::from(in_bundle(&entry_path));
         match name.as_str() {
             files::MANIFEST => {
@@ -459,14 +482,24 @@ pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
     }
     let mut out = Vec::new();
     for (dir, run) in runs {
-        let shown = |f: &str| PathBuf::from(format!("{}!{}", path.display(), dir.join(f).display()));
+        let shown =
+            |f: &str| PathBuf::from(format!("{}!{}", path.display(), dir.join(f).display()));
         let Some(manifest) = run.manifest else {
             continue;
         };
         let Some((records, torn)) = run.records else {
-            return Err(LoadError::invalid(shown(files::TURNS), "missing from bundle"));
+            return Err(LoadError::invalid(
+                shown(files::TURNS),
+                "missing from bundle",
+            ));
         };
-        out.push(finish(manifest, records, run.telemetry, torn, &shown(files::TURNS))?);
+        out.push(finish(
+            manifest,
+            records,
+            run.telemetry,
+            torn,
+            &shown(files::TURNS),
+        )?);
     }
     if out.is_empty() {
         return Err(LoadError::invalid(path, "bundle holds no manifest.json"));

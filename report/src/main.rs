@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "report", version, about = "Builds the turnbench static site from sweep results")]
+#[command(
+    name = "report",
+    version,
+    about = "Builds the turnbench static site from sweep results"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,9 +77,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Build { inputs, out, archive, title, dump_contexts, stats } => {
+        Command::Build {
+            inputs,
+            out,
+            archive,
+            title,
+            dump_contexts,
+            stats,
+        } => {
             let started = std::time::Instant::now();
-            let report = site::build(&BuildOptions { inputs, out: out.clone(), archive, title, dump_contexts })?;
+            let report = site::build(&BuildOptions {
+                inputs,
+                out: out.clone(),
+                archive,
+                title,
+                dump_contexts,
+            })?;
             for s in &report.skipped {
                 eprintln!("report: skipped {}: {}", s.source, s.reason);
             }
@@ -88,25 +105,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.site_bytes as f64 / 1e6
             );
             if stats {
-                let stages: Vec<String> = report.timings.iter().map(|(n, t, rss)| format!("{n} {t:.2}s (peak RSS {:.0} MB)", *rss as f64 / 1e6)).collect();
-                println!("stages: {}", stages.join(", "));
+                let stages: Vec<String> = report
+                    .timings
+                    .iter()
+                    .map(|(n, t, cpu, rss)| {
+                        format!(
+                            "{n} {t:.2} s wall / {cpu:.2} s CPU (peak RSS {:.0} MB)",
+                            *rss as f64 / 1e6
+                        )
+                    })
+                    .collect();
+                println!("stages: {}", stages.join("; "));
                 println!(
-                    "build: wall {:.2} s, peak RSS {:.0} MB (VmHWM), site {:.1} MB",
+                    "build: wall {:.2} s, CPU {:.2} s, peak RSS {:.0} MB (VmHWM), site {:.1} MB",
                     started.elapsed().as_secs_f64(),
+                    report::bench::cpu_seconds().unwrap_or(0.0),
                     report::bench::peak_rss_bytes().unwrap_or(0) as f64 / 1e6,
                     report.site_bytes as f64 / 1e6
                 );
             }
             Ok(())
         }
-        Command::GenFixture { out, run_id, records, hostile } => {
+        Command::GenFixture {
+            out,
+            run_id,
+            records,
+            hostile,
+        } => {
             let mut spec = match records {
                 Some(n) => report::fixture::FixtureSpec::with_records(&run_id, n),
                 None => report::fixture::FixtureSpec::small(&run_id),
             };
             spec.hostile = hostile;
             let dir = report::fixture::write_run(&out, &run_id, &spec)?;
-            println!("report: wrote {} records to {}", spec.record_count(), dir.display());
+            println!(
+                "report: wrote {} records to {}",
+                spec.record_count(),
+                dir.display()
+            );
             Ok(())
         }
         Command::Bench { records, keep } => {

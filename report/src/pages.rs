@@ -41,7 +41,14 @@ pub struct NavLink {
 
 impl Layout {
     /// The layout of a page at the site root whose file name is `current`.
-    pub fn new(site_title: &str, page_title: &str, gpus: &[GpuLink], current: &str, simulated: bool, legacy: bool) -> Self {
+    pub fn new(
+        site_title: &str,
+        page_title: &str,
+        gpus: &[GpuLink],
+        current: &str,
+        simulated: bool,
+        legacy: bool,
+    ) -> Self {
         let mut nav = vec![NavLink {
             href: "index.html".into(),
             label: "Overview".into(),
@@ -223,21 +230,37 @@ pub struct Site {
 
 impl Site {
     pub fn layout(&self, page_title: &str, current: &str, simulated: bool, legacy: bool) -> Layout {
-        Layout::new(&self.title, page_title, &self.index.gpus, current, simulated, legacy)
+        Layout::new(
+            &self.title,
+            page_title,
+            &self.index.gpus,
+            current,
+            simulated,
+            legacy,
+        )
     }
 
     pub fn render_index(&self) -> askama::Result<String> {
         let any_sim = self.index.runs.iter().any(|r| r.simulated);
         let any_legacy = self.index.runs.iter().any(|r| r.legacy);
         let layout = self.layout(&self.title, "index.html", any_sim, any_legacy);
-        IndexTemplate { layout: &layout, page: &self.index }.render()
+        IndexTemplate {
+            layout: &layout,
+            page: &self.index,
+        }
+        .render()
     }
 
     pub fn render_gpu(&self, page: &GpuPage) -> askama::Result<String> {
         let sim = page.sections.iter().any(|s| s.simulated);
         let legacy = page.sections.iter().any(|s| s.legacy);
         let layout = self.layout(&format!("GPU {}", page.label), &page.href, sim, legacy);
-        GpuTemplate { layout: &layout, page, charts: page.charts() }.render()
+        GpuTemplate {
+            layout: &layout,
+            page,
+            charts: page.charts(),
+        }
+        .render()
     }
 }
 
@@ -259,17 +282,30 @@ fn ms(v: Option<f64>) -> String {
 pub fn sanitize_label(label: &str) -> String {
     let s: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
-    if s.is_empty() { "gpu".into() } else { s }
+    if s.is_empty() {
+        "gpu".into()
+    } else {
+        s
+    }
 }
 
 /// Masks values of secret-looking flags (`--api-key X`, `--api-key=X`, `*token*`, …).
 pub fn mask_secrets(args: &[String]) -> String {
     let secret = |a: &str| {
         let a = a.to_ascii_lowercase();
-        a.starts_with('-') && ["key", "token", "secret", "password", "auth"].iter().any(|w| a.contains(w))
+        a.starts_with('-')
+            && ["key", "token", "secret", "password", "auth"]
+                .iter()
+                .any(|w| a.contains(w))
     };
     let mut out = Vec::with_capacity(args.len());
     let mut mask_next = false;
@@ -289,7 +325,11 @@ pub fn mask_secrets(args: &[String]) -> String {
 
 fn joined<'a>(items: impl Iterator<Item = &'a str>) -> String {
     let set: BTreeSet<&str> = items.filter(|s| !s.is_empty()).collect();
-    if set.is_empty() { "—".into() } else { set.into_iter().collect::<Vec<_>>().join(", ") }
+    if set.is_empty() {
+        "—".into()
+    } else {
+        set.into_iter().collect::<Vec<_>>().join(", ")
+    }
 }
 
 fn run_meta(run: &Run) -> RunMeta {
@@ -316,16 +356,27 @@ fn run_meta(run: &Run) -> RunMeta {
 fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
     let man: &Manifest = &m.manifest;
     let sim_model = man.backend.sim.as_ref().map(|s| s.model.as_str());
-    let model = joined(man.servers.iter().filter_map(|s| s.model_path.as_deref()).chain(sim_model));
+    let model = joined(
+        man.servers
+            .iter()
+            .filter_map(|s| s.model_path.as_deref())
+            .chain(sim_model),
+    );
     let versions = joined(man.servers.iter().filter_map(|s| s.version.as_deref()));
     let kind = match man.backend.kind {
         turnbench_schema::BackendKind::Sglang => "SGLang",
         turnbench_schema::BackendKind::Openai => "OpenAI-compatible",
         turnbench_schema::BackendKind::Sim => "simulated SGLang engine",
     };
-    let mut engine = format!("{kind} {versions} ({}, {} API)", man.backend.access, man.backend.api);
+    let mut engine = format!(
+        "{kind} {versions} ({}, {} API)",
+        man.backend.access, man.backend.api
+    );
     if let Some(sim) = &man.backend.sim {
-        engine.push_str(&format!("; GPU profile {}, time scale ×{}", sim.gpu_profile, sim.time_scale));
+        engine.push_str(&format!(
+            "; GPU profile {}, time scale ×{}",
+            sim.gpu_profile, sim.time_scale
+        ));
     }
     let launch = joined(
         man.servers
@@ -336,11 +387,17 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
             .map(String::as_str),
     );
     let d = &man.dataset;
-    let hash = d.content_hash.as_deref().map(|h| format!(", sha256 {}", &h[..h.len().min(12)])).unwrap_or_default();
+    let hash = d
+        .content_hash
+        .as_deref()
+        .map(|h| format!(", sha256 {}", &h[..h.len().min(12)]))
+        .unwrap_or_default();
     let gpus = joined(man.gpus.iter().map(|g| g.label.as_str()));
     let mut notes = Vec::new();
     if m.truncated_tail {
-        notes.push("turns.jsonl ended in a torn line (interrupted run); that line was ignored.".into());
+        notes.push(
+            "turns.jsonl ended in a torn line (interrupted run); that line was ignored.".into(),
+        );
     }
     RunMeta {
         id: man.run_id.clone(),
@@ -351,12 +408,19 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         model,
         engine,
         launch_args: launch,
-        dataset: format!("{}: {} ({} trajectories, {} turns{hash})", d.kind, d.source, d.trajectories, d.turns),
+        dataset: format!(
+            "{}: {} ({} trajectories, {} turns{hash})",
+            d.kind, d.source, d.trajectories, d.turns
+        ),
         tool: format!(
             "{} {}{}",
             man.tool.name,
             man.tool.version,
-            man.tool.git_commit.as_deref().map(|c| format!(" ({})", &c[..c.len().min(12)])).unwrap_or_default()
+            man.tool
+                .git_commit
+                .as_deref()
+                .map(|c| format!(" ({})", &c[..c.len().min(12)]))
+                .unwrap_or_default()
         ),
         gpus,
         turns: m.records.len().to_string(),
@@ -386,7 +450,12 @@ pub fn gpu_hrefs(labels: &[String]) -> Vec<String> {
 pub const DEFAULT_TITLE: &str = "turnbench results";
 
 /// Builds every page context. `aggregates[i]` belongs to `runs[i]` (None for legacy runs).
-pub fn site(title: &str, runs: &[Run], aggregates: &[Option<RunAggregate>], skipped: &[Skipped]) -> Site {
+pub fn site(
+    title: &str,
+    runs: &[Run],
+    aggregates: &[Option<RunAggregate>],
+    skipped: &[Skipped],
+) -> Site {
     // GPU labels in first-seen order, with their runs.
     let mut labels: Vec<String> = Vec::new();
     let mut push = |l: &str| {
@@ -414,16 +483,19 @@ pub fn site(title: &str, runs: &[Run], aggregates: &[Option<RunAggregate>], skip
             GpuLink {
                 label: label.clone(),
                 href,
-                simulated: runs.iter().zip(aggregates).any(|(r, a)| on(r, a) && r.simulated()),
-                legacy: runs.iter().zip(aggregates).any(|(r, a)| on(r, a) && matches!(r.data, RunData::Legacy(_))),
+                simulated: runs
+                    .iter()
+                    .zip(aggregates)
+                    .any(|(r, a)| on(r, a) && r.simulated()),
+                legacy: runs
+                    .iter()
+                    .zip(aggregates)
+                    .any(|(r, a)| on(r, a) && matches!(r.data, RunData::Legacy(_))),
             }
         })
         .collect();
 
-    let gpu_pages = gpus
-        .iter()
-        .map(|g| gpu_page(g, runs, aggregates))
-        .collect();
+    let gpu_pages = gpus.iter().map(|g| gpu_page(g, runs, aggregates)).collect();
     Site {
         title: title.to_string(),
         index: index_page(&gpus, runs, aggregates, skipped),
@@ -432,10 +504,17 @@ pub fn site(title: &str, runs: &[Run], aggregates: &[Option<RunAggregate>], skip
 }
 
 fn href_of<'a>(gpus: &'a [GpuLink], label: &str) -> &'a str {
-    gpus.iter().find(|g| g.label == label).map_or("index.html", |g| g.href.as_str())
+    gpus.iter()
+        .find(|g| g.label == label)
+        .map_or("index.html", |g| g.href.as_str())
 }
 
-fn index_page(gpus: &[GpuLink], runs: &[Run], aggregates: &[Option<RunAggregate>], skipped: &[Skipped]) -> IndexPage {
+fn index_page(
+    gpus: &[GpuLink],
+    runs: &[Run],
+    aggregates: &[Option<RunAggregate>],
+    skipped: &[Skipped],
+) -> IndexPage {
     let several_runs = runs.len() > 1;
     let mut best = Vec::new();
     let mut lines = Vec::new();
@@ -445,13 +524,21 @@ fn index_page(gpus: &[GpuLink], runs: &[Run], aggregates: &[Option<RunAggregate>
     let mut baselines = BTreeSet::new();
     let mut speedup_modes = BTreeSet::new();
     for (run, agg) in runs.iter().zip(aggregates) {
-        let suffix = if several_runs { format!(" · {}", run.id()) } else { String::new() };
+        let suffix = if several_runs {
+            format!(" · {}", run.id())
+        } else {
+            String::new()
+        };
         match (&run.data, agg) {
             (RunData::Measured(m), Some(a)) => {
                 for gpu in a.gpus() {
                     let cells: Vec<&CellSummary> = a.cells_of(gpu).map(|c| &c.summary).collect();
-                    if let Some(b) = a.best.iter().find(|b| b.gpu == gpu && b.cache_mode.is_none() && b.criterion == "output_tok_per_s") {
-                        if let Some(c) = cells.iter().find(|c| c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency) {
+                    if let Some(b) = a.best.iter().find(|b| {
+                        b.gpu == gpu && b.cache_mode.is_none() && b.criterion == "output_tok_per_s"
+                    }) {
+                        if let Some(c) = cells.iter().find(|c| {
+                            c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency
+                        }) {
                             best.push(BestRow {
                                 gpu: gpu.to_string(),
                                 href: href_of(gpus, gpu).to_string(),
@@ -467,18 +554,37 @@ fn index_page(gpus: &[GpuLink], runs: &[Run], aggregates: &[Option<RunAggregate>
                         }
                     }
                     for mode in CacheMode::ALL {
-                        let pts: Vec<(u32, f64)> = cells.iter().filter(|c| c.cache_mode == mode).map(|c| (c.concurrency, c.output_tok_per_s)).collect();
+                        let pts: Vec<(u32, f64)> = cells
+                            .iter()
+                            .filter(|c| c.cache_mode == mode)
+                            .map(|c| (c.concurrency, c.output_tok_per_s))
+                            .collect();
                         if !pts.is_empty() {
-                            lines.push(ConcurrencyLine { name: format!("{gpu} · {mode}{suffix}"), points: pts, limit: false });
+                            lines.push(ConcurrencyLine {
+                                name: format!("{gpu} · {mode}{suffix}"),
+                                points: pts,
+                                limit: false,
+                            });
                         }
                     }
                     if let Some(l) = m.manifest.limits.iter().find(|l| l.gpu == gpu) {
-                        limit_lines.push(ConcurrencyLine { name: format!("{gpu} physical limit{suffix}"), points: l.decode_tok_per_s.clone(), limit: true });
+                        limit_lines.push(ConcurrencyLine {
+                            name: format!("{gpu} physical limit{suffix}"),
+                            points: l.decode_tok_per_s.clone(),
+                            limit: true,
+                        });
                     }
                     // Speed-up of each cache mode against the baseline (none if measured, else prefix).
-                    let modes: Vec<CacheMode> = CacheMode::ALL.into_iter().filter(|m| cells.iter().any(|c| c.cache_mode == *m)).collect();
+                    let modes: Vec<CacheMode> = CacheMode::ALL
+                        .into_iter()
+                        .filter(|m| cells.iter().any(|c| c.cache_mode == *m))
+                        .collect();
                     if modes.len() >= 2 {
-                        let base = if modes.contains(&CacheMode::None) { CacheMode::None } else { modes[0] };
+                        let base = if modes.contains(&CacheMode::None) {
+                            CacheMode::None
+                        } else {
+                            modes[0]
+                        };
                         baselines.insert(base.to_string());
                         let mut per_mode: BTreeMap<CacheMode, Vec<(u32, f64)>> = BTreeMap::new();
                         for bc in cells.iter().filter(|c| c.cache_mode == base) {
@@ -493,12 +599,21 @@ fn index_page(gpus: &[GpuLink], runs: &[Run], aggregates: &[Option<RunAggregate>
                             };
                             for mode in &modes {
                                 speedup_modes.insert(mode.to_string());
-                                match cells.iter().find(|c| c.cache_mode == *mode && c.concurrency == bc.concurrency) {
+                                match cells.iter().find(|c| {
+                                    c.cache_mode == *mode && c.concurrency == bc.concurrency
+                                }) {
                                     Some(c) if bc.output_tok_per_s > 0.0 => {
                                         let x = c.output_tok_per_s / bc.output_tok_per_s;
-                                        row.modes.push((mode.to_string(), num(c.output_tok_per_s, 1), format!("×{}", num(x, 2))));
+                                        row.modes.push((
+                                            mode.to_string(),
+                                            num(c.output_tok_per_s, 1),
+                                            format!("×{}", num(x, 2)),
+                                        ));
                                         if *mode != base {
-                                            per_mode.entry(*mode).or_default().push((bc.concurrency, x));
+                                            per_mode
+                                                .entry(*mode)
+                                                .or_default()
+                                                .push((bc.concurrency, x));
                                         }
                                     }
                                     _ => row.modes.push((mode.to_string(), "—".into(), "—".into())),
@@ -535,7 +650,11 @@ fn index_page(gpus: &[GpuLink], runs: &[Run], aggregates: &[Option<RunAggregate>
     let mut charts_out = Vec::new();
     if !lines.is_empty() {
         lines.extend(limit_lines);
-        charts_out.push(charts::throughput_vs_concurrency(&mut ids, "Token throughput vs concurrency, all GPUs", &lines));
+        charts_out.push(charts::throughput_vs_concurrency(
+            &mut ids,
+            "Token throughput vs concurrency, all GPUs",
+            &lines,
+        ));
     }
     if !speedup_bars.is_empty() {
         let base = baselines.into_iter().collect::<Vec<_>>().join("/");
@@ -561,7 +680,11 @@ fn index_page(gpus: &[GpuLink], runs: &[Run], aggregates: &[Option<RunAggregate>
 fn legacy_best(rows: &[LegacyRow]) -> Option<&LegacyRow> {
     rows.iter()
         .filter(|r| r.tok_per_s.is_some())
-        .max_by(|a, b| a.tok_per_s.unwrap_or(0.0).total_cmp(&b.tok_per_s.unwrap_or(0.0)))
+        .max_by(|a, b| {
+            a.tok_per_s
+                .unwrap_or(0.0)
+                .total_cmp(&b.tok_per_s.unwrap_or(0.0))
+        })
 }
 
 fn gpu_page(link: &GpuLink, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> GpuPage {
@@ -579,7 +702,11 @@ fn gpu_page(link: &GpuLink, runs: &[Run], aggregates: &[Option<RunAggregate>]) -
             _ => {}
         }
     }
-    GpuPage { label: link.label.clone(), href: link.href.clone(), sections }
+    GpuPage {
+        label: link.label.clone(),
+        href: link.href.clone(),
+        sections,
+    }
 }
 
 fn seed_row(c: &CellSummary, best: bool) -> SeedRow {
@@ -600,22 +727,46 @@ fn pct3(p: &Percentiles) -> [String; 3] {
     [ms(p.p50), ms(p.p90), ms(p.p99)]
 }
 
-fn measured_section(ids: &mut Ids, n: usize, run: &Run, m: &MeasuredRun, a: &RunAggregate, gpu: &str) -> GpuSection {
+fn measured_section(
+    ids: &mut Ids,
+    n: usize,
+    run: &Run,
+    m: &MeasuredRun,
+    a: &RunAggregate,
+    gpu: &str,
+) -> GpuSection {
     let cells: Vec<&CellSeries> = a.cells_of(gpu).collect();
-    let modes: Vec<CacheMode> = CacheMode::ALL.into_iter().filter(|md| cells.iter().any(|c| c.summary.cache_mode == *md)).collect();
+    let modes: Vec<CacheMode> = CacheMode::ALL
+        .into_iter()
+        .filter(|md| cells.iter().any(|c| c.summary.cache_mode == *md))
+        .collect();
     let mut seed_tables = Vec::new();
     let mut latency_tables = Vec::new();
     let mut charts_out = Vec::new();
     let mut lines = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for mode in &modes {
-        let mc: Vec<&CellSeries> = cells.iter().copied().filter(|c| c.summary.cache_mode == *mode).collect();
-        let best = a.best.iter().find(|b| b.gpu == gpu && b.cache_mode == Some(*mode) && b.criterion == "output_tok_per_s");
+        let mc: Vec<&CellSeries> = cells
+            .iter()
+            .copied()
+            .filter(|c| c.summary.cache_mode == *mode)
+            .collect();
+        let best = a.best.iter().find(|b| {
+            b.gpu == gpu && b.cache_mode == Some(*mode) && b.criterion == "output_tok_per_s"
+        });
         seed_tables.push(SeedTable {
             id: format!("seed-{n}-{mode}"),
             cache_mode: mode.to_string(),
             legacy: false,
-            rows: mc.iter().map(|c| seed_row(&c.summary, best.is_some_and(|b| b.best_concurrency == c.summary.concurrency))).collect(),
+            rows: mc
+                .iter()
+                .map(|c| {
+                    seed_row(
+                        &c.summary,
+                        best.is_some_and(|b| b.best_concurrency == c.summary.concurrency),
+                    )
+                })
+                .collect(),
         });
         latency_tables.push(LatencyTable {
             cache_mode: mode.to_string(),
@@ -625,37 +776,77 @@ fn measured_section(ids: &mut Ids, n: usize, run: &Run, m: &MeasuredRun, a: &Run
                     let s = &c.summary;
                     let mut values = Vec::new();
                     values.extend(pct3(&s.ttft));
-                    values.extend([s.itl_turn_mean.p50, s.itl_turn_mean.p90, s.itl_turn_mean.p99].map(|v| v.map_or_else(|| "—".into(), |v| num(v * 1e3, 2))));
+                    values.extend(
+                        [
+                            s.itl_turn_mean.p50,
+                            s.itl_turn_mean.p90,
+                            s.itl_turn_mean.p99,
+                        ]
+                        .map(|v| v.map_or_else(|| "—".into(), |v| num(v * 1e3, 2))),
+                    );
                     values.extend(pct3(&s.e2e));
                     LatencyRow {
                         concurrency: s.concurrency.to_string(),
                         values,
-                        cache_hit: s.cache_hit_ratio.map_or_else(|| "—".into(), |r| format!("{}%", num(r * 100.0, 1))),
+                        cache_hit: s
+                            .cache_hit_ratio
+                            .map_or_else(|| "—".into(), |r| format!("{}%", num(r * 100.0, 1))),
                     }
                 })
                 .collect(),
         });
         for c in &mc {
             for (k, v) in &c.summary.errors {
-                *errors.entry(format!("{mode} c={}: {k}", c.summary.concurrency)).or_default() += v;
+                *errors
+                    .entry(format!("{mode} c={}: {k}", c.summary.concurrency))
+                    .or_default() += v;
             }
         }
-        lines.push(ConcurrencyLine { name: mode.to_string(), points: mc.iter().map(|c| (c.summary.concurrency, c.summary.output_tok_per_s)).collect(), limit: false });
+        lines.push(ConcurrencyLine {
+            name: mode.to_string(),
+            points: mc
+                .iter()
+                .map(|c| (c.summary.concurrency, c.summary.output_tok_per_s))
+                .collect(),
+            limit: false,
+        });
     }
     if let Some(l) = m.manifest.limits.iter().find(|l| l.gpu == gpu) {
-        lines.push(ConcurrencyLine { name: "physical limit".into(), points: l.decode_tok_per_s.clone(), limit: true });
+        lines.push(ConcurrencyLine {
+            name: "physical limit".into(),
+            points: l.decode_tok_per_s.clone(),
+            limit: true,
+        });
     }
-    charts_out.push(charts::throughput_vs_concurrency(ids, "Token throughput vs concurrency", &lines));
+    charts_out.push(charts::throughput_vs_concurrency(
+        ids,
+        "Token throughput vs concurrency",
+        &lines,
+    ));
     for mode in &modes {
-        let mc: Vec<&CellSeries> = cells.iter().copied().filter(|c| c.summary.cache_mode == *mode).collect();
+        let mc: Vec<&CellSeries> = cells
+            .iter()
+            .copied()
+            .filter(|c| c.summary.cache_mode == *mode)
+            .collect();
         charts_out.push(charts::throughput_over_time(ids, *mode, &mc, false));
         charts_out.push(charts::throughput_over_time(ids, *mode, &mc, true));
         charts_out.push(charts::by_turn_band(ids, *mode, &mc, "TTFT", |t| t.ttft));
-        charts_out.push(charts::by_turn_band(ids, *mode, &mc, "E2E latency", |t| t.e2e));
+        charts_out.push(charts::by_turn_band(ids, *mode, &mc, "E2E latency", |t| {
+            t.e2e
+        }));
         charts_out.push(charts::prompt_vs_cached(ids, *mode, &mc));
         charts_out.push(charts::in_flight(ids, *mode, &mc));
-        charts_out.push(charts::latency_distribution(ids, *mode, &mc, "TTFT", |c| &c.ttft_quantiles));
-        charts_out.push(charts::latency_distribution(ids, *mode, &mc, "E2E latency", |c| &c.e2e_quantiles));
+        charts_out.push(charts::latency_distribution(ids, *mode, &mc, "TTFT", |c| {
+            &c.ttft_quantiles
+        }));
+        charts_out.push(charts::latency_distribution(
+            ids,
+            *mode,
+            &mc,
+            "E2E latency",
+            |c| &c.e2e_quantiles,
+        ));
     }
     for series in a.telemetry.iter().filter(|s| s.gpu == gpu) {
         charts_out.push(charts::telemetry(ids, series));
@@ -666,7 +857,10 @@ fn measured_section(ids: &mut Ids, n: usize, run: &Run, m: &MeasuredRun, a: &Run
         legacy: false,
         seed_tables,
         latency_tables,
-        errors: errors.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+        errors: errors
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect(),
         charts: charts_out,
     }
 }
@@ -689,9 +883,21 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
         })
         .collect();
     let mut charts_out = Vec::new();
-    let pts: Vec<(u32, f64)> = l.rows.iter().filter_map(|r| Some((r.batch_size, r.tok_per_s?))).collect();
+    let pts: Vec<(u32, f64)> = l
+        .rows
+        .iter()
+        .filter_map(|r| Some((r.batch_size, r.tok_per_s?)))
+        .collect();
     if !pts.is_empty() {
-        let mut c = charts::throughput_vs_concurrency(ids, "Legacy: word throughput vs batch size", &[ConcurrencyLine { name: "seed (words/s)".into(), points: pts, limit: false }]);
+        let mut c = charts::throughput_vs_concurrency(
+            ids,
+            "Legacy: word throughput vs batch size",
+            &[ConcurrencyLine {
+                name: "seed (words/s)".into(),
+                points: pts,
+                limit: false,
+            }],
+        );
         c.note = "LEGACY (seed import): throughput counts words, not tokens.".into();
         c.layout["yaxis"]["title"]["text"] = "words/s (legacy)".into();
         c.layout["xaxis"]["title"]["text"] = "batch size".into();
@@ -704,7 +910,12 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
         run_id: l.id.clone(),
         simulated: false,
         legacy: true,
-        seed_tables: vec![SeedTable { id: format!("seed-{n}-legacy"), cache_mode: "seed".into(), legacy: true, rows }],
+        seed_tables: vec![SeedTable {
+            id: format!("seed-{n}-legacy"),
+            cache_mode: "seed".into(),
+            legacy: true,
+            rows,
+        }],
         latency_tables: Vec::new(),
         errors: Vec::new(),
         charts: charts_out,

@@ -30,17 +30,18 @@ pub struct BuildReport {
     pub skipped: Vec<load::Skipped>,
     pub pages: Vec<String>,
     pub site_bytes: u64,
-    /// (stage, seconds, peak RSS in bytes at its end).
-    pub timings: Vec<(&'static str, f64, u64)>,
+    /// Per stage: (name, wall seconds, CPU seconds of all threads, peak RSS in bytes at its end).
+    pub timings: Vec<(&'static str, f64, f64, u64)>,
 }
 
 pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let mut timings = Vec::new();
-    let mut clock = Instant::now();
-    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64, u64)>| {
+    let mut clock = (Instant::now(), crate::bench::cpu_seconds().unwrap_or(0.0));
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64, f64, u64)>| {
         let rss = crate::bench::peak_rss_bytes().unwrap_or(0);
-        timings.push((name, clock.elapsed().as_secs_f64(), rss));
-        clock = Instant::now();
+        let cpu = crate::bench::cpu_seconds().unwrap_or(0.0);
+        timings.push((name, clock.0.elapsed().as_secs_f64(), cpu - clock.1, rss));
+        clock = (Instant::now(), cpu);
     };
     let inputs = if opts.inputs.is_empty() {
         let default = PathBuf::from("results");
@@ -56,8 +57,15 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     skipped.extend(loaded.skipped);
     let runs = loaded.runs;
     if runs.is_empty() {
-        let reasons: Vec<String> = skipped.iter().map(|s| format!("  {}: {}", s.source, s.reason)).collect();
-        bail!("no run could be loaded from {:?}\n{}", inputs, reasons.join("\n"));
+        let reasons: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("  {}: {}", s.source, s.reason))
+            .collect();
+        bail!(
+            "no run could be loaded from {:?}\n{}",
+            inputs,
+            reasons.join("\n")
+        );
     }
     lap("load", &mut timings);
 
@@ -74,7 +82,13 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     lap("contexts", &mut timings);
 
     let staging = staging_dir(&opts.out)?;
-    let pages = write_site(staging.path(), &site, &runs, &aggregates, opts.dump_contexts)?;
+    let pages = write_site(
+        staging.path(),
+        &site,
+        &runs,
+        &aggregates,
+        opts.dump_contexts,
+    )?;
     lap("write", &mut timings);
     let site_bytes = dir_size(staging.path())?;
     replace_dir(staging, &opts.out)?;
@@ -111,16 +125,24 @@ pub fn write_site(
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
     let mut pages = Vec::new();
-    write("index.html", &site.render_index().context("rendering index.html")?)?;
+    write(
+        "index.html",
+        &site.render_index().context("rendering index.html")?,
+    )?;
     pages.push("index.html".to_string());
     if dump_contexts {
         write("index.json", &serde_json::to_string_pretty(&site.index)?)?;
     }
     for page in &site.gpu_pages {
-        let html = site.render_gpu(page).with_context(|| format!("rendering {}", page.href))?;
+        let html = site
+            .render_gpu(page)
+            .with_context(|| format!("rendering {}", page.href))?;
         write(&page.href, &html)?;
         if dump_contexts {
-            write(&page.href.replace(".html", ".json"), &serde_json::to_string_pretty(page)?)?;
+            write(
+                &page.href.replace(".html", ".json"),
+                &serde_json::to_string_pretty(page)?,
+            )?;
         }
         pages.push(page.href.clone());
     }
@@ -137,12 +159,20 @@ pub fn write_site(
             RunData::Legacy(_) => None,
         })
         .collect();
-    let layout = site.layout("Viewer", pages::VIEWER_HREF, records.iter().any(|r| r.simulated), false);
+    let layout = site.layout(
+        "Viewer",
+        pages::VIEWER_HREF,
+        records.iter().any(|r| r.simulated),
+        false,
+    );
     // The CSV export and the viewer's data are the two big writes: do them side by side.
     std::thread::scope(|scope| {
         let csv = scope.spawn(|| data::write(dir, runs, aggregates));
-        let viewer = viewer::write_with_layout(dir, &layout, &records).context("writing the viewer");
-        let csv = csv.join().map_err(|_| anyhow::anyhow!("the CSV writer panicked"))?;
+        let viewer =
+            viewer::write_with_layout(dir, &layout, &records).context("writing the viewer");
+        let csv = csv
+            .join()
+            .map_err(|_| anyhow::anyhow!("the CSV writer panicked"))?;
         viewer.and(csv)
     })?;
     Ok(pages)
@@ -171,7 +201,8 @@ fn replace_dir(staging: tempfile::TempDir, out: &Path) -> anyhow::Result<()> {
         if !empty && !out.join(".nojekyll").is_file() {
             bail!("{} exists and is not a site written by `report build` (no .nojekyll); refusing to replace it", out.display());
         }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing the old site {}", out.display()))?;
+        std::fs::remove_dir_all(out)
+            .with_context(|| format!("removing the old site {}", out.display()))?;
     }
     let path = staging.keep();
     #[cfg(unix)]
@@ -180,7 +211,8 @@ fn replace_dir(staging: tempfile::TempDir, out: &Path) -> anyhow::Result<()> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("setting permissions of {}", path.display()))?;
     }
-    std::fs::rename(&path, out).with_context(|| format!("moving {} to {}", path.display(), out.display()))?;
+    std::fs::rename(&path, out)
+        .with_context(|| format!("moving {} to {}", path.display(), out.display()))?;
     Ok(())
 }
 
@@ -189,7 +221,11 @@ pub fn dir_size(dir: &Path) -> anyhow::Result<u64> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
         let meta = entry.metadata()?;
-        total += if meta.is_dir() { dir_size(&entry.path())? } else { meta.len() };
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
     }
     Ok(total)
 }

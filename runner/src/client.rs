@@ -82,6 +82,8 @@ pub struct Timing {
     pub first: Option<Instant>,
     /// Content chunks after the first that added tokens: (arrival, tokens added).
     pub chunks: Vec<(Instant, u64)>,
+    /// The last data chunk (before `[DONE]`).
+    pub last_data: Option<Instant>,
     pub end: Instant,
 }
 
@@ -91,6 +93,7 @@ impl Timing {
             send,
             first: None,
             chunks: Vec::new(),
+            last_data: None,
             end: send,
         }
     }
@@ -135,6 +138,9 @@ pub struct Outcome {
     /// The server's own end-to-end latency (`meta_info.e2e_latency`, native API), seconds of
     /// engine time; used to check the client's timing accuracy.
     pub server_e2e: Option<f64>,
+    /// `meta_info.response_sent_to_client_ts` (Unix seconds) of the first content chunk and of
+    /// the last chunk (native API): when the server handed them to the connection.
+    pub server_sent: Option<(f64, f64)>,
 }
 
 /// A connection to one server.
@@ -395,6 +401,7 @@ impl Client {
                 st.error.get_or_insert(format!("server error: {msg}"));
                 continue;
             }
+            st.timing.last_data = Some(now);
             let r = match api {
                 Api::Native => st.native_chunk(&v, now),
                 Api::Openai => st.openai_chunk(&v, now),
@@ -422,6 +429,7 @@ struct StreamState {
     finish_reason: Option<String>,
     error: Option<String>,
     server_e2e: Option<f64>,
+    server_sent: Option<(f64, f64)>,
     done: bool,
     saw_usage_per_chunk: bool,
 }
@@ -440,6 +448,7 @@ impl StreamState {
             finish_reason: None,
             error: None,
             server_e2e: None,
+            server_sent: None,
             done: false,
             saw_usage_per_chunk: false,
         }
@@ -493,6 +502,13 @@ impl StreamState {
         }
         if let Some(e) = meta.get("e2e_latency").and_then(Value::as_f64) {
             self.server_e2e = Some(e);
+        }
+        if let Some(ts) = meta
+            .get("response_sent_to_client_ts")
+            .and_then(Value::as_f64)
+        {
+            let first = self.server_sent.map_or(ts, |s| s.0);
+            self.server_sent = Some((first, ts));
         }
         if let Some(fr) = meta.get("finish_reason").filter(|f| !f.is_null()) {
             let kind = fr.get("type").and_then(Value::as_str).unwrap_or("unknown");
@@ -576,6 +592,7 @@ impl StreamState {
             finish_reason: self.finish_reason,
             error: self.error,
             server_e2e: self.server_e2e,
+            server_sent: self.server_sent,
         }
     }
 }
@@ -644,6 +661,7 @@ mod tests {
             send: t0,
             first: Some(ms(100)),
             chunks: vec![(ms(110), 1), (ms(140), 3)],
+            last_data: Some(ms(140)),
             end: ms(150),
         };
         let itl = t.itl();

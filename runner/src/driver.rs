@@ -196,6 +196,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
             send: at,
             first: None,
             chunks: vec![],
+            last_data: None,
             end: Instant::now(),
         },
         text: String::new(),
@@ -206,6 +207,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
         finish_reason: None,
         error: Some(error),
         server_e2e: None,
+        server_sent: None,
     }
 }
 

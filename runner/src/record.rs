@@ -30,6 +30,8 @@ pub struct Recorder {
     simulated: bool,
     turns: Mutex<(File, Vec<TurnRecord>)>,
     telemetry: Mutex<File>,
+    /// GPUs finish cells concurrently: one summary write at a time (they share the temp file).
+    summary_write: Mutex<()>,
 }
 
 fn append_file(path: &Path) -> anyhow::Result<File> {
@@ -56,6 +58,7 @@ impl Recorder {
             simulated,
             turns: Mutex::new((append_file(&dir.join(files::TURNS))?, existing)),
             telemetry: Mutex::new(append_file(&dir.join(files::TELEMETRY))?),
+            summary_write: Mutex::new(()),
         })
     }
 
@@ -98,6 +101,7 @@ impl Recorder {
 
     /// Rewrite `summary.json` atomically.
     pub fn write_summary(&self) -> anyhow::Result<Summary> {
+        let _one_at_a_time = self.summary_write.lock().unwrap_or_else(|e| e.into_inner());
         let s = self.summary();
         write_json_atomic(&self.dir.join(files::SUMMARY), &s)?;
         Ok(s)

@@ -47,7 +47,7 @@ pub fn main(args: SweepArgs) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,runner=info,runner::sim=warn".into()),
+                .unwrap_or_else(|_| "warn,runner=info,runner::sim=error".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -347,6 +347,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     } = r;
     let gpu = server.gpu.clone();
     let mut warned_none = false;
+    let mut warned_lag = false;
     for (cell, todo) in cells {
         if todo.is_empty() {
             continue;
@@ -407,6 +408,23 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         });
         run_cell(ctx, todo).await?;
         let summary = recorder.write_summary()?;
+        if let Ok(info) = Client::new(&server.url, api_key.clone())
+            .get_json("/get_server_info", Duration::from_secs(10))
+            .await
+        {
+            let lag = info
+                .pointer("/sim/engine_lag_seconds")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            if lag > 0.0 && !warned_lag {
+                warned_lag = true;
+                tracing::warn!(
+                    "GPU {gpu}: the simulated engine fell {lag:.3} s (engine time) behind wall time \
+                     × scale: the CPU cannot keep up, so client-side times include that delay; \
+                     lower sim_time_scale or use a release build"
+                );
+            }
+        }
         if !radix {
             if let Some(c) = summary.cells.iter().find(|c| {
                 c.gpu == cell.gpu
@@ -587,7 +605,9 @@ fn git_commit() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Token counts of every recorded answer, from the server's `/v1/tokenize`.
+/// Token counts of every recorded answer, as the server's tokenizer counts them: each text is
+/// sent once to `/generate` with `max_new_tokens: 0` (prefill only, SGLang's pre-cache call)
+/// and `meta_info.prompt_tokens` is read back. Caches are flushed before every cell anyway.
 async fn recorded_lengths(
     url: &str,
     api_key: Option<String>,
@@ -603,8 +623,11 @@ async fn recorded_lengths(
                 continue;
             };
             let mut req = http
-                .post(format!("{url}/v1/tokenize"))
-                .json(&serde_json::json!({"prompt": text, "add_special_tokens": false}));
+                .post(format!("{url}/generate"))
+                .json(&serde_json::json!({
+                    "text": text,
+                    "sampling_params": {"max_new_tokens": 0},
+                }));
             if let Some(k) = &api_key {
                 req = req.bearer_auth(k);
             }
@@ -612,18 +635,13 @@ async fn recorded_lengths(
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
-                .context("plan key `output_len`: recorded needs the server's /v1/tokenize")?
+                .context("plan key `output_len`: counting the recorded answers' tokens")?
                 .json()
                 .await?;
             let n = v
-                .get("count")
+                .pointer("/meta_info/prompt_tokens")
                 .and_then(Value::as_u64)
-                .or_else(|| {
-                    v.get("tokens")
-                        .and_then(Value::as_array)
-                        .map(|a| a.len() as u64)
-                })
-                .context("/v1/tokenize: no count in the answer")?;
+                .context("output_len: /generate answered without meta_info.prompt_tokens")?;
             lens.push(Some(n as u32));
         }
         out.push(lens);

@@ -233,10 +233,7 @@ impl Table {
             Dim::Run => self.cell(i).run,
             Dim::CacheMode => cache_mode_code(self.cell(i).cache_mode),
             Dim::FinishReason => self.column(Field::FinishReason).code(i),
-            Dim::TimeBucket => {
-                let t = self.column(Field::TSend).value(i).unwrap_or(0.0);
-                (t / BUCKET_S).floor().clamp(0.0, u32::MAX as f64) as u32
-            }
+            Dim::TimeBucket => bucket(self.column(Field::TSend).value(i).unwrap_or(0.0)),
         }
     }
 
@@ -288,10 +285,7 @@ impl Table {
                 .iter()
                 .position(|s| s == raw)
                 .map(|i| i as u32 + 1),
-            Dim::TimeBucket => {
-                let t: f64 = raw.parse().ok()?;
-                Some((t / BUCKET_S).floor().clamp(0.0, u32::MAX as f64) as u32)
-            }
+            Dim::TimeBucket => Some(bucket(raw.parse().ok()?)),
         }
     }
 
@@ -328,7 +322,7 @@ impl Table {
             Dim::Gpu => by_cell(|c| c.gpu, &mut out),
             Dim::Run => by_cell(|c| c.run, &mut out),
             Dim::CacheMode => by_cell(|c| cache_mode_code(c.cache_mode), &mut out),
-            Dim::TimeBucket => out.extend((0..self.rows()).map(|i| self.key(dim, i))),
+            Dim::TimeBucket => self.column(Field::TSend).values(|t| out.push(bucket(t))),
         }
         out
     }
@@ -555,6 +549,14 @@ impl Table {
             error: dict(Field::Error, &m.errors),
         }
     }
+}
+
+/// The 10 s bucket of a `t_send` (NaN and negative times fall in the first).
+fn bucket(t_send: f64) -> u32 {
+    if t_send.is_nan() {
+        return 0;
+    }
+    (t_send / BUCKET_S).floor().clamp(0.0, u32::MAX as f64) as u32
 }
 
 fn cache_mode_code(m: CacheMode) -> u32 {

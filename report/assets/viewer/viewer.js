@@ -195,24 +195,27 @@
     var numeric = NUMERIC_DIMS[view.group] === 1;
     var xOf = function (r) { return numeric ? Number(r.group) : plotlyText(r.group_label); };
     var traces = [];
-    seriesOf(view).forEach(function (s) {
+    // plotly's default colours, so a series' box and its median marker share one.
+    var palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+    seriesOf(view).forEach(function (s, si) {
+      var color = palette[si % palette.length];
       var custom = s.rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; });
       var name = plotlyText(s.label);
       if (view.chart === "box") {
         var rows = s.rows.filter(function (r) { return r.dist; });
         traces.push({
-          type: "bar", name: name + " (p25–p75)", legendgroup: name,
+          type: "bar", name: name + " (p25–p75)", legendgroup: name, offsetgroup: s.key,
           x: rows.map(xOf), base: rows.map(function (r) { return r.dist.q1; }),
           y: rows.map(function (r) { return r.dist.q3 - r.dist.q1; }),
           customdata: rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; }),
-          opacity: 0.5
+          marker: { color: color }, opacity: 0.5
         });
         traces.push({
-          type: "scatter", mode: "markers", name: name + " (median, min–max)", legendgroup: name,
-          x: rows.map(xOf), y: rows.map(function (r) { return r.dist.median; }),
+          type: "scatter", mode: "markers", name: name + " (median, min–max)", legendgroup: name, offsetgroup: s.key,
+          x: rows.map(xOf), y: rows.map(function (r) { return r.dist.median; }), marker: { color: color },
           error_y: { type: "data", symmetric: false,
             array: rows.map(function (r) { return r.dist.max - r.dist.median; }),
-            arrayminus: rows.map(function (r) { return r.dist.median - r.dist.min; }) },
+            arrayminus: rows.map(function (r) { return r.dist.median - r.dist.min; }), color: color },
           customdata: rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; })
         });
       } else {
@@ -220,13 +223,15 @@
           type: view.chart === "bar" ? "bar" : "scatter",
           mode: "lines+markers", name: name,
           x: s.rows.map(xOf), y: s.rows.map(function (r) { return r.value; }),
+          marker: { color: color }, line: { color: color },
           customdata: custom
         });
       }
     });
     var layout = {
       margin: { t: 30, r: 20, b: 50, l: 70 },
-      barmode: view.chart === "box" ? "overlay" : "group",
+      barmode: "group",
+      scattermode: "group",
       xaxis: { title: { text: plotlyText(view.group_label) }, type: numeric ? "linear" : "category" },
       yaxis: { title: { text: plotlyText(view.chart === "box" ? view.metric_label : view.agg + " of " + view.metric_label) } },
       showlegend: traces.length > 1,

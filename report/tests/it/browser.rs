@@ -43,8 +43,16 @@ struct ChromeCommand {
 }
 
 impl WebDriverCompatibleCommand for ChromeCommand {
-    fn endpoint(&self, base_url: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/{}", session_id.unwrap_or_default(), self.path))
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
+        ))
     }
 
     fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
@@ -75,7 +83,9 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("starting {driver_bin} (install chromium-driver; .ci/run does)"))?;
+            .with_context(|| {
+                format!("starting {driver_bin} (install chromium-driver; .ci/run does)")
+            })?;
         let profile = tempfile::tempdir()?;
         let caps = json!({
             "browserName": "chrome",
@@ -91,12 +101,18 @@ impl Browser {
                 ],
             },
         });
-        let Value::Object(caps) = caps else { unreachable!() };
+        let Value::Object(caps) = caps else {
+            unreachable!()
+        };
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
                 Ok(c) => break c,
                 Err(e) if Instant::now() < deadline => {
                     if let Some(status) = driver.try_wait()? {
@@ -118,7 +134,11 @@ impl Browser {
             })
             .await
             .context("installing the console-error hook")?;
-        Ok(Browser { client, driver, _profile: profile })
+        Ok(Browser {
+            client,
+            driver,
+            _profile: profile,
+        })
     }
 
     #[allow(dead_code)] // for tests that drive the page (the viewer's)
@@ -128,9 +148,15 @@ impl Browser {
 
     /// Opens a local file as `file:///…` and waits for the load event.
     pub async fn open(&self, path: &Path) -> anyhow::Result<()> {
-        let abs = path.canonicalize().with_context(|| format!("{}", path.display()))?;
-        let url = url::Url::from_file_path(&abs).map_err(|()| anyhow::anyhow!("not a file path: {}", abs.display()))?;
-        self.client.goto(url.as_str()).await.with_context(|| format!("opening {url}"))?;
+        let abs = path
+            .canonicalize()
+            .with_context(|| format!("{}", path.display()))?;
+        let url = url::Url::from_file_path(&abs)
+            .map_err(|()| anyhow::anyhow!("not a file path: {}", abs.display()))?;
+        self.client
+            .goto(url.as_str())
+            .await
+            .with_context(|| format!("opening {url}"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.eval::<String>("return document.readyState").await? != "complete" {
             if Instant::now() > deadline {
@@ -143,22 +169,34 @@ impl Browser {
 
     /// Runs `js` (a function body; use `return`) and decodes its result.
     pub async fn eval<T: serde::de::DeserializeOwned>(&self, js: &str) -> anyhow::Result<T> {
-        let v = self.client.execute(js, vec![]).await.with_context(|| format!("executing {js}"))?;
+        let v = self
+            .client
+            .execute(js, vec![])
+            .await
+            .with_context(|| format!("executing {js}"))?;
         serde_json::from_value(v).with_context(|| format!("decoding the result of {js}"))
     }
 
     /// Errors the current page reported so far (hook) plus SEVERE browser-log entries since the
     /// last call.
     pub async fn errors(&self) -> anyhow::Result<Vec<String>> {
-        let mut errors: Vec<String> = self.eval("return window.__tbErrors ? window.__tbErrors.slice() : ['error hook missing']").await?;
+        let mut errors: Vec<String> = self
+            .eval("return window.__tbErrors ? window.__tbErrors.slice() : ['error hook missing']")
+            .await?;
         let log = self
             .client
-            .issue_cmd(ChromeCommand { path: "se/log", body: json!({"type": "browser"}) })
+            .issue_cmd(ChromeCommand {
+                path: "se/log",
+                body: json!({"type": "browser"}),
+            })
             .await
             .context("reading the browser log")?;
         for entry in log.as_array().into_iter().flatten() {
             if entry["level"] == "SEVERE" {
-                errors.push(format!("browser log: {}", entry["message"].as_str().unwrap_or_default()));
+                errors.push(format!(
+                    "browser log: {}",
+                    entry["message"].as_str().unwrap_or_default()
+                ));
             }
         }
         Ok(errors)

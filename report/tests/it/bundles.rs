@@ -49,12 +49,18 @@ fn a_bundle_builds_the_same_tables_as_its_directory() {
 fn bundles_with_unsafe_paths_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "r1", &tiny_spec("r1"));
-    for (name, raw) in [("dotdot", &b"run/../../evil.txt"[..]), ("absolute", &b"/tmp/evil.txt"[..])] {
+    for (name, raw) in [
+        ("dotdot", &b"run/../../evil.txt"[..]),
+        ("absolute", &b"/tmp/evil.txt"[..]),
+    ] {
         let bundle = tmp.path().join(format!("{name}.tar.gz"));
         bundle_with_entry(&bundle, raw, &run);
         let err = report::load::load_bundle(&bundle).unwrap_err().to_string();
         assert!(err.contains("rejected bundle"), "{name}: {err}");
-        assert!(err.contains(&format!("{name}.tar.gz")), "{name}: error names the bundle: {err}");
+        assert!(
+            err.contains(&format!("{name}.tar.gz")),
+            "{name}: error names the bundle: {err}"
+        );
         // In a build, the bundle is skipped with the reason; the good run still makes a site.
         let out = tmp.path().join(format!("site-{name}"));
         let report = build(&[run.clone(), bundle], &out, None);

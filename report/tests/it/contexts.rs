@@ -11,7 +11,10 @@ fn tiny_site() -> (pages::Site, std::path::PathBuf, tempfile::TempDir) {
     let dir = write_run(tmp.path(), "tiny", &tiny_spec("tiny"));
     let measured = load::load_dir(&dir).unwrap();
     let agg = aggregate::aggregate(&measured);
-    let runs = vec![Run { source: "fixtures/tiny".into(), data: RunData::Measured(measured) }];
+    let runs = vec![Run {
+        source: "fixtures/tiny".into(),
+        data: RunData::Measured(Box::new(measured)),
+    }];
     let site = pages::site("turnbench test", &runs, &[Some(agg)], &[]);
     (site, dir, tmp)
 }
@@ -22,14 +25,21 @@ fn gpu_page_tables() {
     assert_eq!(site.gpu_pages.len(), 1);
     let page = &site.gpu_pages[0];
     let section = &page.sections[0];
-    insta::assert_json_snapshot!("gpu_tables", (&section.seed_tables, &section.latency_tables));
+    insta::assert_json_snapshot!(
+        "gpu_tables",
+        (&section.seed_tables, &section.latency_tables)
+    );
 
     // Every seed-table number equals the independent recomputation.
     let expected = recompute_seed(&dir.join("turns.jsonl"));
     let mut checked = 0;
     for table in &section.seed_tables {
         for row in &table.rows {
-            let key = ("h100".to_string(), table.cache_mode.clone(), row.concurrency.parse().unwrap());
+            let key = (
+                "h100".to_string(),
+                table.cache_mode.clone(),
+                row.concurrency.parse().unwrap(),
+            );
             let e = &expected[&key];
             assert_shown(&row.total_time, e.total_time, "total time");
             assert_shown(&row.avg_traj, e.avg_traj, "avg/traj");
@@ -42,7 +52,11 @@ fn gpu_page_tables() {
         // Exactly one best row: the highest token throughput of the table.
         let best: Vec<_> = table.rows.iter().filter(|r| r.best).collect();
         assert_eq!(best.len(), 1);
-        let max = table.rows.iter().map(|r| r.tok_s.parse::<f64>().unwrap()).fold(0.0, f64::max);
+        let max = table
+            .rows
+            .iter()
+            .map(|r| r.tok_s.parse::<f64>().unwrap())
+            .fold(0.0, f64::max);
         assert_eq!(best[0].tok_s.parse::<f64>().unwrap(), max);
     }
     assert_eq!(checked, 4);
@@ -65,7 +79,10 @@ fn chart_specs() {
     // Throughput vs concurrency: one line per cache mode plus the dashed physical limit.
     insta::assert_json_snapshot!("chart_throughput_vs_concurrency", charts[0]);
     // TTFT by turn index, prefix: p10 / p90 band + p50 line per concurrency.
-    let ttft = charts.iter().find(|c| c.title == "TTFT by turn index (prefix)").unwrap();
+    let ttft = charts
+        .iter()
+        .find(|c| c.title == "TTFT by turn index (prefix)")
+        .unwrap();
     insta::assert_json_snapshot!("chart_ttft_by_turn_prefix", ttft);
     assert_eq!(ttft.data.len(), 3 * 2);
     // Index: cross-GPU throughput and cache-mode speed-up.

@@ -15,26 +15,56 @@ fn builds_every_page_with_relative_links_and_no_secrets() {
     let site = tmp.path().join("site");
     let report = build(&[run], &site, None);
     assert_eq!(report.runs, 1);
-    assert_eq!(report.pages, ["index.html", "gpu-a100.html", "gpu-h100.html"]);
-    for f in [".nojekyll", "data/turns.csv", "data/summary.csv", "assets/plotly-basic.min.js.LICENSE"] {
+    assert_eq!(
+        report.pages,
+        ["index.html", "gpu-a100.html", "gpu-h100.html"]
+    );
+    for f in [
+        ".nojekyll",
+        "data/turns.csv",
+        "data/summary.csv",
+        "assets/plotly-basic.min.js.LICENSE",
+    ] {
         assert!(site.join(f).is_file(), "{f} missing");
     }
     let turns_csv = read(&site.join("data/turns.csv"));
-    assert_eq!(turns_csv.lines().count() as u64, 1 + FixtureSpec::small("x").record_count());
+    assert_eq!(
+        turns_csv.lines().count() as u64,
+        1 + FixtureSpec::small("x").record_count()
+    );
     let summary_csv = read(&site.join("data/summary.csv"));
-    assert_eq!(summary_csv.lines().count(), 1 + 2 * 2 * 3, "one row per cell");
+    assert_eq!(
+        summary_csv.lines().count(),
+        1 + 2 * 2 * 3,
+        "one row per cell"
+    );
 
     for page in &report.pages {
         let html = read(&site.join(page));
-        assert!(html.contains("href=\"viewer.html\""), "{page}: no viewer link");
-        assert!(!html.contains("sk-fixture-secret"), "{page}: API key leaked");
-        assert!(html.contains("class=\"badge simulated\""), "{page}: no simulated badge");
-        assert!(html.contains("id=\"simulated-banner\""), "{page}: no simulated banner");
+        assert!(
+            html.contains("href=\"viewer.html\""),
+            "{page}: no viewer link"
+        );
+        assert!(
+            !html.contains("sk-fixture-secret"),
+            "{page}: API key leaked"
+        );
+        assert!(
+            html.contains("class=\"badge simulated\""),
+            "{page}: no simulated badge"
+        );
+        assert!(
+            html.contains("id=\"simulated-banner\""),
+            "{page}: no simulated banner"
+        );
         // Every src/href is relative and points at a file of the site (or a page of it).
         for attr in ["src=\"", "href=\""] {
             for part in html.split(attr).skip(1) {
                 let target = &part[..part.find('"').unwrap()];
-                assert!(!target.contains("://") && !target.starts_with('/'), "{page}: absolute link {target}");
+                assert!(
+                    !target.contains("://") && !target.starts_with('/'),
+                    "{page}: absolute link {target}"
+                );
                 if target != "viewer.html" && !target.starts_with('#') {
                     assert!(site.join(target).is_file(), "{page}: broken link {target}");
                 }
@@ -58,7 +88,14 @@ fn hostile_strings_render_as_text() {
     assert_eq!(report.pages, ["index.html", "gpu-h100__script__i_x.html"]);
     for page in &report.pages {
         let html = read(&site.join(page));
-        for raw in [HOSTILE_MODEL, HOSTILE_DATASET, HOSTILE_RUN_ID, "</script><i>", "<script>alert", "<img src=x"] {
+        for raw in [
+            HOSTILE_MODEL,
+            HOSTILE_DATASET,
+            HOSTILE_RUN_ID,
+            "</script><i>",
+            "<script>alert",
+            "<img src=x",
+        ] {
             assert!(!html.contains(raw), "{page} contains raw {raw:?}");
         }
         // Exactly the page's own three script tags, each closed once.
@@ -66,7 +103,11 @@ fn hostile_strings_render_as_text() {
         assert_eq!(html.matches("</script>").count(), 3, "{page}");
     }
     let index = read(&site.join("index.html"));
-    assert!(index.contains("run&#60;/script&#62;&#60;b&#62;&#34;bold&#34;&#60;/b&#62;&#38;&#39;") || index.contains("run&lt;/script&gt;"), "run id not escaped as text");
+    assert!(
+        index.contains("run&#60;/script&#62;&#60;b&#62;&#34;bold&#34;&#60;/b&#62;&#38;&#39;")
+            || index.contains("run&lt;/script&gt;"),
+        "run id not escaped as text"
+    );
 }
 
 #[test]
@@ -84,7 +125,10 @@ fn one_bad_run_is_skipped_and_listed() {
     assert_eq!(report.runs, 1);
     assert_eq!(report.skipped.len(), 1);
     let reason = &report.skipped[0].reason;
-    assert!(reason.contains("turns.jsonl:2:"), "reason names file and line: {reason}");
+    assert!(
+        reason.contains("turns.jsonl:2:"),
+        "reason names file and line: {reason}"
+    );
     let index = read(&site.join("index.html"));
     assert!(index.contains("id=\"skipped\""));
     assert!(index.contains("turns.jsonl:2:"));
@@ -109,7 +153,7 @@ fn refuses_to_replace_a_folder_that_is_not_a_site() {
     assert_eq!(read(&out.join("notes.txt")), "keep me");
     // A previous site is replaced.
     let site = tmp.path().join("site");
-    build(&[run.clone()], &site, None);
+    build(std::slice::from_ref(&run), &site, None);
     std::fs::write(site.join("stale.html"), "old").unwrap();
     build(&[run], &site, None);
     assert!(!site.join("stale.html").exists());
@@ -120,7 +164,11 @@ fn archive_is_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "r", &tiny_spec("r"));
     let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
-    build(&[run.clone()], &tmp.path().join("site-a"), Some(&a));
+    build(
+        std::slice::from_ref(&run),
+        &tmp.path().join("site-a"),
+        Some(&a),
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     build(&[run], &tmp.path().join("site-b"), Some(&b));
     let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());

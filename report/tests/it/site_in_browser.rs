@@ -8,7 +8,11 @@ use report::fixture::{FixtureSpec, HOSTILE_MODEL, HOSTILE_RUN_ID};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_renders_from_file_urls() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = write_run(tmp.path(), "browser-run", &FixtureSpec::small("browser-run"));
+    let run = write_run(
+        tmp.path(),
+        "browser-run",
+        &FixtureSpec::small("browser-run"),
+    );
     let mut hostile = FixtureSpec::small(HOSTILE_RUN_ID);
     hostile.hostile = true;
     hostile.gpus = vec!["l4".into()];
@@ -35,7 +39,12 @@ async fn site_renders_from_file_urls() {
             .await
             .unwrap();
         assert!(containers > 0, "{page}: no chart");
-        assert_eq!(rendered, containers, "{page}: {} of {containers} charts hold no plotted trace", containers - rendered);
+        assert_eq!(
+            rendered,
+            containers,
+            "{page}: {} of {containers} charts hold no plotted trace",
+            containers - rendered
+        );
         let (sim, legacy) = browser
             .eval::<(bool, bool)>("return [document.getElementById('simulated-banner') !== null, document.getElementById('legacy-banner') !== null]")
             .await
@@ -43,10 +52,16 @@ async fn site_renders_from_file_urls() {
         // Only the seed's GPU page shows no simulated run; it carries the legacy label instead.
         let legacy_page = page == "gpu-gpu1.html";
         assert_eq!(sim, !legacy_page, "{page}: simulated banner");
-        assert_eq!(legacy, legacy_page || page == "index.html", "{page}: legacy banner");
+        assert_eq!(
+            legacy,
+            legacy_page || page == "index.html",
+            "{page}: legacy banner"
+        );
 
         // Seed tables of the measured run, read back from the DOM.
-        let rows: Vec<(String, String, Vec<(String, String)>)> = browser
+        // (cache mode, row class, [(column, text)]) per table row.
+        type Row = (String, String, Vec<(String, String)>);
+        let rows: Vec<Row> = browser
             .eval(
                 "var out = [];
                  document.querySelectorAll('table.seed[data-run=\"browser-run\"]').forEach(function (t) {
@@ -74,7 +89,11 @@ async fn site_renders_from_file_urls() {
             tables_checked += 1;
         }
     }
-    assert_eq!(tables_checked, 2 * 2 * 3, "every cell of the measured run was compared");
+    assert_eq!(
+        tables_checked,
+        2 * 2 * 3,
+        "every cell of the measured run was compared"
+    );
 
     // Hostile strings are text: the index shows them verbatim and ran no injected script.
     browser.open(&site.join("index.html")).await.unwrap();
@@ -82,9 +101,15 @@ async fn site_renders_from_file_urls() {
         .eval("return Array.prototype.map.call(document.querySelectorAll('section.run h3, dl.meta dd'), function (e) { return e.textContent; })")
         .await
         .unwrap();
-    assert!(texts.iter().any(|t| t.starts_with(HOSTILE_RUN_ID)), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with(HOSTILE_RUN_ID)),
+        "{texts:?}"
+    );
     assert!(texts.iter().any(|t| t.contains(HOSTILE_MODEL)), "{texts:?}");
-    let injected = browser.eval::<usize>("return document.querySelectorAll('b, i, img').length").await.unwrap();
+    let injected = browser
+        .eval::<usize>("return document.querySelectorAll('b, i, img').length")
+        .await
+        .unwrap();
     assert_eq!(injected, 0, "hostile markup became elements");
     assert!(browser.errors().await.unwrap().is_empty());
     browser.close().await.unwrap();

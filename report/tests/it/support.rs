@@ -78,7 +78,10 @@ pub fn recompute_seed(turns: &Path) -> BTreeMap<(String, String, u32), SeedNumbe
             acc.tokens += c;
             acc.counted += 1;
         }
-        let t = acc.trajs.entry(v["traj"].as_u64().unwrap()).or_insert((send, end, true));
+        let t = acc
+            .trajs
+            .entry(v["traj"].as_u64().unwrap())
+            .or_insert((send, end, true));
         t.0 = t.0.min(send);
         t.1 = t.1.max(end);
         t.2 &= v["error"].is_null();
@@ -103,8 +106,13 @@ pub fn recompute_seed(turns: &Path) -> BTreeMap<(String, String, u32), SeedNumbe
 
 /// `shown` (a table cell, possibly with a ★) equals `expected` to the shown precision.
 pub fn assert_shown(shown: &str, expected: f64, what: &str) {
-    let text: String = shown.chars().filter(|c| c.is_ascii_digit() || *c == '.' || *c == '-').collect();
-    let value: f64 = text.parse().unwrap_or_else(|_| panic!("{what}: {shown:?} is not a number"));
+    let text: String = shown
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
+        .collect();
+    let value: f64 = text
+        .parse()
+        .unwrap_or_else(|_| panic!("{what}: {shown:?} is not a number"));
     let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
     let tolerance = 0.5 * 10f64.powi(-(decimals as i32)) + 1e-9;
     assert!(

@@ -33,6 +33,11 @@ const READ_TABLE: &str = "var out = [];
   });
   return out;";
 
+/// One expected row: group, series, value, records used, records skipped.
+type Expected = (String, Option<String>, Option<f64>, u64, u64);
+/// Values and skipped count of one (group, series).
+type Groups = std::collections::BTreeMap<(String, Option<String>), (Vec<f64>, u64)>;
+
 /// A record field as the viewer stores it: times as f32.
 fn f32r(x: f64) -> f64 {
     x as f32 as f64
@@ -73,9 +78,8 @@ fn expected(
     series: Option<&dyn Fn(&Value) -> String>,
     metric_name: &str,
     agg: &str,
-) -> Vec<(String, Option<String>, Option<f64>, u64, u64)> {
-    let mut groups: std::collections::BTreeMap<(String, Option<String>), (Vec<f64>, u64)> =
-        Default::default();
+) -> Vec<Expected> {
+    let mut groups: Groups = Default::default();
     for v in lines.iter().filter(|v| keep(v)) {
         let e = groups.entry((group(v), series.map(|s| s(v)))).or_default();
         match (v["error"].is_null(), metric(v, metric_name)) {
@@ -91,11 +95,7 @@ fn expected(
         .collect()
 }
 
-fn assert_table(
-    hash: &str,
-    got: &[TableRow],
-    want: &[(String, Option<String>, Option<f64>, u64, u64)],
-) {
+fn assert_table(hash: &str, got: &[TableRow], want: &[Expected]) {
     let mut got: Vec<&TableRow> = got.iter().collect();
     got.sort_by(|a, b| (&a.group, &a.series).cmp(&(&b.group, &b.series)));
     assert!(
@@ -254,19 +254,7 @@ async fn viewer_tables_match_the_records() {
     select.select_by_value("max").await.unwrap();
     let hash = "metric=e2e&agg=max&group=concurrency&run=viewer-run".to_string();
     let got = wait_for_table(&browser, &hash).await;
-    let want: Vec<_> = {
-        let mut by: std::collections::BTreeMap<String, (Vec<f64>, u64)> = Default::default();
-        for v in &lines {
-            let e = by.entry(n("concurrency")(v)).or_default();
-            match (v["error"].is_null(), v["e2e"].as_f64()) {
-                (true, Some(x)) => e.0.push(f32r(x)),
-                _ => e.1 += 1,
-            }
-        }
-        by.into_iter()
-            .map(|(g, (vals, sk))| (g, None, aggregate("max", &vals), vals.len() as u64, sk))
-            .collect()
-    };
+    let want = expected(&lines, &|_| true, &n("concurrency"), None, "e2e", "max");
     assert_table(&hash, &got, &want);
 
     // Hostile run id and GPU label render as text, in the table, the options and the records.
@@ -311,6 +299,22 @@ async fn viewer_tables_match_the_records() {
     );
     assert_eq!(injected, 0, "markup from the data became elements");
     assert!(!title.contains("pwned"));
+
+    // The CSV of the view: a header and one line per table row; the button makes a download.
+    let csv: String = browser
+        .eval("return window.TURNBENCH_VIEWER.viewer.csv(location.hash.slice(1))")
+        .await
+        .unwrap();
+    assert!(csv.starts_with("gpu,run,ttft_count,n,skipped\n"), "{csv}");
+    assert_eq!(csv.lines().count(), got.len() + 1);
+    browser
+        .client()
+        .find(Locator::Css("#download-csv"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 
     let errors = browser.errors().await.unwrap();
     assert!(errors.is_empty(), "console errors: {errors:?}");

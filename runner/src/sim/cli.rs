@@ -102,7 +102,7 @@ pub struct SimArgs {
     /// Recorded only.
     #[arg(long)]
     pub page_size: Option<u32>,
-    /// Skip nothing (the simulator has no warmup request); accepted for compatibility.
+    /// Accepted for compatibility (the simulator sends no warmup request).
     #[arg(long)]
     pub skip_server_warmup: bool,
 

@@ -122,17 +122,49 @@ pub struct CloseSessionReq {
     pub session_id: String,
 }
 
-/// `meta_info.finish_reason` (spec §1.3).
-pub fn finish_reason(f: &Finish) -> Value {
+/// `meta_info.finish_reason` (spec §1.3), `type` first as SGLang writes it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FinishReason {
+    Stop {
+        matched: Matched,
+    },
+    Length {
+        length: u32,
+    },
+    Abort {
+        message: String,
+        status_code: Option<u16>,
+        err_type: Option<String>,
+    },
+}
+
+/// The token id or the string that stopped generation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Matched {
+    Token(u32),
+    Text(String),
+}
+
+pub fn finish_reason(f: &Finish) -> FinishReason {
     match f {
-        Finish::Length(n) => json!({"type": "length", "length": n}),
-        Finish::StopToken(id) => json!({"type": "stop", "matched": id}),
-        Finish::StopString(s) => json!({"type": "stop", "matched": s}),
+        Finish::Length(n) => FinishReason::Length { length: *n },
+        Finish::StopToken(id) => FinishReason::Stop {
+            matched: Matched::Token(*id),
+        },
+        Finish::StopString(s) => FinishReason::Stop {
+            matched: Matched::Text(s.clone()),
+        },
     }
 }
 
-pub fn abort_reason(message: &str, status_code: Option<u16>) -> Value {
-    json!({"type": "abort", "message": message, "status_code": status_code, "err_type": null})
+pub fn abort_reason(message: &str, status_code: Option<u16>) -> FinishReason {
+    FinishReason::Abort {
+        message: message.to_string(),
+        status_code,
+        err_type: None,
+    }
 }
 
 /// OpenAI `finish_reason` and `matched_stop`.
@@ -154,7 +186,7 @@ pub struct CachedDetails {
 #[derive(Debug, Serialize)]
 pub struct MetaInfo<'a> {
     pub id: &'a str,
-    pub finish_reason: Option<Value>,
+    pub finish_reason: Option<FinishReason>,
     pub prompt_tokens: u32,
     pub weight_version: &'static str,
     pub total_retractions: u32,

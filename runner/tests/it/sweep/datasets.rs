@@ -5,16 +5,26 @@ use super::*;
 use turnbench_schema::HistorySource;
 
 fn dataset_args(tmp: &Path, id: &str, dataset: &str, extra: &[&str]) -> Vec<String> {
-    let mut a = small(tmp, id);
-    a.extend([
-        "--cache-modes".into(),
-        "prefix".into(),
-        "--batch-sizes".into(),
-        "2".into(),
-    ]);
-    a.extend(["--dataset".into(), fixture(dataset).display().to_string()]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    let path = fixture(dataset).display().to_string();
+    let mut over: Vec<(&str, &str)> = vec![
+        ("--cache-modes", "prefix"),
+        ("--batch-sizes", "2"),
+        ("--dataset", &path),
+    ];
+    let mut i = 0;
+    while i < extra.len() {
+        match extra.get(i + 1).filter(|v| !v.starts_with("--")) {
+            Some(v) => {
+                over.push((extra[i], v));
+                i += 2;
+            }
+            None => {
+                over.push((extra[i], ""));
+                i += 1;
+            }
+        }
+    }
+    small_with(tmp, id, &over)
 }
 
 #[test]
@@ -118,4 +128,49 @@ fn malformed_lines_name_file_and_line_or_are_counted() {
     assert_eq!(run.manifest.dataset.trajectories, 2);
     let err = run_err(&dataset_args(tmp.path(), "noprompts", "r2e.jsonl", &[]));
     assert!(err.contains("`prompts`"), "{err}");
+}
+
+#[test]
+fn output_len_recorded_fixes_each_turns_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = fixture("r2e-prompts.yaml").display().to_string();
+    run_ok(&dataset_args(
+        tmp.path(),
+        "fixed",
+        "r2e.jsonl",
+        &[
+            "--prompts",
+            &prompts,
+            "--history",
+            "recorded",
+            "--output-len",
+            "recorded",
+            "--max-new-tokens",
+            "4",
+            "--cache-modes",
+            "prefix,none",
+        ],
+    ));
+    let run = Run::load(&tmp.path().join("fixed"));
+    run.assert_complete(&[3, 2]);
+    let turns = run.turns();
+    for r in &turns {
+        assert_eq!(r.finish_reason.as_deref(), Some("length"), "{r:?}");
+        assert!(
+            r.completion_tokens.unwrap() > 4,
+            "recorded length, not max_new_tokens"
+        );
+        let twin = turns
+            .iter()
+            .find(|o| o.cache_mode != r.cache_mode && o.traj == r.traj && o.turn == r.turn)
+            .unwrap();
+        assert_eq!(
+            twin.completion_tokens, r.completion_tokens,
+            "same length in every cell"
+        );
+        assert_eq!(
+            twin.prompt_tokens, r.prompt_tokens,
+            "byte-identical prompts in every cell"
+        );
+    }
 }

@@ -148,3 +148,50 @@ fn a_server_exiting_mid_sweep_fails_turns_not_the_sweep() {
     assert!(!failed.is_empty(), "turns after the exit failed");
     assert!(run.raw.iter().filter(|r| r.error.is_none()).count() >= 5);
 }
+
+#[test]
+fn ctrl_c_stops_the_launched_servers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = serve_sim(&[]);
+    let i = cmd.iter().position(|a| *a == "1000").unwrap();
+    cmd[i] = "20"; // slow enough to interrupt
+    let p = plan(tmp.path(), port, &cmd, "");
+    let args = small_with(
+        tmp.path(),
+        "interrupted",
+        &[
+            ("--gpus", "0"),
+            ("--think-time", "replay"),
+            ("--plan", p.to_str().unwrap()),
+        ],
+    );
+    let child = runner()
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let turns = tmp.path().join("interrupted").join("turns.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&turns).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(start.elapsed().as_secs() < 60, "no turns recorded");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("interrupted") && err.contains("--resume interrupted"),
+        "{err}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "launched server stopped"
+    );
+    // What was finished is kept, and the summary covers it.
+    let run = Run::load(&tmp.path().join("interrupted"));
+    assert!(!run.raw.is_empty() && !run.summary.cells.is_empty());
+}

@@ -1,4 +1,4 @@
-//! `runner pack`: a reproducible bundle of a run directory.
+//! `runner pack`: a reproducible bundle of a run directory (of a two-GPU sweep).
 
 use super::*;
 use std::io::Read;
@@ -6,9 +6,21 @@ use std::io::Read;
 #[test]
 fn pack_is_reproducible_and_holds_the_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = small(tmp.path(), "packme");
-    args.extend(["--cache-modes".into(), "prefix".into()]);
+    // Two simulated GPUs in parallel, writing into one run.
+    let args = small_with(
+        tmp.path(),
+        "packme",
+        &[("--gpus", "a100-80gb,h100"), ("--cache-modes", "prefix")],
+    );
     run_ok(&args);
+    let run = Run::load(&tmp.path().join("packme"));
+    assert_eq!(run.manifest.gpus.len(), 2);
+    assert_eq!(
+        run.manifest.gpus[0].name.as_deref(),
+        Some("simulated a100-80gb")
+    );
+    run.assert_complete(&[4, 4]);
+    assert_eq!(run.summary.cells.len(), 4);
     let dir = tmp.path().join("packme");
     let a = tmp.path().join("a.tar.gz");
     let b = tmp.path().join("b.tar.gz");

@@ -22,7 +22,11 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         ]
         .map(String::from),
     );
-    let mut child = runner().args(&args).spawn().unwrap();
+    let mut child = runner()
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let turns = tmp.path().join("killed").join("turns.jsonl");
     let start = Instant::now();
     let lines = loop {
