@@ -94,6 +94,9 @@ mod tests {
     #[test]
     fn single_value() {
         let p = Percentiles::of(&[3.0]);
-        assert_eq!((p.p50, p.p99, p.max, p.mean), (Some(3.0), Some(3.0), Some(3.0), Some(3.0)));
+        assert_eq!(
+            (p.p50, p.p99, p.max, p.mean),
+            (Some(3.0), Some(3.0), Some(3.0), Some(3.0))
+        );
     }
 }

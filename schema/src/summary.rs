@@ -140,7 +140,13 @@ pub fn summarize_cell(records: &[&TurnRecord]) -> Option<CellSummary> {
     }
     let trajectories_ok = by_traj.values().filter(|t| t.2).count() as u64;
     let durations: Vec<f64> = by_traj.values().map(|t| t.1 - t.0).collect();
-    let rate = |x: f64| if total_time > 0.0 { x / total_time } else { 0.0 };
+    let rate = |x: f64| {
+        if total_time > 0.0 {
+            x / total_time
+        } else {
+            0.0
+        }
+    };
     Some(CellSummary {
         gpu: first.gpu.clone(),
         cache_mode: first.cache_mode,
@@ -204,7 +210,11 @@ pub fn best_cells(cells: &[CellSummary]) -> Vec<BestCell> {
                     .filter(|c| c.trajectories_ok > 0)
                     .filter_map(|c| c.criterion(crit).map(|v| (c, v)))
                     .reduce(|a, b| {
-                        let better = if lower_is_better { b.1 < a.1 } else { b.1 > a.1 };
+                        let better = if lower_is_better {
+                            b.1 < a.1
+                        } else {
+                            b.1 > a.1
+                        };
                         if better {
                             b
                         } else {
