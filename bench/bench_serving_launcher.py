@@ -19,7 +19,9 @@ Measurement hooks (they wrap, they do not change behaviour):
     snapshot of this process's CPU time (getrusage, all threads) and wall clock, and of the
     server's CPU time from /proc/$TURNBENCH_SERVER_PID/stat if that variable is set;
   * `calculate_metrics` (called right after all requests finished and /server_info):
-    the same snapshot again. The differences are written as JSON to $TURNBENCH_CPU_OUT.
+    the same snapshot again. The differences are written as JSON to $TURNBENCH_CPU_OUT;
+  * `remove_prefix` (called once per non-empty SSE line by the sglang request function):
+    counted, to report how many chunks the server's tokens arrived in.
   The timed window thus excludes interpreter start-up, imports, tokenizer loading,
   dataset generation, the warm-up request, the 1 s sleep, and the metric computation.
 

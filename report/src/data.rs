@@ -72,7 +72,8 @@ struct SummaryRow<'a> {
     cache_hit_ratio: Option<f64>,
 }
 
-pub fn write(site: &Path, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> anyhow::Result<()> {
+/// Writes `data/turns.csv`: every record of every measured run, in load order.
+pub fn write_turns(site: &Path, runs: &[Run]) -> anyhow::Result<()> {
     let dir = site.join("data");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
@@ -117,7 +118,17 @@ pub fn write(site: &Path, runs: &[Run], aggregates: &[Option<RunAggregate>]) -> 
     }
     w.flush()
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
 
+/// Writes `data/summary.csv`: one row per cell (recomputed), legacy rows marked.
+pub fn write_summary(
+    site: &Path,
+    runs: &[Run],
+    aggregates: &[Option<RunAggregate>],
+) -> anyhow::Result<()> {
+    let dir = site.join("data");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("summary.csv");
     let mut w =
         csv::Writer::from_path(&path).with_context(|| format!("creating {}", path.display()))?;

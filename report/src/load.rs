@@ -294,7 +294,7 @@ pub fn read_turns(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
-    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(usize, usize, Vec<u8>)>(workers * 2);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(workers * 2);
     let job_rx = std::sync::Mutex::new(job_rx);
     let (res_tx, res_rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
@@ -302,10 +302,10 @@ pub fn read_turns(
             let (rx, tx) = (&job_rx, res_tx.clone());
             scope.spawn(move || loop {
                 let job = rx.lock().map(|rx| rx.recv());
-                let Ok(Ok((index, first_line, bytes))) = job else {
+                let Ok(Ok((index, bytes))) = job else {
                     break;
                 };
-                let _ = tx.send((index, parse_chunk(&bytes, first_line)));
+                let _ = tx.send((index, parse_chunk(&bytes)));
             });
         }
         drop(res_tx);
@@ -313,19 +313,22 @@ pub fn read_turns(
         let collector = scope.spawn(move || {
             let mut pending = BTreeMap::new();
             let (mut next, mut records, mut torn) = (0, Vec::new(), false);
+            let mut lines_before = 0;
             let mut first_error: Option<(usize, String)> = None;
             for (index, result) in res_rx {
                 pending.insert(index, result);
                 while let Some(result) = pending.remove(&next) {
                     next += 1;
                     match result {
-                        Ok((part, t)) if first_error.is_none() => {
-                            records.extend(part);
-                            torn |= t;
+                        Ok(chunk) => {
+                            lines_before += chunk.lines;
+                            if first_error.is_none() {
+                                records.extend(chunk.records);
+                                torn |= chunk.torn;
+                            }
                         }
-                        Ok(_) => {}
-                        Err(e) => {
-                            first_error.get_or_insert(e);
+                        Err((line, message)) => {
+                            first_error.get_or_insert((lines_before + line, message));
                         }
                     }
                 }
@@ -335,7 +338,6 @@ pub fn read_turns(
                 None => Ok((records, torn)),
             }
         });
-        let mut line = 1;
         let mut read = || -> std::io::Result<()> {
             for index in 0.. {
                 let mut bytes = Vec::with_capacity(CHUNK_BYTES as usize + 4096);
@@ -346,11 +348,9 @@ pub fn read_turns(
                 if !bytes.ends_with(b"\n") {
                     reader.read_until(b'\n', &mut bytes)?;
                 }
-                let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-                if job_tx.send((index, line, bytes)).is_err() {
+                if job_tx.send((index, bytes)).is_err() {
                     break;
                 }
-                line += lines;
             }
             Ok(())
         };
@@ -366,29 +366,48 @@ pub fn read_turns(
     })
 }
 
-/// Records of a chunk and whether it ended in a torn line, or (line, message) of its first error.
-type ChunkResult = Result<(Vec<TurnRecord>, bool), (usize, String)>;
+/// What one chunk of whole lines parsed into.
+struct Chunk {
+    records: Vec<TurnRecord>,
+    /// Lines in the chunk (so the collector can number lines across chunks).
+    lines: usize,
+    /// The chunk ended in an unterminated, unparsable line.
+    torn: bool,
+}
 
-fn parse_chunk(bytes: &[u8], first_line: usize) -> ChunkResult {
-    let mut out = Vec::with_capacity(bytes.len() / 400);
+/// A chunk's records, or (line within the chunk from 1, message) of its first bad line.
+type ChunkResult = Result<Chunk, (usize, String)>;
+
+fn parse_chunk(bytes: &[u8]) -> ChunkResult {
+    let mut records = Vec::with_capacity(bytes.len() / 400);
     let mut rest = bytes;
-    let mut line = first_line;
+    let mut line = 0;
     while !rest.is_empty() {
-        let (text, complete, next) = match rest.iter().position(|&b| b == b'\n') {
+        line += 1;
+        let (text, complete, next) = match memchr::memchr(b'\n', rest) {
             Some(i) => (&rest[..i], true, &rest[i + 1..]),
             None => (rest, false, &rest[rest.len()..]),
         };
         if !text.trim_ascii().is_empty() {
             match serde_json::from_slice::<TurnRecord>(text) {
-                Ok(r) => out.push(r),
-                Err(_) if !complete => return Ok((out, true)),
+                Ok(r) => records.push(r),
+                Err(_) if !complete => {
+                    return Ok(Chunk {
+                        records,
+                        lines: line,
+                        torn: true,
+                    });
+                }
                 Err(e) => return Err((line, e.to_string())),
             }
         }
         rest = next;
-        line += 1;
     }
-    Ok((out, false))
+    Ok(Chunk {
+        records,
+        lines: line,
+        torn: false,
+    })
 }
 
 fn read_telemetry(reader: impl BufRead, path: &Path) -> Result<Vec<TelemetrySample>, LoadError> {

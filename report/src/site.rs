@@ -69,27 +69,40 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     }
     lap("load", &mut timings);
 
-    let aggregates: Vec<Option<RunAggregate>> = runs
-        .iter()
-        .map(|r| match &r.data {
-            RunData::Measured(m) => Some(aggregate::aggregate(m)),
-            RunData::Legacy(_) => None,
-        })
-        .collect();
-    lap("aggregate", &mut timings);
-
-    let site = pages::site(&opts.title, &runs, &aggregates, &skipped);
-    lap("contexts", &mut timings);
-
+    // The per-turn CSV needs only the records: write it on its own thread while this one
+    // aggregates, renders the pages and writes the viewer (the two halves cost about the same).
     let staging = staging_dir(&opts.out)?;
-    let pages = write_site(
-        staging.path(),
-        &site,
-        &runs,
-        &aggregates,
-        opts.dump_contexts,
-    )?;
-    lap("write", &mut timings);
+    let dir = staging.path();
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let (pages, csv_wall) = std::thread::scope(|scope| {
+        let turns_csv = scope.spawn(|| {
+            let started = Instant::now();
+            data::write_turns(dir, &runs).map(|()| started.elapsed().as_secs_f64())
+        });
+        let rest = (|| {
+            let aggregates: Vec<Option<RunAggregate>> = runs
+                .iter()
+                .map(|r| match &r.data {
+                    RunData::Measured(m) => Some(aggregate::aggregate(m)),
+                    RunData::Legacy(_) => None,
+                })
+                .collect();
+            lap("aggregate", &mut timings);
+            let site = pages::site(&opts.title, &runs, &aggregates, &skipped);
+            lap("contexts", &mut timings);
+            let pages = write_site(dir, &site, &runs, &aggregates, opts.dump_contexts)?;
+            lap("pages, summary.csv, viewer", &mut timings);
+            Ok::<_, anyhow::Error>(pages)
+        })();
+        let csv = turns_csv
+            .join()
+            .map_err(|_| anyhow::anyhow!("the turns.csv writer panicked"))?;
+        Ok::<_, anyhow::Error>((rest?, csv?))
+    })?;
+    lap("waiting for turns.csv", &mut timings);
+    timings.push(("turns.csv (in parallel)", csv_wall, 0.0, 0));
     let site_bytes = dir_size(staging.path())?;
     replace_dir(staging, &opts.out)?;
     if let Some(dest) = &opts.archive {
@@ -112,7 +125,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     })
 }
 
-/// Writes pages, assets, data and the viewer into `dir`; returns the page file names.
+/// Writes pages, assets, `data/summary.csv` and the viewer into `dir` (not `data/turns.csv`,
+/// see [`crate::data::write_turns`]); returns the page file names.
 pub fn write_site(
     dir: &Path,
     site: &Site,
@@ -165,16 +179,8 @@ pub fn write_site(
         records.iter().any(|r| r.simulated),
         false,
     );
-    // The CSV export and the viewer's data are the two big writes: do them side by side.
-    std::thread::scope(|scope| {
-        let csv = scope.spawn(|| data::write(dir, runs, aggregates));
-        let viewer =
-            viewer::write_with_layout(dir, &layout, &records).context("writing the viewer");
-        let csv = csv
-            .join()
-            .map_err(|_| anyhow::anyhow!("the CSV writer panicked"))?;
-        viewer.and(csv)
-    })?;
+    data::write_summary(dir, runs, aggregates)?;
+    viewer::write_with_layout(dir, &layout, &records).context("writing the viewer")?;
     Ok(pages)
 }
 

@@ -58,9 +58,9 @@ fn serve_sim(scale: &str) -> Server {
     }
 }
 
-/// User + system CPU seconds of this process so far.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// User + system CPU seconds of a process so far (`self` or a pid).
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |x| x.1);
     let f: Vec<f64> = after
         .split_whitespace()
@@ -68,6 +68,25 @@ fn cpu_seconds() -> f64 {
         .collect();
     // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the `)`.
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+fn cpu_seconds() -> f64 {
+    cpu_seconds_of("self")
+}
+
+/// A ~1024-token prompt (the built-in tokenizer cuts words into ≤ 4-character pieces),
+/// different per request so the radix cache does not serve it.
+fn prompt(i: usize) -> String {
+    let words = [
+        "radix", "cache", "token", "batch", "kv", "prefill", "decode", "turn",
+    ];
+    let body: Vec<&str> = (0..1000)
+        .map(|k| words[(k * 7 + i) % words.len()])
+        .collect();
+    format!(
+        "<|im_start|>user\nrequest {i}: {}<|im_end|>\n<|im_start|>assistant\n",
+        body.join(" ")
+    )
 }
 
 async fn run(
@@ -94,11 +113,16 @@ async fn run(
                 if i >= requests {
                     return out;
                 }
-                let text = format!(
-                    "<|im_start|>user\nrequest {i}: explain the radix cache<|im_end|>\n<|im_start|>assistant\n"
-                );
+                let text = prompt(i);
                 let o = client
-                    .generate(Prompt::Text { text, session: None }, &sampling, &format!("bench-{i}"))
+                    .generate(
+                        Prompt::Text {
+                            text,
+                            session: None,
+                        },
+                        &sampling,
+                        &format!("bench-{i}"),
+                    )
                     .await;
                 out.push(o);
             }
@@ -128,31 +152,33 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("## Client overhead against serve-sim at zero engine cost (--sim-time-scale inf)");
+        println!("qwen2.5-14b on h100, ~1024-token prompts, 256 output tokens (ignore_eos)");
         println!(
-            "{:>11} {:>9} {:>10} {:>12} {:>11} {:>14} {:>7}",
-            "concurrency",
-            "requests",
-            "wall (s)",
-            "tokens/s",
-            "requests/s",
-            "CPU µs/token",
-            "errors"
+            "{:>11} {:>8} {:>8} {:>10} {:>10} {:>13} {:>13} {:>10} {:>6}",
+            "concurrency", "requests", "wall s", "tok/s", "req/s", "client CPU-s", "server CPU-s", "chunks/req", "errors"
         );
+        println!("{:>62} {:>13}", "per 1k tok", "per 1k tok");
         let srv = serve_sim("inf");
+        let pid = srv.child.id().to_string();
         let client = Arc::new(Client::new(&srv.url, None));
         wait_ready(&client).await;
-        for c in [1usize, 4, 16, 64, 256, 1024] {
+        run(client.clone(), 8, 64, 16).await; // warm-up
+        for c in [1usize, 8, 64, 512, 1024] {
             let requests = (4 * c).max(1024);
-            let cpu0 = cpu_seconds();
-            let (outs, wall) = run(client.clone(), c, requests, 128).await;
-            let cpu = cpu_seconds() - cpu0;
+            let (cpu0, scpu0) = (cpu_seconds(), cpu_seconds_of(&pid));
+            let (outs, wall) = run(client.clone(), c, requests, 256).await;
+            let (cpu, scpu) = (cpu_seconds() - cpu0, cpu_seconds_of(&pid) - scpu0);
             let tokens: u64 = outs.iter().filter_map(|o| o.completion_tokens).sum();
             let errors = outs.iter().filter(|o| o.error.is_some()).count();
+            let chunks = outs.iter().map(|o| 1 + o.timing.chunks.len()).sum::<usize>() as f64
+                / outs.len().max(1) as f64;
+            let k = tokens.max(1) as f64 / 1000.0;
             println!(
-                "{c:>11} {requests:>9} {wall:>10.2} {:>12.0} {:>11.1} {:>14.2} {errors:>7}",
+                "{c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>10.1} {:>13.4} {:>13.4} {chunks:>10.1} {errors:>6}",
                 tokens as f64 / wall,
                 requests as f64 / wall,
-                cpu / tokens.max(1) as f64 * 1e6,
+                cpu / k,
+                scpu / k,
             );
         }
         drop(srv);

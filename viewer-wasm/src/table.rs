@@ -191,31 +191,44 @@ impl Column {
         }
     }
 
-    /// Calls `f` with the code of every row, in order (see [`Column::code`]).
+    /// `f` of the code of every row, in order (see [`Column::code`]).
     #[inline]
-    pub fn codes(&self, mut f: impl FnMut(u32)) {
+    pub fn map_codes<T>(&self, f: impl Fn(u32) -> T) -> Vec<T> {
         match self {
-            Column::F32(v) => v.iter().for_each(|x| f(*x as u32)),
-            Column::U8(v) => v.iter().for_each(|x| f(*x as u32)),
-            Column::U16(v) => v.iter().for_each(|x| f(*x as u32)),
-            Column::U32(v) => v.iter().for_each(|x| f(*x)),
+            Column::F32(v) => v.iter().map(|x| f(*x as u32)).collect(),
+            Column::U8(v) => v.iter().map(|x| f(*x as u32)).collect(),
+            Column::U16(v) => v.iter().map(|x| f(*x as u32)).collect(),
+            Column::U32(v) => v.iter().map(|x| f(*x)).collect(),
         }
     }
 
-    /// Calls `f` with the value of every row, in order, NaN where missing.
+    /// `keep[i] &= f(code of row i)` for every row.
     #[inline]
-    pub fn values(&self, mut f: impl FnMut(f64)) {
+    pub fn and_codes(&self, keep: &mut [bool], f: impl Fn(u32) -> bool) {
         match self {
-            Column::F32(v) => v.iter().for_each(|x| f(*x as f64)),
+            Column::F32(v) => keep.iter_mut().zip(v).for_each(|(k, x)| *k &= f(*x as u32)),
+            Column::U8(v) => keep.iter_mut().zip(v).for_each(|(k, x)| *k &= f(*x as u32)),
+            Column::U16(v) => keep.iter_mut().zip(v).for_each(|(k, x)| *k &= f(*x as u32)),
+            Column::U32(v) => keep.iter_mut().zip(v).for_each(|(k, x)| *k &= f(*x)),
+        }
+    }
+
+    /// The value of every row, in order, NaN where missing.
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            Column::F32(v) => v.iter().map(|x| *x as f64).collect(),
             Column::U8(v) => v
                 .iter()
-                .for_each(|x| f(if *x == u8::MAX { f64::NAN } else { *x as f64 })),
+                .map(|x| if *x == u8::MAX { f64::NAN } else { *x as f64 })
+                .collect(),
             Column::U16(v) => v
                 .iter()
-                .for_each(|x| f(if *x == u16::MAX { f64::NAN } else { *x as f64 })),
+                .map(|x| if *x == u16::MAX { f64::NAN } else { *x as f64 })
+                .collect(),
             Column::U32(v) => v
                 .iter()
-                .for_each(|x| f(if *x == u32::MAX { f64::NAN } else { *x as f64 })),
+                .map(|x| if *x == u32::MAX { f64::NAN } else { *x as f64 })
+                .collect(),
         }
     }
 

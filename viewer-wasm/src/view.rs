@@ -6,7 +6,7 @@
 //! the same records (up to the `f32` storage of times, see [`crate::table`]).
 
 use crate::query::{Agg, Chart, Dim, Metric, Query};
-use crate::table::{CellInfo, Field, Table};
+use crate::table::{CellInfo, Column, Field, Table};
 use serde::Serialize;
 use std::collections::HashMap;
 use turnbench_schema::stats;
@@ -33,8 +33,12 @@ pub struct BoxStats {
 pub struct Row {
     /// The group's raw value (`"3"` for turn 3, `"prefix"`, a GPU label, a bucket's start).
     pub group: String,
-    pub group_label: String,
+    /// What the reader sees, when it differs from the raw value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub series_label: Option<String>,
     /// The aggregate; `None` when no record of the group has the metric (except `count`: 0).
     pub value: Option<f64>,
@@ -59,6 +63,8 @@ pub struct View {
     pub series: Option<&'static str>,
     pub series_label: Option<&'static str>,
     pub chart: &'static str,
+    /// Width of a `t_send` bucket (s).
+    pub bucket_s: f64,
     /// Records that pass the filters.
     pub matched: u64,
     /// Of those, aggregated.
@@ -140,29 +146,20 @@ impl<'a> Selection<'a> {
     fn mask(&self) -> Vec<bool> {
         let t = self.table;
         let f = &self.query.filters;
-        let mut keep: Vec<bool> = Vec::with_capacity(t.rows());
-        t.column(Field::Cell)
-            .codes(|c| keep.push(self.cell_ok[c as usize]));
-        let mut i = 0;
-        t.column(Field::FinishReason).codes(|c| {
-            keep[i] &= self.finish_ok[c as usize];
-            i += 1;
-        });
+        let mut keep = t
+            .column(Field::Cell)
+            .map_codes(|c| self.cell_ok[c as usize]);
+        t.column(Field::FinishReason)
+            .and_codes(&mut keep, |c| self.finish_ok[c as usize]);
         for (field, ranges) in [(Field::Turn, &f.turn), (Field::Traj, &f.traj)] {
             if !ranges.is_empty() {
-                let mut i = 0;
-                t.column(field).codes(|x| {
-                    keep[i] &= ranges.iter().any(|r| r.contains(x));
-                    i += 1;
-                });
+                t.column(field)
+                    .and_codes(&mut keep, |x| ranges.iter().any(|r| r.contains(x)));
             }
         }
         if let Some(want) = f.error {
-            let mut i = 0;
-            t.column(Field::Error).codes(|c| {
-                keep[i] &= (c != 0) == want;
-                i += 1;
-            });
+            t.column(Field::Error)
+                .and_codes(&mut keep, |c| (c != 0) == want);
         }
         keep
     }
@@ -308,32 +305,28 @@ impl Table {
 
     /// The code of every row along `dim`.
     fn codes_of(&self, dim: Dim) -> Vec<u32> {
-        let mut out = Vec::with_capacity(self.rows());
-        let by_cell = |f: fn(&CellInfo) -> u32, out: &mut Vec<u32>| {
+        let by_cell = |f: fn(&CellInfo) -> u32| {
             let lut: Vec<u32> = self.meta.cells.iter().map(f).collect();
-            self.column(Field::Cell)
-                .codes(|c| out.push(lut[c as usize]));
+            self.column(Field::Cell).map_codes(|c| lut[c as usize])
         };
         match dim {
-            Dim::Turn => self.column(Field::Turn).codes(|c| out.push(c)),
-            Dim::Traj => self.column(Field::Traj).codes(|c| out.push(c)),
-            Dim::FinishReason => self.column(Field::FinishReason).codes(|c| out.push(c)),
-            Dim::Concurrency => by_cell(|c| c.concurrency, &mut out),
-            Dim::Gpu => by_cell(|c| c.gpu, &mut out),
-            Dim::Run => by_cell(|c| c.run, &mut out),
-            Dim::CacheMode => by_cell(|c| cache_mode_code(c.cache_mode), &mut out),
-            Dim::TimeBucket => self.column(Field::TSend).values(|t| out.push(bucket(t))),
+            Dim::Turn => self.column(Field::Turn).map_codes(|c| c),
+            Dim::Traj => self.column(Field::Traj).map_codes(|c| c),
+            Dim::FinishReason => self.column(Field::FinishReason).map_codes(|c| c),
+            Dim::Concurrency => by_cell(|c| c.concurrency),
+            Dim::Gpu => by_cell(|c| c.gpu),
+            Dim::Run => by_cell(|c| c.run),
+            Dim::CacheMode => by_cell(|c| cache_mode_code(c.cache_mode)),
+            Dim::TimeBucket => match self.column(Field::TSend) {
+                Column::F32(v) => v.iter().map(|t| bucket(*t as f64)).collect(),
+                other => other.values().into_iter().map(bucket).collect(),
+            },
         }
-        out
     }
 
     /// `metric` of every row, NaN where missing.
     fn metric_values(&self, metric: Metric) -> Vec<f64> {
-        let col = |f: Field| {
-            let mut out = Vec::with_capacity(self.rows());
-            self.column(f).values(|x| out.push(x));
-            out
-        };
+        let col = |f: Field| self.column(f).values();
         let zip = |a: Field, b: Field, op: fn(f64, f64) -> f64| -> Vec<f64> {
             let (a, b) = (col(a), col(b));
             a.iter().zip(&b).map(|(x, y)| op(*x, *y)).collect()
@@ -386,10 +379,12 @@ impl Table {
     pub fn view(&self, query: &Query) -> View {
         let keep = Selection::new(self, query).mask();
         let group_codes = self.codes_of(query.group);
-        let series_codes = query.series.map(|s| self.codes_of(s));
+        let series_codes = match query.series {
+            Some(s) => self.codes_of(s),
+            None => vec![0; self.rows()],
+        };
         let values = self.metric_values(query.metric);
-        let mut errors = Vec::with_capacity(self.rows());
-        self.column(Field::Error).codes(|c| errors.push(c != 0));
+        let errors = self.column(Field::Error).map_codes(|c| c != 0);
 
         let series_card = query.series.map_or(1, |s| self.cardinality(s));
         let slots = self.cardinality(query.group) * series_card;
@@ -402,12 +397,17 @@ impl Table {
         let mut sparse: HashMap<(u32, u32), u32> = HashMap::new();
         let mut groups: Vec<((u32, u32), Vec<f64>, u64)> = Vec::new();
         let (mut matched, mut skipped_error, mut skipped_missing) = (0u64, 0u64, 0u64);
-        for i in 0..self.rows() {
-            if !keep[i] {
+        let rows = keep
+            .iter()
+            .zip(&group_codes)
+            .zip(&series_codes)
+            .zip(values.iter().zip(&errors));
+        for (((&kept, &gk), &sk), (&x, &failed)) in rows {
+            if !kept {
                 continue;
             }
             matched += 1;
-            let key = (group_codes[i], series_codes.as_ref().map_or(0, |s| s[i]));
+            let key = (gk, sk);
             let mut new_group = || {
                 groups.push((key, Vec::new(), 0));
                 groups.len() as u32 - 1
@@ -421,8 +421,7 @@ impl Table {
                 }
                 *slot
             } as usize;
-            let x = values[i];
-            if errors[i] {
+            if failed {
                 skipped_error += 1;
                 groups[g].2 += 1;
             } else if x.is_nan() {
@@ -437,10 +436,12 @@ impl Table {
             .into_iter()
             .map(|((gk, sk), mut values, skipped)| {
                 let (group, group_label) = self.key_text(query.group, gk);
+                let group_label = (group_label != group).then_some(group_label);
                 let (series, series_label) = match query.series {
                     Some(s) => {
                         let (a, b) = self.key_text(s, sk);
-                        (Some(a), Some(b))
+                        let b = (b != a).then_some(b);
+                        (Some(a), b)
                     }
                     None => (None, None),
                 };
@@ -472,6 +473,7 @@ impl Table {
             series: query.series.map(Dim::key),
             series_label: query.series.map(Dim::label),
             chart: query.chart.key(),
+            bucket_s: BUCKET_S,
             matched,
             used: rows.iter().map(|r| r.n).sum(),
             skipped_error,

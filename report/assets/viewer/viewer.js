@@ -297,6 +297,16 @@
       return;
     }
     timings.last_query_ms = performance.now() - t;
+    // Labels travel only when they differ from the raw value; time buckets are labelled here.
+    var label = function (dim, raw, given) {
+      if (given !== undefined) return given;
+      if (dim === "t_send") return raw + "–" + (Number(raw) + view.bucket_s) + " s";
+      return raw;
+    };
+    view.rows.forEach(function (r) {
+      r.group_label = label(view.group, r.group, r.group_label);
+      if (view.series) r.series_label = label(view.series, r.series, r.series_label);
+    });
     api.view = view;
     setStatus(options.rows + " records loaded.", false);
     renderTable(view);

@@ -4,6 +4,7 @@ mod browser;
 mod bundles;
 mod contexts;
 mod legacy;
+mod load;
 mod site;
 mod site_in_browser;
 mod support;
