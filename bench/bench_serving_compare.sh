@@ -6,6 +6,7 @@
 #   CONCURRENCIES ["1 8 64 512 1024"]   TARGET_SECS [15]   PORT [31870]
 #   NUM_PROMPTS_C<c>  (override N for one concurrency, e.g. NUM_PROMPTS_C512=2000)
 #   BUILD [1] (0: use the existing target/release/runner)   RUNNER [target/release/runner]
+#   TABLE_ONLY [0] (1: only re-render the table from target/bench-serving/rows.jsonl)
 #   RESULTS [bench/results-bench_serving.md]
 set -euo pipefail
 
@@ -57,14 +58,18 @@ fi
 mkdir -p "$(dirname "$DATASET")"
 "$PY" bench/make_sharegpt_synthetic.py "$DATASET" 20000 >&2
 
+ROWS=$WORK/rows.jsonl
 # ---- 3. server binary ------------------------------------------------------------------
-if [[ $BUILD == 1 ]]; then
+if [[ ${TABLE_ONLY:-0} == 1 ]]; then
+  log "TABLE_ONLY=1: re-rendering the table from $ROWS"
+elif [[ $BUILD == 1 ]]; then
   log "cargo build --release -p runner"
   cargo build --release -p runner >&2
 fi
-[[ -x $RUNNER ]] || { log "no runner binary at $RUNNER"; exit 1; }
 
 # ---- 4. sweep --------------------------------------------------------------------------
+if [[ ${TABLE_ONLY:-0} != 1 ]]; then
+[[ -x $RUNNER ]] || { log "no runner binary at $RUNNER"; exit 1; }
 mkdir -p "$WORK"
 SERVER_PID=
 stop_server() {
@@ -102,7 +107,6 @@ nprompts() {
   echo "$n"
 }
 
-ROWS=$WORK/rows.jsonl
 : >"$ROWS"
 for c in $CONCURRENCIES; do
   n=$(nprompts "$c")
@@ -152,6 +156,7 @@ print(json.dumps({
 }))
 EOF
 done
+fi
 
 # ---- 5. table ----------------------------------------------------------------------------
 "$PY" - "$ROWS" "$RESULTS" "$CONCURRENCIES" "$TARGET_SECS" <<'EOF'
@@ -168,14 +173,15 @@ def ver(p):
 runner_ver = subprocess.run(["git", "-C", ".", "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip() or "?"
 hdr = ("| concurrency | prompts | duration s | req/s | output tok/s | client CPU-s / 1k out tok "
-       "| client CPU util | server CPU-s / 1k out tok | SSE lines / req | median TTFT ms | load avg 1m |")
-sep = "|" + "---|" * 11
+       "| client CPU util | out tok per client CPU-s | server CPU-s / 1k out tok | SSE lines / req | median TTFT ms | load avg 1m |")
+sep = "|" + "---|" * 12
 lines = [hdr, sep]
 f = lambda x, p: "n/a" if x is None else f"{x:.{p}f}"
 for r in rows:
     lines.append(f"| {r['concurrency']} | {r['num_prompts']} | {r['duration_s']:.1f} | "
                  f"{r['req_s']:.1f} | {r['out_tok_s']:.0f} | {r['client_cpu_s_per_1k']:.4f} | "
-                 f"{100*r['client_cpu_util']:.0f} % | {f(r['server_cpu_s_per_1k'], 4)} | "
+                 f"{100*r['client_cpu_util']:.0f} % | {r['total_output_tokens']/r['client_cpu_s']:.0f} | "
+                 f"{f(r['server_cpu_s_per_1k'], 4)} | "
                  f"{r['sse_lines_per_req']:.1f} | {r['median_ttft_ms']:.1f} | "
                  f"{r['loadavg_1m_at_start']:.2f} |")
 table = "\n".join(lines)
@@ -199,7 +205,8 @@ Produced by `bench/bench_serving_compare.sh` on {now}.
 * Client CPU = user+sys of the bench_serving process (all threads) between the creation of
   its request generator and its call to calculate_metrics, i.e. the timed window only.
   Server CPU = utime+stime of serve-sim from /proc over the same window.
-  SSE lines / req: streamed lines the client received per request (serve-sim coalesces
+  Out tok per client CPU-s: the client's throughput if it had one whole core to itself
+  (contention-free ceiling). SSE lines / req: streamed lines the client received per request (serve-sim coalesces
   pending tokens into one cumulative chunk when the client lags, as SGLang does).
 
 {table}

@@ -244,8 +244,8 @@ pub fn read_metrics(reader: impl BufRead, path: &Path) -> Result<Vec<LegacyTurn>
             }
             continue;
         }
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| parse_err(path, lineno, e.to_string()))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| parse_err(path, lineno, crate::load::line_message(&e.to_string())))?;
         let Value::Object(obj) = value else {
             return Err(parse_err(path, lineno, "expected a JSON object"));
         };

@@ -29,6 +29,12 @@ pub enum LoadError {
     Invalid { path: String, message: String },
 }
 
+/// serde_json's message for one JSONL line says "at line 1 column N"; the line is named
+/// separately, so keep only the column.
+pub fn line_message(message: &str) -> String {
+    message.replace(" at line 1 column ", ", column ")
+}
+
 impl LoadError {
     fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         LoadError::Io {
@@ -398,7 +404,7 @@ fn parse_chunk(bytes: &[u8]) -> ChunkResult {
                         torn: true,
                     });
                 }
-                Err(e) => return Err((line, e.to_string())),
+                Err(e) => return Err((line, line_message(&e.to_string()))),
             }
         }
         rest = next;
@@ -414,7 +420,7 @@ fn read_telemetry(reader: impl BufRead, path: &Path) -> Result<Vec<TelemetrySamp
     jsonl::read_all(reader).map_err(|e| LoadError::Parse {
         path: path.display().to_string(),
         line: e.line,
-        message: e.message,
+        message: line_message(&e.message),
     })
 }
 

@@ -61,9 +61,11 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             .iter()
             .map(|s| format!("  {}: {}", s.source, s.reason))
             .collect();
+        if reasons.is_empty() {
+            bail!("no run found in {inputs:?}: expected run directories (with manifest.json), .tar.gz bundles or per_turn_metrics_*/per_turn_summary_* files");
+        }
         bail!(
-            "no run could be loaded from {:?}\n{}",
-            inputs,
+            "no run could be loaded from {inputs:?}\n{}",
             reasons.join("\n")
         );
     }
