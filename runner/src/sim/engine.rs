@@ -301,7 +301,11 @@ fn reap_disconnected(inner: &mut Inner) {
 async fn run(shared: Arc<Shared>) {
     let scale = shared.cfg.time_scale;
     let mut pending: Vec<(ReqKey, EngineEvent)> = Vec::new();
+    // Lag warnings are rate-limited: at most one per `LAG_WARN_EVERY` of wall time, so an
+    // engine that oscillates around its deadlines does not flood the log.
+    const LAG_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
     let mut warned_lag = 0.0f64;
+    let mut last_warn: Option<Instant> = None;
     let mut steps_since_yield = 0u32;
     loop {
         if shared.closed.load(Ordering::Acquire) {
@@ -337,7 +341,8 @@ async fn run(shared: Arc<Shared>) {
                 shared.lock().lag_seconds = lag;
                 // Timer jitter is not news: warn from 50 ms of wall lateness, then each
                 // time the lag doubles.
-                if late > 0.05 && lag > 2.0 * warned_lag {
+                let quiet = last_warn.is_none_or(|t| now.duration_since(t) >= LAG_WARN_EVERY);
+                if late > 0.05 && lag > 2.0 * warned_lag && quiet {
                     tracing::warn!(
                         lag_engine_s = lag,
                         engine_time = end,
@@ -346,10 +351,13 @@ async fn run(shared: Arc<Shared>) {
                          timings stay in engine time but the run takes longer than scaled"
                     );
                     warned_lag = lag;
+                    last_warn = Some(now);
                 }
                 tokio::task::yield_now().await;
             } else {
-                if warned_lag > 0.0 {
+                if warned_lag > 0.0
+                    && last_warn.is_some_and(|t| now.duration_since(t) >= LAG_WARN_EVERY)
+                {
                     tracing::info!(
                         engine_time = end,
                         "the simulated engine caught up with wall time"
