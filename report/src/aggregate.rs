@@ -7,7 +7,7 @@ use crate::load::MeasuredRun;
 use std::collections::BTreeMap;
 use turnbench_schema::stats::{mean, percentile_sorted};
 use turnbench_schema::summary::{best_cells, summarize_cell};
-use turnbench_schema::{BestCell, CacheMode, CellSummary, TelemetrySample, TurnRecord};
+use turnbench_schema::{BestCell, CacheMode, CellSummary, Summary, TelemetrySample, TurnRecord};
 
 /// Points of every time series.
 pub const TIME_POINTS: usize = 200;
@@ -272,4 +272,56 @@ fn telemetry_series(samples: &[TelemetrySample]) -> Vec<TelemetrySeries> {
             }
         })
         .collect()
+}
+
+/// Where a run's own `summary.json` disagrees with the summaries recomputed from its
+/// `turns.jsonl` (counts exactly, total time to 1e-9 relative), one message per cell.
+pub fn disagreements(recorded: &Summary, agg: &RunAggregate) -> Vec<String> {
+    let name = |c: &CellSummary| format!("{} {} c={}", c.gpu, c.cache_mode, c.concurrency);
+    let mut out = Vec::new();
+    for r in &recorded.cells {
+        let found = agg.cells.iter().map(|c| &c.summary).find(|c| {
+            c.gpu == r.gpu && c.cache_mode == r.cache_mode && c.concurrency == r.concurrency
+        });
+        let Some(c) = found else {
+            out.push(format!("{}: in summary.json but no turn records", name(r)));
+            continue;
+        };
+        let mut diffs = Vec::new();
+        for (what, a, b) in [
+            ("turns", r.turns, c.turns),
+            ("failed turns", r.failed_turns, c.failed_turns),
+            ("trajectories", r.trajectories, c.trajectories),
+            ("total tokens", r.total_output_tokens, c.total_output_tokens),
+        ] {
+            if a != b {
+                diffs.push(format!("{what} {a} vs {b}"));
+            }
+        }
+        if (r.total_time_s - c.total_time_s).abs() > 1e-9 * c.total_time_s.abs().max(1.0) {
+            diffs.push(format!(
+                "total time {} vs {}",
+                r.total_time_s, c.total_time_s
+            ));
+        }
+        if !diffs.is_empty() {
+            out.push(format!(
+                "{}: summary.json vs turns.jsonl: {}",
+                name(r),
+                diffs.join(", ")
+            ));
+        }
+    }
+    for c in agg.cells.iter().map(|c| &c.summary) {
+        let listed = recorded.cells.iter().any(|r| {
+            c.gpu == r.gpu && c.cache_mode == r.cache_mode && c.concurrency == r.concurrency
+        });
+        if !listed {
+            out.push(format!(
+                "{}: has turn records but is not in summary.json (interrupted run?)",
+                name(c)
+            ));
+        }
+    }
+    out
 }

@@ -9,7 +9,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 use turnbench_schema::turn::latest_attempts;
-use turnbench_schema::{files, jsonl, Manifest, TelemetrySample, TurnRecord, SCHEMA_VERSION};
+use turnbench_schema::{
+    files, jsonl, Manifest, Summary, TelemetrySample, TurnRecord, SCHEMA_VERSION,
+};
 
 /// Why an input could not be read. Messages name the file (and line) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,11 @@ pub struct MeasuredRun {
     pub telemetry: Vec<TelemetrySample>,
     /// `turns.jsonl` ended in a torn line (the run was interrupted mid-write).
     pub truncated_tail: bool,
+    /// The run's own `summary.json`, if present and readable; the pages recompute every
+    /// number from the records and only compare against it.
+    pub recorded_summary: Option<Summary>,
+    /// Why `summary.json` could not be read, if it could not.
+    pub summary_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -242,7 +249,28 @@ pub fn load_dir(dir: &Path) -> Result<MeasuredRun, LoadError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(LoadError::io(&tele_path, e)),
     };
-    finish(manifest, records, telemetry, truncated_tail, &turns_path)
+    let summary_path = dir.join(files::SUMMARY);
+    let summary = match std::fs::read(&summary_path) {
+        Ok(bytes) => parse_summary(&bytes, &summary_path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+        Err(e) => (None, Some(LoadError::io(&summary_path, e).to_string())),
+    };
+    finish(
+        manifest,
+        records,
+        telemetry,
+        truncated_tail,
+        summary,
+        &turns_path,
+    )
+}
+
+/// A run's `summary.json` or why it could not be read (not fatal: numbers are recomputed).
+fn parse_summary(bytes: &[u8], path: &Path) -> (Option<Summary>, Option<String>) {
+    match serde_json::from_slice::<Summary>(bytes) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(format!("{}:{}: {e}", path.display(), e.line()))),
+    }
 }
 
 fn finish(
@@ -250,6 +278,7 @@ fn finish(
     records: Vec<TurnRecord>,
     telemetry: Vec<TelemetrySample>,
     truncated_tail: bool,
+    (recorded_summary, summary_error): (Option<Summary>, Option<String>),
     turns_path: &Path,
 ) -> Result<MeasuredRun, LoadError> {
     if records.is_empty() {
@@ -266,6 +295,8 @@ fn finish(
         records,
         telemetry,
         truncated_tail,
+        recorded_summary,
+        summary_error,
     })
 }
 
@@ -443,6 +474,7 @@ struct BundleRun {
     manifest: Option<Manifest>,
     records: Option<(Vec<TurnRecord>, bool)>,
     telemetry: Vec<TelemetrySample>,
+    summary: (Option<Summary>, Option<String>),
 }
 
 /// Reads a `runner pack` bundle in place (entries streamed, never written to disk). Every
@@ -498,6 +530,14 @@ pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
                 let turns = read_turns(BufReader::with_capacity(1 << 20, entry), &shown)?;
                 runs.entry(dir).or_default().records = Some(turns);
             }
+            files::SUMMARY => {
+                let mut bytes = Vec::new();
+                let mut entry = entry;
+                entry
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| LoadError::io(&shown, e))?;
+                runs.entry(dir).or_default().summary = parse_summary(&bytes, &shown);
+            }
             files::TELEMETRY => {
                 runs.entry(dir).or_default().telemetry =
                     read_telemetry(BufReader::new(entry), &shown)?;
@@ -523,6 +563,7 @@ pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
             records,
             run.telemetry,
             torn,
+            run.summary,
             &shown(files::TURNS),
         )?);
     }

@@ -332,9 +332,19 @@ fn joined<'a>(items: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-fn run_meta(run: &Run) -> RunMeta {
+fn run_meta(run: &Run, agg: &Option<RunAggregate>) -> RunMeta {
     match &run.data {
-        RunData::Measured(m) => measured_meta(run, m),
+        RunData::Measured(m) => {
+            let mut meta = measured_meta(run, m);
+            if let Some(e) = &m.summary_error {
+                meta.notes.push(format!("summary.json ignored: {e}"));
+            }
+            if let (Some(recorded), Some(agg)) = (&m.recorded_summary, agg) {
+                meta.notes
+                    .extend(crate::aggregate::disagreements(recorded, agg));
+            }
+            meta
+        }
         RunData::Legacy(l) => RunMeta {
             id: l.id.clone(),
             source: run.source.clone(),
@@ -449,52 +459,48 @@ pub fn gpu_hrefs(labels: &[String]) -> Vec<String> {
 
 pub const DEFAULT_TITLE: &str = "turnbench results";
 
-/// Builds every page context. `aggregates[i]` belongs to `runs[i]` (None for legacy runs).
+/// The GPUs of the site in page order (each run's labels sorted, runs in order), with the
+/// page each gets. Needs only the records, so the viewer can be written before aggregation.
+pub fn gpu_links(runs: &[Run]) -> Vec<GpuLink> {
+    let per_run: Vec<BTreeSet<&str>> = runs
+        .iter()
+        .map(|run| match &run.data {
+            RunData::Measured(m) => m.records.iter().map(|r| r.gpu.as_str()).collect(),
+            RunData::Legacy(l) => BTreeSet::from([l.gpu.as_str()]),
+        })
+        .collect();
+    let mut labels: Vec<String> = Vec::new();
+    for l in per_run.iter().flatten() {
+        if !labels.iter().any(|x| x == l) {
+            labels.push(l.to_string());
+        }
+    }
+    let hrefs = gpu_hrefs(&labels);
+    labels
+        .into_iter()
+        .zip(hrefs)
+        .map(|(label, href)| {
+            let on = |i: usize| per_run[i].contains(label.as_str());
+            GpuLink {
+                simulated: (0..runs.len()).any(|i| on(i) && runs[i].simulated()),
+                legacy: (0..runs.len())
+                    .any(|i| on(i) && matches!(runs[i].data, RunData::Legacy(_))),
+                label,
+                href,
+            }
+        })
+        .collect()
+}
+
+/// Builds every page context. `aggregates[i]` belongs to `runs[i]` (None for legacy runs);
+/// `gpus` is [`gpu_links`] of the runs.
 pub fn site(
     title: &str,
     runs: &[Run],
     aggregates: &[Option<RunAggregate>],
+    gpus: Vec<GpuLink>,
     skipped: &[Skipped],
 ) -> Site {
-    // GPU labels in first-seen order, with their runs.
-    let mut labels: Vec<String> = Vec::new();
-    let mut push = |l: &str| {
-        if !labels.iter().any(|x| x == l) {
-            labels.push(l.to_string());
-        }
-    };
-    for (run, agg) in runs.iter().zip(aggregates) {
-        match (&run.data, agg) {
-            (RunData::Measured(_), Some(a)) => a.gpus().into_iter().for_each(&mut push),
-            (RunData::Legacy(l), _) => push(&l.gpu),
-            _ => {}
-        }
-    }
-    let hrefs = gpu_hrefs(&labels);
-    let gpus: Vec<GpuLink> = labels
-        .iter()
-        .zip(hrefs)
-        .map(|(label, href)| {
-            let on = |run: &Run, agg: &Option<RunAggregate>| match (&run.data, agg) {
-                (RunData::Measured(_), Some(a)) => a.gpus().contains(&label.as_str()),
-                (RunData::Legacy(l), _) => &l.gpu == label,
-                _ => false,
-            };
-            GpuLink {
-                label: label.clone(),
-                href,
-                simulated: runs
-                    .iter()
-                    .zip(aggregates)
-                    .any(|(r, a)| on(r, a) && r.simulated()),
-                legacy: runs
-                    .iter()
-                    .zip(aggregates)
-                    .any(|(r, a)| on(r, a) && matches!(r.data, RunData::Legacy(_))),
-            }
-        })
-        .collect();
-
     let gpu_pages = gpus.iter().map(|g| gpu_page(g, runs, aggregates)).collect();
     Site {
         title: title.to_string(),
@@ -667,7 +673,11 @@ fn index_page(
         row.modes.sort_by_key(|m| order(&m.0));
     }
     IndexPage {
-        runs: runs.iter().map(run_meta).collect(),
+        runs: runs
+            .iter()
+            .zip(aggregates)
+            .map(|(r, a)| run_meta(r, a))
+            .collect(),
         skipped: skipped.to_vec(),
         gpus: gpus.to_vec(),
         best,

@@ -4,7 +4,7 @@
 
 use crate::aggregate::{self, RunAggregate};
 use crate::load::{self, Run, RunData};
-use crate::pages::{self, Site};
+use crate::pages::{self, GpuLink, Layout, Site};
 use crate::{archive, assets, data, viewer};
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};
@@ -71,18 +71,17 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     }
     lap("load", &mut timings);
 
-    // The per-turn CSV needs only the records: write it on its own thread while this one
-    // aggregates, renders the pages and writes the viewer (the two halves cost about the same).
+    // turns.csv and the viewer's data need only the records: each gets its own thread while
+    // this one aggregates and renders the pages (the three cost about the same).
+    let gpus = pages::gpu_links(&runs);
     let staging = staging_dir(&opts.out)?;
     let dir = staging.path();
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let (pages, csv_wall) = std::thread::scope(|scope| {
-        let turns_csv = scope.spawn(|| {
-            let started = Instant::now();
-            data::write_turns(dir, &runs).map(|()| started.elapsed().as_secs_f64())
-        });
+    let (pages, csv_wall, viewer_wall) = std::thread::scope(|scope| {
+        let turns_csv = scope.spawn(|| timed(|| data::write_turns(dir, &runs)));
+        let viewer = scope.spawn(|| timed(|| write_viewer(dir, &opts.title, &gpus, &runs)));
         let rest = (|| {
             let aggregates: Vec<Option<RunAggregate>> = runs
                 .iter()
@@ -92,19 +91,23 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
                 })
                 .collect();
             lap("aggregate", &mut timings);
-            let site = pages::site(&opts.title, &runs, &aggregates, &skipped);
+            let site = pages::site(&opts.title, &runs, &aggregates, gpus.clone(), &skipped);
             lap("contexts", &mut timings);
             let pages = write_site(dir, &site, &runs, &aggregates, opts.dump_contexts)?;
-            lap("pages, summary.csv, viewer", &mut timings);
+            lap("pages, assets, summary.csv", &mut timings);
             Ok::<_, anyhow::Error>(pages)
         })();
         let csv = turns_csv
             .join()
             .map_err(|_| anyhow::anyhow!("the turns.csv writer panicked"))?;
-        Ok::<_, anyhow::Error>((rest?, csv?))
+        let viewer = viewer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the viewer writer panicked"))?;
+        Ok::<_, anyhow::Error>((rest?, csv?, viewer?))
     })?;
-    lap("waiting for turns.csv", &mut timings);
-    timings.push(("turns.csv (in parallel)", csv_wall, 0.0, 0));
+    lap("waiting for turns.csv and the viewer", &mut timings);
+    timings.push(("turns.csv (own thread)", csv_wall, 0.0, 0));
+    timings.push(("viewer (own thread)", viewer_wall, 0.0, 0));
     let site_bytes = dir_size(staging.path())?;
     replace_dir(staging, &opts.out)?;
     if let Some(dest) = &opts.archive {
@@ -127,8 +130,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     })
 }
 
-/// Writes pages, assets, `data/summary.csv` and the viewer into `dir` (not `data/turns.csv`,
-/// see [`crate::data::write_turns`]); returns the page file names.
+/// Writes pages, assets and `data/summary.csv` into `dir` (`data/turns.csv` and the viewer
+/// are written beside it, see [`build`]); returns the page file names.
 pub fn write_site(
     dir: &Path,
     site: &Site,
@@ -164,6 +167,12 @@ pub fn write_site(
     }
     write(".nojekyll", "")?;
     assets::write_all(dir)?;
+    data::write_summary(dir, runs, aggregates)?;
+    Ok(pages)
+}
+
+/// Writes `viewer.html` and its data with the site's layout (title, navigation).
+pub fn write_viewer(dir: &Path, title: &str, gpus: &[GpuLink], runs: &[Run]) -> anyhow::Result<()> {
     let records: Vec<viewer::RunRecords<'_>> = runs
         .iter()
         .filter_map(|r| match &r.data {
@@ -175,15 +184,15 @@ pub fn write_site(
             RunData::Legacy(_) => None,
         })
         .collect();
-    let layout = site.layout(
-        "Viewer",
-        pages::VIEWER_HREF,
-        records.iter().any(|r| r.simulated),
-        false,
-    );
-    data::write_summary(dir, runs, aggregates)?;
-    viewer::write_with_layout(dir, &layout, &records).context("writing the viewer")?;
-    Ok(pages)
+    let simulated = records.iter().any(|r| r.simulated);
+    let layout = Layout::new(title, "Viewer", gpus, pages::VIEWER_HREF, simulated, false);
+    viewer::write_with_layout(dir, &layout, &records).context("writing the viewer")
+}
+
+/// Runs `f`, returning its wall time in seconds.
+fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    f().map(|()| started.elapsed().as_secs_f64())
 }
 
 fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {

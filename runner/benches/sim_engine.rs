@@ -77,6 +77,7 @@ impl Live {
             rid: format!("{}-{}", self.traj, self.turn),
             input_ids: self.conversation.clone(),
             output_ids: self.output.clone().collect(),
+            max_new_tokens: plan.outputs[self.turn],
         }
     }
 }
@@ -99,6 +100,8 @@ fn config(gpu: &str, concurrency: usize) -> EngineConfig {
         gpu,
         max_running_requests: 2048.max(concurrency),
         chunked_prefill_size: 8192,
+        max_prefill_tokens: 16384,
+        tp_size: 1,
         schedule_policy: SchedulePolicy::Fcfs,
         disable_radix_cache: false,
         time_scale: f64::INFINITY,

@@ -20,4 +20,4 @@ mod wasm;
 
 pub use query::{Agg, Chart, Dim, Filters, Metric, Query, QueryError, Range};
 pub use table::{Field, Loader, Meta, RunSource, Table, TableError};
-pub use view::{Records, Row, View};
+pub use view::{DimCodes, Groups, Records, Row, View};

@@ -213,6 +213,36 @@ impl Column {
         }
     }
 
+    /// The codes of rows `start..start + out.len()` into `out` (see [`Column::code`]).
+    #[inline]
+    pub fn codes_into(&self, start: usize, out: &mut [u32]) {
+        let end = start + out.len();
+        match self {
+            Column::F32(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as u32),
+            Column::U8(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as u32),
+            Column::U16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as u32),
+            Column::U32(v) => out.copy_from_slice(&v[start..end]),
+        }
+    }
+
+    /// The values of rows `start..start + out.len()` into `out`, NaN where missing (see
+    /// [`Column::values`]).
+    #[inline]
+    pub fn values_into(&self, start: usize, out: &mut [f64]) {
+        let end = start + out.len();
+        fn ints<T: Copy + PartialEq + Into<f64>>(v: &[T], missing: T, out: &mut [f64]) {
+            out.iter_mut().zip(v).for_each(|(o, x)| {
+                *o = if *x == missing { f64::NAN } else { (*x).into() }
+            });
+        }
+        match self {
+            Column::F32(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as f64),
+            Column::U8(v) => ints(&v[start..end], u8::MAX, out),
+            Column::U16(v) => ints(&v[start..end], u16::MAX, out),
+            Column::U32(v) => ints(&v[start..end], u32::MAX, out),
+        }
+    }
+
     /// The value of every row, in order, NaN where missing.
     pub fn values(&self) -> Vec<f64> {
         match self {

@@ -18,6 +18,50 @@ pub const BUCKET_S: f64 = 10.0;
 /// Largest (group × series) code space indexed densely (16 MB of `u32`).
 const DENSE_SLOTS: u64 = 1 << 22;
 
+/// Rows per block of a scan: the block's scratch columns stay in cache.
+const BLOCK: usize = 2048;
+
+/// A view's groups before they are named, column by column, ordered by group then series
+/// code (see [`Table::aggregate`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Groups {
+    /// Group code of each (group, series).
+    pub group: Vec<u32>,
+    /// Series code (0 when the view is not split).
+    pub series: Vec<u32>,
+    /// The aggregate; `None` when no record of the group has the metric (except `count`).
+    pub value: Vec<Option<f64>>,
+    /// Records aggregated.
+    pub n: Vec<u64>,
+    /// Records skipped (failed, or metric missing).
+    pub skipped: Vec<u64>,
+    /// Box statistics, one per group for box charts, else empty.
+    pub dist: Vec<Option<BoxStats>>,
+    pub matched: u64,
+    pub skipped_error: u64,
+    pub skipped_missing: u64,
+}
+
+/// How the codes of a dimension read: numbers, or a dictionary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DimCodes {
+    /// For numeric dimensions: the raw value of code `k` is the number `k × step` (the
+    /// bucket's start for `t_send`, the value itself otherwise).
+    pub step: Option<f64>,
+    /// Otherwise: (raw value, label) of each code.
+    pub dict: Vec<(String, String)>,
+}
+
+impl Groups {
+    pub fn len(&self) -> usize {
+        self.group.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.group.is_empty()
+    }
+}
+
 /// Distribution of one group, for box charts: min, quartiles (p25, p50, p75), max.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BoxStats {
@@ -142,28 +186,34 @@ struct Selection<'a> {
 }
 
 impl<'a> Selection<'a> {
-    /// Which rows pass every filter, column by column.
-    fn mask(&self) -> Vec<bool> {
+    /// Which of rows `start..start + keep.len()` pass every filter, column by column
+    /// (`codes` is scratch of the same length).
+    fn mask_into(&self, start: usize, keep: &mut [bool], codes: &mut [u32]) {
         let t = self.table;
         let f = &self.query.filters;
-        let mut keep = t
-            .column(Field::Cell)
-            .map_codes(|c| self.cell_ok[c as usize]);
-        t.column(Field::FinishReason)
-            .and_codes(&mut keep, |c| self.finish_ok[c as usize]);
+        t.column(Field::Cell).codes_into(start, codes);
+        keep.iter_mut()
+            .zip(codes.iter())
+            .for_each(|(k, c)| *k = self.cell_ok[*c as usize]);
+        t.column(Field::FinishReason).codes_into(start, codes);
+        keep.iter_mut()
+            .zip(codes.iter())
+            .for_each(|(k, c)| *k &= self.finish_ok[*c as usize]);
         for (field, ranges) in [(Field::Turn, &f.turn), (Field::Traj, &f.traj)] {
             if !ranges.is_empty() {
-                t.column(field)
-                    .and_codes(&mut keep, |x| ranges.iter().any(|r| r.contains(x)));
+                t.column(field).codes_into(start, codes);
+                keep.iter_mut()
+                    .zip(codes.iter())
+                    .for_each(|(k, x)| *k &= ranges.iter().any(|r| r.contains(*x)));
             }
         }
         if let Some(want) = f.error {
-            t.column(Field::Error)
-                .and_codes(&mut keep, |c| (c != 0) == want);
+            t.column(Field::Error).codes_into(start, codes);
+            keep.iter_mut()
+                .zip(codes.iter())
+                .for_each(|(k, c)| *k &= (*c != 0) == want);
         }
-        keep
     }
-
     fn new(table: &'a Table, query: &'a Query) -> Self {
         let m = &table.meta;
         let f = &query.filters;
@@ -303,60 +353,83 @@ impl Table {
         }
     }
 
-    /// The code of every row along `dim`.
-    fn codes_of(&self, dim: Dim) -> Vec<u32> {
-        let by_cell = |f: fn(&CellInfo) -> u32| {
-            let lut: Vec<u32> = self.meta.cells.iter().map(f).collect();
-            self.column(Field::Cell).map_codes(|c| lut[c as usize])
-        };
+    /// The codes along `dim` of rows `start..start + out.len()`; `cell_lut` maps a cell code
+    /// to the code of a dimension the cell carries (see [`Table::cell_lut`]).
+    fn dim_codes_into(&self, dim: Dim, cell_lut: &[u32], start: usize, out: &mut [u32]) {
         match dim {
-            Dim::Turn => self.column(Field::Turn).map_codes(|c| c),
-            Dim::Traj => self.column(Field::Traj).map_codes(|c| c),
-            Dim::FinishReason => self.column(Field::FinishReason).map_codes(|c| c),
-            Dim::Concurrency => by_cell(|c| c.concurrency),
-            Dim::Gpu => by_cell(|c| c.gpu),
-            Dim::Run => by_cell(|c| c.run),
-            Dim::CacheMode => by_cell(|c| cache_mode_code(c.cache_mode)),
+            Dim::Turn => self.column(Field::Turn).codes_into(start, out),
+            Dim::Traj => self.column(Field::Traj).codes_into(start, out),
+            Dim::FinishReason => self.column(Field::FinishReason).codes_into(start, out),
+            Dim::Concurrency | Dim::Gpu | Dim::Run | Dim::CacheMode => {
+                self.column(Field::Cell).codes_into(start, out);
+                out.iter_mut().for_each(|c| *c = cell_lut[*c as usize]);
+            }
             Dim::TimeBucket => match self.column(Field::TSend) {
-                Column::F32(v) => v.iter().map(|t| bucket(*t as f64)).collect(),
-                other => other.values().into_iter().map(bucket).collect(),
+                Column::F32(v) => {
+                    let end = start + out.len();
+                    out.iter_mut()
+                        .zip(&v[start..end])
+                        .for_each(|(o, t)| *o = bucket(*t as f64))
+                }
+                other => {
+                    let mut vals = vec![0.0; out.len()];
+                    other.values_into(start, &mut vals);
+                    out.iter_mut()
+                        .zip(&vals)
+                        .for_each(|(o, t)| *o = bucket(*t));
+                }
             },
         }
     }
 
-    /// `metric` of every row, NaN where missing.
-    fn metric_values(&self, metric: Metric) -> Vec<f64> {
-        let col = |f: Field| self.column(f).values();
-        let zip = |a: Field, b: Field, op: fn(f64, f64) -> f64| -> Vec<f64> {
-            let (a, b) = (col(a), col(b));
-            a.iter().zip(&b).map(|(x, y)| op(*x, *y)).collect()
+    /// For a dimension a cell carries, its code by cell code (empty for the others).
+    fn cell_lut(&self, dim: Dim) -> Vec<u32> {
+        let f: fn(&CellInfo) -> u32 = match dim {
+            Dim::Concurrency => |c| c.concurrency,
+            Dim::Gpu => |c| c.gpu,
+            Dim::Run => |c| c.run,
+            Dim::CacheMode => |c| cache_mode_code(c.cache_mode),
+            _ => return Vec::new(),
         };
-        let nan_unless = |ok: bool, x: f64| if ok { x } else { f64::NAN };
+        self.meta.cells.iter().map(f).collect()
+    }
+
+    /// `metric` of rows `start..start + out.len()`, NaN where missing (`tmp`: scratch of the
+    /// same length).
+    fn metric_into(&self, metric: Metric, start: usize, out: &mut [f64], tmp: &mut [f64]) {
+        let col = |f: Field, out: &mut [f64]| self.column(f).values_into(start, out);
+        let mut zip = |a: Field, b: Field, out: &mut [f64], op: fn(f64, f64) -> f64| {
+            self.column(a).values_into(start, out);
+            self.column(b).values_into(start, tmp);
+            out.iter_mut().zip(tmp.iter()).for_each(|(x, y)| *x = op(*x, *y));
+        };
         match metric {
-            Metric::Ttft => col(Field::Ttft),
-            Metric::E2e => col(Field::E2e),
-            Metric::ItlMean => col(Field::ItlMean),
-            Metric::ItlP99 => col(Field::ItlP99),
-            Metric::PromptTokens => col(Field::PromptTokens),
-            Metric::CachedTokens => col(Field::CachedTokens),
-            Metric::CompletionTokens => col(Field::CompletionTokens),
-            Metric::ThinkTime => col(Field::ThinkTime),
-            Metric::NewPromptTokens => zip(Field::PromptTokens, Field::CachedTokens, |p, c| {
-                // `f64::max` would turn a missing (NaN) count into 0.
-                if p.is_nan() || c.is_nan() {
-                    f64::NAN
-                } else {
-                    (p - c).max(0.0)
-                }
-            }),
-            Metric::CacheHitRatio => zip(Field::PromptTokens, Field::CachedTokens, |p, c| {
+            Metric::Ttft => col(Field::Ttft, out),
+            Metric::E2e => col(Field::E2e, out),
+            Metric::ItlMean => col(Field::ItlMean, out),
+            Metric::ItlP99 => col(Field::ItlP99, out),
+            Metric::PromptTokens => col(Field::PromptTokens, out),
+            Metric::CachedTokens => col(Field::CachedTokens, out),
+            Metric::CompletionTokens => col(Field::CompletionTokens, out),
+            Metric::ThinkTime => col(Field::ThinkTime, out),
+            Metric::NewPromptTokens => {
+                zip(Field::PromptTokens, Field::CachedTokens, out, |p, c| {
+                    // `f64::max` would turn a missing (NaN) count into 0.
+                    if p.is_nan() || c.is_nan() {
+                        f64::NAN
+                    } else {
+                        (p - c).max(0.0)
+                    }
+                })
+            }
+            Metric::CacheHitRatio => zip(Field::PromptTokens, Field::CachedTokens, out, |p, c| {
                 if p > 0.0 {
                     c / p
                 } else {
                     f64::NAN
                 }
             }),
-            Metric::OutputTokPerS => zip(Field::CompletionTokens, Field::E2e, |n, e2e| {
+            Metric::OutputTokPerS => zip(Field::CompletionTokens, Field::E2e, out, |n, e2e| {
                 if e2e > 0.0 {
                     n / e2e
                 } else {
@@ -364,105 +437,58 @@ impl Table {
                 }
             }),
             Metric::Tpot => {
-                let spans = zip(Field::E2e, Field::Ttft, |e2e, ttft| e2e - ttft);
-                let n = col(Field::CompletionTokens);
-                spans
-                    .iter()
-                    .zip(&n)
-                    .map(|(span, n)| nan_unless(*n >= 2.0, span / (n - 1.0)))
-                    .collect()
+                zip(Field::E2e, Field::Ttft, out, |e2e, ttft| e2e - ttft);
+                self.column(Field::CompletionTokens).values_into(start, tmp);
+                out.iter_mut().zip(tmp.iter()).for_each(|(span, n)| {
+                    *span = if *n >= 2.0 {
+                        *span / (n - 1.0)
+                    } else {
+                        f64::NAN
+                    }
+                });
             }
         }
     }
 
-    /// Run `query`: filter, group, aggregate. Rows are ordered by group, then series.
+    /// Run `query`: filter, group, aggregate (see [`Table::aggregate`]), then name the
+    /// groups. Rows are ordered by group, then series.
     pub fn view(&self, query: &Query) -> View {
-        let keep = Selection::new(self, query).mask();
-        let group_codes = self.codes_of(query.group);
-        let series_codes = match query.series {
-            Some(s) => self.codes_of(s),
-            None => vec![0; self.rows()],
+        let g = self.aggregate(query);
+        let text = |dim: Dim, k: u32| {
+            let (raw, label) = self.key_text(dim, k);
+            let label = (label != raw).then_some(label);
+            (raw, label)
         };
-        let values = self.metric_values(query.metric);
-        let errors = self.column(Field::Error).map_codes(|c| c != 0);
-
-        let series_card = query.series.map_or(1, |s| self.cardinality(s));
-        let slots = self.cardinality(query.group) * series_card;
-        // Group index by (group, series) code: a dense table when small, a map otherwise.
-        let mut dense: Vec<u32> = if slots <= DENSE_SLOTS {
-            vec![u32::MAX; slots as usize]
-        } else {
-            Vec::new()
-        };
-        let mut sparse: HashMap<(u32, u32), u32> = HashMap::new();
-        let mut groups: Vec<((u32, u32), Vec<f64>, u64)> = Vec::new();
-        let (mut matched, mut skipped_error, mut skipped_missing) = (0u64, 0u64, 0u64);
-        let rows = keep
-            .iter()
-            .zip(&group_codes)
-            .zip(&series_codes)
-            .zip(values.iter().zip(&errors));
-        for (((&kept, &gk), &sk), (&x, &failed)) in rows {
-            if !kept {
-                continue;
-            }
-            matched += 1;
-            let key = (gk, sk);
-            let mut new_group = || {
-                groups.push((key, Vec::new(), 0));
-                groups.len() as u32 - 1
-            };
-            let g = if dense.is_empty() {
-                *sparse.entry(key).or_insert_with(new_group)
-            } else {
-                let slot = &mut dense[(key.0 as u64 * series_card + key.1 as u64) as usize];
-                if *slot == u32::MAX {
-                    *slot = new_group();
-                }
-                *slot
-            } as usize;
-            if failed {
-                skipped_error += 1;
-                groups[g].2 += 1;
-            } else if x.is_nan() {
-                skipped_missing += 1;
-                groups[g].2 += 1;
-            } else {
-                groups[g].1.push(x);
-            }
-        }
-        groups.sort_unstable_by_key(|g| g.0);
-        let rows = groups
-            .into_iter()
-            .map(|((gk, sk), mut values, skipped)| {
-                let (group, group_label) = self.key_text(query.group, gk);
-                let group_label = (group_label != group).then_some(group_label);
+        let rows = (0..g.len())
+            .map(|i| {
+                let (group, group_label) = text(query.group, g.group[i]);
                 let (series, series_label) = match query.series {
                     Some(s) => {
-                        let (a, b) = self.key_text(s, sk);
-                        let b = (b != a).then_some(b);
+                        let (a, b) = text(s, g.series[i]);
                         (Some(a), b)
                     }
                     None => (None, None),
                 };
-                let dist = (query.chart == Chart::Box)
-                    .then(|| {
-                        values.sort_unstable_by(f64::total_cmp);
-                        box_stats(&values)
-                    })
-                    .flatten();
                 Row {
                     group,
                     group_label,
                     series,
                     series_label,
-                    value: aggregate(query.agg, &mut values),
-                    n: values.len() as u64,
-                    skipped,
-                    dist,
+                    value: g.value[i],
+                    n: g.n[i],
+                    skipped: g.skipped[i],
+                    dist: g.dist.get(i).copied().flatten(),
                 }
             })
-            .collect::<Vec<_>>();
+            .collect();
+        View {
+            rows,
+            ..self.view_header(query, &g)
+        }
+    }
+
+    /// The view of `query` whose groups are `g`, without its rows.
+    pub fn view_header(&self, query: &Query, g: &Groups) -> View {
         View {
             hash: query.to_hash(),
             metric: query.metric.key(),
@@ -474,12 +500,189 @@ impl Table {
             series_label: query.series.map(Dim::label),
             chart: query.chart.key(),
             bucket_s: BUCKET_S,
+            matched: g.matched,
+            used: g.n.iter().sum(),
+            skipped_error: g.skipped_error,
+            skipped_missing: g.skipped_missing,
+            rows: Vec::new(),
+        }
+    }
+
+    /// How the codes of `dim` in [`Groups`] read as raw values and labels.
+    pub fn dim_codes(&self, dim: Dim) -> DimCodes {
+        let m = &self.meta;
+        let dict = |n: usize| DimCodes {
+            step: None,
+            dict: (0..n as u32).map(|k| self.key_text(dim, k)).collect(),
+        };
+        match dim {
+            Dim::Turn | Dim::Traj | Dim::Concurrency => DimCodes {
+                step: Some(1.0),
+                dict: Vec::new(),
+            },
+            Dim::TimeBucket => DimCodes {
+                step: Some(BUCKET_S),
+                dict: Vec::new(),
+            },
+            Dim::Gpu => dict(m.gpus.len()),
+            Dim::Run => dict(m.runs.len()),
+            Dim::CacheMode => dict(CacheMode::ALL.len()),
+            Dim::FinishReason => dict(m.finish_reasons.len() + 1),
+        }
+    }
+
+    /// Run `query` without naming the groups: one scan in blocks of [`BLOCK`] rows (filter
+    /// mask, group and series codes, metric, no per-row allocation), each aggregated value
+    /// appended with its group's dense index; then a stable counting sort by group puts every
+    /// group's values side by side in table order, and each group is aggregated in place
+    /// (percentiles by selection, see [`percentile`]).
+    pub fn aggregate(&self, query: &Query) -> Groups {
+        let sel = Selection::new(self, query);
+        let rows = self.rows();
+        let group_lut = self.cell_lut(query.group);
+        let series_lut = query.series.map(|s| self.cell_lut(s)).unwrap_or_default();
+        let series_card = query.series.map_or(1, |s| self.cardinality(s));
+        let slots = self.cardinality(query.group) * series_card;
+        // Group index by (group, series) code: a dense table when small, a map otherwise.
+        let mut dense: Vec<u32> = if slots <= DENSE_SLOTS {
+            vec![u32::MAX; slots as usize]
+        } else {
+            Vec::new()
+        };
+        let mut sparse: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut keys: Vec<(u32, u32)> = Vec::new();
+        let mut count: Vec<u32> = Vec::new();
+        let mut skipped: Vec<u64> = Vec::new();
+        let boxes = query.chart == Chart::Box;
+        // Percentiles and box statistics need every value of a group; the other aggregates
+        // are folded as the scan goes, in table order like `aggregate` over the group's values.
+        let streamed = query.agg.quantile().is_none() && !boxes;
+        let mut folds: Vec<Fold> = Vec::new();
+        let fold0 = Fold::new(query.agg);
+        // Otherwise the aggregated values in table order, with their group's index.
+        let (mut row_group, mut row_value): (Vec<u32>, Vec<f64>) = if streamed {
+            (Vec::new(), Vec::new())
+        } else {
+            (Vec::with_capacity(rows), Vec::with_capacity(rows))
+        };
+        let (mut matched, mut skipped_error, mut skipped_missing) = (0u64, 0u64, 0u64);
+
+        let mut keep = [false; BLOCK];
+        let mut gcodes = [0u32; BLOCK];
+        let mut scodes = [0u32; BLOCK];
+        let mut errors = [0u32; BLOCK];
+        let mut values = [0f64; BLOCK];
+        let mut tmp = [0f64; BLOCK];
+        let mut start = 0;
+        while start < rows {
+            let len = BLOCK.min(rows - start);
+            let (keep, gcodes, scodes) = (&mut keep[..len], &mut gcodes[..len], &mut scodes[..len]);
+            let (errors, values) = (&mut errors[..len], &mut values[..len]);
+            sel.mask_into(start, keep, gcodes);
+            if !keep.iter().any(|k| *k) {
+                start += len;
+                continue;
+            }
+            self.dim_codes_into(query.group, &group_lut, start, gcodes);
+            match query.series {
+                Some(s) => self.dim_codes_into(s, &series_lut, start, scodes),
+                None => scodes.fill(0),
+            }
+            self.column(Field::Error).codes_into(start, errors);
+            self.metric_into(query.metric, start, values, &mut tmp[..len]);
+            for i in 0..len {
+                if !keep[i] {
+                    continue;
+                }
+                matched += 1;
+                let key = (gcodes[i], scodes[i]);
+                let mut new_group = || {
+                    keys.push(key);
+                    count.push(0);
+                    skipped.push(0);
+                    if streamed {
+                        folds.push(fold0);
+                    }
+                    keys.len() as u32 - 1
+                };
+                let g = if dense.is_empty() {
+                    *sparse.entry(key).or_insert_with(new_group)
+                } else {
+                    let slot = &mut dense[(key.0 as u64 * series_card + key.1 as u64) as usize];
+                    if *slot == u32::MAX {
+                        *slot = new_group();
+                    }
+                    *slot
+                };
+                let x = values[i];
+                if errors[i] != 0 {
+                    skipped_error += 1;
+                    skipped[g as usize] += 1;
+                } else if x.is_nan() {
+                    skipped_missing += 1;
+                    skipped[g as usize] += 1;
+                } else {
+                    count[g as usize] += 1;
+                    if streamed {
+                        folds[g as usize].add(x);
+                    } else {
+                        row_group.push(g);
+                        row_value.push(x);
+                    }
+                }
+            }
+            start += len;
+        }
+        drop(dense);
+
+        // Stable counting sort by group: group `g`'s values at `offset[g]..offset[g + 1]`.
+        let mut offset = Vec::with_capacity(keys.len() + 1);
+        let mut total = 0usize;
+        offset.push(0);
+        for c in &count {
+            total += *c as usize;
+            offset.push(total);
+        }
+        let mut sorted = vec![0f64; row_value.len()];
+        let mut next = offset.clone();
+        for (g, x) in row_group.iter().zip(&row_value) {
+            let at = &mut next[*g as usize];
+            sorted[*at] = *x;
+            *at += 1;
+        }
+        drop((row_group, row_value, next));
+
+        // Output order: by group code, then series code.
+        let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+        order.sort_unstable_by_key(|g| keys[*g as usize]);
+        let mut out = Groups {
+            group: Vec::with_capacity(order.len()),
+            series: Vec::with_capacity(order.len()),
+            value: Vec::with_capacity(order.len()),
+            n: Vec::with_capacity(order.len()),
+            skipped: Vec::with_capacity(order.len()),
+            dist: Vec::new(),
             matched,
-            used: rows.iter().map(|r| r.n).sum(),
             skipped_error,
             skipped_missing,
-            rows,
+        };
+        for g in order {
+            let g = g as usize;
+            out.group.push(keys[g].0);
+            out.series.push(keys[g].1);
+            out.n.push(count[g] as u64);
+            out.skipped.push(skipped[g]);
+            if streamed {
+                out.value.push(folds[g].value(query.agg, count[g]));
+                continue;
+            }
+            let values = &mut sorted[offset[g]..offset[g + 1]];
+            out.value.push(aggregate(query.agg, values));
+            if boxes {
+                out.dist.push(box_stats(values));
+            }
         }
+        out
     }
 
     /// The records of one point of `query`'s view: group `group` (raw value) and, when the
@@ -598,12 +801,79 @@ pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
     stats::percentile_sorted(values, q)
 }
 
-fn box_stats(sorted: &[f64]) -> Option<BoxStats> {
+/// `count`, `sum`, `mean`, `min` or `max` of a group folded value by value, in the order
+/// [`aggregate`] reads a group's values, so the result is the same to the bit.
+#[derive(Debug, Clone, Copy)]
+struct Fold {
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Fold {
+    fn new(agg: Agg) -> Fold {
+        Fold {
+            // `Iterator::sum` of `f64` starts from -0.0, `stats::mean` from 0.0.
+            sum: if agg == Agg::Sum { -0.0 } else { 0.0 },
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, x: f64) {
+        self.sum += x;
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+    }
+
+    fn value(&self, agg: Agg, n: u32) -> Option<f64> {
+        if agg == Agg::Count {
+            return Some(n as f64);
+        }
+        (n > 0).then_some(match agg {
+            Agg::Sum => self.sum,
+            Agg::Mean => self.sum / n as f64,
+            Agg::Min => self.min,
+            _ => self.max,
+        })
+    }
+}
+
+/// Puts the order statistic of each rank of `ranks` (ascending) at its place in `values`,
+/// by selection in what lies right of the previous one.
+fn place_ranks(values: &mut [f64], ranks: &[usize]) {
+    let mut from = 0;
+    for &r in ranks {
+        if r < from || r >= values.len() {
+            continue;
+        }
+        values[from..].select_nth_unstable_by(r - from, f64::total_cmp);
+        from = r + 1;
+    }
+}
+
+/// Min, quartiles and max of `values` (no NaN, any order; reordered): the ranks that
+/// [`stats::percentile_sorted`] reads are put in place by selection, so it reads the same
+/// numbers as from the sorted values.
+fn box_stats(values: &mut [f64]) -> Option<BoxStats> {
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    let mut ranks = vec![0, n - 1];
+    for q in [25.0, 50.0, 75.0] {
+        let lo = (((n - 1) as f64 * q / 100.0).floor() as usize).min(n - 1);
+        ranks.extend([lo, (lo + 1).min(n - 1)]);
+    }
+    ranks.sort_unstable();
+    ranks.dedup();
+    place_ranks(values, &ranks);
     Some(BoxStats {
-        min: *sorted.first()?,
-        q1: stats::percentile_sorted(sorted, 25.0)?,
-        median: stats::percentile_sorted(sorted, 50.0)?,
-        q3: stats::percentile_sorted(sorted, 75.0)?,
-        max: *sorted.last()?,
+        min: values[0],
+        q1: stats::percentile_sorted(values, 25.0)?,
+        median: stats::percentile_sorted(values, 50.0)?,
+        q3: stats::percentile_sorted(values, 75.0)?,
+        max: values[n - 1],
     })
 }

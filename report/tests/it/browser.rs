@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,7 +78,10 @@ impl Browser {
         let driver_bin = std::env::var("TB_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let chromium = std::env::var("TB_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let port = free_port()?;
+        // Its own process group, so dropping a Browser (say, on a failed assertion) can end
+        // chromedriver and the Chromium it started together.
         let mut driver = Command::new(&driver_bin)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
@@ -202,16 +206,22 @@ impl Browser {
         Ok(errors)
     }
 
-    pub async fn close(mut self) -> anyhow::Result<()> {
+    pub async fn close(self) -> anyhow::Result<()> {
         let result = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
         result.context("closing the browser session")
+        // Drop ends the processes.
     }
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and every process of its group (Chromium and its helpers), which a
+    /// plain kill of chromedriver would leave running.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.driver.wait();
     }
 }

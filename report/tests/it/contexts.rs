@@ -15,7 +15,8 @@ fn tiny_site() -> (pages::Site, std::path::PathBuf, tempfile::TempDir) {
         source: "fixtures/tiny".into(),
         data: RunData::Measured(Box::new(measured)),
     }];
-    let site = pages::site("turnbench test", &runs, &[Some(agg)], &[]);
+    let gpus = pages::gpu_links(&runs);
+    let site = pages::site("turnbench test", &runs, &[Some(agg)], gpus, &[]);
     (site, dir, tmp)
 }
 

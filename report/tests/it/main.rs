@@ -1,5 +1,6 @@
 //! The report's one integration-test binary.
 
+mod aggregate;
 mod browser;
 mod bundles;
 mod contexts;

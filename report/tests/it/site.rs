@@ -203,3 +203,27 @@ fn a_missing_input_is_an_error_naming_it() {
     let msg = format!("{err:#}");
     assert!(msg.contains("nope: no such file or directory"), "{msg}");
 }
+
+#[test]
+fn a_summary_json_that_disagrees_with_the_records_is_flagged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "r", &tiny_spec("r"));
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let index = read(&site.join("index.html"));
+    assert!(
+        !index.contains("summary.json"),
+        "the generated summary agrees with its records"
+    );
+
+    let path = run.join("summary.json");
+    let mut summary: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
+    summary["cells"][1]["total_output_tokens"] = 12345.into();
+    std::fs::write(&path, summary.to_string()).unwrap();
+    build(std::slice::from_ref(&run), &site, None);
+    let index = read(&site.join("index.html"));
+    assert!(
+        index.contains("h100 prefix c=2: summary.json vs turns.jsonl: total tokens 12345 vs 1795"),
+        "mismatch not reported"
+    );
+}

@@ -452,12 +452,15 @@ async fn bench() {
         "metric=ttft&agg=p99&group=t_send&cache_mode=prefix&turn=2-20",
         "metric=itl_p99&agg=p99&group=gpu&concurrency=8&concurrency=16",
         "metric=cache_hit_ratio&agg=p99&group=traj&error=false",
+        "metric=ttft&agg=p99&group=traj&series=concurrency",
+        "metric=tpot&agg=p99&group=t_send&series=cache_mode&turn=2-",
+        "metric=ttft&agg=p99&group=turn&series=concurrency&chart=box",
     ] {
         let js = format!("var t = []; for (var i = 0; i < 7; i++) t.push(window.TURNBENCH_VIEWER.timeQuery('{hash}')); return t;");
         let times: Vec<f64> = browser.eval(&js).await.unwrap();
         let rows: usize = browser
             .eval(&format!(
-                "return JSON.parse(window.TURNBENCH_VIEWER.viewer.query('{hash}')).rows.length"
+                "return window.TURNBENCH_VIEWER.runQuery('{hash}').rows.length"
             ))
             .await
             .unwrap();
@@ -465,6 +468,13 @@ async fn bench() {
             "query {hash} ({rows} rows): median of 7 {:.1} ms, fastest {:.1} ms  {times:.1?}",
             median(times.clone()),
             times.iter().copied().fold(f64::INFINITY, f64::min)
+        );
+        // The whole render (query, table, chart), once: the page must not freeze.
+        let js = format!("var t = []; for (var i = 0; i < 3; i++) t.push(window.TURNBENCH_VIEWER.timeRender('{hash}')); return t;");
+        let renders: Vec<f64> = browser.eval(&js).await.unwrap();
+        println!(
+            "  render (query + table + chart), median of 3: {:.0} ms  {renders:.0?}",
+            median(renders.clone())
         );
     }
     let errors = browser.errors().await.unwrap();

@@ -2,7 +2,7 @@
 //! defaults, so one command line serves both), the simulator's `--sim-*` flags, and the
 //! resolution of those flags into a validated [`SimConfig`].
 
-use super::cost::{kv_capacity_tokens, GpuProfile, ModelProfile};
+use super::cost::{kv_capacity_tokens_tp, GpuProfile, ModelProfile};
 use super::faults::Fault;
 use super::tokenizer::Tokenizer;
 use anyhow::{bail, Context as _};
@@ -64,9 +64,10 @@ pub struct SimArgs {
     /// Prefill chunk size in tokens (else by GPU memory: 2048 / 4096 / 8192); -1 disables.
     #[arg(long, allow_hyphen_values = true)]
     pub chunked_prefill_size: Option<i64>,
-    /// Recorded only.
-    #[arg(long)]
-    pub max_prefill_tokens: Option<u64>,
+    /// Cap on the new tokens of one prefill batch: a prompt that does not fit what is left of
+    /// it waits for the next step (SGLang's default: 16384).
+    #[arg(long, default_value_t = 16384)]
+    pub max_prefill_tokens: u64,
     /// Context length (else the model's).
     #[arg(long)]
     pub context_length: Option<u64>,
@@ -240,6 +241,9 @@ impl SimConfig {
         if args.tp_size == 0 {
             bail!("--tp-size must be >= 1");
         }
+        if args.max_prefill_tokens == 0 {
+            bail!("--max-prefill-tokens must be >= 1");
+        }
         let gpu = GpuProfile::builtin(&args.sim_gpu).with_context(|| {
             format!(
                 "--sim-gpu {}: unknown GPU (h100, h200, a100-80gb, a100-40gb)",
@@ -274,12 +278,8 @@ impl SimConfig {
         let max_total_tokens = match args.max_total_tokens {
             Some(n) => n,
             None => {
-                // Weights and KV are split over the TP group: pool as if one GPU had it all.
-                let group = GpuProfile {
-                    mem_bytes: gpu.mem_bytes * tp,
-                    ..gpu.clone()
-                };
-                match kv_capacity_tokens(&model, &group, mem_fraction_static) {
+                // Weights and KV are split over the TP group: N × each GPU's free memory.
+                match kv_capacity_tokens_tp(&model, &gpu, mem_fraction_static, tp) {
                     0 => bail!(
                         "{} ({} GB of weights) does not fit {} x {} at --mem-fraction-static {}",
                         model.name,

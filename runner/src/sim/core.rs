@@ -5,18 +5,22 @@
 //!    free + evictable slots are short, the newest admitted request is *retracted*: its KV is
 //!    released, its output so far kept, and it goes back to the waiting queue to be prefilled
 //!    again later (counted in `retractions`). The reservation ratio then rises to
-//!    `(Σ generated + 20·B) / Σ planned` as in SGLang's `retract_decode`.
+//!    `(Σ generated + 20·B) / Σ max_new_tokens` as in SGLang's `retract_decode`.
 //! 2. **Prefill batch.** The request being prefilled in chunks continues first; then waiting
 //!    requests are admitted in policy order (`fcfs`: arrival order; `lpm`: longest cached
 //!    prefix first, fcfs when more than 128 wait or the cache is off) while
 //!    `max_running_requests` and memory allow, up to `chunked_prefill_size` new tokens per
-//!    step (a request that does not fit is split; at most one request is mid-chunk).
+//!    step (a request that does not fit is split; at most one request is mid-chunk) and
+//!    `max_prefill_tokens` per batch (a whole request that does not fit waits).
 //!    Admission matches the prompt (but its last token, which must be computed) in the radix
 //!    cache: that is `cached_tokens`. Memory rule (SGLang's `PrefillAdder`): the newcomer's
-//!    uncached tokens + its remaining output must fit in free + evictable slots after the
-//!    running requests' reserve, `Σ remaining output × new_token_ratio` (ratio 0.7 decaying
-//!    to 0.098 over 600 decode steps). The engine knows each request's planned output length,
-//!    where SGLang only knows `max_new_tokens`, so it is a little less conservative.
+//!    uncached tokens + `min(max_new_tokens, 4096)` must fit in free + evictable slots after
+//!    the reserve of the running requests, `Σ min(max_new_tokens − generated, 4096) ×
+//!    new_token_ratio` (ratio 0.7 decaying to 0.098 over 600 decode steps), and of the
+//!    requests already admitted into this batch (their full `min(max_new_tokens, 4096)`).
+//!    Like SGLang it reserves for `max_new_tokens`, not for the output the request will
+//!    really produce (which the engine knows but a real scheduler does not); `max_new_tokens`
+//!    is clipped so that prompt + output fits the pool, as SGLang clips it to `max_req_len`.
 //! 3. **Time.** The step lasts `prefill(batch) + decode(running, Σ contexts)` from the
 //!    [`CostModel`]; events are stamped with the clock at the step's end.
 //! 4. **Events.** A finished prefill samples the first token (`First`; after a retraction
@@ -51,6 +55,8 @@ struct Req {
     tokens: Vec<u32>,
     input_len: usize,
     output_len: usize,
+    /// `max_new_tokens` (≥ `output_len`, clipped to the pool): what admission reserves for.
+    max_new: usize,
     generated: usize,
     /// The locked cached prefix while admitted.
     prefix: Option<PrefixMatch>,
@@ -63,6 +69,8 @@ struct Req {
     retractions: u32,
     /// Admission order (the newest is retracted first).
     admitted: u64,
+    /// Engine time the first prefill step began (the end of the queue wait).
+    scheduled_at: f64,
 }
 
 impl Req {
@@ -71,8 +79,10 @@ impl Req {
         self.input_len + self.generated
     }
 
+    /// Output tokens SGLang's admission still reserves for: `max_new_tokens − generated`,
+    /// clipped at 4096 (`SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION`).
     fn remaining_output(&self) -> u64 {
-        ((self.output_len - self.generated) as u64).min(CLIP_MAX_NEW_TOKENS)
+        ((self.max_new - self.generated) as u64).min(CLIP_MAX_NEW_TOKENS)
     }
 }
 
@@ -113,6 +123,7 @@ pub struct Core {
     radix: RadixCache,
     max_running: usize,
     chunk_size: u64,
+    max_prefill_tokens: u64,
     policy: SchedulePolicy,
     clock: f64,
     reqs: HashMap<ReqKey, Req>,
@@ -137,10 +148,11 @@ pub struct Core {
 impl Core {
     pub fn new(cfg: &EngineConfig) -> Core {
         Core {
-            cost: CostModel::new(cfg.model.clone(), cfg.gpu.clone()),
+            cost: CostModel::with_tp(cfg.model.clone(), cfg.gpu.clone(), cfg.tp_size),
             radix: RadixCache::new(cfg.max_total_tokens, !cfg.disable_radix_cache),
             max_running: cfg.max_running_requests.max(1),
             chunk_size: (cfg.chunked_prefill_size as u64).max(1),
+            max_prefill_tokens: cfg.max_prefill_tokens.max(1),
             policy: cfg.schedule_policy,
             clock: 0.0,
             reqs: HashMap::new(),
@@ -216,6 +228,10 @@ impl Core {
             ));
             return;
         }
+        // SGLang clips max_new_tokens so that prompt + output fits the pool
+        // (`max_req_len − prompt − 1`); the planned output always fits (checked above).
+        let room = (self.radix.capacity() as usize).saturating_sub(input_len + 1);
+        let max_new = (req.max_new_tokens as usize).min(room).max(output_len);
         let mut tokens = req.input_ids;
         tokens.extend_from_slice(&req.output_ids);
         self.reqs.insert(
@@ -224,6 +240,7 @@ impl Core {
                 tokens,
                 input_len,
                 output_len,
+                max_new,
                 generated: 0,
                 prefix: None,
                 filled: 0,
@@ -232,6 +249,7 @@ impl Core {
                 first_sent: false,
                 retractions: 0,
                 admitted: 0,
+                scheduled_at: 0.0,
             },
         );
         self.waiting.push_back(key);
@@ -388,7 +406,7 @@ impl Core {
         for k in &self.running {
             let r = &self.reqs[k];
             generated += r.generated as u64;
-            planned += r.output_len as u64;
+            planned += r.max_new as u64;
         }
         let estimate = (generated + RETRACT_DECODE_STEPS * self.running.len() as u64) as f64
             / planned.max(1) as f64;
@@ -407,9 +425,18 @@ impl Core {
 
     /// Form this step's prefill batch; returns it with its cached and computed token counts
     /// of newly admitted requests.
+    ///
+    /// Budgets, as SGLang's `PrefillAdder`: `chunk` (`--chunked-prefill-size`) caps the new
+    /// tokens per step and splits the request that crosses it; `input`
+    /// (`--max-prefill-tokens`) caps the batch's new tokens too, but never splits: a whole
+    /// request that does not fit what is left waits for the next step, unless the batch is
+    /// empty (a lone request may exceed it). Memory: running requests reserve
+    /// `min(max_new − generated, 4096) × new_token_ratio`, requests admitted in this batch
+    /// their full `min(max_new, 4096)`.
     fn schedule_prefill(&mut self) -> (PrefillBatch, u64, u64) {
         let mut batch = PrefillBatch::default();
         let mut budget = self.chunk_size;
+        let mut input_budget = self.max_prefill_tokens;
         let (mut hit, mut computed) = (0u64, 0u64);
         self.admitted_now.clear();
         if let Some(key) = self.chunked {
@@ -424,6 +451,7 @@ impl Core {
             batch.add(&self.cost.model, chunk, filled as u64);
             computed += chunk;
             budget -= chunk;
+            input_budget = input_budget.saturating_sub(chunk);
             let req = self.reqs.get_mut(&key).expect("chunked request");
             req.filled += chunk as usize;
             req.private += want;
@@ -433,7 +461,7 @@ impl Core {
             self.chunked = None;
             self.admitted_now.push(key);
         }
-        if self.waiting.is_empty() || budget == 0 {
+        if self.waiting.is_empty() || budget == 0 || input_budget == 0 {
             return (batch, hit, computed);
         }
         if self.policy == SchedulePolicy::Lpm
@@ -448,7 +476,10 @@ impl Core {
         }
         let mut reserve = self.running_reserve();
         while let Some(&key) = self.waiting.front() {
-            if self.running.len() + self.admitted_now.len() >= self.max_running || budget == 0 {
+            if self.running.len() + self.admitted_now.len() >= self.max_running
+                || budget == 0
+                || input_budget == 0
+            {
                 break;
             }
             let req = self.reqs.get_mut(&key).expect("waiting request");
@@ -457,7 +488,10 @@ impl Core {
             let extend = (target - m.len) as u64;
             let out = req.remaining_output();
             let first_token = u64::from(req.generated < req.output_len);
-            if self.radix.available() < extend + first_token + out + reserve {
+            let whole = extend <= budget;
+            if self.radix.available() < extend + first_token + out + reserve
+                || (whole && extend > input_budget && !batch.is_empty())
+            {
                 self.radix.unlock(m);
                 break;
             }
@@ -471,9 +505,11 @@ impl Core {
             hit += m.len as u64;
             computed += extend;
             budget -= chunk;
-            reserve += (out as f64 * self.new_token_ratio).ceil() as u64;
+            input_budget = input_budget.saturating_sub(chunk);
+            reserve += out;
             if !req.first_sent && req.retractions == 0 {
                 req.cached_tokens = m.len as u32;
+                req.scheduled_at = self.clock;
             }
             req.filled = m.len + chunk as usize;
             req.private += want;
@@ -571,6 +607,7 @@ impl Core {
                     key,
                     EngineEvent::First {
                         cached_tokens: req.cached_tokens,
+                        scheduled_at: req.scheduled_at,
                         at,
                     },
                 ));
@@ -620,6 +657,7 @@ impl Core {
 mod tests {
     use super::super::cost::{GpuProfile, ModelProfile};
     use super::*;
+    use crate::sim::cost::CostModel;
 
     fn config(capacity: u64) -> EngineConfig {
         EngineConfig {
@@ -628,6 +666,8 @@ mod tests {
             max_total_tokens: capacity,
             max_running_requests: 64,
             chunked_prefill_size: 8192,
+            max_prefill_tokens: 16384,
+            tp_size: 1,
             schedule_policy: SchedulePolicy::Fcfs,
             disable_radix_cache: false,
             time_scale: f64::INFINITY,
@@ -638,6 +678,7 @@ mod tests {
     fn request(prompt: std::ops::Range<u32>, output: std::ops::Range<u32>) -> EngineRequest {
         EngineRequest {
             rid: String::new(),
+            max_new_tokens: output.len() as u32,
             input_ids: prompt.collect(),
             output_ids: output.collect(),
         }
@@ -660,7 +701,9 @@ mod tests {
 
     fn first(events: &[EngineEvent]) -> (u32, f64) {
         match events[0] {
-            EngineEvent::First { cached_tokens, at } => (cached_tokens, at),
+            EngineEvent::First {
+                cached_tokens, at, ..
+            } => (cached_tokens, at),
             ref e => panic!("expected First, got {e:?}"),
         }
     }
@@ -834,6 +877,92 @@ mod tests {
         // The retracted request resumed after the other finished, re-prefilling its history.
         assert!(finished(&ev[&1]).1 > finished(&ev[&0]).1);
         assert!(stats.prefill_compute_tokens_total > 1100);
+    }
+
+    #[test]
+    fn tp_size_costs_steps_with_tensor_parallelism() {
+        let mut finish = Vec::new();
+        for tp in [1, 2] {
+            let mut cfg = config(100_000);
+            cfg.tp_size = tp;
+            let mut core = Core::new(&cfg);
+            assert_eq!(core.cost().tp(), tp);
+            core.submit(1, request(0..4000, 5000..5100));
+            let ev = run(&mut core);
+            let expect = CostModel::with_tp(cfg.model.clone(), cfg.gpu.clone(), tp);
+            assert!((first(&ev[&1]).1 - expect.prefill_one_s(4000, 0)).abs() < 1e-12);
+            finish.push(finished(&ev[&1]).1);
+        }
+        assert!(finish[1] < 0.75 * finish[0], "{finish:?}");
+    }
+
+    #[test]
+    fn admission_reserves_for_max_new_tokens_not_the_planned_output() {
+        // Two 10-token answers with max_new_tokens 2000 in a 3000-token pool: SGLang cannot
+        // know they stop early, so the second waits for the first. With max_new_tokens = 10
+        // they run together.
+        for (max_new, together) in [(2000, false), (10, true)] {
+            let mut core = Core::new(&config(3000));
+            for (k, base) in [(1, 0), (2, 10_000)] {
+                let mut r = request(base..base + 100, 50_000..50_010);
+                r.max_new_tokens = max_new;
+                core.submit(k, r);
+            }
+            let ev = run(&mut core);
+            assert_eq!(finished(&ev[&2]).0, 10);
+            let overlap = first(&ev[&2]).1 < finished(&ev[&1]).1;
+            assert_eq!(overlap, together, "max_new_tokens {max_new}");
+        }
+        // max_new_tokens beyond the pool is clipped (a lone request is always admitted).
+        let mut core = Core::new(&config(3000));
+        let mut r = request(0..100, 50_000..50_010);
+        r.max_new_tokens = 1_000_000;
+        core.submit(1, r);
+        assert_eq!(finished(&run(&mut core)[&1]).0, 10);
+    }
+
+    #[test]
+    fn max_prefill_tokens_caps_a_prefill_batch_without_splitting_requests() {
+        for (cap, steps) in [(16384, vec![6000]), (4096, vec![3000, 3000])] {
+            let mut cfg = config(100_000);
+            cfg.chunked_prefill_size = usize::MAX; // chunking off: only the cap limits
+            cfg.max_prefill_tokens = cap;
+            let mut core = Core::new(&cfg);
+            core.submit(1, request(0..3000, 50_000..50_002));
+            core.submit(2, request(10_000..13_000, 60_000..60_002));
+            let mut prefills = Vec::new();
+            while let Some(r) = core.step() {
+                if r.prefill_tokens > 0 {
+                    prefills.push(r.prefill_tokens);
+                }
+            }
+            assert_eq!(prefills, steps, "cap {cap}");
+        }
+        // A lone request longer than the cap still runs (in one batch of its own).
+        let mut cfg = config(100_000);
+        cfg.chunked_prefill_size = usize::MAX;
+        cfg.max_prefill_tokens = 1000;
+        let mut core = Core::new(&cfg);
+        core.submit(1, request(0..3000, 50_000..50_002));
+        assert_eq!(core.step().unwrap().prefill_tokens, 3000);
+    }
+
+    #[test]
+    fn first_reports_when_the_request_left_the_queue() {
+        let mut cfg = config(100_000);
+        cfg.max_running_requests = 1;
+        let mut core = Core::new(&cfg);
+        core.submit(1, request(0..100, 500..505));
+        core.submit(2, request(1000..1100, 600..605));
+        let ev = run(&mut core);
+        let scheduled = |k| match ev[&k][0] {
+            EngineEvent::First { scheduled_at, .. } => scheduled_at,
+            ref e => panic!("{e:?}"),
+        };
+        assert_eq!(scheduled(1), 0.0);
+        // Request 2 is scheduled in the step after request 1 finished.
+        assert_eq!(scheduled(2), finished(&ev[&1]).1);
+        assert!(first(&ev[&2]).1 > scheduled(2));
     }
 
     #[test]

@@ -22,7 +22,20 @@
 //!   grid is so small that the kernel splits the keys instead.
 //!
 //! A step that holds both a prefill batch and a decode batch costs the sum of the two forward
-//! passes. The other GPUs reuse the H100 efficiencies, except the A100s whose GEMM and
+//! passes.
+//!
+//! **Tensor parallelism** (`--tp-size N`, Megatron-style as SGLang shards): each GPU holds
+//! `1/N` of every linear layer (column-parallel q/k/v, gate/up and the vocab-parallel lm_head;
+//! row-parallel o_proj and down_proj) and `⌈kv_heads/N⌉` KV heads (heads are replicated when
+//! `N > kv_heads`). So per GPU the weight stream, the GEMM FLOPs, the intermediate half of the
+//! activation traffic and the attention FLOPs are divided by `N`, the KV read by
+//! `kv_heads / ⌈kv_heads/N⌉`; the fixed per-layer kernel costs stay (every GPU runs every
+//! kernel). Each layer then adds **two all-reduces** of the `T × hidden` bf16 activations
+//! (after o_proj and after down_proj), each costed as a ring all-reduce over NVLink:
+//! `t_ar + 2·(N−1)/N · T·hidden·2 / (link_bw · e_link)` with a fixed `t_ar` = 8 µs (SGLang's
+//! custom all-reduce on small messages) and `e_link` = 0.7 of the per-direction NVLink
+//! bandwidth. These two constants are assumptions, not fitted: the calibration table is TP1,
+//! where the model is unchanged. The other GPUs reuse the H100 efficiencies, except the A100s whose GEMM and
 //! attention efficiencies follow the calibration file's `a100_scaling.A100_efficiency_adjusted`
 //! ratios (A100 time = H100 time × ratio). The roofline helpers at the bottom use datasheet
 //! peaks only: they are the physical limits a run is reported against.
@@ -311,6 +324,8 @@ pub struct GpuProfile {
     /// Datasheet dense bf16 tensor throughput, FLOP/s.
     pub bf16_flops: f64,
     pub sm_count: u64,
+    /// Datasheet GPU-to-GPU (NVLink) bandwidth per direction, bytes/s (tensor parallelism).
+    pub interconnect_bytes_per_s: f64,
     pub efficiency: GpuEfficiency,
 }
 
@@ -331,6 +346,7 @@ impl GpuProfile {
             hbm_bytes_per_s: 3.35e12,
             bf16_flops: H100_BF16_FLOPS,
             sm_count: 132,
+            interconnect_bytes_per_s: 450e9,
             efficiency: GpuEfficiency::H100,
         };
         let a100 = |mem_bytes: u64, hbm_bytes_per_s: f64| {
@@ -343,6 +359,7 @@ impl GpuProfile {
                 hbm_bytes_per_s,
                 bf16_flops: A100_BF16_FLOPS,
                 sm_count: 108,
+                interconnect_bytes_per_s: 300e9,
                 efficiency: GpuEfficiency {
                     gemm: h.gemm * peak_ratio / A100_GEMM_TIME_RATIO,
                     attention: h.attention * peak_ratio / A100_ATTN_TIME_RATIO,
@@ -367,12 +384,41 @@ impl GpuProfile {
 /// KV pool size in tokens: `mem_bytes × mem_fraction_static − weight_bytes`, divided by the
 /// model's KV bytes per token (0 when the weights do not fit).
 pub fn kv_capacity_tokens(model: &ModelProfile, gpu: &GpuProfile, mem_fraction_static: f64) -> u64 {
-    let budget = gpu.mem_bytes as f64 * mem_fraction_static - model.weight_bytes as f64;
-    if budget <= 0.0 || model.kv_bytes_per_token == 0 {
+    kv_capacity_tokens_tp(model, gpu, mem_fraction_static, 1)
+}
+
+/// KV pool size in tokens under tensor parallelism over `tp` GPUs: each GPU's free memory
+/// (`mem_bytes × mem_fraction_static − weight_bytes / tp`) divided by its share of a token's
+/// KV (`kv_bytes_per_token × ⌈kv_heads/tp⌉ / kv_heads`). Every GPU holds a slice of every
+/// token, so the pool is the per-GPU token count, i.e. `N ×` the per-GPU free memory in units
+/// of a whole token's KV when the KV heads divide evenly. 0 when the weights do not fit.
+pub fn kv_capacity_tokens_tp(
+    model: &ModelProfile,
+    gpu: &GpuProfile,
+    mem_fraction_static: f64,
+    tp: u64,
+) -> u64 {
+    let tp = tp.max(1);
+    let budget = gpu.mem_bytes as f64 * mem_fraction_static - model.weight_bytes as f64 / tp as f64;
+    let kv_per_gpu = model.kv_bytes_per_token as f64 * kv_heads_per_gpu(model, tp) as f64
+        / model.kv_heads.max(1) as f64;
+    if budget <= 0.0 || kv_per_gpu <= 0.0 {
         return 0;
     }
-    (budget / model.kv_bytes_per_token as f64) as u64
+    (budget / kv_per_gpu) as u64
 }
+
+/// KV heads each GPU holds under tensor parallelism (replicated when `tp > kv_heads`).
+fn kv_heads_per_gpu(model: &ModelProfile, tp: u64) -> u64 {
+    model.kv_heads.max(1).div_ceil(tp.max(1))
+}
+
+/// Fixed cost of one all-reduce (SGLang's custom all-reduce on small messages): an assumption.
+const ALLREDUCE_LATENCY_S: f64 = 8e-6;
+/// Fraction of the per-direction NVLink bandwidth a ring all-reduce reaches: an assumption.
+const ALLREDUCE_LINK_EFFICIENCY: f64 = 0.7;
+/// All-reduces per layer per forward pass (after o_proj and after down_proj).
+const ALLREDUCES_PER_LAYER: f64 = 2.0;
 
 /// The datasheet roofline for decode: output tokens/s of `batch` sequences of `context`
 /// tokens each, when each step must stream the weights and every sequence's KV once and do
@@ -456,32 +502,67 @@ pub struct CostModel {
     kv_s_per_token: f64,
     sequence_s: f64,
     one_wave_batch: u64,
+    /// Tensor-parallel degree.
+    tp: u64,
+    /// All-reduce time per forward pass: fixed, and per token in the batch.
+    allreduce_fixed_s: f64,
+    allreduce_s_per_token: f64,
 }
 
 impl CostModel {
+    /// One GPU (no tensor parallelism): the calibrated model.
     pub fn new(model: ModelProfile, gpu: GpuProfile) -> CostModel {
+        CostModel::with_tp(model, gpu, 1)
+    }
+
+    /// Tensor parallelism over `tp` GPUs of the same kind (see the module docs).
+    pub fn with_tp(model: ModelProfile, gpu: GpuProfile, tp: u64) -> CostModel {
+        let tp = tp.max(1);
+        let n = tp as f64;
         let e = &gpu.efficiency;
         let bw = gpu.hbm_bytes_per_s;
         let layers = model.layers as f64;
-        let kvb = model.kv_bytes_per_token as f64;
+        let kv_heads = kv_heads_per_gpu(&model, tp);
+        let kvb = model.kv_bytes_per_token as f64 * kv_heads as f64 / model.kv_heads.max(1) as f64;
         let activation_bytes = e.activation_passes
             * layers
-            * (model.hidden + model.intermediate) as f64
+            * (model.hidden as f64 + model.intermediate as f64 / n)
             * BF16_BYTES as f64;
+        let (allreduce_fixed_s, allreduce_s_per_token) = if tp > 1 {
+            let calls = ALLREDUCES_PER_LAYER * layers;
+            let link = gpu.interconnect_bytes_per_s * ALLREDUCE_LINK_EFFICIENCY;
+            let bytes_per_token = (model.hidden * BF16_BYTES) as f64;
+            (
+                calls * ALLREDUCE_LATENCY_S,
+                calls * 2.0 * (n - 1.0) / n * bytes_per_token / link,
+            )
+        } else {
+            (0.0, 0.0)
+        };
         CostModel {
-            weight_stream_s: model.forward_weight_bytes() as f64 / (bw * e.weight_stream),
-            gemm_s_per_token: 2.0 * model.body_matmul_params() / (gpu.bf16_flops * e.gemm),
-            lm_head_s_per_row: 2.0 * model.embedding_params() as f64 / (gpu.bf16_flops * e.gemm),
+            weight_stream_s: model.forward_weight_bytes() as f64 / n / (bw * e.weight_stream),
+            gemm_s_per_token: 2.0 * model.body_matmul_params() / n / (gpu.bf16_flops * e.gemm),
+            lm_head_s_per_row: 2.0 * model.embedding_params() as f64
+                / n
+                / (gpu.bf16_flops * e.gemm),
             activation_s_per_token: activation_bytes / (bw * e.weight_stream),
             layer_fixed_s: layers * e.layer_overhead_s,
             attention_fixed_s: layers * e.attention_layer_overhead_s,
             kv_s_per_token_one_wave: kvb / (bw * e.kv_read_one_wave),
             kv_s_per_token: kvb / (bw * e.kv_read),
             sequence_s: layers * e.sequence_layer_overhead_s,
-            one_wave_batch: gpu.sm_count / model.kv_heads.max(1),
+            one_wave_batch: gpu.sm_count / kv_heads,
+            tp,
+            allreduce_fixed_s,
+            allreduce_s_per_token,
             model,
             gpu,
         }
+    }
+
+    /// The tensor-parallel degree this model costs.
+    pub fn tp(&self) -> u64 {
+        self.tp
     }
 
     /// Linear layers of a forward pass over `tokens` tokens with `rows` through the lm_head.
@@ -490,6 +571,15 @@ impl CostModel {
         self.weight_stream_s.max(gemm)
             + self.layer_fixed_s
             + self.activation_s_per_token * tokens as f64
+            + self.allreduce_s(tokens)
+    }
+
+    /// The tensor-parallel all-reduces of one forward pass over `tokens` tokens (0 at TP1).
+    fn allreduce_s(&self, tokens: u64) -> f64 {
+        if self.tp == 1 {
+            return 0.0;
+        }
+        self.allreduce_fixed_s + self.allreduce_s_per_token * tokens as f64
     }
 
     /// One decode step of `batch` sequences whose contexts sum to `kv_tokens` (seconds).
@@ -514,7 +604,8 @@ impl CostModel {
         if batch.is_empty() {
             return 0.0;
         }
-        let blocks = batch.attention_blocks as f64;
+        // Query heads are split over the TP group: each GPU runs 1/tp of the blocks and FLOPs.
+        let blocks = batch.attention_blocks.div_ceil(self.tp) as f64;
         let sms = self.gpu.sm_count as f64;
         let utilisation = if blocks < 0.8 * sms {
             self.gpu.efficiency.attention_split_utilisation
@@ -522,6 +613,7 @@ impl CostModel {
             blocks / (blocks + 0.5 * sms)
         };
         let attention = batch.attention_flops
+            / self.tp as f64
             / (self.gpu.bf16_flops * self.gpu.efficiency.attention * utilisation);
         self.linear_s(batch.new_tokens, batch.requests) + self.attention_fixed_s + attention
     }
@@ -657,6 +749,52 @@ mod tests {
         // B=1 decode on an H100 is bounded by the weight stream: 3.35 TB/s / 27.98 GB ≈ 120/s.
         let b1 = decode_tok_per_s_bound(&qwen14(), &GpuProfile::builtin("h100").unwrap(), 1, 0);
         assert!((b1 - 3.35e12 / 27_982_932_000.0).abs() < 0.1, "{b1}");
+    }
+
+    #[test]
+    fn tensor_parallelism_splits_the_work_and_adds_all_reduces() {
+        let gpu = GpuProfile::builtin("h100").unwrap();
+        let one = CostModel::new(qwen14(), gpu.clone());
+        assert_eq!(one, CostModel::with_tp(qwen14(), gpu.clone(), 1));
+        let two = CostModel::with_tp(qwen14(), gpu.clone(), 2);
+        let four = CostModel::with_tp(qwen14(), gpu.clone(), 4);
+        // Decode is weight-stream bound: TP2 is much faster than TP1 but, with the fixed
+        // per-layer kernels and the all-reduces, not twice as fast.
+        for (b, c) in [(1, 1024), (16, 4096), (64, 8192)] {
+            let (t1, t2, t4) = (
+                one.decode_step_s(b, b * c),
+                two.decode_step_s(b, b * c),
+                four.decode_step_s(b, b * c),
+            );
+            assert!(t2 < 0.75 * t1 && t2 > 0.5 * t1, "B={b} C={c}: {t1} {t2}");
+            assert!(t4 < t2 && t4 > 0.25 * t1, "B={b} C={c}: {t2} {t4}");
+        }
+        // Compute-bound prefill: close to 1/N plus the all-reduces of 16k tokens.
+        let (p1, p2) = (one.prefill_one_s(16384, 0), two.prefill_one_s(16384, 0));
+        assert!(p2 < 0.6 * p1 && p2 > 0.5 * p1, "{p1} {p2}");
+        // The all-reduce term: 2 per layer, ring over 0.7 × 450 GB/s, 8 µs each.
+        let ar = two.allreduce_s(1000);
+        let expect = 96.0 * (8e-6 + 1000.0 * 5120.0 * 2.0 / (0.7 * 450e9));
+        assert!((ar - expect).abs() < 1e-12, "{ar} vs {expect}");
+        assert_eq!(one.allreduce_s(1000), 0.0);
+    }
+
+    #[test]
+    fn the_kv_pool_under_tp_is_n_times_each_gpus_free_memory() {
+        let gpu = GpuProfile::builtin("h100").unwrap();
+        let m = qwen14();
+        let free = gpu.mem_bytes as f64 * 0.88 - m.weight_bytes as f64 / 2.0;
+        let tp2 = kv_capacity_tokens_tp(&m, &gpu, 0.88, 2);
+        assert_eq!(tp2, (2.0 * free / m.kv_bytes_per_token as f64) as u64);
+        assert!(tp2 > 2 * kv_capacity_tokens(&m, &gpu, 0.88));
+        // 8 KV heads over 16 GPUs: each GPU holds one replicated head, 1/8 of a token's KV.
+        let tp16 = kv_capacity_tokens_tp(&m, &gpu, 0.88, 16);
+        let free16 = gpu.mem_bytes as f64 * 0.88 - m.weight_bytes as f64 / 16.0;
+        assert_eq!(tp16, (8.0 * free16 / m.kv_bytes_per_token as f64) as u64);
+        // Qwen2.5-14B does not fit one A100-40GB at 0.5, but does over two.
+        let small = GpuProfile::builtin("a100-40gb").unwrap();
+        assert_eq!(kv_capacity_tokens_tp(&m, &small, 0.5, 1), 0);
+        assert!(kv_capacity_tokens_tp(&m, &small, 0.5, 2) > 0);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct EngineConfig {
     pub max_total_tokens: u64,
     pub max_running_requests: usize,
     pub chunked_prefill_size: usize,
+    /// Cap on the new (uncached) tokens of one prefill batch (`--max-prefill-tokens`).
+    pub max_prefill_tokens: u64,
+    /// Tensor-parallel degree (`--tp-size`): GPUs the model's weights and KV are split over.
+    pub tp_size: u64,
     pub schedule_policy: SchedulePolicy,
     pub disable_radix_cache: bool,
     /// Engine seconds per wall second (`f64::INFINITY`: never sleep).
@@ -51,13 +55,21 @@ pub struct EngineRequest {
     pub input_ids: Vec<u32>,
     /// Planned output (already cut at a stop string / max_new_tokens by the caller).
     pub output_ids: Vec<u32>,
+    /// The request's `max_new_tokens`: what the scheduler reserves KV for, as SGLang does
+    /// (it cannot know where the output will stop). At least `output_ids.len()`.
+    pub max_new_tokens: u32,
 }
 
 /// What happens to a request, in engine time (seconds since the engine started).
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
-    /// Prefill finished and the first token was sampled.
-    First { cached_tokens: u32, at: f64 },
+    /// Prefill finished and the first token was sampled. `scheduled_at`: when the request
+    /// left the waiting queue (the start of the step running its first prefill chunk).
+    First {
+        cached_tokens: u32,
+        scheduled_at: f64,
+        at: f64,
+    },
     /// After a decode step: output tokens emitted so far (cumulative).
     Progress { completion_tokens: u32, at: f64 },
     /// All planned tokens emitted.
@@ -395,6 +407,8 @@ mod tests {
             max_total_tokens: 200_000,
             max_running_requests: 64,
             chunked_prefill_size: 8192,
+            max_prefill_tokens: 16384,
+            tp_size: 1,
             schedule_policy: SchedulePolicy::Fcfs,
             disable_radix_cache: false,
             time_scale,
@@ -407,6 +421,7 @@ mod tests {
             rid: rid.to_string(),
             input_ids: (0..prompt).collect(),
             output_ids: (1000..1000 + output).collect(),
+            max_new_tokens: output,
         }
     }
 
@@ -432,6 +447,7 @@ mod tests {
             first,
             EngineEvent::First {
                 cached_tokens: 0,
+                scheduled_at: 0.0,
                 at: prefill
             }
         );
@@ -469,7 +485,9 @@ mod tests {
         let mut sub = engine.submit(turn2.clone());
         assert!((sub.received_at - received).abs() < 1e-6 && received >= 10.0);
         match sub.events.recv().await.unwrap() {
-            EngineEvent::First { cached_tokens, at } => {
+            EngineEvent::First {
+                cached_tokens, at, ..
+            } => {
                 assert_eq!(cached_tokens, 2050);
                 assert!(at > received && at < received + 0.5, "{at} {received}");
             }

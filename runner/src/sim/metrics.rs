@@ -4,6 +4,14 @@
 //!
 //! Scheduler gauges are read from the engine at scrape time; request counters and latency
 //! histograms (in engine seconds) are recorded as requests finish.
+//!
+//! **Format.** `prometheus-client` (0.26) encodes OpenMetrics only: `# TYPE x counter` over
+//! `x_total` samples and a closing `# EOF`. SGLang serves prometheus_client's classic text
+//! format (0.0.4), so [`classic_text`] rewrites the exposition the way prometheus_client's
+//! `generate_latest` writes it: a counter's `# HELP`/`# TYPE` name carries `_total`, every
+//! counter and histogram series gets a `x_created` gauge sample (Unix seconds; here the
+//! time the metrics were set up), `# UNIT` and `# EOF` lines are dropped. The route sends
+//! `Content-Type: text/plain; version=0.0.4`.
 
 use super::engine::EngineStats;
 use prometheus_client::encoding::text::encode;
@@ -33,6 +41,8 @@ const E2E_BUCKETS: [f64; 23] = [
 
 pub struct Metrics {
     registry: Registry,
+    /// Unix time the series were created (their `_created` samples).
+    created: f64,
     running: GaugeF,
     queued: GaugeF,
     used_tokens: GaugeF,
@@ -60,6 +70,10 @@ impl Metrics {
         let mut root = Registry::default();
         let m = Metrics {
             registry: Registry::default(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
             running: GaugeF::default(),
             queued: GaugeF::default(),
             used_tokens: GaugeF::default(),
@@ -206,7 +220,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, scheduler gauges refreshed from `stats`.
+    /// The classic Prometheus text exposition (0.0.4), scheduler gauges refreshed from
+    /// `stats`.
     pub fn render(&self, stats: &EngineStats) -> String {
         self.running.set(stats.running as f64);
         self.queued.set(stats.queued as f64);
@@ -230,7 +245,7 @@ impl Metrics {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
-        out
+        classic_text(&out, self.created)
     }
 
     /// Record a finished request (token counts; latencies are observed as they happen).
@@ -244,5 +259,105 @@ impl Metrics {
                 .inc_by(u64::from(cached));
         }
         self.retractions.observe(f64::from(retractions));
+    }
+}
+
+/// Rewrite an OpenMetrics text exposition as prometheus_client's classic text format (see
+/// the module docs); `created` is the value of every `_created` sample.
+pub fn classic_text(openmetrics: &str, created: f64) -> String {
+    #[derive(Default)]
+    struct Family<'a> {
+        name: &'a str,
+        help: &'a str,
+        kind: &'a str,
+        /// Label sets (`{…}` or empty) of the series, for their `_created` samples.
+        series: Vec<&'a str>,
+    }
+    fn flush(out: &mut String, f: &Family<'_>, created: f64) {
+        if f.series.is_empty() || !matches!(f.kind, "counter" | "histogram") {
+            return;
+        }
+        out.push_str(&format!("# HELP {}_created {}\n", f.name, f.help));
+        out.push_str(&format!("# TYPE {}_created gauge\n", f.name));
+        for labels in &f.series {
+            out.push_str(&format!("{}_created{labels} {created}\n", f.name));
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    let mut family = Family::default();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush(&mut out, &family, created);
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            family = Family {
+                name,
+                help,
+                ..Family::default()
+            };
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            if name != family.name {
+                flush(&mut out, &family, created);
+                family = Family {
+                    name,
+                    ..Family::default()
+                };
+            }
+            family.kind = kind;
+            let shown = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            out.push_str(&format!("# HELP {shown} {}\n", family.help));
+            out.push_str(&format!("# TYPE {shown} {kind}\n"));
+        } else if line.starts_with('#') {
+            // `# EOF`, `# UNIT`: OpenMetrics only.
+        } else if !line.is_empty() {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let sample = &line[..name_end];
+            let labels = if line[name_end..].starts_with('{') {
+                line[name_end..]
+                    .rfind('}')
+                    .map_or("", |end| &line[name_end..name_end + end + 1])
+            } else {
+                ""
+            };
+            let series_sample = match family.kind {
+                "counter" => sample.strip_suffix("_total") == Some(family.name),
+                "histogram" => sample.strip_suffix("_count") == Some(family.name),
+                _ => false,
+            };
+            if series_sample {
+                family.series.push(labels);
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    flush(&mut out, &family, created);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_counters_become_classic_with_created_samples() {
+        let om = "# HELP c Requests.\n# TYPE c counter\nc_total{a=\"x\"} 3\n\
+                  # HELP g Load.\n# TYPE g gauge\ng 0.5\n\
+                  # HELP h Latency.\n# TYPE h histogram\nh_sum 1.0\nh_count 2\n\
+                  h_bucket{le=\"+Inf\"} 2\n# EOF\n";
+        let classic = classic_text(om, 1.5);
+        assert_eq!(
+            classic,
+            "# HELP c_total Requests.\n# TYPE c_total counter\nc_total{a=\"x\"} 3\n\
+             # HELP c_created Requests.\n# TYPE c_created gauge\nc_created{a=\"x\"} 1.5\n\
+             # HELP g Load.\n# TYPE g gauge\ng 0.5\n\
+             # HELP h Latency.\n# TYPE h histogram\nh_sum 1.0\nh_count 2\n\
+             h_bucket{le=\"+Inf\"} 2\n\
+             # HELP h_created Latency.\n# TYPE h_created gauge\nh_created 1.5\n"
+        );
     }
 }

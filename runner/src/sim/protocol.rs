@@ -198,6 +198,40 @@ pub struct MetaInfo<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e_latency: Option<f64>,
     pub response_sent_to_client_ts: f64,
+    /// With `--enable-metrics` only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
+}
+
+/// The `meta_info` timing fields SGLang adds under `--enable-metrics` (spec §1.3), those
+/// the simulator knows, all in engine time: timestamps are the server's Unix start time plus
+/// engine seconds (so with `--sim-time-scale K` they run K× faster than the wall clock),
+/// durations are engine seconds. Not emitted: `prefill_waiting_latency` and
+/// `prefill_launch_latency` (the simulator has no launch or transfer delays to report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timing {
+    /// The server received the request.
+    pub request_received_ts: f64,
+    /// Handed to the scheduler (= received: tokenization takes no engine time).
+    pub api_server_dispatch_finish_ts: f64,
+    /// Seconds in the waiting queue, until its first prefill step began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_time: Option<f64>,
+    /// Its first prefill forward pass began (timestamp).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_entry_time: Option<f64>,
+    /// Its prefill finished and the first token was sampled (timestamp).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_finished_time: Option<f64>,
+    /// Final output only: the request finished (timestamp).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_finished_ts: Option<f64>,
+    /// Final output only: seconds from the first forward pass to the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_time: Option<f64>,
+    /// Final output only: output tokens after the first per decode second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_throughput: Option<f64>,
 }
 
 /// A native `/generate` body or SSE chunk.

@@ -14,7 +14,7 @@ use super::metrics::Metrics;
 use super::protocol::{
     self as p, ApiError, ChatChoice, ChatReq, Chunk, CompletionChoice, CompletionReq, Delta,
     GenerateOut, GenerateReq, MetaInfo, OneOrMany, PromptDetails, SamplingParams, SessionParams,
-    Usage,
+    Timing, Usage,
 };
 use super::session::Sessions;
 use super::template;
@@ -110,6 +110,8 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
         } else {
             cfg.chunked_prefill_size as usize
         },
+        max_prefill_tokens: cfg.args.max_prefill_tokens,
+        tp_size: u64::from(cfg.args.tp_size),
         schedule_policy: if cfg.args.schedule_policy == "lpm" {
             SchedulePolicy::Lpm
         } else {
@@ -125,6 +127,7 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
         .then(|| Metrics::new(cfg.args.served_model_name()));
     let warmup = Duration::from_secs_f64(cfg.args.sim_warmup_secs.max(0.0));
     let state = Arc::new(AppState {
+        engine_epoch_unix: unix_now(),
         exit_after: faults::exit_after(&cfg.args.sim_fault),
         engine,
         metrics,
@@ -181,6 +184,8 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
 struct AppState {
     cfg: SimConfig,
     engine: Engine,
+    /// Unix time at engine time 0 (the engine-time timestamps of `meta_info`).
+    engine_epoch_unix: f64,
     metrics: Option<Metrics>,
     sessions: Mutex<Sessions>,
     in_flight: Mutex<HashSet<String>>,
@@ -345,6 +350,8 @@ enum Prompt {
 struct Job {
     rid: String,
     input_ids: Vec<u32>,
+    /// The request's `max_new_tokens` (the engine reserves KV for it).
+    max_new_tokens: u32,
     plan: Planned,
     session: Option<String>,
 }
@@ -479,6 +486,7 @@ fn prepare(
     Ok(Job {
         rid,
         input_ids,
+        max_new_tokens: max_new.max(plan.ids.len() as u32),
         plan,
         session: sid,
     })
@@ -494,6 +502,9 @@ struct Running {
     events: mpsc::UnboundedReceiver<EngineEvent>,
     received_at: f64,
     last_at: f64,
+    /// Engine times: left the queue, first token.
+    scheduled_at: Option<f64>,
+    first_at: Option<f64>,
     cached: u32,
     completion: u32,
     retractions: u32,
@@ -508,6 +519,7 @@ impl Running {
             rid: job.rid.clone(),
             input_ids: job.input_ids,
             output_ids: job.plan.ids.clone(),
+            max_new_tokens: job.max_new_tokens,
         });
         Running {
             st: st.clone(),
@@ -518,6 +530,8 @@ impl Running {
             events: sub.events,
             received_at: finite(sub.received_at),
             last_at: finite(sub.received_at),
+            scheduled_at: None,
+            first_at: None,
             cached: 0,
             completion: 0,
             retractions: 0,
@@ -572,8 +586,14 @@ impl Running {
 
     fn apply(&mut self, ev: EngineEvent) {
         match ev {
-            EngineEvent::First { cached_tokens, at } => {
+            EngineEvent::First {
+                cached_tokens,
+                scheduled_at,
+                at,
+            } => {
                 self.cached = cached_tokens;
+                self.scheduled_at = Some(finite(scheduled_at));
+                self.first_at = Some(finite(at));
                 if let Some(m) = &self.st.metrics {
                     m.ttft.observe((finite(at) - self.received_at).max(0.0));
                 }
@@ -672,10 +692,32 @@ impl Running {
                 dp_rank: None,
                 e2e_latency: self.e2e(),
                 response_sent_to_client_ts: unix_now(),
+                timing: self.st.cfg.args.enable_metrics.then(|| self.timing()),
             },
             index,
         };
         serde_json::to_vec(&out).expect("serializing a response")
+    }
+
+    /// The `--enable-metrics` timing fields known so far (engine time).
+    fn timing(&self) -> Timing {
+        let ts = |t: f64| self.st.engine_epoch_unix + t;
+        let finished = self.finished_at.filter(|_| self.aborted.is_none());
+        let decode_s = finished.zip(self.first_at).map(|(f, first)| f - first);
+        Timing {
+            request_received_ts: ts(self.received_at),
+            api_server_dispatch_finish_ts: ts(self.received_at),
+            queue_time: self.scheduled_at.map(|s| (s - self.received_at).max(0.0)),
+            forward_entry_time: self.scheduled_at.map(ts),
+            prefill_finished_time: self.first_at.map(ts),
+            request_finished_ts: finished.map(ts),
+            inference_time: finished
+                .zip(self.scheduled_at)
+                .map(|(f, s)| (f - s).max(0.0)),
+            decode_throughput: decode_s
+                .filter(|d| *d > 0.0)
+                .map(|d| f64::from(self.completion.saturating_sub(1)) / d),
+        }
     }
 
     fn usage(&self) -> Usage {
@@ -1379,6 +1421,7 @@ async fn health(State(st): State<St>) -> StatusCode {
         rid: format!("HEALTH_CHECK_{}", new_rid()),
         input_ids: vec![0],
         output_ids: vec![st.tok().eos_id()],
+        max_new_tokens: 1,
     });
     let wait = async {
         while let Some(ev) = sub.events.recv().await {

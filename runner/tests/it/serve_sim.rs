@@ -4,6 +4,7 @@
 
 mod cache;
 mod control;
+mod engine_model;
 mod errors;
 mod faults;
 mod generate;

@@ -123,6 +123,103 @@ async fn metrics_expose_sglang_series() {
     h.shutdown().await;
 }
 
+/// A metric family: name, type, samples (series, value).
+type Family = (String, String, Vec<(String, f64)>);
+
+/// A strict parser of the classic Prometheus text format (0.0.4), as Prometheus' own
+/// `expfmt` reads it: every sample belongs to the family of the `# TYPE` line before it
+/// (counters and gauges: the same name; histograms: `_bucket`, `_sum`, `_count`), each
+/// `# TYPE` follows the `# HELP` of the same name, and no OpenMetrics-only line appears.
+/// Returns (family name, type, samples) in order.
+fn parse_classic(text: &str) -> Vec<Family> {
+    let mut families: Vec<Family> = Vec::new();
+    let mut help: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split(' ').next().unwrap().to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(help.as_deref(), Some(name), "TYPE without its HELP: {line}");
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind));
+            assert!(families.iter().all(|f| f.0 != name), "{name} twice");
+            families.push((name.to_string(), kind.to_string(), Vec::new()));
+        } else {
+            assert!(
+                !line.starts_with('#'),
+                "not classic Prometheus text: {line}"
+            );
+            assert!(!line.is_empty(), "blank line");
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+            let name = series.split('{').next().unwrap();
+            let (family, kind, samples) = families.last_mut().expect("sample before TYPE");
+            let ok = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(family.as_str())),
+                _ => name == family,
+            };
+            assert!(ok, "sample {name} in family {family} ({kind})");
+            samples.push((series.to_string(), value));
+        }
+    }
+    families
+}
+
+#[tokio::test]
+async fn metrics_are_classic_prometheus_text_like_sglangs() {
+    let h = server(&["--enable-metrics"]).await;
+    gen(
+        &h,
+        "count me",
+        json!({"max_new_tokens": 5, "ignore_eos": true}),
+    )
+    .await;
+    let r = client()
+        .get(format!("{}/metrics", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("# EOF"), "{text}");
+    let families = parse_classic(&text);
+    let family = |name: &str| {
+        families
+            .iter()
+            .find(|f| f.0 == name)
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    };
+    for counter in [
+        "sglang:prompt_tokens_total",
+        "sglang:generation_tokens_total",
+        "sglang:num_requests_total",
+        "sglang:cached_tokens_total",
+        "sglang:realtime_tokens_total",
+    ] {
+        assert_eq!(family(counter).1, "counter");
+        let created = family(&counter.replace("_total", "_created"));
+        assert_eq!(created.1, "gauge");
+        assert!(created.2.iter().all(|(_, ts)| *ts > 1.7e9), "{created:?}");
+    }
+    assert_eq!(family("sglang:generation_tokens_total").2[0].1, 5.0);
+    assert_eq!(family("sglang:num_running_reqs").1, "gauge");
+    let ttft = family("sglang:time_to_first_token_seconds");
+    assert_eq!(ttft.1, "histogram");
+    assert!(ttft
+        .2
+        .iter()
+        .any(|(s, v)| s.contains("le=\"+Inf\"") && *v == 1.0));
+    assert_eq!(
+        family("sglang:time_to_first_token_seconds_created").1,
+        "gauge"
+    );
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn flush_is_refused_while_busy_and_disconnects_abort() {
     // Real engine time (scale 1): a 2,000-token answer takes ~30 s, so it is still running.

@@ -278,3 +278,61 @@ async fn skip_tokenizer_init_needs_ids_and_returns_no_text() {
     assert_eq!(v["output_ids"].as_array().unwrap().len(), 3);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_lagging_client_gets_coalesced_cumulative_chunks() {
+    // 2,000 tokens at 100× real time: ~0.3 s of wall time. The client reads nothing for a
+    // second, so the socket fills and the pending outputs are merged, as SGLang does in its
+    // default (cumulative) stream mode.
+    let h = server(&["--sim-time-scale", "100"]).await;
+    let resp = client()
+        .post(format!("{}/generate", h.base_url()))
+        .json(&json!({"text": "a long answer please", "stream": true,
+                      "sampling_params": {"max_new_tokens": 2000, "ignore_eos": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut events = resp.bytes_stream().eventsource();
+    let mut data = Vec::new();
+    while let Some(ev) = events.next().await {
+        data.push(ev.expect("a well-formed SSE stream").data);
+    }
+    let chunks = chunks(&data);
+    assert!(
+        chunks.len() < 1000,
+        "{} chunks for 2000 tokens",
+        chunks.len()
+    );
+    let (mut prev_text, mut prev_ids, mut prev_n) = (String::new(), Vec::new(), 0);
+    let mut max_delta = 0;
+    for c in &chunks {
+        let text = c["text"].as_str().unwrap().to_string();
+        let ids: Vec<u64> = c["output_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        let n = u(c, "/meta_info/completion_tokens");
+        assert!(text.starts_with(&prev_text), "text is cumulative");
+        assert!(ids.starts_with(&prev_ids), "output_ids are cumulative");
+        assert_eq!(ids.len() as u64, n);
+        assert!(n > prev_n, "every chunk carries new tokens");
+        max_delta = max_delta.max(n - prev_n);
+        (prev_text, prev_ids, prev_n) = (text, ids, n);
+    }
+    assert!(max_delta > 1, "no chunk carried more than one token");
+    let last = &chunks[chunks.len() - 1]["meta_info"];
+    assert_eq!(
+        last["finish_reason"],
+        json!({"type": "length", "length": 2000})
+    );
+    assert_eq!(prev_ids.len(), 2000);
+    assert!(last["e2e_latency"].as_f64().unwrap() > 0.0);
+    for c in &chunks[..chunks.len() - 1] {
+        assert!(c["meta_info"]["finish_reason"].is_null());
+    }
+    h.shutdown().await;
+}

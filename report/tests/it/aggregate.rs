@@ -1,0 +1,96 @@
+//! Time series and per-turn statistics on hand-made records whose answers are known.
+
+use report::aggregate::{cell_series, TIME_POINTS};
+use turnbench_schema::{CacheMode, TurnRecord};
+
+fn record(
+    traj: u32,
+    turn: u32,
+    t_send: f64,
+    t_end: f64,
+    tokens: u64,
+    prompt: u64,
+    cached: u64,
+) -> TurnRecord {
+    TurnRecord {
+        gpu: "g".into(),
+        cache_mode: CacheMode::Prefix,
+        concurrency: 2,
+        traj,
+        traj_id: format!("t{traj}"),
+        turn,
+        attempt: 0,
+        t_send,
+        t_first_token: Some(t_send + 0.5),
+        t_end,
+        ttft: Some(0.5),
+        e2e: Some(t_end - t_send),
+        itl: None,
+        prompt_tokens: Some(prompt),
+        cached_tokens: Some(cached),
+        completion_tokens: Some(tokens),
+        think_time: 0.0,
+        finish_reason: Some("stop".into()),
+        error: None,
+        in_flight: 2,
+    }
+}
+
+#[test]
+fn throughput_windows_and_in_flight() {
+    // Trajectory 0: turns ending at 5 s (100 tokens) and 20 s (300 tokens).
+    // Trajectory 1: one turn from 2 s to 8 s (50 tokens).
+    let records = [
+        record(0, 0, 0.0, 5.0, 100, 1000, 0),
+        record(0, 1, 5.0, 20.0, 300, 1400, 1100),
+        record(1, 0, 2.0, 8.0, 50, 1000, 0),
+    ];
+    let refs: Vec<&TurnRecord> = records.iter().collect();
+    let s = cell_series(&refs).unwrap();
+    assert_eq!(s.summary.total_time_s, 20.0);
+    assert_eq!(s.throughput.len(), TIME_POINTS);
+    let at = |t: f64| {
+        *s.throughput
+            .iter()
+            .find(|p| (p.t - t).abs() < 1e-9)
+            .unwrap()
+    };
+    // t = 5: window is the 5 s elapsed; 100 tokens done.
+    assert_eq!((at(5.0).sliding, at(5.0).cumulative), (20.0, 20.0));
+    // t = 10: 150 tokens in (0, 10]; cumulative 150 / 10.
+    assert_eq!((at(10.0).sliding, at(10.0).cumulative), (15.0, 15.0));
+    // t = 15: nothing finished in (5, 15] except the 50 at 8 s.
+    assert_eq!(at(15.0).sliding, 5.0);
+    assert!((at(15.0).cumulative - 150.0 / 15.0).abs() < 1e-12);
+    // t = 20: 300 tokens in (10, 20]; 450 in all.
+    assert_eq!((at(20.0).sliding, at(20.0).cumulative), (30.0, 22.5));
+
+    let flight = |t: f64| {
+        s.in_flight
+            .iter()
+            .find(|p| (p.0 - t).abs() < 1e-9)
+            .unwrap()
+            .1
+    };
+    assert_eq!(flight(0.0), 1);
+    assert_eq!(flight(3.0), 2);
+    assert_eq!(flight(8.0), 1, "trajectory 1 ended at 8 s");
+    assert_eq!(flight(20.0), 0);
+
+    // Per turn index: turn 0 has two records, turn 1 one.
+    assert_eq!(s.by_turn.len(), 2);
+    assert_eq!(s.by_turn[0].turns, 2);
+    assert_eq!(s.by_turn[0].prompt_tokens_mean, Some(1000.0));
+    assert_eq!(s.by_turn[0].cache_hit_ratio, Some(0.0));
+    assert_eq!(s.by_turn[1].cache_hit_ratio, Some(1100.0 / 1400.0));
+    let e2e0 = s.by_turn[0].e2e.unwrap();
+    // E2E at turn 0: 5 and 6 s; numpy-linear p10 = 5.1, p50 = 5.5, p90 = 5.9.
+    assert!(
+        (e2e0.p10 - 5.1).abs() < 1e-12
+            && (e2e0.p50 - 5.5).abs() < 1e-12
+            && (e2e0.p90 - 5.9).abs() < 1e-12
+    );
+    // Quantile curves: 101 points from min to max.
+    assert_eq!(s.e2e_quantiles.len(), 101);
+    assert_eq!((s.e2e_quantiles[0], s.e2e_quantiles[100]), (5.0, 15.0));
+}
