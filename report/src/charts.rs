@@ -91,6 +91,17 @@ pub fn throughput_vs_concurrency(
         .collect();
     let mut lay = layout("concurrency (trajectories in flight)", "output tokens/s");
     lay["xaxis"]["type"] = json!("log");
+    // Ticks at the measured concurrencies only: plotly's own log ticks label the minor
+    // decades (`9 1 … 9`), which reads as noise on a 1–64 axis.
+    let mut ticks: Vec<u32> = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.0))
+        .collect();
+    ticks.sort_unstable();
+    ticks.dedup();
+    lay["xaxis"]["tickmode"] = json!("array");
+    lay["xaxis"]["tickvals"] = json!(ticks);
+    lay["xaxis"]["ticktext"] = json!(ticks.iter().map(u32::to_string).collect::<Vec<_>>());
     ChartSpec {
         id: ids.next_id(),
         title: title.to_string(),

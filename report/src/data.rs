@@ -1,6 +1,10 @@
 //! Spreadsheet exports: `data/turns.csv` (every per-turn record of every measured run) and
 //! `data/summary.csv` (one row per cell, the recomputed summaries; legacy rows marked).
 //! Times in `turns.csv` are seconds rounded to the microsecond (the JSONL keeps full precision).
+//!
+//! GitHub refuses files over 100 MB (a million records make a 162 MB CSV), so past
+//! [`TURNS_CSV_PART_ROWS`] records the turns are split into `data/turns-000.csv`,
+//! `data/turns-001.csv`, …, each with the header; [`turns_csv_files`] names them.
 
 use crate::aggregate::RunAggregate;
 use crate::load::{Run, RunData};
@@ -72,19 +76,63 @@ struct SummaryRow<'a> {
     cache_hit_ratio: Option<f64>,
 }
 
-/// Writes `data/turns.csv`: every record of every measured run, in load order.
-pub fn write_turns(site: &Path, runs: &[Run]) -> anyhow::Result<()> {
+/// Most rows in one turns CSV file: about 40 MB, well under GitHub's 100 MB per-file limit.
+pub const TURNS_CSV_PART_ROWS: usize = 250_000;
+
+/// Records of the measured runs, i.e. the rows of the turns CSV.
+pub fn turn_rows(runs: &[Run]) -> usize {
+    runs.iter()
+        .map(|r| match &r.data {
+            RunData::Measured(m) => m.records.len(),
+            RunData::Legacy(_) => 0,
+        })
+        .sum()
+}
+
+/// Site-relative paths of the turns CSV: `data/turns.csv` when `rows` fit in one part of
+/// `part_rows` (0 counts as 1), else `data/turns-000.csv`, `data/turns-001.csv`, ….
+pub fn turns_csv_files(rows: usize, part_rows: usize) -> Vec<String> {
+    let part_rows = part_rows.max(1);
+    if rows <= part_rows {
+        return vec!["data/turns.csv".into()];
+    }
+    (0..rows.div_ceil(part_rows))
+        .map(|i| format!("data/turns-{i:03}.csv"))
+        .collect()
+}
+
+fn turns_writer(site: &Path, name: &str) -> anyhow::Result<csv::Writer<std::fs::File>> {
+    let path = site.join(name);
+    csv::WriterBuilder::new()
+        .buffer_capacity(1 << 20)
+        .from_path(&path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Writes the turns CSV ([`turns_csv_files`] with `part_rows`): every record of every
+/// measured run, in load order, a header on each part.
+pub fn write_turns(site: &Path, runs: &[Run], part_rows: usize) -> anyhow::Result<()> {
     let dir = site.join("data");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let path = dir.join("turns.csv");
-    let mut w = csv::WriterBuilder::new()
-        .buffer_capacity(1 << 20)
-        .from_path(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let files = turns_csv_files(turn_rows(runs), part_rows);
+    let part_rows = part_rows.max(1);
+    let mut part = 0;
+    let mut path = site.join(&files[0]);
+    let mut w = turns_writer(site, &files[0])?;
+    let mut in_part = 0;
     for run in runs {
         if let RunData::Measured(m) = &run.data {
             for r in &m.records {
+                if in_part == part_rows {
+                    w.flush()
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    part += 1;
+                    path = site.join(&files[part]);
+                    w = turns_writer(site, &files[part])?;
+                    in_part = 0;
+                }
+                in_part += 1;
                 w.serialize(TurnRow {
                     run_id: &m.manifest.run_id,
                     simulated: m.manifest.simulated,

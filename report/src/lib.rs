@@ -9,7 +9,7 @@
 //! - [`charts`]: plotly figure specs as data.
 //! - [`pages`]: page contexts (preformatted) and the askama templates that render them.
 //! - [`assets`]: embedded, content-hashed plotly.js, CSS and chart script.
-//! - [`data`]: `data/turns.csv` and `data/summary.csv`.
+//! - [`data`]: `data/turns.csv` (split into `data/turns-NNN.csv` parts past 250,000 rows) and `data/summary.csv`.
 //! - [`archive`]: reproducible `.tar.gz` of the site.
 //! - [`site`]: the `report build` orchestration.
 //! - [`viewer`]: the wasm viewer's page (`viewer.html`).

@@ -92,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 archive,
                 title,
                 dump_contexts,
+                csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
             })?;
             for s in &report.skipped {
                 eprintln!("report: skipped {}: {}", s.source, s.reason);

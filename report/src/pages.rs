@@ -141,6 +141,9 @@ pub struct IndexPage {
     pub speedup_modes: Vec<String>,
     pub speedups: Vec<SpeedupRow>,
     pub charts: Vec<ChartSpec>,
+    /// Site-relative links to the spreadsheet exports: the turns CSV (one file or its parts,
+    /// see [`crate::data::turns_csv_files`]) then `data/summary.csv`.
+    pub data_files: Vec<String>,
 }
 
 /// One row of the seed's table.
@@ -500,11 +503,15 @@ pub fn site(
     aggregates: &[Option<RunAggregate>],
     gpus: Vec<GpuLink>,
     skipped: &[Skipped],
+    csv_part_rows: usize,
 ) -> Site {
     let gpu_pages = gpus.iter().map(|g| gpu_page(g, runs, aggregates)).collect();
+    let mut index = index_page(&gpus, runs, aggregates, skipped);
+    index.data_files = crate::data::turns_csv_files(crate::data::turn_rows(runs), csv_part_rows);
+    index.data_files.push("data/summary.csv".into());
     Site {
         title: title.to_string(),
-        index: index_page(&gpus, runs, aggregates, skipped),
+        index,
         gpu_pages,
     }
 }
@@ -684,6 +691,7 @@ fn index_page(
         speedup_modes,
         speedups,
         charts: charts_out,
+        data_files: Vec::new(),
     }
 }
 

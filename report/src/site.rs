@@ -20,6 +20,8 @@ pub struct BuildOptions {
     pub title: String,
     /// Also write each page's context as `<page>.json` next to it (debugging).
     pub dump_contexts: bool,
+    /// Most rows per turns CSV file ([`data::TURNS_CSV_PART_ROWS`]; small in tests).
+    pub csv_part_rows: usize,
 }
 
 /// What a build did, for the command line.
@@ -80,7 +82,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let (pages, csv_wall, viewer_wall) = std::thread::scope(|scope| {
-        let turns_csv = scope.spawn(|| timed(|| data::write_turns(dir, &runs)));
+        let turns_csv = scope.spawn(|| timed(|| data::write_turns(dir, &runs, opts.csv_part_rows)));
         let viewer = scope.spawn(|| timed(|| write_viewer(dir, &opts.title, &gpus, &runs)));
         let rest = (|| {
             let aggregates: Vec<Option<RunAggregate>> = runs
@@ -91,7 +93,14 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
                 })
                 .collect();
             lap("aggregate", &mut timings);
-            let site = pages::site(&opts.title, &runs, &aggregates, gpus.clone(), &skipped);
+            let site = pages::site(
+                &opts.title,
+                &runs,
+                &aggregates,
+                gpus.clone(),
+                &skipped,
+                opts.csv_part_rows,
+            );
             lap("contexts", &mut timings);
             let pages = write_site(dir, &site, &runs, &aggregates, opts.dump_contexts)?;
             lap("pages, assets, summary.csv", &mut timings);

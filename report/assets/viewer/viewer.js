@@ -192,9 +192,7 @@
     }
     tbody.addEventListener("click", function (e) {
       var tr = e.target.closest("tr[data-row]");
-      if (!tr) return;
-      var r = view.rows[Number(tr.getAttribute("data-row"))];
-      showRecords(r.group, view.series ? r.series : null, r.group_label, r.series_label);
+      if (tr) showRow(view, Number(tr.getAttribute("data-row")));
     });
     table.appendChild(tbody);
     var note = tableNote();
@@ -209,27 +207,35 @@
     $("view-skipped").setAttribute("data-skipped", String(skipped));
   }
 
+  // The rows of each series, in order of first appearance (by series code).
   function seriesOf(view) {
     var order = [], by = {};
     view.rows.forEach(function (r) {
-      var key = view.series ? r.series : "";
-      if (!(key in by)) { by[key] = { label: view.series ? r.series_label : view.metric_label, rows: [] }; order.push(key); }
+      var key = view.series ? r.sk : 0;
+      if (!(key in by)) { by[key] = { key: view.series ? r.series : "", label: view.series ? r.series_label : view.metric_label, rows: [] }; order.push(key); }
       by[key].rows.push(r);
     });
-    return order.map(function (k) { return { key: k, label: by[k].label, rows: by[k].rows }; });
+    return order.map(function (k) { return by[k]; });
+  }
+
+  function showRow(view, i) {
+    var r = view.rows[i];
+    if (r) showRecords(r.group, view.series ? r.series : null, r.group_label, r.series_label);
   }
 
   var MARKER_LIMIT = 1000;
 
   function renderChart(view) {
     var numeric = NUMERIC_DIMS[view.group] === 1;
-    var xOf = function (r) { return numeric ? Number(r.group) : plotlyText(r.group_label); };
+    var step = view.group_codes.step;
+    var xOf = function (r) { return numeric ? r.gk * step : plotlyText(r.group_label); };
+    // A point's customdata is its row's index in the view.
+    var indexOf = function (r) { return r.index; };
     var traces = [];
     // plotly's default colours, so a series' box and its median marker share one.
     var palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
     seriesOf(view).forEach(function (s, si) {
       var color = palette[si % palette.length];
-      var custom = s.rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; });
       var name = plotlyText(s.label);
       if (view.chart === "box") {
         var rows = s.rows.filter(function (r) { return r.dist; });
@@ -237,7 +243,7 @@
           type: "bar", name: name + " (p25–p75)", legendgroup: name, offsetgroup: s.key,
           x: rows.map(xOf), base: rows.map(function (r) { return r.dist.q1; }),
           y: rows.map(function (r) { return r.dist.q3 - r.dist.q1; }),
-          customdata: rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; }),
+          customdata: rows.map(indexOf),
           marker: { color: color }, opacity: 0.5
         });
         traces.push({
@@ -246,7 +252,7 @@
           error_y: { type: "data", symmetric: false,
             array: rows.map(function (r) { return r.dist.max - r.dist.median; }),
             arrayminus: rows.map(function (r) { return r.dist.median - r.dist.min; }), color: color },
-          customdata: rows.map(function (r) { return [r.group, view.series ? r.series : null, r.group_label, r.series_label]; })
+          customdata: rows.map(indexOf)
         });
       } else {
         traces.push({
@@ -255,7 +261,7 @@
           mode: s.rows.length > MARKER_LIMIT ? "lines" : "lines+markers", name: name,
           x: s.rows.map(xOf), y: s.rows.map(function (r) { return r.value; }),
           marker: { color: color }, line: { color: color },
-          customdata: custom
+          customdata: s.rows.map(indexOf)
         });
       }
     });
@@ -277,7 +283,7 @@
     if (!el.dataset.clickBound) {
       el.on("plotly_click", function (ev) {
         var d = ev.points && ev.points[0] && ev.points[0].customdata;
-        if (d) showRecords(d[0], d[1], d[2], d[3]);
+        if (typeof d === "number" && api.view) showRow(api.view, d);
       });
       el.dataset.clickBound = "1";
     }
@@ -350,19 +356,27 @@
     }
     var g = codeText(view.group, view.group_codes, view.bucket_s);
     var s = view.series ? codeText(view.series, view.series_codes, view.bucket_s) : null;
-    var rows = new Array(group.length);
-    for (var i = 0; i < group.length; i++) {
+    // A row's strings are made when read: the table reads the first rows only.
+    function Row(i) {
       var v = value[i];
-      var r = {
-        group: g.raw(group[i]), group_label: g.label(group[i]),
-        value: v !== v ? null : v, n: n[i], skipped: skipped[i]
-      };
-      if (s) { r.series = s.raw(series[i]); r.series_label = s.label(series[i]); }
+      this.index = i;
+      this.gk = group[i];
+      this.sk = series[i];
+      this.value = v !== v ? null : v;
+      this.n = n[i];
+      this.skipped = skipped[i];
       if (dist.length && dist[5 * i] === dist[5 * i]) {
-        r.dist = { min: dist[5 * i], q1: dist[5 * i + 1], median: dist[5 * i + 2], q3: dist[5 * i + 3], max: dist[5 * i + 4] };
+        this.dist = { min: dist[5 * i], q1: dist[5 * i + 1], median: dist[5 * i + 2], q3: dist[5 * i + 3], max: dist[5 * i + 4] };
       }
-      rows[i] = r;
     }
+    Object.defineProperties(Row.prototype, {
+      group: { get: function () { return g.raw(this.gk); } },
+      group_label: { get: function () { return g.label(this.gk); } },
+      series: { get: function () { return s ? s.raw(this.sk) : undefined; } },
+      series_label: { get: function () { return s ? s.label(this.sk) : undefined; } }
+    });
+    var rows = new Array(group.length);
+    for (var i = 0; i < group.length; i++) rows[i] = new Row(i);
     view.rows = rows;
     return view;
   }

@@ -16,7 +16,14 @@ fn tiny_site() -> (pages::Site, std::path::PathBuf, tempfile::TempDir) {
         data: RunData::Measured(Box::new(measured)),
     }];
     let gpus = pages::gpu_links(&runs);
-    let site = pages::site("turnbench test", &runs, &[Some(agg)], gpus, &[]);
+    let site = pages::site(
+        "turnbench test",
+        &runs,
+        &[Some(agg)],
+        gpus,
+        &[],
+        report::data::TURNS_CSV_PART_ROWS,
+    );
     (site, dir, tmp)
 }
 

@@ -4,6 +4,7 @@ mod aggregate;
 mod browser;
 mod bundles;
 mod contexts;
+mod demo_sim;
 mod legacy;
 mod load;
 mod site;

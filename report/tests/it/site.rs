@@ -147,6 +147,7 @@ fn refuses_to_replace_a_folder_that_is_not_a_site() {
         archive: None,
         title: "t".into(),
         dump_contexts: false,
+        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
     })
     .unwrap_err();
     assert!(format!("{err:#}").contains("refusing"), "{err:#}");
@@ -198,6 +199,7 @@ fn a_missing_input_is_an_error_naming_it() {
         archive: None,
         title: "t".into(),
         dump_contexts: false,
+        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
     })
     .unwrap_err();
     let msg = format!("{err:#}");
@@ -226,4 +228,79 @@ fn a_summary_json_that_disagrees_with_the_records_is_flagged() {
         index.contains("h100 prefix c=2: summary.json vs turns.jsonl: total tokens 12345 vs 1795"),
         "mismatch not reported"
     );
+}
+
+/// Past `csv_part_rows` records the turns CSV is split into `data/turns-NNN.csv` parts (each
+/// with the header, in record order, across runs), all linked from the index; their rows are
+/// exactly the single-file export's.
+#[test]
+fn turns_csv_splits_into_linked_parts() {
+    use report::data::turns_csv_files;
+    assert_eq!(turns_csv_files(0, 10), ["data/turns.csv"]);
+    assert_eq!(turns_csv_files(10, 10), ["data/turns.csv"]);
+    assert_eq!(
+        turns_csv_files(11, 10),
+        ["data/turns-000.csv", "data/turns-001.csv"]
+    );
+    assert_eq!(turns_csv_files(1_000_000, 250_000).len(), 4);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = [
+        write_run(tmp.path(), "run-a", &tiny_spec("run-a")),
+        write_run(tmp.path(), "run-b", &tiny_spec("run-b")),
+    ];
+    let rows = 2 * tiny_spec("x").record_count() as usize;
+    let part_rows = rows / 3 + 1; // three parts, the last one shorter
+    let whole = tmp.path().join("whole");
+    build(&runs, &whole, None);
+    let split = tmp.path().join("split");
+    report::site::build(&report::site::BuildOptions {
+        inputs: runs.to_vec(),
+        out: split.clone(),
+        archive: None,
+        title: "turnbench test".into(),
+        dump_contexts: false,
+        csv_part_rows: part_rows,
+    })
+    .unwrap();
+
+    let whole_csv = read(&whole.join("data/turns.csv"));
+    let (header, whole_rows) = whole_csv.split_once('\n').unwrap();
+    assert_eq!(whole_rows.lines().count(), rows);
+    assert!(!split.join("data/turns.csv").exists());
+    let parts = [
+        "data/turns-000.csv",
+        "data/turns-001.csv",
+        "data/turns-002.csv",
+    ];
+    assert!(!split.join("data/turns-003.csv").exists());
+    let mut joined = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        let text = read(&split.join(part));
+        let (h, body) = text.split_once('\n').unwrap();
+        assert_eq!(h, header, "{part}: header");
+        let n = body.lines().count();
+        assert!(n <= part_rows, "{part}: {n} rows");
+        if i < parts.len() - 1 {
+            assert_eq!(n, part_rows, "{part}: only the last part is short");
+        }
+        joined.push_str(body);
+    }
+    assert_eq!(joined, whole_rows);
+
+    // The index links every part (in order) and the summary; the single-file site links
+    // turns.csv.
+    let links = |site: &Path| -> Vec<String> {
+        let html = read(&site.join("index.html"));
+        let li = html.split("id=\"data-links\"").nth(1).unwrap();
+        let li = &li[..li.find("</li>").unwrap()];
+        li.split("href=\"")
+            .skip(1)
+            .map(|s| s[..s.find('"').unwrap()].to_string())
+            .collect()
+    };
+    let mut want: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+    want.push("data/summary.csv".into());
+    assert_eq!(links(&split), want);
+    assert_eq!(links(&whole), ["data/turns.csv", "data/summary.csv"]);
 }

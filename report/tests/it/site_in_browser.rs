@@ -2,8 +2,69 @@
 //! rendered, and the seed table in the DOM equal to values recomputed from `turns.jsonl`.
 
 use crate::browser::Browser;
-use crate::support::{assert_shown, build, recompute_seed, write_run};
+use crate::support::{assert_shown, build, recompute_seed, write_run, SeedNumbers};
 use report::fixture::{FixtureSpec, HOSTILE_MODEL, HOSTILE_RUN_ID};
+use std::collections::BTreeMap;
+
+/// Asserts the open page has at least one chart and every `.chart` container holds a plotted
+/// trace; returns how many charts there are.
+pub async fn assert_charts_rendered(browser: &Browser, page: &str) -> usize {
+    let (containers, rendered): (usize, usize) = browser
+        .eval::<(usize, usize)>(
+            "var c = document.querySelectorAll('.chart');
+             var r = Array.prototype.filter.call(c, function (e) { return e.querySelector('svg.main-svg .plot .trace, svg.main-svg .barlayer .trace, svg.main-svg .scatterlayer .trace') !== null; });
+             return [c.length, r.length];",
+        )
+        .await
+        .unwrap();
+    assert!(containers > 0, "{page}: no chart");
+    assert_eq!(
+        rendered,
+        containers,
+        "{page}: {} of {containers} charts hold no plotted trace",
+        containers - rendered
+    );
+    containers
+}
+
+/// Compares every row of run `run_id`'s seed tables on the open GPU page (`gpu`) with the
+/// recomputation; returns the number of rows compared.
+pub async fn assert_seed_tables(
+    browser: &Browser,
+    run_id: &str,
+    gpu: &str,
+    expected: &BTreeMap<(String, String, u32), SeedNumbers>,
+) -> usize {
+    // (cache mode, row class, [(column, text)]) per table row.
+    type Row = (String, String, Vec<(String, String)>);
+    let rows: Vec<Row> = browser
+        .eval(&format!(
+            "var out = [];
+             document.querySelectorAll('table.seed[data-run=' + JSON.stringify({run}) + ']').forEach(function (t) {{
+               t.querySelectorAll('tbody tr').forEach(function (tr) {{
+                 var cells = [];
+                 tr.querySelectorAll('td[data-col]').forEach(function (td) {{ cells.push([td.dataset.col, td.textContent]); }});
+                 out.push([t.dataset.cacheMode, tr.className, cells]);
+               }});
+             }});
+             return out;",
+            run = serde_json::Value::from(run_id)
+        ))
+        .await
+        .unwrap();
+    for (mode, _class, cells) in &rows {
+        let cell = |name: &str| cells.iter().find(|c| c.0 == name).unwrap().1.clone();
+        let conc: u32 = cell("concurrency").trim_end_matches(" ★").parse().unwrap();
+        let e = &expected[&(gpu.to_string(), mode.clone(), conc)];
+        assert_shown(&cell("total_time"), e.total_time, "total time");
+        assert_shown(&cell("avg_traj"), e.avg_traj, "avg/traj");
+        assert_shown(&cell("traj_s"), e.traj_s, "traj/s");
+        assert_shown(&cell("tok_s"), e.tok_s, "tok/s");
+        assert_eq!(cell("total_tokens"), e.total_tokens.to_string());
+        assert_shown(&cell("tok_turn"), e.tok_turn, "tok/turn");
+    }
+    rows.len()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_renders_from_file_urls() {
@@ -30,21 +91,7 @@ async fn site_renders_from_file_urls() {
         browser.open(&site.join(page)).await.unwrap();
         let errors = browser.errors().await.unwrap();
         assert!(errors.is_empty(), "{page}: console errors: {errors:?}");
-        let (containers, rendered): (usize, usize) = browser
-            .eval::<(usize, usize)>(
-                "var c = document.querySelectorAll('.chart');
-                 var r = Array.prototype.filter.call(c, function (e) { return e.querySelector('svg.main-svg .plot .trace, svg.main-svg .barlayer .trace, svg.main-svg .scatterlayer .trace') !== null; });
-                 return [c.length, r.length];",
-            )
-            .await
-            .unwrap();
-        assert!(containers > 0, "{page}: no chart");
-        assert_eq!(
-            rendered,
-            containers,
-            "{page}: {} of {containers} charts hold no plotted trace",
-            containers - rendered
-        );
+        assert_charts_rendered(&browser, page).await;
         let (sim, legacy) = browser
             .eval::<(bool, bool)>("return [document.getElementById('simulated-banner') !== null, document.getElementById('legacy-banner') !== null]")
             .await
@@ -59,35 +106,8 @@ async fn site_renders_from_file_urls() {
         );
 
         // Seed tables of the measured run, read back from the DOM.
-        // (cache mode, row class, [(column, text)]) per table row.
-        type Row = (String, String, Vec<(String, String)>);
-        let rows: Vec<Row> = browser
-            .eval(
-                "var out = [];
-                 document.querySelectorAll('table.seed[data-run=\"browser-run\"]').forEach(function (t) {
-                   t.querySelectorAll('tbody tr').forEach(function (tr) {
-                     var cells = [];
-                     tr.querySelectorAll('td[data-col]').forEach(function (td) { cells.push([td.dataset.col, td.textContent]); });
-                     out.push([t.dataset.cacheMode, tr.className, cells]);
-                   });
-                 });
-                 return out;",
-            )
-            .await
-            .unwrap();
         let gpu = page.trim_start_matches("gpu-").trim_end_matches(".html");
-        for (mode, _class, cells) in &rows {
-            let cell = |name: &str| cells.iter().find(|c| c.0 == name).unwrap().1.clone();
-            let conc: u32 = cell("concurrency").trim_end_matches(" ★").parse().unwrap();
-            let e = &expected[&(gpu.to_string(), mode.clone(), conc)];
-            assert_shown(&cell("total_time"), e.total_time, "total time");
-            assert_shown(&cell("avg_traj"), e.avg_traj, "avg/traj");
-            assert_shown(&cell("traj_s"), e.traj_s, "traj/s");
-            assert_shown(&cell("tok_s"), e.tok_s, "tok/s");
-            assert_eq!(cell("total_tokens"), e.total_tokens.to_string());
-            assert_shown(&cell("tok_turn"), e.tok_turn, "tok/turn");
-            tables_checked += 1;
-        }
+        tables_checked += assert_seed_tables(&browser, "browser-run", gpu, &expected).await;
     }
     assert_eq!(
         tables_checked,

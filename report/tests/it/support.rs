@@ -38,6 +38,7 @@ pub fn build(inputs: &[PathBuf], out: &Path, archive: Option<&Path>) -> BuildRep
         archive: archive.map(Path::to_path_buf),
         title: "turnbench test".into(),
         dump_contexts: false,
+        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
     })
     .expect("report build")
 }

@@ -1,0 +1,106 @@
+//! End to end on the committed simulated run `results/demo-sim` (made by `runner sweep` on its
+//! defaults): the real `report` binary builds the site, headless Chromium opens it from
+//! `file://`, and the pages agree with `turns.jsonl` and `summary.json`.
+
+use crate::browser::Browser;
+use crate::site_in_browser::{assert_charts_rendered, assert_seed_tables};
+use crate::support::recompute_seed;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../results/demo-sim");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sim_site_end_to_end() {
+    let demo = Path::new(DEMO);
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    let out = Command::new(env!("CARGO_BIN_EXE_report"))
+        .arg("build")
+        .arg(demo)
+        .arg("--out")
+        .arg(&site)
+        .output()
+        .expect("running report build");
+    assert!(
+        out.status.success(),
+        "report build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let expected = recompute_seed(&demo.join("turns.jsonl"));
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.join("summary.json")).unwrap()).unwrap();
+    let gpus = ["a100-80gb", "h100"];
+    let browser = Browser::start().await.expect("headless chromium");
+    let mut rows_checked = 0;
+    for page in ["index.html", "gpu-a100-80gb.html", "gpu-h100.html"] {
+        browser.open(&site.join(page)).await.unwrap();
+        let errors = browser.errors().await.unwrap();
+        assert!(errors.is_empty(), "{page}: console errors: {errors:?}");
+        assert_charts_rendered(&browser, page).await;
+        let (banner, badges) = browser
+            .eval::<(bool, usize)>(
+                "return [document.querySelector('#simulated-banner .badge.simulated') !== null,
+                         document.querySelectorAll('.badge.simulated').length];",
+            )
+            .await
+            .unwrap();
+        assert!(banner, "{page}: no simulated banner");
+        assert!(badges > 0, "{page}: no simulated badge");
+        if let Some(gpu) = page.strip_prefix("gpu-") {
+            let gpu = gpu.trim_end_matches(".html");
+            rows_checked += assert_seed_tables(&browser, "demo-sim", gpu, &expected).await;
+        }
+    }
+    // Every cell of the run: 2 GPUs × 3 cache modes × 4 concurrencies.
+    assert_eq!(expected.len(), gpus.len() * 3 * 4);
+    assert_eq!(rows_checked, expected.len(), "every cell was compared");
+
+    // The index's best configuration per GPU is summary.json's (`cache_mode: null`,
+    // criterion `output_tok_per_s`).
+    browser.open(&site.join("index.html")).await.unwrap();
+    let best: Vec<Vec<String>> = browser
+        .eval(
+            "return Array.prototype.map.call(document.querySelectorAll('table#best tbody tr'), function (tr) {
+               return Array.prototype.map.call(tr.querySelectorAll('td'), function (td) { return td.textContent.trim(); });
+             });",
+        )
+        .await
+        .unwrap();
+    assert_eq!(best.len(), gpus.len(), "{best:?}");
+    for gpu in gpus {
+        let want = summary["best"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| {
+                b["gpu"] == gpu && b["cache_mode"].is_null() && b["criterion"] == "output_tok_per_s"
+            })
+            .unwrap_or_else(|| panic!("summary.json has no best for {gpu}"));
+        let row = best
+            .iter()
+            .find(|r| r[0] == gpu)
+            .unwrap_or_else(|| panic!("index has no best row for {gpu}: {best:?}"));
+        // GPU, run, cache mode, concurrency, tok/s, traj/s, avg/traj.
+        assert!(row[1].starts_with("demo-sim"), "{row:?}");
+        assert_eq!(row[2], want["best_cache_mode"].as_str().unwrap(), "{gpu}");
+        assert_eq!(row[3], want["best_concurrency"].to_string(), "{gpu}");
+        crate::support::assert_shown(&row[4], want["value"].as_f64().unwrap(), "best tok/s");
+    }
+
+    // The log concurrency axis of the cross-GPU chart is ticked at the measured concurrencies.
+    let ticks: Vec<String> = browser
+        .eval(
+            "var box = Array.prototype.find.call(document.querySelectorAll('.chart-box'), function (b) {
+               return b.querySelector('h3').textContent.indexOf('Token throughput vs concurrency') === 0;
+             });
+             return Array.prototype.map.call(box.querySelectorAll('.xtick text'), function (t) { return t.textContent; });",
+        )
+        .await
+        .unwrap();
+    assert_eq!(ticks, ["1", "2", "4", "8"]);
+    assert!(browser.errors().await.unwrap().is_empty());
+    browser.close().await.unwrap();
+}
