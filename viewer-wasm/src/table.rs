@@ -213,14 +213,71 @@ impl Column {
         }
     }
 
+    /// `out[i] = f(code of row start + i)` (see [`Column::code`]): one pass, `f` inlined.
+    #[inline]
+    pub fn map_into<T>(&self, start: usize, out: &mut [T], f: impl Fn(u32) -> T) {
+        let end = start + out.len();
+        match self {
+            Column::F32(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = f(*x as u32)),
+            Column::U8(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = f(*x as u32)),
+            Column::U16(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = f(*x as u32)),
+            Column::U32(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = f(*x)),
+        }
+    }
+
+    /// `keep[i] &= f(code of row start + i)`.
+    #[inline]
+    pub fn and_into(&self, start: usize, keep: &mut [bool], f: impl Fn(u32) -> bool) {
+        let end = start + keep.len();
+        match self {
+            Column::F32(v) => keep
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(k, x)| *k &= f(*x as u32)),
+            Column::U8(v) => keep
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(k, x)| *k &= f(*x as u32)),
+            Column::U16(v) => keep
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(k, x)| *k &= f(*x as u32)),
+            Column::U32(v) => keep
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(k, x)| *k &= f(*x)),
+        }
+    }
+
     /// The codes of rows `start..start + out.len()` into `out` (see [`Column::code`]).
     #[inline]
     pub fn codes_into(&self, start: usize, out: &mut [u32]) {
         let end = start + out.len();
         match self {
-            Column::F32(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as u32),
-            Column::U8(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as u32),
-            Column::U16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as u32),
+            Column::F32(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = *x as u32),
+            Column::U8(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = *x as u32),
+            Column::U16(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = *x as u32),
             Column::U32(v) => out.copy_from_slice(&v[start..end]),
         }
     }
@@ -231,12 +288,15 @@ impl Column {
     pub fn values_into(&self, start: usize, out: &mut [f64]) {
         let end = start + out.len();
         fn ints<T: Copy + PartialEq + Into<f64>>(v: &[T], missing: T, out: &mut [f64]) {
-            out.iter_mut().zip(v).for_each(|(o, x)| {
-                *o = if *x == missing { f64::NAN } else { (*x).into() }
-            });
+            out.iter_mut()
+                .zip(v)
+                .for_each(|(o, x)| *o = if *x == missing { f64::NAN } else { (*x).into() });
         }
         match self {
-            Column::F32(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, x)| *o = *x as f64),
+            Column::F32(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = *x as f64),
             Column::U8(v) => ints(&v[start..end], u8::MAX, out),
             Column::U16(v) => ints(&v[start..end], u16::MAX, out),
             Column::U32(v) => ints(&v[start..end], u32::MAX, out),

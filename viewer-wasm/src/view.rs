@@ -18,6 +18,115 @@ pub const BUCKET_S: f64 = 10.0;
 /// Largest (group × series) code space indexed densely (16 MB of `u32`).
 const DENSE_SLOTS: u64 = 1 << 22;
 
+/// Up to this many (group × series) codes, each group's values are pushed to their own
+/// vector; beyond, to one buffer in table order, then counting-sorted by group (thousands of
+/// growing vectors cost more than the sort).
+const FEW_SLOTS: u64 = 4096;
+
+/// One block of a scan: per row, whether it passes the filters, its group and series codes,
+/// whether it failed, its metric (NaN when missing).
+struct Block {
+    keep: [bool; BLOCK],
+    gcodes: [u32; BLOCK],
+    scodes: [u32; BLOCK],
+    errors: [bool; BLOCK],
+    values: [f64; BLOCK],
+    tmp: [f64; BLOCK],
+}
+
+/// The groups found so far by a scan, and their values.
+struct Scan {
+    /// Group index by `group code × series_card + series code` (`u32::MAX`: none yet); empty
+    /// when the code space is too large, then `sparse` maps (group, series) codes.
+    dense: Vec<u32>,
+    sparse: HashMap<(u32, u32), u32>,
+    series_card: u64,
+    /// (group, series) codes by group index.
+    keys: Vec<(u32, u32)>,
+    count: Vec<u32>,
+    skipped: Vec<u64>,
+    fold0: Fold,
+    store: Store,
+    matched: u64,
+    skipped_error: u64,
+    skipped_missing: u64,
+}
+
+impl Scan {
+    /// Adds the first `len` rows of `b`.
+    #[inline(never)]
+    fn add_block(&mut self, b: &Block, len: usize) {
+        for i in 0..len {
+            if !b.keep[i] {
+                continue;
+            }
+            self.matched += 1;
+            let g = self.group_of((b.gcodes[i], b.scodes[i])) as usize;
+            let x = b.values[i];
+            if b.errors[i] {
+                self.skipped_error += 1;
+                self.skipped[g] += 1;
+            } else if x.is_nan() {
+                self.skipped_missing += 1;
+                self.skipped[g] += 1;
+            } else {
+                self.count[g] += 1;
+                match &mut self.store {
+                    Store::Folds(f) => f[g].add(x),
+                    Store::PerGroup(v) => v[g].push(x),
+                    Store::Rows(gs, xs) => {
+                        gs.push(g as u32);
+                        xs.push(x);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The index of group `key`, made on first sight.
+    #[inline]
+    fn group_of(&mut self, key: (u32, u32)) -> u32 {
+        let slot = if self.dense.is_empty() {
+            match self.sparse.get(&key) {
+                Some(g) => return *g,
+                None => None,
+            }
+        } else {
+            let slot = (key.0 as u64 * self.series_card + key.1 as u64) as usize;
+            if self.dense[slot] != u32::MAX {
+                return self.dense[slot];
+            }
+            Some(slot)
+        };
+        let g = self.keys.len() as u32;
+        self.keys.push(key);
+        self.count.push(0);
+        self.skipped.push(0);
+        match &mut self.store {
+            Store::Folds(f) => f.push(self.fold0),
+            Store::PerGroup(v) => v.push(Vec::new()),
+            Store::Rows(..) => {}
+        }
+        match slot {
+            Some(slot) => self.dense[slot] = g,
+            None => {
+                self.sparse.insert(key, g);
+            }
+        }
+        g
+    }
+}
+
+/// Where a scan puts the aggregated values.
+enum Store {
+    /// `count` … `max`: folded per group.
+    Folds(Vec<Fold>),
+    /// Few groups: the values of each.
+    PerGroup(Vec<Vec<f64>>),
+    /// Many groups: (group, value) of each row, in table order.
+    Rows(Vec<u32>, Vec<f64>),
+}
+
 /// Rows per block of a scan: the block's scratch columns stay in cache.
 const BLOCK: usize = 2048;
 
@@ -186,34 +295,26 @@ struct Selection<'a> {
 }
 
 impl<'a> Selection<'a> {
-    /// Which of rows `start..start + keep.len()` pass every filter, column by column
-    /// (`codes` is scratch of the same length).
-    fn mask_into(&self, start: usize, keep: &mut [bool], codes: &mut [u32]) {
+    /// Which of rows `start..start + keep.len()` pass every filter, column by column.
+    fn mask_into(&self, start: usize, keep: &mut [bool]) {
         let t = self.table;
         let f = &self.query.filters;
-        t.column(Field::Cell).codes_into(start, codes);
-        keep.iter_mut()
-            .zip(codes.iter())
-            .for_each(|(k, c)| *k = self.cell_ok[*c as usize]);
-        t.column(Field::FinishReason).codes_into(start, codes);
-        keep.iter_mut()
-            .zip(codes.iter())
-            .for_each(|(k, c)| *k &= self.finish_ok[*c as usize]);
+        t.column(Field::Cell)
+            .map_into(start, keep, |c| self.cell_ok[c as usize]);
+        t.column(Field::FinishReason)
+            .and_into(start, keep, |c| self.finish_ok[c as usize]);
         for (field, ranges) in [(Field::Turn, &f.turn), (Field::Traj, &f.traj)] {
             if !ranges.is_empty() {
-                t.column(field).codes_into(start, codes);
-                keep.iter_mut()
-                    .zip(codes.iter())
-                    .for_each(|(k, x)| *k &= ranges.iter().any(|r| r.contains(*x)));
+                t.column(field)
+                    .and_into(start, keep, |x| ranges.iter().any(|r| r.contains(x)));
             }
         }
         if let Some(want) = f.error {
-            t.column(Field::Error).codes_into(start, codes);
-            keep.iter_mut()
-                .zip(codes.iter())
-                .for_each(|(k, c)| *k &= (*c != 0) == want);
+            t.column(Field::Error)
+                .and_into(start, keep, |c| (c != 0) == want);
         }
     }
+
     fn new(table: &'a Table, query: &'a Query) -> Self {
         let m = &table.meta;
         let f = &query.filters;
@@ -360,10 +461,9 @@ impl Table {
             Dim::Turn => self.column(Field::Turn).codes_into(start, out),
             Dim::Traj => self.column(Field::Traj).codes_into(start, out),
             Dim::FinishReason => self.column(Field::FinishReason).codes_into(start, out),
-            Dim::Concurrency | Dim::Gpu | Dim::Run | Dim::CacheMode => {
-                self.column(Field::Cell).codes_into(start, out);
-                out.iter_mut().for_each(|c| *c = cell_lut[*c as usize]);
-            }
+            Dim::Concurrency | Dim::Gpu | Dim::Run | Dim::CacheMode => self
+                .column(Field::Cell)
+                .map_into(start, out, |c| cell_lut[c as usize]),
             Dim::TimeBucket => match self.column(Field::TSend) {
                 Column::F32(v) => {
                     let end = start + out.len();
@@ -374,9 +474,7 @@ impl Table {
                 other => {
                     let mut vals = vec![0.0; out.len()];
                     other.values_into(start, &mut vals);
-                    out.iter_mut()
-                        .zip(&vals)
-                        .for_each(|(o, t)| *o = bucket(*t));
+                    out.iter_mut().zip(&vals).for_each(|(o, t)| *o = bucket(*t));
                 }
             },
         }
@@ -401,7 +499,9 @@ impl Table {
         let mut zip = |a: Field, b: Field, out: &mut [f64], op: fn(f64, f64) -> f64| {
             self.column(a).values_into(start, out);
             self.column(b).values_into(start, tmp);
-            out.iter_mut().zip(tmp.iter()).for_each(|(x, y)| *x = op(*x, *y));
+            out.iter_mut()
+                .zip(tmp.iter())
+                .for_each(|(x, y)| *x = op(*x, *y));
         };
         match metric {
             Metric::Ttft => col(Field::Ttft, out),
@@ -531,6 +631,36 @@ impl Table {
         }
     }
 
+    /// Rows `start..start + len` into `b`: filter mask, group and series codes, error flag,
+    /// metric. `false` when no row passes the filters. (Kept out of line, like
+    /// [`Scan::add_block`]: small hot functions get optimised early by WebAssembly engines.)
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn fill_block(
+        &self,
+        query: &Query,
+        sel: &Selection<'_>,
+        group_lut: &[u32],
+        series_lut: &[u32],
+        start: usize,
+        len: usize,
+        b: &mut Block,
+    ) -> bool {
+        let keep = &mut b.keep[..len];
+        sel.mask_into(start, keep);
+        if !keep.iter().any(|k| *k) {
+            return false;
+        }
+        self.dim_codes_into(query.group, group_lut, start, &mut b.gcodes[..len]);
+        if let Some(s) = query.series {
+            self.dim_codes_into(s, series_lut, start, &mut b.scodes[..len]);
+        }
+        self.column(Field::Error)
+            .map_into(start, &mut b.errors[..len], |c| c != 0);
+        self.metric_into(query.metric, start, &mut b.values[..len], &mut b.tmp[..len]);
+        true
+    }
+
     /// Run `query` without naming the groups: one scan in blocks of [`BLOCK`] rows (filter
     /// mask, group and series codes, metric, no per-row allocation), each aggregated value
     /// appended with its group's dense index; then a stable counting sort by group puts every
@@ -543,118 +673,91 @@ impl Table {
         let series_lut = query.series.map(|s| self.cell_lut(s)).unwrap_or_default();
         let series_card = query.series.map_or(1, |s| self.cardinality(s));
         let slots = self.cardinality(query.group) * series_card;
-        // Group index by (group, series) code: a dense table when small, a map otherwise.
-        let mut dense: Vec<u32> = if slots <= DENSE_SLOTS {
-            vec![u32::MAX; slots as usize]
-        } else {
-            Vec::new()
-        };
-        let mut sparse: HashMap<(u32, u32), u32> = HashMap::new();
-        let mut keys: Vec<(u32, u32)> = Vec::new();
-        let mut count: Vec<u32> = Vec::new();
-        let mut skipped: Vec<u64> = Vec::new();
         let boxes = query.chart == Chart::Box;
         // Percentiles and box statistics need every value of a group; the other aggregates
         // are folded as the scan goes, in table order like `aggregate` over the group's values.
-        let streamed = query.agg.quantile().is_none() && !boxes;
-        let mut folds: Vec<Fold> = Vec::new();
-        let fold0 = Fold::new(query.agg);
-        // Otherwise the aggregated values in table order, with their group's index.
-        let (mut row_group, mut row_value): (Vec<u32>, Vec<f64>) = if streamed {
-            (Vec::new(), Vec::new())
+        let store = if query.agg.quantile().is_none() && !boxes {
+            Store::Folds(Vec::new())
+        } else if slots <= FEW_SLOTS {
+            Store::PerGroup(Vec::new())
         } else {
-            (Vec::with_capacity(rows), Vec::with_capacity(rows))
+            Store::Rows(Vec::with_capacity(rows), Vec::with_capacity(rows))
         };
-        let (mut matched, mut skipped_error, mut skipped_missing) = (0u64, 0u64, 0u64);
-
-        let mut keep = [false; BLOCK];
-        let mut gcodes = [0u32; BLOCK];
-        let mut scodes = [0u32; BLOCK];
-        let mut errors = [0u32; BLOCK];
-        let mut values = [0f64; BLOCK];
-        let mut tmp = [0f64; BLOCK];
+        let mut scan = Scan {
+            // Group index by (group, series) code: a dense table when small, a map otherwise.
+            dense: if slots <= DENSE_SLOTS {
+                vec![u32::MAX; slots as usize]
+            } else {
+                Vec::new()
+            },
+            sparse: HashMap::new(),
+            series_card,
+            keys: Vec::new(),
+            count: Vec::new(),
+            skipped: Vec::new(),
+            fold0: Fold::new(query.agg),
+            store,
+            matched: 0,
+            skipped_error: 0,
+            skipped_missing: 0,
+        };
+        let mut block = Block {
+            keep: [false; BLOCK],
+            gcodes: [0; BLOCK],
+            scodes: [0; BLOCK],
+            errors: [false; BLOCK],
+            values: [0.0; BLOCK],
+            tmp: [0.0; BLOCK],
+        };
         let mut start = 0;
         while start < rows {
             let len = BLOCK.min(rows - start);
-            let (keep, gcodes, scodes) = (&mut keep[..len], &mut gcodes[..len], &mut scodes[..len]);
-            let (errors, values) = (&mut errors[..len], &mut values[..len]);
-            sel.mask_into(start, keep, gcodes);
-            if !keep.iter().any(|k| *k) {
-                start += len;
-                continue;
-            }
-            self.dim_codes_into(query.group, &group_lut, start, gcodes);
-            match query.series {
-                Some(s) => self.dim_codes_into(s, &series_lut, start, scodes),
-                None => scodes.fill(0),
-            }
-            self.column(Field::Error).codes_into(start, errors);
-            self.metric_into(query.metric, start, values, &mut tmp[..len]);
-            for i in 0..len {
-                if !keep[i] {
-                    continue;
-                }
-                matched += 1;
-                let key = (gcodes[i], scodes[i]);
-                let mut new_group = || {
-                    keys.push(key);
-                    count.push(0);
-                    skipped.push(0);
-                    if streamed {
-                        folds.push(fold0);
-                    }
-                    keys.len() as u32 - 1
-                };
-                let g = if dense.is_empty() {
-                    *sparse.entry(key).or_insert_with(new_group)
-                } else {
-                    let slot = &mut dense[(key.0 as u64 * series_card + key.1 as u64) as usize];
-                    if *slot == u32::MAX {
-                        *slot = new_group();
-                    }
-                    *slot
-                };
-                let x = values[i];
-                if errors[i] != 0 {
-                    skipped_error += 1;
-                    skipped[g as usize] += 1;
-                } else if x.is_nan() {
-                    skipped_missing += 1;
-                    skipped[g as usize] += 1;
-                } else {
-                    count[g as usize] += 1;
-                    if streamed {
-                        folds[g as usize].add(x);
-                    } else {
-                        row_group.push(g);
-                        row_value.push(x);
-                    }
-                }
+            if self.fill_block(query, &sel, &group_lut, &series_lut, start, len, &mut block) {
+                scan.add_block(&block, len);
             }
             start += len;
         }
-        drop(dense);
+        let Scan {
+            dense,
+            keys,
+            count,
+            skipped,
+            mut store,
+            matched,
+            skipped_error,
+            skipped_missing,
+            ..
+        } = scan;
 
-        // Stable counting sort by group: group `g`'s values at `offset[g]..offset[g + 1]`.
-        let mut offset = Vec::with_capacity(keys.len() + 1);
-        let mut total = 0usize;
-        offset.push(0);
-        for c in &count {
-            total += *c as usize;
-            offset.push(total);
+        // Many groups: a stable counting sort puts group `g`'s values at
+        // `offset[g]..offset[g + 1]` of one buffer, in table order.
+        let (mut sorted, mut offset) = (Vec::new(), Vec::new());
+        if let Store::Rows(row_group, row_value) = &store {
+            offset.reserve(keys.len() + 1);
+            let mut total = 0usize;
+            offset.push(0);
+            for c in &count {
+                total += *c as usize;
+                offset.push(total);
+            }
+            sorted = vec![0f64; total];
+            let mut next = offset.clone();
+            for (g, x) in row_group.iter().zip(row_value) {
+                let at = &mut next[*g as usize];
+                sorted[*at] = *x;
+                *at += 1;
+            }
+            store = Store::Rows(Vec::new(), Vec::new());
         }
-        let mut sorted = vec![0f64; row_value.len()];
-        let mut next = offset.clone();
-        for (g, x) in row_group.iter().zip(&row_value) {
-            let at = &mut next[*g as usize];
-            sorted[*at] = *x;
-            *at += 1;
-        }
-        drop((row_group, row_value, next));
 
-        // Output order: by group code, then series code.
-        let mut order: Vec<u32> = (0..keys.len() as u32).collect();
-        order.sort_unstable_by_key(|g| keys[*g as usize]);
+        // Output order: by group code, then series code, which is the dense table's order.
+        let order: Vec<u32> = if dense.is_empty() {
+            let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+            order.sort_unstable_by_key(|g| keys[*g as usize]);
+            order
+        } else {
+            dense.into_iter().filter(|g| *g != u32::MAX).collect()
+        };
         let mut out = Groups {
             group: Vec::with_capacity(order.len()),
             series: Vec::with_capacity(order.len()),
@@ -672,11 +775,14 @@ impl Table {
             out.series.push(keys[g].1);
             out.n.push(count[g] as u64);
             out.skipped.push(skipped[g]);
-            if streamed {
-                out.value.push(folds[g].value(query.agg, count[g]));
-                continue;
-            }
-            let values = &mut sorted[offset[g]..offset[g + 1]];
+            let values = match &mut store {
+                Store::Folds(f) => {
+                    out.value.push(f[g].value(query.agg, count[g]));
+                    continue;
+                }
+                Store::PerGroup(v) => &mut v[g][..],
+                Store::Rows(..) => &mut sorted[offset[g]..offset[g + 1]],
+            };
             out.value.push(aggregate(query.agg, values));
             if boxes {
                 out.dist.push(box_stats(values));
@@ -820,11 +926,17 @@ impl Fold {
         }
     }
 
+    /// `x` is not NaN (so comparisons do what `f64::min` / `f64::max` do, without the
+    /// libm call they become in WebAssembly).
     #[inline]
     fn add(&mut self, x: f64) {
         self.sum += x;
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
+        if x < self.min {
+            self.min = x;
+        }
+        if x > self.max {
+            self.max = x;
+        }
     }
 
     fn value(&self, agg: Agg, n: u32) -> Option<f64> {
@@ -840,17 +952,24 @@ impl Fold {
     }
 }
 
-/// Puts the order statistic of each rank of `ranks` (ascending) at its place in `values`,
-/// by selection in what lies right of the previous one.
+/// Puts the order statistic of each rank of `ranks` (ascending, distinct, `< values.len()`)
+/// at its place in `values`: select the middle rank, then the lower ranks left of it and the
+/// higher ones right of it, so each level of the recursion reads the values once.
 fn place_ranks(values: &mut [f64], ranks: &[usize]) {
-    let mut from = 0;
-    for &r in ranks {
-        if r < from || r >= values.len() {
-            continue;
-        }
-        values[from..].select_nth_unstable_by(r - from, f64::total_cmp);
-        from = r + 1;
+    place_ranks_from(values, 0, ranks);
+}
+
+/// [`place_ranks`] of `values`, the part of a slice that starts at rank `base`.
+fn place_ranks_from(values: &mut [f64], base: usize, ranks: &[usize]) {
+    if ranks.is_empty() {
+        return;
     }
+    let mid = ranks.len() / 2;
+    let r = ranks[mid] - base;
+    values.select_nth_unstable_by(r, f64::total_cmp);
+    let (left, right) = values.split_at_mut(r);
+    place_ranks_from(left, base, &ranks[..mid]);
+    place_ranks_from(&mut right[1..], base + r + 1, &ranks[mid + 1..]);
 }
 
 /// Min, quartiles and max of `values` (no NaN, any order; reordered): the ranks that

@@ -553,6 +553,169 @@ fn selection_percentile_equals_the_schema_percentile() {
     assert_eq!(viewer_wasm::view::percentile(&mut [], 50.0), None);
 }
 
+/// More (group × series) codes than the engine keeps in per-group vectors: the values go
+/// through its counting sort, with the same results.
+#[test]
+fn many_groups_match_the_reference() {
+    let mut records = Vec::new();
+    for traj in 0..5000 {
+        for turn in 0..2 {
+            let mut r = record(
+                "h100",
+                CacheMode::Prefix,
+                1,
+                traj,
+                turn,
+                traj as u64 * 3 + turn as u64,
+            );
+            if traj % 97 == 0 {
+                r.error = Some("boom".to_string());
+            }
+            records.push(r);
+        }
+    }
+    let t = table(&records);
+    for (hash, series) in [
+        ("metric=ttft&agg=p50&group=traj", false),
+        ("metric=ttft&agg=p99&group=traj&series=turn", true),
+        ("metric=tpot&agg=p90&group=traj&chart=box", false),
+        ("metric=e2e&agg=sum&group=traj", false),
+    ] {
+        let q = Query::parse(hash).unwrap();
+        let view = t.view(&q);
+        let agg = hash
+            .split("agg=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let metric = hash
+            .split("metric=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        assert_eq!(
+            view.rows.len(),
+            if series { 10_000 } else { 5000 },
+            "{hash}"
+        );
+        for row in &view.rows {
+            let traj: u32 = row.group.parse().unwrap();
+            let turn: Option<u32> = row.series.as_ref().map(|s| s.parse().unwrap());
+            let group: Vec<&TurnRecord> = records
+                .iter()
+                .filter(|r| r.traj == traj && turn.is_none_or(|t| r.turn == t))
+                .collect();
+            let mut values: Vec<f64> = group
+                .iter()
+                .filter(|r| r.error.is_none())
+                .filter_map(|r| reference_metric(metric, r))
+                .collect();
+            assert_eq!((row.n + row.skipped) as usize, group.len(), "{hash}");
+            assert_eq!(row.n as usize, values.len(), "{hash}");
+            assert_eq!(row.value, reference_agg(agg, &values), "{hash} traj {traj}");
+            if q.chart == viewer_wasm::Chart::Box {
+                values.sort_by(f64::total_cmp);
+                let Some(d) = row.dist else {
+                    assert!(values.is_empty(), "{hash} traj {traj}");
+                    continue;
+                };
+                assert_eq!(d.min, values[0]);
+                assert_eq!(d.q1, stats::percentile_sorted(&values, 25.0).unwrap());
+                assert_eq!(d.median, stats::percentile_sorted(&values, 50.0).unwrap());
+                assert_eq!(d.q3, stats::percentile_sorted(&values, 75.0).unwrap());
+                assert_eq!(d.max, *values.last().unwrap());
+            }
+        }
+    }
+}
+
+/// Box charts: min, quartiles and max of every group are the schema's percentiles of its
+/// values, and the aggregate is unchanged.
+#[test]
+fn box_statistics_are_the_schema_percentiles() {
+    let records = fixture();
+    let t = table(&records);
+    for agg in ["p90", "mean", "max"] {
+        let line =
+            t.view(&Query::parse(&format!("metric=e2e&agg={agg}&group=turn&series=gpu")).unwrap());
+        let boxed = t.view(
+            &Query::parse(&format!(
+                "metric=e2e&agg={agg}&group=turn&series=gpu&chart=box"
+            ))
+            .unwrap(),
+        );
+        assert_eq!(line.rows.len(), boxed.rows.len());
+        for (a, b) in line.rows.iter().zip(&boxed.rows) {
+            assert_eq!(
+                (&a.group, &a.series, a.value, a.n),
+                (&b.group, &b.series, b.value, b.n)
+            );
+            let turn: u32 = b.group.parse().unwrap();
+            let gpu = b.series.as_deref().unwrap();
+            let mut values: Vec<f64> = records
+                .iter()
+                .filter(|r| r.turn == turn && r.gpu == gpu && r.error.is_none())
+                .filter_map(|r| reference_metric("e2e", r))
+                .collect();
+            values.sort_by(f64::total_cmp);
+            let Some(d) = b.dist else {
+                assert!(values.is_empty(), "turn {turn} gpu {gpu}");
+                continue;
+            };
+            let p = |q| stats::percentile_sorted(&values, q).unwrap();
+            assert_eq!(
+                (d.min, d.q1, d.median, d.q3, d.max),
+                (
+                    values[0],
+                    p(25.0),
+                    p(50.0),
+                    p(75.0),
+                    *values.last().unwrap()
+                ),
+                "turn {turn} gpu {gpu}"
+            );
+        }
+    }
+}
+
+/// What the page reads across the boundary (group and series codes, read through
+/// `dim_codes`) names the same groups as the view's rows.
+#[test]
+fn dim_codes_name_the_groups_like_the_view() {
+    let records = fixture();
+    let t = table(&records);
+    for dim in viewer_wasm::Dim::ALL {
+        let q = Query::parse(&format!(
+            "metric=ttft&agg=count&group={}&series=gpu",
+            dim.key()
+        ))
+        .unwrap();
+        let view = t.view(&q);
+        let groups = t.aggregate(&q);
+        assert_eq!(groups.len(), view.rows.len());
+        let (gc, sc) = (t.dim_codes(*dim), t.dim_codes(viewer_wasm::Dim::Gpu));
+        let text = |c: &viewer_wasm::DimCodes, k: u32| match c.step {
+            Some(step) => (k as f64 * step).to_string(),
+            None => c.dict[k as usize].0.clone(),
+        };
+        for (i, row) in view.rows.iter().enumerate() {
+            assert_eq!(text(&gc, groups.group[i]), row.group, "{dim:?}");
+            if q.series.is_some() {
+                assert_eq!(Some(text(&sc, groups.series[i])), row.series);
+            }
+            if gc.step.is_none() {
+                let label = &gc.dict[groups.group[i] as usize].1;
+                assert_eq!(row.group_label.as_ref().unwrap_or(&row.group), label);
+            }
+            assert_eq!((groups.n[i], groups.skipped[i]), (row.n, row.skipped));
+        }
+    }
+}
+
 /// Native timing of the engine on 1M rows (not a timed test):
 /// `cargo test --release -p viewer-wasm --test engine native_bench -- --ignored --nocapture`.
 #[test]
