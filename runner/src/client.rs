@@ -1,6 +1,7 @@
 //! The wire: SGLang's native `POST /generate` and OpenAI `POST /v1/chat/completions`, both
-//! streamed (SSE parsed by `eventsource-stream`), plus the control endpoints a sweep needs
-//! (sessions, `/flush_cache`, server and model info, health, `/metrics`).
+//! streamed (SSE framed in place by `Sse`, each chunk parsed into borrowing typed structs that
+//! skip what is not read, e.g. the cumulative `output_ids`), plus the control endpoints a
+//! sweep needs (sessions, `/flush_cache`, server and model info, health, `/metrics`).
 //!
 //! A generation returns raw monotonic instants and the server's token counts ([`Outcome`]);
 //! turning them into offsets and durations is the caller's business ([`Timing`]).
@@ -15,6 +16,8 @@
 //!   `meta_info.completion_tokens` on every chunk; OpenAI streams are asked for
 //!   `continuous_usage_stats` and fall back to one token per content chunk without it.
 //! - cumulative native `text` is turned into deltas (`text[len(previous)..]`).
+//! - an event's arrival instant is taken when the SSE parser yields it, before the chunk is
+//!   parsed.
 
 use crate::workload::Message;
 use eventsource_stream::Eventsource;
@@ -354,6 +357,8 @@ impl Client {
             st.timing.end = Instant::now();
             return st.fail(format!("HTTP {}: {}", status.as_u16(), snippet(&text)));
         }
+        // SSE framing by eventsource-stream; each event's data is parsed in place by typed,
+        // borrowing structs (`StreamState::chunk`).
         let mut events = resp.bytes_stream().eventsource();
         loop {
             let next = match tokio::time::timeout(self.idle_timeout, events.next()).await {
@@ -372,42 +377,19 @@ impl Client {
                 Some(Err(e)) => return st.fail(format!("stream dropped: {e}")),
             };
             st.timing.end = now;
-            let data = ev.data.trim();
+            let data = ev.data.trim().as_bytes();
             if data.is_empty() {
                 continue;
             }
-            if data == "[DONE]" {
+            if data == b"[DONE]" {
                 st.done = true;
                 break;
             }
-            let v: Value = match serde_json::from_str(data) {
-                Ok(v) => v,
-                Err(e) => return st.fail(format!("malformed chunk ({e}): {}", snippet(data))),
-            };
-            if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-                let msg = err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| err.to_string());
-                st.error.get_or_insert(format!("server error: {msg}"));
-                continue;
-            }
-            if v.get("object").and_then(Value::as_str) == Some("error") {
-                let msg = v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown");
-                st.error.get_or_insert(format!("server error: {msg}"));
-                continue;
-            }
-            st.timing.last_data = Some(now);
-            let r = match api {
-                Api::Native => st.native_chunk(&v, now),
-                Api::Openai => st.openai_chunk(&v, now),
-            };
-            if let Err(m) = r {
-                return st.fail(format!("malformed chunk ({m}): {}", snippet(data)));
+            if let Err(m) = st.chunk(data, api, now) {
+                return st.fail(format!(
+                    "malformed chunk ({m}): {}",
+                    snippet(&String::from_utf8_lossy(data))
+                ));
             }
         }
         if !st.done && st.finish_reason.is_none() && st.error.is_none() {
@@ -470,9 +452,45 @@ impl StreamState {
         }
     }
 
-    fn native_chunk(&mut self, v: &Value, now: Instant) -> Result<(), String> {
-        let meta = v.get("meta_info").ok_or("no meta_info")?;
-        let text = v.get("text").and_then(Value::as_str).unwrap_or("");
+    /// One SSE data payload (not `[DONE]`) arrived at `now`.
+    fn chunk(&mut self, data: &[u8], api: Api, now: Instant) -> Result<(), String> {
+        let c: Chunk<'_> = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        if let Some(err) = c.error.as_ref().filter(|e| !e.is_null()) {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| err.to_string());
+            self.error.get_or_insert(format!("server error: {msg}"));
+            return Ok(());
+        }
+        if c.object.as_ref().and_then(Scalar::as_str) == Some("error") {
+            let msg = c
+                .message
+                .as_ref()
+                .and_then(Scalar::as_str)
+                .unwrap_or("unknown");
+            self.error.get_or_insert(format!("server error: {msg}"));
+            return Ok(());
+        }
+        self.timing.last_data = Some(now);
+        match api {
+            Api::Native => self.native_chunk(c, now),
+            Api::Openai => self.openai_chunk(c, now),
+        }
+    }
+
+    fn set_id(&mut self, id: Option<&Scalar<'_>>) {
+        if let Some(id) = id.and_then(Scalar::as_str) {
+            if self.id.as_deref() != Some(id) {
+                self.id = Some(id.to_string());
+            }
+        }
+    }
+
+    fn native_chunk(&mut self, c: Chunk<'_>, now: Instant) -> Result<(), String> {
+        let meta = c.meta_info.ok_or("no meta_info")?.0.unwrap_or_default();
+        let text = c.text.as_ref().and_then(Scalar::as_str).unwrap_or("");
         // Cumulative text → delta.
         let delta = if text.len() >= self.native_len && text.is_char_boundary(self.native_len) {
             &text[self.native_len..]
@@ -482,8 +500,9 @@ impl StreamState {
         self.text.push_str(delta);
         self.native_len = text.len();
         let tokens = meta
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
+            .completion_tokens
+            .as_ref()
+            .and_then(Scalar::as_u64)
             .ok_or("no meta_info.completion_tokens")?;
         let n = tokens.saturating_sub(self.last_tokens);
         if !delta.is_empty() || n > 0 {
@@ -491,30 +510,33 @@ impl StreamState {
         }
         self.last_tokens = self.last_tokens.max(tokens);
         self.completion_tokens = Some(self.last_tokens);
-        if let Some(p) = meta.get("prompt_tokens").and_then(Value::as_u64) {
+        if let Some(p) = meta.prompt_tokens.as_ref().and_then(Scalar::as_u64) {
             self.prompt_tokens = Some(p);
         }
-        if let Some(c) = meta.get("cached_tokens").and_then(Value::as_u64) {
+        if let Some(c) = meta.cached_tokens.as_ref().and_then(Scalar::as_u64) {
             self.cached_tokens = Some(c);
         }
-        if let Some(id) = meta.get("id").and_then(Value::as_str) {
-            self.id = Some(id.to_string());
-        }
-        if let Some(e) = meta.get("e2e_latency").and_then(Value::as_f64) {
+        self.set_id(meta.id.as_ref());
+        if let Some(e) = meta.e2e_latency.as_ref().and_then(Scalar::as_f64) {
             self.server_e2e = Some(e);
         }
         if let Some(ts) = meta
-            .get("response_sent_to_client_ts")
-            .and_then(Value::as_f64)
+            .response_sent_to_client_ts
+            .as_ref()
+            .and_then(Scalar::as_f64)
         {
             let first = self.server_sent.map_or(ts, |s| s.0);
             self.server_sent = Some((first, ts));
         }
-        if let Some(fr) = meta.get("finish_reason").filter(|f| !f.is_null()) {
-            let kind = fr.get("type").and_then(Value::as_str).unwrap_or("unknown");
+        if let Some(fr) = meta.finish_reason.map(|f| f.0.unwrap_or_default()) {
+            let kind = fr
+                .kind
+                .as_ref()
+                .and_then(Scalar::as_str)
+                .unwrap_or("unknown");
             self.finish_reason = Some(kind.to_string());
             if kind == "abort" {
-                let msg = fr.get("message").and_then(Value::as_str).unwrap_or("");
+                let msg = fr.message.as_ref().and_then(Scalar::as_str).unwrap_or("");
                 self.error
                     .get_or_insert(format!("aborted by server: {msg}"));
             }
@@ -522,26 +544,23 @@ impl StreamState {
         Ok(())
     }
 
-    fn openai_chunk(&mut self, v: &Value, now: Instant) -> Result<(), String> {
-        if let Some(id) = v.get("id").and_then(Value::as_str) {
-            self.id = Some(id.to_string());
-        }
-        let usage = v.get("usage").filter(|u| !u.is_null());
-        let choices = v
-            .get("choices")
-            .and_then(Value::as_array)
-            .ok_or("no choices")?;
-        if let Some(c) = choices.first() {
-            let delta = c
-                .get("delta")
-                .and_then(|d| d.get("content"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
+    fn openai_chunk(&mut self, c: Chunk<'_>, now: Instant) -> Result<(), String> {
+        self.set_id(c.id.as_ref());
+        let usage = c.usage.and_then(|u| u.0);
+        let choices = c.choices.filter(|c| c.is_array).ok_or("no choices")?;
+        if let Some(ch) = choices.first.map(|c| c.0.unwrap_or_default()) {
+            let delta = ch
+                .delta
+                .and_then(|d| d.0)
+                .and_then(|d| d.content)
+                .and_then(|s| s.into_str())
+                .unwrap_or_default();
             if !delta.is_empty() {
-                self.text.push_str(delta);
+                self.text.push_str(&delta);
                 let n = match usage
-                    .and_then(|u| u.get("completion_tokens"))
-                    .and_then(Value::as_u64)
+                    .as_ref()
+                    .and_then(|u| u.completion_tokens.as_ref())
+                    .and_then(Scalar::as_u64)
                 {
                     Some(t) => {
                         self.saw_usage_per_chunk = true;
@@ -556,7 +575,7 @@ impl StreamState {
                 };
                 self.content(now, n);
             }
-            if let Some(fr) = c.get("finish_reason").and_then(Value::as_str) {
+            if let Some(fr) = ch.finish_reason.as_ref().and_then(Scalar::as_str) {
                 self.finish_reason = Some(fr.to_string());
                 if fr == "abort" {
                     self.error.get_or_insert("aborted by server".into());
@@ -564,16 +583,18 @@ impl StreamState {
             }
         }
         if let Some(u) = usage {
-            if let Some(p) = u.get("prompt_tokens").and_then(Value::as_u64) {
+            if let Some(p) = u.prompt_tokens.as_ref().and_then(Scalar::as_u64) {
                 self.prompt_tokens = Some(p);
             }
-            if let Some(c) = u.get("completion_tokens").and_then(Value::as_u64) {
+            if let Some(c) = u.completion_tokens.as_ref().and_then(Scalar::as_u64) {
                 self.completion_tokens = Some(c);
             }
             if let Some(c) = u
-                .get("prompt_tokens_details")
-                .and_then(|d| d.get("cached_tokens"))
-                .and_then(Value::as_u64)
+                .prompt_tokens_details
+                .and_then(|d| d.0)
+                .and_then(|d| d.cached_tokens)
+                .as_ref()
+                .and_then(Scalar::as_u64)
             {
                 self.cached_tokens = Some(c);
             }
@@ -594,6 +615,305 @@ impl StreamState {
             server_e2e: self.server_e2e,
             server_sent: self.server_sent,
         }
+    }
+}
+
+/// One SSE data payload of either API, parsed without building a tree: only the fields the
+/// client reads are kept (borrowing from the payload where possible), everything else,
+/// including native `output_ids` (cumulative, so as long as the whole output), is skipped
+/// unallocated. Leaves are [`Scalar`] and objects [`Obj`], so a field of an unexpected type
+/// reads as absent, exactly as `serde_json::Value::get(…).and_then(as_…)` did.
+#[derive(serde::Deserialize, Default)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    text: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    meta_info: Option<Obj<Meta<'a>>>,
+    #[serde(borrow)]
+    id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    choices: Option<First<Obj<Choice<'a>>>>,
+    #[serde(borrow)]
+    usage: Option<Obj<Usage<'a>>>,
+    /// In-band error; rare, so a tree is fine.
+    error: Option<Value>,
+    #[serde(borrow)]
+    object: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    message: Option<Scalar<'a>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Meta<'a> {
+    #[serde(borrow)]
+    id: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    completion_tokens: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    prompt_tokens: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    cached_tokens: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    e2e_latency: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    response_sent_to_client_ts: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<Obj<FinishReason<'a>>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct FinishReason<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    message: Option<Scalar<'a>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Obj<Delta<'a>>>,
+    #[serde(borrow)]
+    finish_reason: Option<Scalar<'a>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<Scalar<'a>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Usage<'a> {
+    #[serde(borrow)]
+    prompt_tokens: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    completion_tokens: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    prompt_tokens_details: Option<Obj<UsageDetails<'a>>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct UsageDetails<'a> {
+    #[serde(borrow)]
+    cached_tokens: Option<Scalar<'a>>,
+}
+
+/// A JSON leaf, kept only when it is a number or a string (borrowed unless it had escapes);
+/// arrays and objects are skipped.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar<'a> {
+    U(u64),
+    I(i64),
+    F(f64),
+    S(std::borrow::Cow<'a, str>),
+    Other,
+}
+
+impl<'a> Scalar<'a> {
+    /// As `Value::as_u64`: non-negative integers only.
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Scalar::U(u) => Some(*u),
+            _ => None,
+        }
+    }
+
+    /// As `Value::as_f64`: any number.
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Scalar::U(u) => Some(u as f64),
+            Scalar::I(i) => Some(i as f64),
+            Scalar::F(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Scalar::S(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn into_str(self) -> Option<std::borrow::Cow<'a, str>> {
+        match self {
+            Scalar::S(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut m: A) -> Result<(), A::Error> {
+    while m
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
+
+fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut s: A) -> Result<(), A::Error> {
+    while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::U(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar<'a>, E> {
+                Ok(u64::try_from(v).map_or(Scalar::I(v), Scalar::U))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::F(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::S(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::S(v.to_string().into()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::S(v.into()))
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_none<E>(self) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, s: A) -> Result<Scalar<'a>, A::Error> {
+                skip_seq(s).map(|()| Scalar::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Scalar<'a>, A::Error> {
+                skip_map(m).map(|()| Scalar::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON object read as `T`; any other value (skipped) reads as `Obj(None)`.
+struct Obj<T>(Option<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(|t| Obj(Some(t)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, s: A) -> Result<Obj<T>, A::Error> {
+                skip_seq(s).map(|()| Obj(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_unit<E>(self) -> Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON array of which only the first element is kept (the rest skipped); any other value
+/// reads as `is_array == false`.
+struct First<T> {
+    is_array: bool,
+    first: Option<T>,
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for First<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = First<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<First<T>, A::Error> {
+                let first = s.next_element()?;
+                skip_seq(s)?;
+                Ok(First {
+                    is_array: true,
+                    first,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<First<T>, A::Error> {
+                skip_map(m).map(|()| First {
+                    is_array: false,
+                    first: None,
+                })
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<First<T>, E> {
+                Ok(First {
+                    is_array: false,
+                    first: None,
+                })
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<First<T>, E> {
+                Ok(First {
+                    is_array: false,
+                    first: None,
+                })
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<First<T>, E> {
+                Ok(First {
+                    is_array: false,
+                    first: None,
+                })
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<First<T>, E> {
+                Ok(First {
+                    is_array: false,
+                    first: None,
+                })
+            }
+            fn visit_str<E>(self, _: &str) -> Result<First<T>, E> {
+                Ok(First {
+                    is_array: false,
+                    first: None,
+                })
+            }
+            fn visit_unit<E>(self) -> Result<First<T>, E> {
+                Ok(First {
+                    is_array: false,
+                    first: None,
+                })
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -669,6 +989,184 @@ mod tests {
         assert!((itl[0] - 0.010).abs() < 1e-9);
         assert!(itl[1..].iter().all(|g| (g - 0.010).abs() < 1e-9));
         assert_eq!(t.ttft(), Some(Duration::from_millis(100)));
+    }
+
+    /// A native chunk as SGLang sends it late in a 256-token answer: cumulative `output_ids`,
+    /// fields the client does not know.
+    fn native_chunk_json(text: &str, tokens: usize, finish: &str) -> String {
+        let ids: Vec<usize> = (0..tokens).map(|i| 100_000 + i).collect();
+        json!({"text": text, "output_ids": ids, "meta_info": {"id": "ab12",
+            "finish_reason": serde_json::from_str::<Value>(finish).unwrap(),
+            "prompt_tokens": 1030, "weight_version": "default", "total_retractions": 0,
+            "reasoning_tokens": 0, "completion_tokens": tokens, "cached_tokens": 6,
+            "cached_tokens_details": {"device": 6, "host": 0, "nested": [[1, {"x": null}]]},
+            "dp_rank": null, "spec_accept_rate": 0.5, "e2e_latency": 0.051,
+            "response_sent_to_client_ts": 1732712345.01},
+            "unknown_top": {"a": [1, 2.5, "s", true, null]}})
+        .to_string()
+    }
+
+    #[test]
+    fn native_chunks_with_unknown_fields_and_huge_output_ids_parse() {
+        let t0 = Instant::now();
+        let mut st = StreamState::new(t0);
+        let first = native_chunk_json(" Paris", 1, "null");
+        st.chunk(first.as_bytes(), Api::Native, t0).unwrap();
+        let big = native_chunk_json(" Paris.\n It \"is\" é", 100_000, "null");
+        st.chunk(big.as_bytes(), Api::Native, t0 + Duration::from_millis(5))
+            .unwrap();
+        let last = native_chunk_json(
+            " Paris.\n It \"is\" é!",
+            100_002,
+            r#"{"type": "length", "length": 100002}"#,
+        );
+        st.chunk(last.as_bytes(), Api::Native, t0 + Duration::from_millis(7))
+            .unwrap();
+        let o = st.finish();
+        assert_eq!(o.error, None);
+        assert_eq!(o.text, " Paris.\n It \"is\" é!");
+        assert_eq!(o.completion_tokens, Some(100_002));
+        assert_eq!((o.prompt_tokens, o.cached_tokens), (Some(1030), Some(6)));
+        assert_eq!(o.id.as_deref(), Some("ab12"));
+        assert_eq!(o.finish_reason.as_deref(), Some("length"));
+        assert_eq!(o.server_e2e, Some(0.051));
+        assert_eq!(o.server_sent, Some((1732712345.01, 1732712345.01)));
+        assert_eq!(o.timing.first, Some(t0));
+        assert_eq!(o.timing.chunks.len(), 2);
+        assert_eq!(o.timing.chunks[0].1, 99_999);
+        assert_eq!(o.timing.chunks[1].1, 2);
+    }
+
+    #[test]
+    fn malformed_chunks_errors_and_aborts_are_reported() {
+        let t0 = Instant::now();
+        let mut st = StreamState::new(t0);
+        let e = st
+            .chunk(
+                br#"{"text": "malformed chunk", "meta_info": {"#,
+                Api::Native,
+                t0,
+            )
+            .unwrap_err();
+        assert!(e.contains("EOF while parsing"), "{e}");
+        let e = st
+            .chunk(br#"{"text": "x", "output_ids": [1]}"#, Api::Native, t0)
+            .unwrap_err();
+        assert_eq!(e, "no meta_info");
+        let e = st
+            .chunk(
+                br#"{"text": "x", "meta_info": {"completion_tokens": "1"}}"#,
+                Api::Native,
+                t0,
+            )
+            .unwrap_err();
+        assert_eq!(e, "no meta_info.completion_tokens");
+        let e = st
+            .chunk(br#"{"id": "x", "choices": {}}"#, Api::Openai, t0)
+            .unwrap_err();
+        assert_eq!(e, "no choices");
+
+        st.chunk(
+            br#"{"error": {"message": "boom", "code": 500}}"#,
+            Api::Native,
+            t0,
+        )
+        .unwrap();
+        assert_eq!(st.error.as_deref(), Some("server error: boom"));
+        let mut st = StreamState::new(t0);
+        st.chunk(br#"{"error": {"code": 500}}"#, Api::Openai, t0)
+            .unwrap();
+        assert_eq!(st.error.as_deref(), Some(r#"server error: {"code":500}"#));
+        let mut st = StreamState::new(t0);
+        st.chunk(br#"{"object": "error", "message": "bad"}"#, Api::Openai, t0)
+            .unwrap();
+        assert_eq!(st.error.as_deref(), Some("server error: bad"));
+        assert_eq!(st.timing.last_data, None);
+        let mut st = StreamState::new(t0);
+        let abort = native_chunk_json(
+            "x",
+            1,
+            r#"{"type": "abort", "message": "out of memory", "status_code": 500}"#,
+        );
+        st.chunk(abort.as_bytes(), Api::Native, t0).unwrap();
+        assert_eq!(
+            st.error.as_deref(),
+            Some("aborted by server: out of memory")
+        );
+        assert_eq!(st.finish_reason.as_deref(), Some("abort"));
+    }
+
+    #[test]
+    fn openai_chunks_parse() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut st = StreamState::new(t0);
+        let chunks = [
+            r#"{"id":"ab12","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#,
+            r#"{"id":"ab12","choices":[{"index":0,"delta":{"role":null,"content":" Hel\"lo"},"finish_reason":null},{"index":1}],"usage":{"prompt_tokens":12,"completion_tokens":1}}"#,
+            r#"{"id":"ab12","choices":[{"index":0,"delta":{"content":" there"},"finish_reason":null}],"usage":{"prompt_tokens":12,"completion_tokens":3}}"#,
+            r#"{"id":"ab12","choices":[{"index":0,"delta":{"content":null},"finish_reason":"length"}],"usage":null}"#,
+            r#"{"id":"ab12","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":10}}}"#,
+        ];
+        for (i, c) in chunks.iter().enumerate() {
+            st.chunk(c.as_bytes(), Api::Openai, ms(i as u64)).unwrap();
+        }
+        let o = st.finish();
+        assert_eq!(o.error, None);
+        assert_eq!(o.text, " Hel\"lo there");
+        assert_eq!(
+            (o.prompt_tokens, o.cached_tokens, o.completion_tokens),
+            (Some(12), Some(10), Some(3))
+        );
+        assert_eq!(o.finish_reason.as_deref(), Some("length"));
+        assert_eq!(o.timing.first, Some(ms(1)));
+        assert_eq!(o.timing.chunks, vec![(ms(2), 2)]);
+    }
+
+    /// `cargo test -p runner --release --lib client::tests::parse_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn parse_cost() {
+        let text = "word ".repeat(250);
+        let chunk = format!("data: {}\n\n", native_chunk_json(&text, 250, "null"));
+        let n = 200_000;
+        let t = Instant::now();
+        let d = chunk[6..].trim().as_bytes();
+        for _ in 0..n {
+            let mut st = StreamState::new(t);
+            st.chunk(d, Api::Native, t).unwrap();
+            std::hint::black_box(st.finish());
+        }
+        let typed = t.elapsed().as_secs_f64() / n as f64;
+        let t = Instant::now();
+        for _ in 0..n {
+            let v: Value = serde_json::from_str(&chunk[6..]).unwrap();
+            std::hint::black_box(v);
+        }
+        let tree = t.elapsed().as_secs_f64() / n as f64;
+        // What the previous path paid per event for framing alone (one read = one event).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = bytes::Bytes::from(chunk.clone());
+        let t = Instant::now();
+        rt.block_on(async {
+            use eventsource_stream::Eventsource;
+            use futures::StreamExt;
+            let reads = (0..n).map(|_| Ok::<_, std::convert::Infallible>(bytes.clone()));
+            let mut events = futures::stream::iter(reads).eventsource();
+            while let Some(ev) = events.next().await {
+                std::hint::black_box(ev.unwrap());
+            }
+        });
+        let es = t.elapsed().as_secs_f64() / n as f64;
+        println!("eventsource-stream framing alone {:.2} µs", es * 1e6);
+        println!(
+            "{}-byte chunk: typed parse {:.2} µs, Value parse {:.2} µs",
+            chunk.len(),
+            typed * 1e6,
+            tree * 1e6
+        );
     }
 
     #[test]
