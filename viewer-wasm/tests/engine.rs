@@ -537,7 +537,7 @@ fn csv_of_a_view() {
 
 #[test]
 fn selection_percentile_equals_the_schema_percentile() {
-    for n in [1usize, 2, 3, 7, 100, 1001] {
+    for n in [1usize, 2, 3, 4, 7, 16, 24, 25, 100, 101, 102, 150, 1001] {
         let values: Vec<f64> = (0..n as u64)
             .map(|i| (jitter(i * 31 + n as u64) * 50.0).round() / 7.0)
             .collect();
@@ -547,6 +547,28 @@ fn selection_percentile_equals_the_schema_percentile() {
                 viewer_wasm::view::percentile(&mut scratch, q),
                 stats::percentile(&values, q),
                 "n={n} q={q}"
+            );
+        }
+    }
+    // Signs, zeros of both signs, infinities and ties.
+    let mixed = [
+        3.5,
+        -0.0,
+        0.0,
+        -2.0,
+        f64::INFINITY,
+        3.5,
+        -7.25,
+        f64::NEG_INFINITY,
+        0.0,
+    ];
+    for n in 1..=mixed.len() {
+        for q in [0.0, 50.0, 90.0, 99.0, 100.0] {
+            let mut scratch = mixed[..n].to_vec();
+            assert_eq!(
+                viewer_wasm::view::percentile(&mut scratch, q).map(f64::to_bits),
+                stats::percentile(&mixed[..n], q).map(f64::to_bits),
+                "mixed n={n} q={q}"
             );
         }
     }
@@ -747,6 +769,7 @@ fn native_bench() {
         "metric=ttft&agg=p99&group=t_send",
         "metric=ttft&agg=p99&group=t_send&cache_mode=prefix&turn=2-20",
         "metric=tpot&agg=p99&group=t_send&series=concurrency",
+        "metric=tpot&agg=p99&group=t_send&series=cache_mode&turn=2-",
         "metric=ttft&agg=p99&group=turn&chart=box",
     ] {
         let q = Query::parse(hash).unwrap();

@@ -356,20 +356,25 @@
     }
     var g = codeText(view.group, view.group_codes, view.bucket_s);
     var s = view.series ? codeText(view.series, view.series_codes, view.bucket_s) : null;
-    // A row's strings are made when read: the table reads the first rows only.
+    // A row holds its index only: its numbers are read from the typed arrays and its strings
+    // made when read (the table reads the first rows only), so tens of thousands of rows
+    // cost one small object each.
     function Row(i) {
-      var v = value[i];
       this.index = i;
-      this.gk = group[i];
-      this.sk = series[i];
-      this.value = v !== v ? null : v;
-      this.n = n[i];
-      this.skipped = skipped[i];
-      if (dist.length && dist[5 * i] === dist[5 * i]) {
-        this.dist = { min: dist[5 * i], q1: dist[5 * i + 1], median: dist[5 * i + 2], q3: dist[5 * i + 3], max: dist[5 * i + 4] };
-      }
     }
     Object.defineProperties(Row.prototype, {
+      gk: { get: function () { return group[this.index]; } },
+      sk: { get: function () { return series[this.index]; } },
+      value: { get: function () { var v = value[this.index]; return v !== v ? null : v; } },
+      n: { get: function () { return n[this.index]; } },
+      skipped: { get: function () { return skipped[this.index]; } },
+      dist: {
+        get: function () {
+          var j = 5 * this.index;
+          if (!dist.length || dist[j] !== dist[j]) return undefined;
+          return { min: dist[j], q1: dist[j + 1], median: dist[j + 2], q3: dist[j + 3], max: dist[j + 4] };
+        }
+      },
       group: { get: function () { return g.raw(this.gk); } },
       group_label: { get: function () { return g.label(this.gk); } },
       series: { get: function () { return s ? s.raw(this.sk) : undefined; } },
