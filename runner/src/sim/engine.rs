@@ -14,7 +14,7 @@
 //! arrives the idle time is skipped to the arrival instant. A request whose event receiver
 //! is dropped is aborted (its KV freed) at the next step.
 
-use super::core::{Core, ReqKey};
+use super::core::{Core, CoreStats, ReqKey};
 use super::cost::{GpuProfile, ModelProfile};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,21 +89,11 @@ pub struct Submitted {
     pub received_at: f64,
 }
 
-/// A snapshot of the engine for `/metrics` and `/server_info`.
+/// A snapshot of the engine for `/metrics` and `/server_info`: the scheduler's own counters
+/// plus how far the engine runs behind its time scale.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineStats {
-    pub running: u64,
-    pub queued: u64,
-    pub used_tokens: u64,
-    pub max_total_num_tokens: u64,
-    pub token_usage: f64,
-    /// Last prefill batch's hit ratio.
-    pub cache_hit_rate: f64,
-    pub gen_throughput: f64,
-    pub prefill_compute_tokens_total: u64,
-    pub prefill_cache_tokens_total: u64,
-    pub decode_tokens_total: u64,
-    pub retractions_total: u64,
+    pub core: CoreStats,
     /// How far engine time is behind wall time × scale (seconds, engine time); 0 when on time.
     pub lag_seconds: f64,
 }
@@ -238,19 +228,8 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         let inner = self.shared.lock();
-        let s = inner.core.stats();
         EngineStats {
-            running: s.running,
-            queued: s.queued,
-            used_tokens: s.used_tokens,
-            max_total_num_tokens: s.max_total_num_tokens,
-            token_usage: s.token_usage,
-            cache_hit_rate: s.cache_hit_rate,
-            gen_throughput: s.gen_throughput,
-            prefill_compute_tokens_total: s.prefill_compute_tokens_total,
-            prefill_cache_tokens_total: s.prefill_cache_tokens_total,
-            decode_tokens_total: s.decode_tokens_total,
-            retractions_total: s.retractions_total,
+            core: inner.core.stats(),
             lag_seconds: inner.lag_seconds,
         }
     }
@@ -511,11 +490,18 @@ mod tests {
         let engine = Engine::start(config(1.0));
         let sub = engine.submit(request("gone", 1000, 10_000));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(engine.stats().running, 1);
+        assert_eq!(engine.stats().core.running, 1);
         drop(sub);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stats = engine.stats();
-        assert_eq!((stats.running, stats.queued, stats.used_tokens), (0, 0, 0));
+        assert_eq!(
+            (
+                stats.core.running,
+                stats.core.queued,
+                stats.core.used_tokens
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[tokio::test(start_paused = true)]

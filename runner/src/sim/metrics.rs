@@ -223,23 +223,23 @@ impl Metrics {
     /// The classic Prometheus text exposition (0.0.4), scheduler gauges refreshed from
     /// `stats`.
     pub fn render(&self, stats: &EngineStats) -> String {
-        self.running.set(stats.running as f64);
-        self.queued.set(stats.queued as f64);
-        self.used_tokens.set(stats.used_tokens as f64);
-        self.token_usage.set(stats.token_usage);
-        self.max_total.set(stats.max_total_num_tokens as f64);
-        self.gen_throughput.set(stats.gen_throughput);
-        self.cache_hit_rate.set(stats.cache_hit_rate);
+        self.running.set(stats.core.running as f64);
+        self.queued.set(stats.core.queued as f64);
+        self.used_tokens.set(stats.core.used_tokens as f64);
+        self.token_usage.set(stats.core.token_usage);
+        self.max_total.set(stats.core.max_total_num_tokens as f64);
+        self.gen_throughput.set(stats.core.gen_throughput);
+        self.cache_hit_rate.set(stats.core.cache_hit_rate);
         self.lag.set(stats.lag_seconds);
         let set = |mode: &'static str, v: u64| {
             let c = self.realtime_tokens.get_or_create(&vec![("mode", mode)]);
             c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
         };
-        set("prefill_compute", stats.prefill_compute_tokens_total);
-        set("prefill_cache", stats.prefill_cache_tokens_total);
-        set("decode", stats.decode_tokens_total);
+        set("prefill_compute", stats.core.prefill_compute_tokens_total);
+        set("prefill_cache", stats.core.prefill_cache_tokens_total);
+        set("decode", stats.core.decode_tokens_total);
         self.retracted_total.inner().store(
-            stats.retractions_total,
+            stats.core.retractions_total,
             std::sync::atomic::Ordering::Relaxed,
         );
         let mut out = String::new();

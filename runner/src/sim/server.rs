@@ -1490,7 +1490,10 @@ async fn server_info(State(st): State<St>) -> Json<Value> {
     let stats = st.engine.stats();
     let gb = |b: f64| b / f64::from(1u32 << 30);
     let mut state = server_args(&st);
-    state.insert("last_gen_throughput".into(), json!(stats.gen_throughput));
+    state.insert(
+        "last_gen_throughput".into(),
+        json!(stats.core.gen_throughput),
+    );
     state.insert(
         "memory_usage".into(),
         json!({
