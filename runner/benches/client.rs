@@ -58,20 +58,26 @@ fn serve_sim(scale: &str) -> Server {
     }
 }
 
-/// User + system CPU seconds of a process so far (`self` or a pid).
-fn cpu_seconds_of(pid: &str) -> f64 {
+/// User and system CPU seconds of a process so far (`self` or a pid).
+fn cpu_split_of(pid: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |x| x.1);
     let f: Vec<f64> = after
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0.0))
         .collect();
-    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the `)`.
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the `)`; clock ticks
+    // are 1/100 s on Linux.
+    (
+        f.get(11).copied().unwrap_or(0.0) / 100.0,
+        f.get(12).copied().unwrap_or(0.0) / 100.0,
+    )
 }
 
-fn cpu_seconds() -> f64 {
-    cpu_seconds_of("self")
+/// User + system CPU seconds of a process so far (`self` or a pid).
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let (user, sys) = cpu_split_of(pid);
+    user + sys
 }
 
 /// A ~1024-token prompt (the built-in tokenizer cuts words into ≤ 4-character pieces),
@@ -154,10 +160,10 @@ fn main() {
         println!("## Client overhead against serve-sim at zero engine cost (--sim-time-scale inf)");
         println!("qwen2.5-14b on h100, ~1024-token prompts, 256 output tokens (ignore_eos)");
         println!(
-            "{:>11} {:>8} {:>8} {:>10} {:>10} {:>13} {:>13} {:>10} {:>6}",
-            "concurrency", "requests", "wall s", "tok/s", "req/s", "client CPU-s", "server CPU-s", "chunks/req", "errors"
+            "{:>11} {:>8} {:>8} {:>10} {:>10} {:>13} {:>13} {:>13} {:>10} {:>6}",
+            "concurrency", "requests", "wall s", "tok/s", "req/s", "client CPU-s", "(of it, sys)", "server CPU-s", "chunks/req", "errors"
         );
-        println!("{:>62} {:>13}", "per 1k tok", "per 1k tok");
+        println!("{:>62} {:>13} {:>13}", "per 1k tok", "per 1k tok", "per 1k tok");
         let srv = serve_sim("inf");
         let pid = srv.child.id().to_string();
         let client = Arc::new(Client::new(&srv.url, None));
@@ -165,19 +171,25 @@ fn main() {
         run(client.clone(), 8, 64, 16).await; // warm-up
         for c in [1usize, 8, 64, 512, 1024] {
             let requests = (4 * c).max(1024);
-            let (cpu0, scpu0) = (cpu_seconds(), cpu_seconds_of(&pid));
+            let ((user0, sys0), scpu0) = (cpu_split_of("self"), cpu_seconds_of(&pid));
             let (outs, wall) = run(client.clone(), c, requests, 256).await;
-            let (cpu, scpu) = (cpu_seconds() - cpu0, cpu_seconds_of(&pid) - scpu0);
+            let (user1, sys1) = cpu_split_of("self");
+            let (cpu, sys, scpu) = (
+                user1 - user0 + sys1 - sys0,
+                sys1 - sys0,
+                cpu_seconds_of(&pid) - scpu0,
+            );
             let tokens: u64 = outs.iter().filter_map(|o| o.completion_tokens).sum();
             let errors = outs.iter().filter(|o| o.error.is_some()).count();
             let chunks = outs.iter().map(|o| 1 + o.timing.chunks.len()).sum::<usize>() as f64
                 / outs.len().max(1) as f64;
             let k = tokens.max(1) as f64 / 1000.0;
             println!(
-                "{c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>10.1} {:>13.4} {:>13.4} {chunks:>10.1} {errors:>6}",
+                "{c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>10.1} {:>13.4} {:>13.4} {:>13.4} {chunks:>10.1} {errors:>6}",
                 tokens as f64 / wall,
                 requests as f64 / wall,
                 cpu / k,
+                sys / k,
                 scpu / k,
             );
         }

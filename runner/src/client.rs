@@ -16,14 +16,71 @@
 //!   `meta_info.completion_tokens` on every chunk; OpenAI streams are asked for
 //!   `continuous_usage_stats` and fall back to one token per content chunk without it.
 //! - cumulative native `text` is turned into deltas (`text[len(previous)..]`).
-//! - an event's arrival instant is taken when the SSE parser yields it, before the chunk is
-//!   parsed.
+//! - an event's arrival instant is that of the body frame that completed it, taken as the
+//!   frame comes out of the HTTP connection ([`Stamped`]); the task then yields once before
+//!   framing and parsing it, so that when hundreds of streams receive at once (a batch's first
+//!   tokens), every stream's frame is stamped before any of them is parsed.
 
 use crate::workload::Message;
 use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
+
+/// A body's byte frames, each stamped on arrival (nanoseconds since `base`, into `last`) and
+/// then held back for one yield of the task: the stamp is taken before any framing or
+/// parsing, and the expensive work of a burst of streams runs after all of them are stamped.
+struct Stamped<S: Stream> {
+    inner: Pin<Box<S>>,
+    base: Instant,
+    last: Arc<AtomicU64>,
+    held: Option<S::Item>,
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<S: Stream> Stamped<S> {
+    fn new(inner: S, base: Instant) -> (Self, Arc<AtomicU64>) {
+        let last = Arc::new(AtomicU64::new(0));
+        let s = Stamped {
+            inner: Box::pin(inner),
+            base,
+            last: last.clone(),
+            held: None,
+            yielding: None,
+        };
+        (s, last)
+    }
+}
+
+impl<S: Stream> Unpin for Stamped<S> {}
+
+impl<S: Stream> Stream for Stamped<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        loop {
+            if let Some(y) = self.yielding.as_mut() {
+                ready!(y.as_mut().poll(cx));
+                self.yielding = None;
+                return Poll::Ready(self.held.take());
+            }
+            match ready!(self.inner.as_mut().poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(item) => {
+                    let nanos = self.base.elapsed().as_nanos() as u64;
+                    self.last.store(nanos, Ordering::Relaxed);
+                    self.held = Some(item);
+                    self.yielding = Some(Box::pin(tokio::task::yield_now()));
+                }
+            }
+        }
+    }
+}
 
 /// Which HTTP API generations go through.
 #[derive(
@@ -357,9 +414,10 @@ impl Client {
             st.timing.end = Instant::now();
             return st.fail(format!("HTTP {}: {}", status.as_u16(), snippet(&text)));
         }
-        // SSE framing by eventsource-stream; each event's data is parsed in place by typed,
-        // borrowing structs (`StreamState::chunk`).
-        let mut events = resp.bytes_stream().eventsource();
+        // Frames stamped on arrival (`Stamped`), SSE framing by eventsource-stream; each
+        // event's data is parsed in place by typed, borrowing structs (`StreamState::chunk`).
+        let (frames, arrival) = Stamped::new(resp.bytes_stream(), st.timing.send);
+        let mut events = frames.eventsource();
         loop {
             let next = match tokio::time::timeout(self.idle_timeout, events.next()).await {
                 Ok(n) => n,
@@ -370,7 +428,14 @@ impl Client {
                     ))
                 }
             };
-            let now = Instant::now();
+            // The arrival of the frame that completed this event (or, at the end of the body,
+            // now).
+            let now = match next {
+                Some(Ok(_)) => {
+                    st.timing.send + Duration::from_nanos(arrival.load(Ordering::Relaxed))
+                }
+                _ => Instant::now(),
+            };
             let ev = match next {
                 None => break,
                 Some(Ok(ev)) => ev,
