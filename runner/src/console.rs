@@ -1,6 +1,11 @@
 //! What the operator sees: one indicatif progress line per GPU while the sweep runs
 //! (trajectories and turns done, live sliding-10-s and cumulative output tokens/s, failures),
 //! then the seed's table per GPU and the best configuration by each criterion.
+//!
+//! Rates are in engine time, like every recorded figure: on a simulated engine running
+//! `time_scale` engine seconds per wall second, the live window covers the last 10 engine
+//! seconds (10 / `time_scale` wall seconds), but never less than 1 wall second so that the
+//! figure does not flicker; the line says how many engine seconds the window covers.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::VecDeque;
@@ -10,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use turnbench_schema::Summary;
 
-/// Live counters of one GPU (wall clock; the table afterwards is in engine time).
+/// Live counters of one GPU (kept on the wall clock, shown in engine time).
 pub struct GpuProgress {
     pub gpu: String,
     started: Instant,
@@ -24,7 +29,10 @@ pub struct GpuProgress {
     pub time_scale: Mutex<f64>,
 }
 
-const WINDOW: Duration = Duration::from_secs(10);
+/// The live rate's window, engine seconds…
+const WINDOW_ENGINE_S: f64 = 10.0;
+/// …but at least this many wall seconds.
+const WINDOW_MIN_WALL_S: f64 = 1.0;
 
 impl GpuProgress {
     pub fn new(gpu: &str, total_turns: u64) -> GpuProgress {
@@ -42,17 +50,35 @@ impl GpuProgress {
     }
 
     pub fn turn_done(&self, tokens: u64, failed: bool) {
+        self.turn_done_at(Instant::now(), tokens, failed);
+    }
+
+    fn turn_done_at(&self, now: Instant, tokens: u64, failed: bool) {
         self.turns.fetch_add(1, Ordering::Relaxed);
         self.tokens.fetch_add(tokens, Ordering::Relaxed);
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        let now = Instant::now();
+        let window = self.window_wall();
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         w.push_back((now, tokens));
-        while w.front().is_some_and(|(t, _)| now - *t > WINDOW) {
+        while w.front().is_some_and(|(t, _)| now - *t > window) {
             w.pop_front();
         }
+    }
+
+    fn scale(&self) -> f64 {
+        let s = *self.time_scale.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_finite() && s > 0.0 {
+            s
+        } else {
+            1.0
+        }
+    }
+
+    /// The live window in wall time: 10 engine seconds, at least 1 wall second.
+    fn window_wall(&self) -> Duration {
+        Duration::from_secs_f64((WINDOW_ENGINE_S / self.scale()).max(WINDOW_MIN_WALL_S))
     }
 
     pub fn trajectory_done(&self) {
@@ -63,30 +89,37 @@ impl GpuProgress {
         self.turns.load(Ordering::Relaxed)
     }
 
-    /// (sliding-10-s, cumulative) output tokens per second of wall time.
-    pub fn rates(&self) -> (f64, f64) {
-        let now = Instant::now();
+    /// (live window, cumulative) output tokens per engine second, and the engine seconds the
+    /// live window covers.
+    pub fn rates(&self) -> (f64, f64, f64) {
+        self.rates_at(Instant::now())
+    }
+
+    fn rates_at(&self, now: Instant) -> (f64, f64, f64) {
+        let (scale, window) = (self.scale(), self.window_wall());
         let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let recent: u64 = w
             .iter()
-            .filter(|(t, _)| now - *t <= WINDOW)
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= window)
             .map(|x| x.1)
             .sum();
-        let span = (now - self.started).min(WINDOW).as_secs_f64().max(1e-3);
+        let elapsed = now.saturating_duration_since(self.started);
+        // Engine seconds = wall seconds × scale.
+        let span = elapsed.min(window).as_secs_f64().max(1e-3) * scale;
         let total = self.tokens.load(Ordering::Relaxed) as f64;
-        let cum = total / (now - self.started).as_secs_f64().max(1e-3);
-        (recent as f64 / span, cum)
+        let cum = total / (elapsed.as_secs_f64().max(1e-3) * scale);
+        (recent as f64 / span, cum, window.as_secs_f64() * scale)
     }
 
     fn message(&self) -> String {
-        let (live, cum) = self.rates();
-        let scale = *self.time_scale.lock().unwrap_or_else(|e| e.into_inner());
+        let (live, cum, window) = self.rates();
         format!(
-            "traj {} · turns {} · {:.0} tok/s (10 s) · {:.0} tok/s (all) · failed {}",
+            "traj {} · turns {} · {:.0} tok/s (last {:.0} s) · {:.0} tok/s (all) · failed {}",
             self.trajectories.load(Ordering::Relaxed),
             self.turns(),
-            live / scale,
-            cum / scale,
+            live,
+            window,
+            cum,
             self.failed.load(Ordering::Relaxed),
         )
     }
@@ -200,4 +233,42 @@ pub fn tables(summary: &Summary) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rates read in engine time, over a window of 10 engine seconds (at least 1 wall second).
+    #[test]
+    fn live_and_cumulative_rates_are_per_engine_second() {
+        let ms = Duration::from_millis;
+        // A real engine: 1 engine second per wall second, a 10 s window.
+        let p = GpuProgress::new("0", 100);
+        let t0 = p.started;
+        p.turn_done_at(t0 + ms(1_000), 500, false);
+        p.turn_done_at(t0 + ms(15_000), 300, false);
+        let (live, cum, window) = p.rates_at(t0 + ms(20_000));
+        assert_eq!(window, 10.0);
+        assert!((live - 300.0 / 10.0).abs() < 1e-9, "{live}");
+        assert!((cum - 800.0 / 20.0).abs() < 1e-9, "{cum}");
+
+        // A simulated engine at 100 engine seconds per wall second: 10 engine seconds would be
+        // 0.1 wall seconds, so the window is 1 wall second = 100 engine seconds.
+        let p = GpuProgress::new("0", 100);
+        *p.time_scale.lock().unwrap() = 100.0;
+        let t0 = p.started;
+        p.turn_done_at(t0 + ms(500), 1_000, false);
+        p.turn_done_at(t0 + ms(1_900), 2_000, true);
+        let (live, cum, window) = p.rates_at(t0 + ms(2_000));
+        assert_eq!(window, 100.0);
+        assert!((live - 2_000.0 / 100.0).abs() < 1e-9, "{live}");
+        assert!((cum - 3_000.0 / 200.0).abs() < 1e-9, "{cum}");
+        assert!(p.message().contains("failed 1"));
+
+        // At 1 engine second per 10 wall seconds, 10 engine seconds are 100 wall seconds.
+        let p = GpuProgress::new("0", 100);
+        *p.time_scale.lock().unwrap() = 0.1;
+        assert_eq!(p.window_wall(), Duration::from_secs(100));
+    }
 }

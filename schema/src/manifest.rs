@@ -17,7 +17,9 @@ pub struct Manifest {
     /// The full resolved sweep plan, as the runner validated it (no secrets).
     pub plan: serde_json::Value,
     pub backend: BackendInfo,
-    /// One entry per GPU (server) of the sweep.
+    /// Every server that served the run, in the order they started: one per GPU, plus one
+    /// per restart (a cache mode that needs the radix cache off or back on) and per GPU again
+    /// for each `--resume`.
     pub servers: Vec<ServerInfo>,
     pub gpus: Vec<GpuInfo>,
     pub dataset: DatasetInfo,

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 #[test]
 fn sigkill_then_resume_gives_the_complete_set_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = small(tmp.path(), "killed");
+    // Cache modes that keep the radix cache, so no cell restarts its server and the manifest's
+    // servers are exactly those started with the run and with the resume.
+    let mut args = small_with(tmp.path(), "killed", &[("--cache-modes", "prefix,session")]);
     // Slow enough to be killed midway: engine time only 20× faster, tool time replayed.
     args.extend(
         [
@@ -46,7 +48,7 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
     };
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let total = 6 * 4 * 6; // cells × trajectories × turns
+    let total = 4 * 4 * 6; // cells × trajectories × turns
     assert!(
         lines < total,
         "killed before the end ({lines} of {total} lines)"
@@ -58,6 +60,11 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         .unwrap();
     std::io::Write::write_all(&mut f, b"{\"gpu\":\"h10").unwrap();
     drop(f);
+    let read_manifest = || -> turnbench_schema::Manifest {
+        let text = std::fs::read_to_string(tmp.path().join("killed/manifest.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let before = read_manifest().servers;
 
     run_ok(
         &[
@@ -72,6 +79,14 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
     );
     let run = Run::load(&tmp.path().join("killed"));
     run.assert_complete(&[6, 6, 6, 6]);
+    // The manifest keeps the server that started the run and adds the one that finished it
+    // (a fresh simulated server, on a new port).
+    let after = &run.manifest.servers;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0], before[0]);
+    assert_eq!(after[1].gpu, "h100");
+    assert_ne!(after[1].url, before[0].url);
     assert_eq!(
         run.turns().len(),
         total,
