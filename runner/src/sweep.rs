@@ -202,30 +202,30 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(si, sim)| (si.gpu.clone(), sim.as_ref().map_or(1.0, |s| s.time_scale)))
         .collect();
-    let manifest =
-        match old_manifest {
-            Some(mut m) => {
-                if m.simulated != simulated {
-                    for s in servers {
-                        s.stop().await;
-                    }
-                    bail!(
-                    "--resume {run_id}: the run was started on {} engine and would finish on {}",
-                    if m.simulated { "a simulated" } else { "a real" },
-                    if simulated { "a simulated one" } else { "a real one" },
-                );
+    let manifest = match old_manifest {
+        Some(mut m) => {
+            if m.simulated != simulated {
+                for s in servers {
+                    s.stop().await;
                 }
-                // The servers that finish the run join those that started it.
-                m.servers.extend(infos.iter().map(|i| i.0.clone()));
-                record::write_json_atomic(&dir.join(files::MANIFEST), &m)?;
-                m
+                let kind = |sim: bool| if sim { "a simulated" } else { "a real" };
+                bail!(
+                    "--resume {run_id}: the run started on {} engine, not {} one",
+                    kind(m.simulated),
+                    kind(simulated)
+                );
             }
-            None => {
-                let m = build_manifest(&plan, &run_id, &wl, &infos, simulated);
-                record::write_json_atomic(&dir.join(files::MANIFEST), &m)?;
-                m
-            }
-        };
+            // The servers that finish the run join those that started it.
+            m.servers.extend(infos.iter().map(|i| i.0.clone()));
+            record::write_json_atomic(&dir.join(files::MANIFEST), &m)?;
+            m
+        }
+        None => {
+            let m = build_manifest(&plan, &run_id, &wl, &infos, simulated);
+            record::write_json_atomic(&dir.join(files::MANIFEST), &m)?;
+            m
+        }
+    };
     let manifest = Arc::new(Mutex::new(manifest));
     let recorder = Arc::new(Recorder::open(&dir, &run_id, simulated, existing.clone())?);
     let turn_counts: Vec<usize> = wl.trajectories.iter().map(|t| t.turns.len()).collect();
