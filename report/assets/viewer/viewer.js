@@ -176,9 +176,9 @@
     names.push(view.agg + " of " + view.metric_label, "records used", "skipped");
     headerRow(table, names);
     var tbody = document.createElement("tbody");
-    var shown = Math.min(view.rows.length, TABLE_ROWS);
+    var shown = Math.min(view.length, TABLE_ROWS);
     for (var i = 0; i < shown; i++) {
-      var r = view.rows[i];
+      var r = view.row(i);
       var tr = document.createElement("tr");
       tr.setAttribute("data-group", r.group);
       if (view.series) tr.setAttribute("data-series", r.series);
@@ -196,10 +196,10 @@
     });
     table.appendChild(tbody);
     var note = tableNote();
-    note.hidden = shown === view.rows.length;
-    note.textContent = note.hidden ? "" : "The table shows the first " + shown + " of " + view.rows.length +
+    note.hidden = shown === view.length;
+    note.textContent = note.hidden ? "" : "The table shows the first " + shown + " of " + view.length +
       " rows; the chart and the CSV download have all of them.";
-    note.setAttribute("data-rows", String(view.rows.length));
+    note.setAttribute("data-rows", String(view.length));
     var skipped = view.skipped_error + view.skipped_missing;
     $("view-skipped").textContent = skipped + " skipped (" + view.skipped_error + " failed, " +
       view.skipped_missing + " without " + view.metric + ") of " + view.matched +
@@ -207,20 +207,27 @@
     $("view-skipped").setAttribute("data-skipped", String(skipped));
   }
 
-  // The rows of each series, in order of first appearance (by series code).
+  // The row indices of each series, in order of first appearance (by series code), read
+  // from the view's columns (no row objects: a view can have tens of thousands of rows).
   function seriesOf(view) {
-    var order = [], by = {};
-    view.rows.forEach(function (r) {
-      var key = view.series ? r.sk : 0;
-      if (!(key in by)) { by[key] = { key: view.series ? r.series : "", label: view.series ? r.series_label : view.metric_label, rows: [] }; order.push(key); }
-      by[key].rows.push(r);
-    });
+    var order = [], by = {}, sk = view.cols.series, n = view.length;
+    for (var i = 0; i < n; i++) {
+      var key = view.series ? sk[i] : 0;
+      var s = by[key];
+      if (s === undefined) {
+        var r = view.row(i);
+        s = by[key] = { key: view.series ? r.series : "", label: view.series ? r.series_label : view.metric_label, index: [] };
+        order.push(key);
+      }
+      s.index.push(i);
+    }
     return order.map(function (k) { return by[k]; });
   }
 
   function showRow(view, i) {
-    var r = view.rows[i];
-    if (r) showRecords(r.group, view.series ? r.series : null, r.group_label, r.series_label);
+    if (!(i >= 0 && i < view.length)) return;
+    var r = view.row(i);
+    showRecords(r.group, view.series ? r.series : null, r.group_label, r.series_label);
   }
 
   var MARKER_LIMIT = 1000;
@@ -228,40 +235,44 @@
   function renderChart(view) {
     var numeric = NUMERIC_DIMS[view.group] === 1;
     var step = view.group_codes.step;
-    var xOf = function (r) { return numeric ? r.gk * step : plotlyText(r.group_label); };
-    // A point's customdata is its row's index in the view.
-    var indexOf = function (r) { return r.index; };
+    var c = view.cols, g = c.g;
+    var xOf = function (i) { return numeric ? c.group[i] * step : plotlyText(g.label(c.group[i])); };
+    var valueOf = function (i) { var v = c.value[i]; return v !== v ? null : v; };
+    // Box statistics of row i: min, q1, median, q3, max at dist[5i …] (NaN: none).
+    var d = c.dist;
+    var hasDist = function (i) { return d.length > 0 && d[5 * i] === d[5 * i]; };
     var traces = [];
     // plotly's default colours, so a series' box and its median marker share one.
     var palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
     seriesOf(view).forEach(function (s, si) {
       var color = palette[si % palette.length];
       var name = plotlyText(s.label);
+      // A point's customdata is its row's index in the view.
       if (view.chart === "box") {
-        var rows = s.rows.filter(function (r) { return r.dist; });
+        var rows = s.index.filter(hasDist);
         traces.push({
           type: "bar", name: name + " (p25–p75)", legendgroup: name, offsetgroup: s.key,
-          x: rows.map(xOf), base: rows.map(function (r) { return r.dist.q1; }),
-          y: rows.map(function (r) { return r.dist.q3 - r.dist.q1; }),
-          customdata: rows.map(indexOf),
+          x: rows.map(xOf), base: rows.map(function (i) { return d[5 * i + 1]; }),
+          y: rows.map(function (i) { return d[5 * i + 3] - d[5 * i + 1]; }),
+          customdata: rows,
           marker: { color: color }, opacity: 0.5
         });
         traces.push({
           type: "scatter", mode: "markers", name: name + " (median, min–max)", legendgroup: name, offsetgroup: s.key,
-          x: rows.map(xOf), y: rows.map(function (r) { return r.dist.median; }), marker: { color: color },
+          x: rows.map(xOf), y: rows.map(function (i) { return d[5 * i + 2]; }), marker: { color: color },
           error_y: { type: "data", symmetric: false,
-            array: rows.map(function (r) { return r.dist.max - r.dist.median; }),
-            arrayminus: rows.map(function (r) { return r.dist.median - r.dist.min; }), color: color },
-          customdata: rows.map(indexOf)
+            array: rows.map(function (i) { return d[5 * i + 4] - d[5 * i + 2]; }),
+            arrayminus: rows.map(function (i) { return d[5 * i + 2] - d[5 * i]; }), color: color },
+          customdata: rows
         });
       } else {
         traces.push({
           type: view.chart === "bar" ? "bar" : "scatter",
           // Thousands of SVG markers are slow to draw; the line alone carries the shape.
-          mode: s.rows.length > MARKER_LIMIT ? "lines" : "lines+markers", name: name,
-          x: s.rows.map(xOf), y: s.rows.map(function (r) { return r.value; }),
+          mode: s.index.length > MARKER_LIMIT ? "lines" : "lines+markers", name: name,
+          x: s.index.map(xOf), y: s.index.map(valueOf),
           marker: { color: color }, line: { color: color },
-          customdata: s.rows.map(indexOf)
+          customdata: s.index
         });
       }
     });
@@ -357,8 +368,7 @@
     var g = codeText(view.group, view.group_codes, view.bucket_s);
     var s = view.series ? codeText(view.series, view.series_codes, view.bucket_s) : null;
     // A row holds its index only: its numbers are read from the typed arrays and its strings
-    // made when read (the table reads the first rows only), so tens of thousands of rows
-    // cost one small object each.
+    // made when read; rows are only made for what the table shows and for clicked points.
     function Row(i) {
       this.index = i;
     }
@@ -380,9 +390,20 @@
       series: { get: function () { return s ? s.raw(this.sk) : undefined; } },
       series_label: { get: function () { return s ? s.label(this.sk) : undefined; } }
     });
-    var rows = new Array(group.length);
-    for (var i = 0; i < group.length; i++) rows[i] = new Row(i);
-    view.rows = rows;
+    // Rows are made when read: the table reads its first rows, the chart reads the columns.
+    view.cols = { group: group, series: series, value: value, dist: dist, g: g };
+    view.length = group.length;
+    view.row = function (i) { return new Row(i); };
+    var all = null;
+    Object.defineProperty(view, "rows", {
+      get: function () {
+        if (all === null) {
+          all = new Array(group.length);
+          for (var i = 0; i < group.length; i++) all[i] = new Row(i);
+        }
+        return all;
+      }
+    });
     return view;
   }
   api.runQuery = runQuery;

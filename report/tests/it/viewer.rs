@@ -207,6 +207,35 @@ async fn viewer_tables_match_the_records() {
         ),
     );
 
+    // The chart plots the table: one trace per series, its points (x, y) the rows' (group,
+    // value), each point's customdata the row's index.
+    let traces: Vec<(String, Vec<f64>, Vec<Option<f64>>, Vec<usize>)> = browser
+        .eval(
+            "return document.getElementById('view-chart').data.map(function (t) {
+               return [t.name, Array.from(t.x), Array.from(t.y), Array.from(t.customdata)]; });",
+        )
+        .await
+        .unwrap();
+    let series: std::collections::BTreeSet<&str> =
+        got.iter().filter_map(|r| r.series.as_deref()).collect();
+    assert_eq!(traces.len(), series.len(), "{traces:?}");
+    let mut plotted = 0;
+    for (name, xs, ys, index) in &traces {
+        for ((x, y), i) in xs.iter().zip(ys).zip(index) {
+            let row = &got[*i];
+            assert_eq!(row.series.as_deref(), Some(name.as_str()));
+            assert_eq!(row.group, x.to_string());
+            // (Both numbers crossed JSON; serde_json's float parsing is not always the
+            // closest double, so the last bit may differ.)
+            match (y, row.value.parse::<f64>().ok()) {
+                (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-12 * b.abs(), "{a} vs {b}"),
+                (a, b) => assert_eq!(*a, b),
+            }
+            plotted += 1;
+        }
+    }
+    assert_eq!(plotted, got.len());
+
     let hash = "metric=cached_tokens&agg=mean&group=cache_mode&run=viewer-run".to_string();
     let got = open_view(&browser, &page, &hash).await;
     assert_table(
@@ -561,7 +590,7 @@ async fn bench() {
         let engine: Vec<f64> = browser.eval(&js).await.unwrap();
         let rows: usize = browser
             .eval(&format!(
-                "return window.TURNBENCH_VIEWER.runQuery('{hash}').rows.length"
+                "return window.TURNBENCH_VIEWER.runQuery('{hash}').length"
             ))
             .await
             .unwrap();
