@@ -202,6 +202,7 @@ pub fn manifest(spec: &FixtureSpec) -> Manifest {
                 gpu_profile: spec.gpus.first().cloned().unwrap_or_default(),
                 model: model.clone(),
             }),
+            chat_template: None,
         },
         servers: spec
             .gpus

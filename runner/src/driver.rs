@@ -4,12 +4,14 @@
 //! next trajectory, send its turns in order, record each turn and sleep the think time.
 //! A failed turn is recorded and ends its trajectory; the worker takes the next one.
 
+use crate::chat_template::ChatTemplate;
 use crate::client::{Api, Client, Outcome, Prompt, Sampling, Session};
 use crate::console::GpuProgress;
 use crate::conversation::Conversation;
 use crate::plan::ThinkTime;
 use crate::record::{Recorder, Todo};
 use crate::workload::Workload;
+use anyhow::Context as _;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,8 @@ pub struct CellCtx {
     pub cell: CellId,
     pub client: Client,
     pub api: Api,
+    /// How native-API prompts are templated.
+    pub template: ChatTemplate,
     pub sampling: Sampling,
     pub history: HistorySource,
     pub think: ThinkTime,
@@ -63,7 +67,8 @@ pub struct CellCtx {
     pub nonce: String,
 }
 
-/// Run one cell to completion. Only a failure to write results is an error.
+/// Run one cell to completion. Only a failure to write results, or a chat template that fails
+/// to render (or, in session mode, is not prefix-stable), is an error.
 pub async fn run_cell(ctx: Arc<CellCtx>, todo: Todo) -> anyhow::Result<()> {
     let schedule = Arc::new(Mutex::new(ClosedLoop::new(todo)));
     let in_flight = Arc::new(AtomicU32::new(0));
@@ -100,7 +105,8 @@ async fn run_trajectory(
 ) -> anyhow::Result<()> {
     let traj = &ctx.workload.trajectories[t];
     let mode = ctx.cell.cache_mode;
-    let mut conv = Conversation::new(&traj.prelude);
+    let mut conv = Conversation::with_template(&ctx.template, &traj.prelude)
+        .with_context(|| format!("trajectory {:?}", traj.id))?;
     let mut session: Option<String> = None;
     if mode == CacheMode::Session {
         let sent = Instant::now();
@@ -123,6 +129,37 @@ async fn run_trajectory(
             }
         }
     }
+    let result = run_turns(
+        ctx,
+        t,
+        attempt,
+        t0,
+        in_flight,
+        &mut conv,
+        session.as_deref(),
+    )
+    .await;
+    if let Some(id) = session {
+        if let Err(e) = ctx.client.close_session(&id).await {
+            tracing::warn!("close_session {id}: {e:#}");
+        }
+    }
+    result
+}
+
+/// The turns of trajectory `t`, in order, until one fails.
+#[allow(clippy::too_many_arguments)]
+async fn run_turns(
+    ctx: &CellCtx,
+    t: usize,
+    attempt: u32,
+    t0: Instant,
+    in_flight: &AtomicU32,
+    conv: &mut Conversation,
+    session: Option<&str>,
+) -> anyhow::Result<()> {
+    let traj = &ctx.workload.trajectories[t];
+    let mode = ctx.cell.cache_mode;
     let mut parent: Option<String> = None;
     let mut parent_generated = true;
     let n = traj.turns.len();
@@ -140,12 +177,14 @@ async fn run_trajectory(
             sampling.max_new_tokens = len.max(1);
             sampling.ignore_eos = true;
         }
-        let prompt = match (ctx.api, &session) {
+        let prompt = match (ctx.api, session) {
             (Api::Openai, _) => Prompt::Messages(conv.messages()),
             (Api::Native, Some(id)) => Prompt::Text {
-                text: conv.new_text(),
+                text: conv
+                    .new_text()
+                    .with_context(|| format!("trajectory {:?}, turn {k}", traj.id))?,
                 session: Some(Session {
-                    id: id.clone(),
+                    id: id.to_string(),
                     rid: parent.clone(),
                     drop_previous_output: parent.is_some() && !parent_generated,
                 }),
@@ -168,24 +207,18 @@ async fn run_trajectory(
         ctx.progress
             .turn_done(out.completion_tokens.unwrap_or(0), failed);
         ctx.recorder.turn(rec)?;
-        if failed {
+        if failed || last {
             break;
         }
         let (answer, generated) = match (&turn.recorded, ctx.history) {
             (Some(r), HistorySource::Recorded) => (r.as_str(), false),
             _ => (out.text.as_str(), true),
         };
-        conv.advance(answer, generated, &turn.after);
+        conv.advance(answer, generated, &turn.after)
+            .with_context(|| format!("trajectory {:?}, after turn {k}", traj.id))?;
         parent = Some(out.id.clone().unwrap_or(rid));
         parent_generated = generated;
-        if !last {
-            tokio::time::sleep(think_sleep(think, ctx.time_scale)).await;
-        }
-    }
-    if let Some(id) = session {
-        if let Err(e) = ctx.client.close_session(&id).await {
-            tracing::warn!("close_session {id}: {e:#}");
-        }
+        tokio::time::sleep(think_sleep(think, ctx.time_scale)).await;
     }
     Ok(())
 }

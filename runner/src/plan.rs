@@ -6,6 +6,7 @@
 //! 16 synthetic trajectories × 10 turns, which finishes in about a minute on 2 cores.
 //! Errors name the key (and the file) at fault.
 
+use crate::chat_template::ChatTemplate;
 use crate::client::Api;
 use crate::workload::Format;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -143,6 +144,12 @@ pub struct PlanKeys {
     /// `native` (/generate, client-side chat template; needed for sessions) or `openai`.
     #[arg(long, value_enum)]
     pub api: Option<Api>,
+    /// Chat template for `api = native` (prompts are templated client-side): a Hugging Face
+    /// `tokenizer_config.json` (its `chat_template`, `bos_token`, `eos_token`) or a Jinja file.
+    /// Unset: the built-in ChatML (Qwen's). Use the served model's template, or the prompts
+    /// are not the ones it was trained on (and adjust `stop` to its end-of-turn marker).
+    #[arg(long, value_name = "PATH")]
+    pub chat_template: Option<PathBuf>,
     /// Server URLs for `attach`, one per GPU (repeat the flag, or comma-separate).
     #[arg(long = "url", value_delimiter = ',')]
     pub urls: Option<Vec<String>>,
@@ -280,6 +287,7 @@ impl PlanKeys {
         merge!(
             backend,
             api,
+            chat_template,
             urls,
             gpus,
             batch_sizes,
@@ -382,6 +390,8 @@ pub fn default_launch_command() -> Vec<String> {
 pub struct Plan {
     pub backend: BackendChoice,
     pub api: Api,
+    /// `None`: the built-in ChatML.
+    pub chat_template: Option<PathBuf>,
     pub urls: Vec<String>,
     pub gpus: Vec<String>,
     /// Per GPU label.
@@ -632,9 +642,16 @@ impl Plan {
                 return Err(key_err("run_id", format!("{id:?} is not a directory name")));
             }
         }
-        Ok(Plan {
+        if k.chat_template.is_some() && api == Api::Openai {
+            return Err(key_err(
+                "chat_template",
+                "only for api = native (the OpenAI route applies the server's own template)",
+            ));
+        }
+        let plan = Plan {
             backend,
             api,
+            chat_template: k.chat_template,
             urls,
             gpus,
             batch_sizes,
@@ -673,7 +690,18 @@ impl Plan {
             sim_args: k.sim_args.unwrap_or_default(),
             metrics: k.metrics.unwrap_or(true),
             flush_cache: k.flush_cache.unwrap_or(true),
-        })
+        };
+        plan.load_chat_template()?;
+        Ok(plan)
+    }
+
+    /// The chat template native-API prompts are rendered with: `chat_template`, read and
+    /// compiled, or the built-in ChatML.
+    pub fn load_chat_template(&self) -> Result<ChatTemplate, PlanError> {
+        match &self.chat_template {
+            None => Ok(ChatTemplate::ChatMl),
+            Some(p) => ChatTemplate::load(p).map_err(|e| key_err("chat_template", e.to_string())),
+        }
     }
 
     /// The cells in run order for one GPU: cache modes in plan order (radix-cache modes

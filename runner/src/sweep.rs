@@ -4,8 +4,10 @@
 //! cell; finally print the seed's tables. `--resume ID` finishes an interrupted run.
 
 use crate::backend::Server;
+use crate::chat_template::ChatTemplate;
 use crate::client::{scrub, Api, Client, Sampling};
 use crate::console::{self, GpuProgress};
+use crate::conversation;
 use crate::driver::{run_cell, CellCtx};
 use crate::plan::{BackendChoice, OutputLen, Plan, PlanKeys};
 use crate::record::{self, Recorder};
@@ -57,6 +59,9 @@ pub fn main(args: SweepArgs) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(run(args))
 }
+
+/// Turns of every trajectory rendered before a sweep with a Jinja chat template starts.
+const PROBE_TURNS: usize = 4;
 
 /// Run id from the clock: `YYYYMMDD-HHMMSS`.
 fn default_run_id() -> String {
@@ -148,7 +153,30 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
     {
         bail!("plan key `history`: recorded, but the dataset records no assistant messages");
     }
+    let template = plan.load_chat_template()?;
+    if matches!(template, ChatTemplate::Jinja(_)) {
+        let session = plan.cache_modes.contains(&CacheMode::Session);
+        for traj in &wl.trajectories {
+            conversation::probe(&template, traj, plan.history, session, PROBE_TURNS).with_context(
+                || {
+                    format!(
+                        "plan key `chat_template`: rendering trajectory {:?} before the sweep",
+                        traj.id
+                    )
+                },
+            )?;
+        }
+    }
     if let Some(m) = &old_manifest {
+        // The same prompts, byte for byte: the chat template (file and content) too.
+        let now = (plan.api == Api::Native).then(|| template.describe());
+        if m.backend.chat_template.is_some() && m.backend.chat_template != now {
+            bail!(
+                "--resume {run_id}: the chat template changed since the run started ({} ≠ {})",
+                now.as_deref().unwrap_or("none"),
+                m.backend.chat_template.as_deref().unwrap_or("none")
+            );
+        }
         if m.dataset.content_hash.as_deref() != Some(wl.content_hash.as_str()) {
             bail!(
                 "--resume {run_id}: the dataset changed since the run started (hash {} ≠ {:?})",
@@ -221,7 +249,7 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
             m
         }
         None => {
-            let m = build_manifest(&plan, &run_id, &wl, &infos, simulated);
+            let m = build_manifest(&plan, &run_id, &wl, &infos, simulated, &template);
             record::write_json_atomic(&dir.join(files::MANIFEST), &m)?;
             m
         }
@@ -310,6 +338,7 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
                 dir: &dir,
                 nonce: nonce.clone(),
                 recorded_lens: recorded_lens.clone(),
+                template: template.clone(),
             })
         });
     let result = tokio::select! {
@@ -342,6 +371,7 @@ struct GpuRun<'a> {
     dir: &'a Path,
     nonce: String,
     recorded_lens: Option<Arc<Vec<Vec<Option<u32>>>>>,
+    template: ChatTemplate,
 }
 
 /// One GPU's cells, one after another. The server restarts when the radix cache must change.
@@ -360,6 +390,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         dir,
         nonce,
         recorded_lens,
+        template,
     } = r;
     let gpu = server.gpu.clone();
     let mut warned_none = false;
@@ -407,6 +438,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             cell: cell.clone(),
             client,
             api: plan.api,
+            template: template.clone(),
             sampling: Sampling {
                 max_new_tokens: plan.max_new_tokens,
                 temperature: plan.temperature,
@@ -422,7 +454,12 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             progress: progress.clone(),
             nonce: nonce.clone(),
         });
-        run_cell(ctx, todo).await?;
+        run_cell(ctx, todo).await.with_context(|| {
+            format!(
+                "GPU {gpu}, cache mode {}, concurrency {}",
+                cell.cache_mode, cell.concurrency
+            )
+        })?;
         let summary = recorder.write_summary()?;
         if let Ok(info) = Client::new(&server.url, api_key.clone())
             .get_json("/get_server_info", Duration::from_secs(10))
@@ -542,6 +579,7 @@ fn build_manifest(
     wl: &Workload,
     infos: &[(ServerInfo, Option<SimInfo>)],
     simulated: bool,
+    template: &ChatTemplate,
 ) -> Manifest {
     let sim = infos.iter().find_map(|i| i.1.clone());
     let gpus = infos
@@ -584,6 +622,7 @@ fn build_manifest(
                 .unwrap_or_default(),
             api: plan.api.as_str().into(),
             sim,
+            chat_template: (plan.api == Api::Native).then(|| template.describe()),
         },
         servers: infos.iter().map(|i| i.0.clone()).collect(),
         gpus,

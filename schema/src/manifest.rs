@@ -70,6 +70,11 @@ pub struct BackendInfo {
     pub api: String,
     /// Present for simulated runs.
     pub sim: Option<SimInfo>,
+    /// The chat template the runner rendered `native` prompts with: `chatml (built-in)` or
+    /// `<file name> sha256:<first 16 hex digits of the file's SHA-256>`. Absent for the
+    /// `openai` API (the server templates) and in manifests written before it was recorded.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// What the simulated engine simulated.

@@ -136,3 +136,22 @@ fn latest_attempt_supersedes_partial_lines() {
     let kept = turn::latest_attempts(vec![old, new0.clone(), new1.clone(), other.clone()]);
     assert_eq!(kept, vec![new0, new1, other]);
 }
+
+#[test]
+fn backend_chat_template_is_optional_for_older_manifests() {
+    let old = r#"{"kind":"sim","access":"sim","api":"native","sim":null}"#;
+    let b: BackendInfo = serde_json::from_str(old).unwrap();
+    assert_eq!(b.chat_template, None);
+    let new = r#"{"kind":"sglang","access":"attach","api":"native","sim":null,
+        "chat_template":"tokenizer_config.json sha256:0123456789abcdef"}"#;
+    let b: BackendInfo = serde_json::from_str(new).unwrap();
+    assert_eq!(
+        b.chat_template.as_deref(),
+        Some("tokenizer_config.json sha256:0123456789abcdef")
+    );
+    let back: BackendInfo = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+    assert_eq!(back, b);
+    assert!(
+        serde_json::from_str::<BackendInfo>(&new.replace("chat_template", "template")).is_err()
+    );
+}

@@ -209,7 +209,9 @@ async fn viewer_tables_match_the_records() {
 
     // The chart plots the table: one trace per series, its points (x, y) the rows' (group,
     // value), each point's customdata the row's index.
-    let traces: Vec<(String, Vec<f64>, Vec<Option<f64>>, Vec<usize>)> = browser
+    // (name, x, y, customdata) per trace.
+    type Trace = (String, Vec<f64>, Vec<Option<f64>>, Vec<usize>);
+    let traces: Vec<Trace> = browser
         .eval(
             "return document.getElementById('view-chart').data.map(function (t) {
                return [t.name, Array.from(t.x), Array.from(t.y), Array.from(t.customdata)]; });",

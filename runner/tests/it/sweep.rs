@@ -3,6 +3,7 @@
 //! behind a recording proxy (`attach`).
 
 mod cache_modes;
+mod chat_template;
 mod datasets;
 mod faults;
 mod launch;
