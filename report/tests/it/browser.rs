@@ -101,6 +101,11 @@ impl Browser {
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
+                // Downloads (the viewer's CSV) into the session's own folder, unasked.
+                "prefs": {
+                    "download.default_directory": profile.path().join("downloads"),
+                    "download.prompt_for_download": false,
+                },
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking",
@@ -147,6 +152,10 @@ impl Browser {
                 "binary": firefox,
                 "args": ["-headless", "-width", "1280", "-height", "900"],
                 "prefs": {
+                    // Downloads (the viewer's CSV) into the session's own folder, unasked.
+                    "browser.download.folderList": 2,
+                    "browser.download.dir": profile.path().join("downloads"),
+                    "browser.download.useDownloadDir": true,
                     "browser.shell.checkDefaultBrowser": false,
                     "datareporting.policy.dataSubmissionEnabled": false,
                     "app.update.enabled": false,
@@ -196,6 +205,12 @@ impl Browser {
             firefox,
             _profile: profile,
         })
+    }
+
+    /// Where the browser saves downloads (inside the session's temporary profile).
+    #[allow(dead_code)] // for the viewer's CSV download
+    pub fn downloads(&self) -> std::path::PathBuf {
+        self._profile.path().join("downloads")
     }
 
     #[allow(dead_code)] // for tests that drive the page (the viewer's)
