@@ -479,6 +479,9 @@ pub struct RunSource<'a> {
 pub struct Table {
     pub meta: Meta,
     columns: Vec<Column>,
+    /// Each row's 10 s bucket of `t_send` ([`crate::view::bucket`]), computed once: grouping
+    /// by time then reads codes like any other column.
+    pub(crate) buckets: Vec<u32>,
     /// Largest turn, trajectory and `t_send` (for dense group indexes).
     pub(crate) max_turn: u32,
     pub(crate) max_traj: u32,
@@ -506,7 +509,9 @@ impl Table {
         let max_t_send = (0..t_send.len())
             .filter_map(|i| t_send.value(i))
             .fold(0.0, f64::max);
+        let buckets = crate::view::buckets(t_send);
         Table {
+            buckets,
             max_turn: max_code(Field::Turn),
             max_traj: max_code(Field::Traj),
             max_t_send,

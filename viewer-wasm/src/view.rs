@@ -381,7 +381,7 @@ impl Table {
             Dim::Run => self.cell(i).run,
             Dim::CacheMode => cache_mode_code(self.cell(i).cache_mode),
             Dim::FinishReason => self.column(Field::FinishReason).code(i),
-            Dim::TimeBucket => bucket(self.column(Field::TSend).value(i).unwrap_or(0.0)),
+            Dim::TimeBucket => self.buckets[i],
         }
     }
 
@@ -464,25 +464,7 @@ impl Table {
             Dim::Concurrency | Dim::Gpu | Dim::Run | Dim::CacheMode => self
                 .column(Field::Cell)
                 .map_into(start, out, |c| cell_lut[c as usize]),
-            Dim::TimeBucket => match self.column(Field::TSend) {
-                Column::F32(v) => {
-                    // For an `f32` time, `t × 0.1` truncates like `⌊t / 10⌋` (the product's
-                    // rounding error, ~1e-16 relative, is far below the gap between an `f32`
-                    // over 10 and the next integer, and 0.1 rounds up, so an exact multiple
-                    // never falls below), and it is cheaper than a division; `as` saturates
-                    // (negative and NaN → bucket 0) like [`bucket`].
-                    const _: () = assert!(BUCKET_S == 10.0);
-                    let end = start + out.len();
-                    out.iter_mut()
-                        .zip(&v[start..end])
-                        .for_each(|(o, t)| *o = (*t as f64 * 0.1) as u32)
-                }
-                other => {
-                    let mut vals = vec![0.0; out.len()];
-                    other.values_into(start, &mut vals);
-                    out.iter_mut().zip(&vals).for_each(|(o, t)| *o = bucket(*t));
-                }
-            },
+            Dim::TimeBucket => out.copy_from_slice(&self.buckets[start..start + out.len()]),
         }
     }
 
@@ -865,6 +847,24 @@ impl Table {
             finish_reason: dict(Field::FinishReason, &m.finish_reasons),
             error: dict(Field::Error, &m.errors),
         }
+    }
+}
+
+/// The [`bucket`] of every row of a `t_send` column (missing times fall in the first).
+pub(crate) fn buckets(t_send: &Column) -> Vec<u32> {
+    match t_send {
+        // For an `f32` time, `t × 0.1` truncates like `⌊t / 10⌋` (the product's rounding
+        // error, ~1e-16 relative, is far below the gap between an `f32` over 10 and the next
+        // integer, and 0.1 rounds up, so an exact multiple never falls below), and it is
+        // cheaper than a division; `as` saturates (negative and NaN → bucket 0) like
+        // [`bucket`].
+        Column::F32(v) => {
+            const _: () = assert!(BUCKET_S == 10.0);
+            v.iter().map(|t| (*t as f64 * 0.1) as u32).collect()
+        }
+        other => (0..other.len())
+            .map(|i| bucket(other.value(i).unwrap_or(0.0)))
+            .collect(),
     }
 }
 
