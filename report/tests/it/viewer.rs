@@ -539,7 +539,7 @@ async fn bench() {
         median(loads.clone())
     );
     open_view(&browser, &page, "metric=ttft&agg=p99&group=turn").await;
-    for hash in [
+    let hashes = [
         "metric=ttft&agg=p99&group=turn",
         "metric=e2e&agg=p99&group=concurrency&series=cache_mode",
         "metric=e2e&agg=mean&group=concurrency&series=cache_mode",
@@ -549,26 +549,36 @@ async fn bench() {
         "metric=ttft&agg=p99&group=traj&series=concurrency",
         "metric=tpot&agg=p99&group=t_send&series=cache_mode&turn=2-",
         "metric=ttft&agg=p99&group=turn&series=concurrency&chart=box",
-    ] {
-        let js = format!("var t = []; for (var i = 0; i < 7; i++) t.push(window.TURNBENCH_VIEWER.timeQuery('{hash}')); return t;");
-        let times: Vec<f64> = browser.eval(&js).await.unwrap();
-        // The engine alone (wasm query, header JSON, typed arrays not yet read).
-        let js = format!("var v = window.TURNBENCH_VIEWER.viewer, t = []; for (var i = 0; i < 7; i++) {{ var s = performance.now(); v.query_columns('{hash}').free(); t.push(performance.now() - s); }} return t;");
-        let engine: Vec<f64> = browser.eval(&js).await.unwrap();
+    ];
+    // Round-robin over the views, so that a slow spell of the (shared) machine spreads over
+    // all of them instead of spoiling one view's samples.
+    const ROUNDS: usize = 15;
+    let list = serde_json::to_string(&hashes).unwrap();
+    let js = format!(
+        "var v = window.TURNBENCH_VIEWER, hs = {list}, q = hs.map(function () {{ return []; }}),
+             e = hs.map(function () {{ return []; }});
+         for (var r = 0; r < {ROUNDS}; r++) hs.forEach(function (h, i) {{
+           q[i].push(v.timeQuery(h));
+           var s = performance.now(); v.viewer.query_columns(h).free(); e[i].push(performance.now() - s);
+         }});
+         return [q, e];"
+    );
+    let (queries, engine): (Vec<Vec<f64>>, Vec<Vec<f64>>) = browser.eval(&js).await.unwrap();
+    println!(
+        "filter + group-by + aggregate, {ROUNDS} rounds over the views: median (fastest) of the whole query, and of the wasm engine call alone"
+    );
+    for ((hash, q), e) in hashes.iter().zip(queries).zip(engine) {
         let rows: usize = browser
             .eval(&format!(
                 "return window.TURNBENCH_VIEWER.runQuery('{hash}').length"
             ))
             .await
             .unwrap();
+        let fastest = q.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
-            "query {hash} ({rows} rows): median of 7 {:.1} ms, fastest {:.1} ms  {times:.1?}",
-            median(times.clone()),
-            times.iter().copied().fold(f64::INFINITY, f64::min)
-        );
-        println!(
-            "  of which the wasm engine call, median of 7: {:.1} ms",
-            median(engine)
+            "query {hash} ({rows} rows): median {:.1} ms (fastest {fastest:.1}), engine {:.1} ms",
+            median(q),
+            median(e),
         );
         // The whole render (query, table, chart), once: the page must not freeze.
         let js = format!("var t = []; for (var i = 0; i < 3; i++) t.push(window.TURNBENCH_VIEWER.timeRender('{hash}')); return t;");
