@@ -1,6 +1,7 @@
 //! The wire: SGLang's native `POST /generate` and OpenAI `POST /v1/chat/completions`, both
-//! streamed (SSE framed in place by `Sse`, each chunk parsed into borrowing typed structs that
-//! skip what is not read, e.g. the cumulative `output_ids`), plus the control endpoints a
+//! streamed (body frames stamped on arrival by [`Stamped`], SSE framed by eventsource-stream,
+//! each chunk parsed into borrowing typed structs that skip what is not read, e.g. the
+//! cumulative `output_ids`), plus the control endpoints a
 //! sweep needs (sessions, `/flush_cache`, server and model info, health, `/metrics`).
 //!
 //! A generation returns raw monotonic instants and the server's token counts ([`Outcome`]);
