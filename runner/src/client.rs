@@ -1,5 +1,5 @@
 //! The wire: SGLang's native `POST /generate` and OpenAI `POST /v1/chat/completions`, both
-//! streamed (body frames stamped on arrival by [`Stamped`], SSE framed by eventsource-stream,
+//! streamed (body frames stamped on arrival by `Stamped`, SSE framed by eventsource-stream,
 //! each chunk parsed into borrowing typed structs that skip what is not read, e.g. the
 //! cumulative `output_ids`), plus the control endpoints a
 //! sweep needs (sessions, `/flush_cache`, server and model info, health, `/metrics`).
@@ -18,7 +18,7 @@
 //!   `continuous_usage_stats` and fall back to one token per content chunk without it.
 //! - cumulative native `text` is turned into deltas (`text[len(previous)..]`).
 //! - an event's arrival instant is that of the body frame that completed it, taken as the
-//!   frame comes out of the HTTP connection ([`Stamped`]); the task then yields once before
+//!   frame comes out of the HTTP connection (`Stamped`); the task then yields once before
 //!   framing and parsing it, so that when hundreds of streams receive at once (a batch's first
 //!   tokens), every stream's frame is stamped before any of them is parsed.
 
