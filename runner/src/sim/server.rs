@@ -2,7 +2,7 @@
 //! bearer auth, faults, and the streaming of engine events as SSE.
 //!
 //! A generation request is prepared here (tokenize, session history, limits, planned output
-//! from [`textgen`](super::textgen)), submitted to the [`Engine`], and its events are turned
+//! from [`textgen`]), submitted to the [`Engine`], and its events are turned
 //! into chunks. When the client lags, the pending events are coalesced into one chunk with the
 //! newest state, as SGLang does in its default cumulative mode. Dropping a response (client
 //! disconnect) aborts the engine request.
