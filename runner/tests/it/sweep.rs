@@ -87,6 +87,24 @@ pub fn run_err(args: &[String]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The (cached, prompt) tokens of trajectory `traj`'s turns in order, in cache mode `mode` at
+/// concurrency 1.
+pub fn token_series(
+    turns: &[TurnRecord],
+    mode: turnbench_schema::CacheMode,
+    traj: u32,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut tr: Vec<&TurnRecord> = turns
+        .iter()
+        .filter(|r| r.cache_mode == mode && r.concurrency == 1 && r.traj == traj)
+        .collect();
+    tr.sort_by_key(|r| r.turn);
+    (
+        tr.iter().map(|r| r.cached_tokens.unwrap()).collect(),
+        tr.iter().map(|r| r.prompt_tokens.unwrap()).collect(),
+    )
+}
+
 pub struct Run {
     pub manifest: Manifest,
     /// Every line of turns.jsonl, superseded attempts included.

@@ -45,13 +45,7 @@ fn three_cache_modes_record_what_the_engine_reused() {
     }
     for mode in [CacheMode::Prefix, CacheMode::Session] {
         for t in 0..2 {
-            let mut tr: Vec<&TurnRecord> = turns
-                .iter()
-                .filter(|r| r.cache_mode == mode && r.concurrency == 1 && r.traj == t)
-                .collect();
-            tr.sort_by_key(|r| r.turn);
-            let cached: Vec<u64> = tr.iter().map(|r| r.cached_tokens.unwrap()).collect();
-            let prompt: Vec<u64> = tr.iter().map(|r| r.prompt_tokens.unwrap()).collect();
+            let (cached, prompt) = token_series(&turns, mode, t);
             assert!(
                 cached[1..].iter().all(|&c| c > 0),
                 "{mode}: later turns reuse the cache: {cached:?}"

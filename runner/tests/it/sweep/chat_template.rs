@@ -56,13 +56,7 @@ fn a_jinja_template_runs_every_cache_mode_like_the_builtin_chatml() {
     );
     for mode in [CacheMode::Prefix, CacheMode::Session] {
         for t in 0..2 {
-            let mut tr: Vec<&TurnRecord> = turns
-                .iter()
-                .filter(|r| r.cache_mode == mode && r.concurrency == 1 && r.traj == t)
-                .collect();
-            tr.sort_by_key(|r| r.turn);
-            let cached: Vec<u64> = tr.iter().map(|r| r.cached_tokens.unwrap()).collect();
-            let prompt: Vec<u64> = tr.iter().map(|r| r.prompt_tokens.unwrap()).collect();
+            let (cached, prompt) = token_series(&turns, mode, t);
             assert!(
                 cached.windows(2).all(|w| w[1] > w[0]) && cached[1..].iter().all(|&c| c > 0),
                 "{mode}: cached tokens rise: {cached:?}"
