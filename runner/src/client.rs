@@ -1,8 +1,9 @@
 //! The wire: SGLang's native `POST /generate` and OpenAI `POST /v1/chat/completions`, both
-//! streamed (body frames stamped on arrival by `Stamped`, SSE framed by eventsource-stream,
-//! each chunk parsed into borrowing typed structs that skip what is not read, e.g. the
-//! cumulative `output_ids`), plus the control endpoints a
-//! sweep needs (sessions, `/flush_cache`, server and model info, health, `/metrics`).
+//! streamed (hyper over connections whose reads carry the kernel's receive time, see
+//! [`crate::arrival`]; SSE framed by sse-stream; each chunk parsed into borrowing typed
+//! structs that skip what is not read, e.g. the cumulative `output_ids`), plus the control
+//! endpoints a sweep needs (sessions, `/flush_cache`, server and model info, health,
+//! `/metrics`, through reqwest).
 //!
 //! A generation returns raw monotonic instants and the server's token counts ([`Outcome`]);
 //! turning them into offsets and durations is the caller's business ([`Timing`]).
@@ -17,69 +18,48 @@
 //!   `meta_info.completion_tokens` on every chunk; OpenAI streams are asked for
 //!   `continuous_usage_stats` and fall back to one token per content chunk without it.
 //! - cumulative native `text` is turned into deltas (`text[len(previous)..]`).
-//! - an event's arrival instant is that of the body frame that completed it, taken as the
-//!   frame comes out of the HTTP connection (`Stamped`); the task then yields once before
-//!   framing and parsing it, so that when hundreds of streams receive at once (a batch's first
-//!   tokens), every stream's frame is stamped before any of them is parsed.
+//! - an event's arrival instant is that of the body frame that completed it, and a frame's is
+//!   the kernel's receive time of the bytes that completed it, on the monotonic clock
+//!   (`Stamped`, [`crate::arrival`]). How long this process then took to read and parse them
+//!   (milliseconds when hundreds of streams receive at once on a busy CPU) is not counted.
 
+use crate::arrival::{self, Arrival, StampingConnector};
 use crate::workload::Message;
-use eventsource_stream::Eventsource;
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use http_body_util::{BodyDataStream, BodyExt, Full};
 use serde_json::{json, Value};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-/// A body's byte frames, each stamped on arrival (nanoseconds since `base`, into `last`) and
-/// then held back for one yield of the task: the stamp is taken before any framing or
-/// parsing, and the expensive work of a burst of streams runs after all of them are stamped.
-struct Stamped<S: Stream> {
-    inner: Pin<Box<S>>,
-    base: Instant,
+/// A body's byte frames, each stamped with the arrival of the bytes that completed it: the
+/// kernel's receive time on the connection ([`Arrival`], see [`crate::arrival`]), or the time
+/// the frame came out of the connection when there is none. The stamp of the latest frame is
+/// left in `last` (nanoseconds since [`arrival::base`]).
+struct Stamped<S> {
+    inner: S,
+    conn: Option<Arrival>,
     last: Arc<AtomicU64>,
-    held: Option<S::Item>,
-    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl<S: Stream> Stamped<S> {
-    fn new(inner: S, base: Instant) -> (Self, Arc<AtomicU64>) {
-        let last = Arc::new(AtomicU64::new(0));
-        let s = Stamped {
-            inner: Box::pin(inner),
-            base,
-            last: last.clone(),
-            held: None,
-            yielding: None,
-        };
-        (s, last)
-    }
-}
-
-impl<S: Stream> Unpin for Stamped<S> {}
-
-impl<S: Stream> Stream for Stamped<S> {
+impl<S: Stream + Unpin> Stream for Stamped<S> {
     type Item = S::Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        loop {
-            if let Some(y) = self.yielding.as_mut() {
-                ready!(y.as_mut().poll(cx));
-                self.yielding = None;
-                return Poll::Ready(self.held.take());
-            }
-            match ready!(self.inner.as_mut().poll_next(cx)) {
-                None => return Poll::Ready(None),
-                Some(item) => {
-                    let nanos = self.base.elapsed().as_nanos() as u64;
-                    self.last.store(nanos, Ordering::Relaxed);
-                    self.held = Some(item);
-                    self.yielding = Some(Box::pin(tokio::task::yield_now()));
-                }
-            }
+        let item = ready!(Pin::new(&mut self.inner).poll_next(cx));
+        if item.is_some() {
+            let now = Instant::now();
+            let at = self.conn.as_ref().and_then(Arrival::latest).unwrap_or(now);
+            let nanos = at
+                .min(now)
+                .saturating_duration_since(arrival::base())
+                .as_nanos();
+            self.last.store(nanos as u64, Ordering::Relaxed);
         }
+        Poll::Ready(item)
     }
 }
 
@@ -208,6 +188,8 @@ pub struct Outcome {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Generation streams: hyper-util over connections with kernel receive stamps.
+    streams: hyper_util::client::legacy::Client<StampingConnector, Full<Bytes>>,
     base: String,
     api_key: Option<String>,
     /// Longest silence inside a stream before the turn is failed.
@@ -225,8 +207,13 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .expect("reqwest client with static configuration");
+        let streams =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(4096)
+                .build(StampingConnector::new(Duration::from_secs(30)));
         Client {
             http,
+            streams,
             base: base.trim_end_matches('/').to_string(),
             api_key,
             idle_timeout: Duration::from_secs(120),
@@ -399,51 +386,79 @@ impl Client {
     }
 
     async fn stream(&self, path: &str, body: Value, api: Api, st: &mut StreamState) {
-        let resp = match self
-            .req(reqwest::Method::POST, path)
-            .json(&body)
-            .send()
-            .await
-        {
+        let mut req = http::Request::post(format!("{}{path}", self.base))
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(k) = &self.api_key {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        let req = match req.body(Full::new(Bytes::from(body.to_string()))) {
+            Ok(r) => r,
+            Err(e) => return st.fail(format!("bad request: {e}")),
+        };
+        let resp = match self.streams.request(req).await {
             Ok(r) => r,
             Err(e) => return st.fail(format!("connection error: {}", error_chain(&e))),
         };
         st.timing.end = Instant::now();
         let status = resp.status();
+        let conn = resp.extensions().get::<Arrival>().cloned();
         if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
+            let text = match resp.into_body().collect().await {
+                Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                Err(_) => String::new(),
+            };
             st.timing.end = Instant::now();
             return st.fail(format!("HTTP {}: {}", status.as_u16(), snippet(&text)));
         }
-        // Frames stamped on arrival (`Stamped`), SSE framing by eventsource-stream; each
+        // Frames stamped with their arrival (`Stamped`), SSE framing by sse-stream; each
         // event's data is parsed in place by typed, borrowing structs (`StreamState::chunk`).
-        let (frames, arrival) = Stamped::new(resp.bytes_stream(), st.timing.send);
-        let mut events = frames.eventsource();
+        let arrival = Arc::new(AtomicU64::new(0));
+        let frames = Stamped {
+            inner: BodyDataStream::new(resp.into_body()),
+            conn,
+            last: arrival.clone(),
+        };
+        let mut events = sse_stream::SseByteStream::new(frames);
+        // The idle timer is armed once and moved only when it fires early (a timer per event
+        // costs more than the parsing).
+        let mut last_event = Instant::now();
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
         loop {
-            let next = match tokio::time::timeout(self.idle_timeout, events.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    return st.fail(format!(
-                        "stalled: no data for {:.0} s",
-                        self.idle_timeout.as_secs_f64()
-                    ))
+            let next = tokio::select! {
+                biased;
+                next = events.next() => next,
+                () = &mut idle => {
+                    let silent = last_event.elapsed();
+                    if silent >= self.idle_timeout {
+                        return st.fail(format!(
+                            "stalled: no data for {:.0} s",
+                            self.idle_timeout.as_secs_f64()
+                        ));
+                    }
+                    idle.as_mut().reset((last_event + self.idle_timeout).into());
+                    continue;
                 }
             };
             // The arrival of the frame that completed this event (or, at the end of the body,
             // now).
             let now = match next {
-                Some(Ok(_)) => {
-                    st.timing.send + Duration::from_nanos(arrival.load(Ordering::Relaxed))
-                }
+                Some(Ok(_)) => (arrival::base()
+                    + Duration::from_nanos(arrival.load(Ordering::Relaxed)))
+                .max(st.timing.send),
                 _ => Instant::now(),
             };
             let ev = match next {
                 None => break,
                 Some(Ok(ev)) => ev,
+                Some(Err(sse_stream::Error::Body(e))) => {
+                    return st.fail(format!("stream dropped: {}", error_chain(e.as_ref())))
+                }
                 Some(Err(e)) => return st.fail(format!("stream dropped: {e}")),
             };
+            last_event = now;
             st.timing.end = now;
-            let data = ev.data.trim().as_bytes();
+            let data = ev.data.as_deref().unwrap_or("").trim().as_bytes();
             if data.is_empty() {
                 continue;
             }
@@ -1210,23 +1225,22 @@ mod tests {
             std::hint::black_box(v);
         }
         let tree = t.elapsed().as_secs_f64() / n as f64;
-        // What the previous path paid per event for framing alone (one read = one event).
+        // Framing alone, one read = one event.
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let bytes = bytes::Bytes::from(chunk.clone());
         let t = Instant::now();
         rt.block_on(async {
-            use eventsource_stream::Eventsource;
             use futures::StreamExt;
-            let reads = (0..n).map(|_| Ok::<_, std::convert::Infallible>(bytes.clone()));
-            let mut events = futures::stream::iter(reads).eventsource();
+            let reads = (0..n).map(|_| Ok::<_, std::io::Error>(bytes.clone()));
+            let mut events = sse_stream::SseByteStream::new(futures::stream::iter(reads));
             while let Some(ev) = events.next().await {
                 std::hint::black_box(ev.unwrap());
             }
         });
         let es = t.elapsed().as_secs_f64() / n as f64;
-        println!("eventsource-stream framing alone {:.2} µs", es * 1e6);
+        println!("sse-stream framing alone {:.2} µs", es * 1e6);
         println!(
             "{}-byte chunk: typed parse {:.2} µs, Value parse {:.2} µs",
             chunk.len(),

@@ -7,6 +7,7 @@
 //!   client-side with the built-in ChatML or the Jinja template of `--chat-template`.
 pub mod sim;
 // `runner sweep` and `runner pack`:
+pub mod arrival;
 pub mod backend;
 pub mod chat_template;
 pub mod client;

@@ -1,0 +1,267 @@
+//! When response bytes reached this machine, as stamped by the kernel.
+//!
+//! Generation streams go through TCP connections made by [`StampingConnector`]: each socket
+//! has `SO_TIMESTAMPNS` on, and every read takes the kernel's receive time of the newest
+//! segment it returned (`recvmsg` ancillary data). A token's arrival is then the moment the
+//! kernel queued it to our socket, not the moment our process got round to reading it: with
+//! hundreds of streams receiving at once, or a busy CPU, the two differ by milliseconds.
+//!
+//! The kernel stamps with the real-time clock. Right after each read, the age of the stamp
+//! (`real-time now − stamp`) is taken off the monotonic clock, so what is stored is a
+//! monotonic instant (nanoseconds since [`base`]); a clock step can only move it within
+//! [last arrival on this connection, now]. Without a stamp, the read's own monotonic time is
+//! used: a kernel that gives none, or the first bytes of the process's first connection (the
+//! kernel turns stamping on a moment after the first socket asks for it).
+//!
+//! The connection's latest arrival is shared through the response's extensions
+//! ([`Arrival`]); HTTP/1 runs one request at a time per connection, and hyper hands a body
+//! frame over before it reads the next bytes, so when a frame comes out the latest arrival
+//! is that of the read that completed it.
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use std::future::Future;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncWrite, Interest};
+use tokio::net::TcpStream;
+
+/// The origin of stored arrivals (the first use in this process).
+pub fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// The latest arrival on one connection, in nanoseconds since [`base`] (0: nothing read yet).
+#[derive(Clone, Debug, Default)]
+pub struct Arrival(Arc<AtomicU64>);
+
+impl Arrival {
+    /// The arrival of the bytes read last, if any.
+    pub fn latest(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(base() + Duration::from_nanos(n)),
+        }
+    }
+
+    fn store(&self, at: Instant) {
+        let n = at.saturating_duration_since(base()).as_nanos() as u64;
+        self.0.store(n.max(1), Ordering::Release);
+    }
+}
+
+/// hyper-util's HTTP connector, with kernel receive stamps on every connection it makes.
+#[derive(Clone)]
+pub struct StampingConnector {
+    inner: HttpConnector,
+}
+
+impl StampingConnector {
+    pub fn new(connect_timeout: Duration) -> StampingConnector {
+        let mut inner = HttpConnector::new();
+        inner.set_nodelay(true);
+        inner.set_connect_timeout(Some(connect_timeout));
+        StampingConnector { inner }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for StampingConnector {
+    type Response = StampedTcp;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<StampedTcp, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            Ok(StampedTcp::new(tcp))
+        })
+    }
+}
+
+/// A TCP stream whose reads record the kernel's receive time.
+pub struct StampedTcp {
+    tcp: TcpStream,
+    arrival: Arrival,
+    /// The kernel gives stamps on this socket.
+    stamped: bool,
+    /// When the connection was made (no arrival precedes it).
+    opened: Instant,
+    /// Reads land here (initialized memory, so no unsafe code) and are copied into hyper's
+    /// buffer.
+    scratch: Vec<u8>,
+    cmsg: Vec<u8>,
+}
+
+impl StampedTcp {
+    pub fn new(tcp: TcpStream) -> StampedTcp {
+        let stamped = setsockopt(&tcp, sockopt::ReceiveTimestampns, &true).is_ok();
+        let opened = Instant::now().max(base());
+        StampedTcp {
+            tcp,
+            arrival: Arrival::default(),
+            stamped,
+            opened,
+            scratch: vec![0; 64 * 1024],
+            cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
+        }
+    }
+
+    /// One non-blocking read into `scratch[..want]`: bytes read and the kernel's stamp.
+    fn recv(&mut self, want: usize) -> io::Result<(usize, Option<SystemTime>)> {
+        let fd = self.tcp.as_raw_fd();
+        let (scratch, cmsg, stamped) = (&mut self.scratch, &mut self.cmsg, self.stamped);
+        self.tcp.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut scratch[..want])];
+            let space = if stamped { Some(&mut cmsg[..]) } else { None };
+            let msg =
+                recvmsg::<()>(fd, &mut iov, space, MsgFlags::empty()).map_err(io::Error::from)?;
+            let mut at = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                        let (s, ns) = (ts.tv_sec(), ts.tv_nsec());
+                        if s >= 0 && (0..1_000_000_000).contains(&ns) {
+                            at = Some(SystemTime::UNIX_EPOCH + Duration::new(s as u64, ns as u32));
+                        }
+                    }
+                }
+            }
+            Ok((msg.bytes, at))
+        })
+    }
+
+    /// Record the arrival of a read that just returned: its kernel stamp taken back onto the
+    /// monotonic clock, kept within [previous arrival (or the connection's opening), now].
+    fn note(&self, stamp: Option<SystemTime>) {
+        let now = Instant::now();
+        let age = stamp
+            .and_then(|s| SystemTime::now().duration_since(s).ok())
+            .unwrap_or_default();
+        let floor = self.arrival.latest().unwrap_or(self.opened);
+        let at = now.checked_sub(age).unwrap_or(floor).max(floor).min(now);
+        self.arrival.store(at);
+    }
+}
+
+impl Read for StampedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let want = buf.remaining().min(this.scratch.len());
+        if want == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.tcp.poll_read_ready(cx))?;
+            match this.recv(want) {
+                Ok((n, stamp)) => {
+                    if n > 0 {
+                        this.note(stamp);
+                    }
+                    buf.put_slice(&this.scratch[..n]);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl Write for StampedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+impl Connection for StampedTcp {
+    fn connected(&self) -> Connected {
+        Connected::new().extra(self.arrival.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Bytes written long before they are read arrive when they were written: the stamp is
+    /// the kernel's, not the read's.
+    #[tokio::test]
+    async fn a_late_read_keeps_the_time_the_bytes_arrived() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut tcp = StampedTcp::new(client);
+        assert!(tcp.stamped, "SO_TIMESTAMPNS is available on Linux");
+        // The kernel turns stamping on for the first such socket a moment later (a deferred
+        // static key).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let written = Instant::now();
+        server.write_all(b"first token").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut buf = [0u8; 64];
+        let n = std::future::poll_fn(|cx| {
+            let mut rb = hyper::rt::ReadBuf::new(&mut buf);
+            match Pin::new(&mut tcp).poll_read(cx, rb.unfilled()) {
+                Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+        .unwrap();
+        let read = Instant::now();
+        assert_eq!(&buf[..n], b"first token");
+        let at = tcp.arrival.latest().expect("an arrival");
+        assert!(at >= written, "arrival before the write");
+        assert!(
+            at - written < Duration::from_millis(50),
+            "arrival {:?} after the write, read {:?} after it",
+            at - written,
+            read - written
+        );
+        assert!(read - at >= Duration::from_millis(150));
+    }
+}
