@@ -13,7 +13,8 @@
 //!    difference), and the client's mean TTFT against the server's TTFT histogram mean.
 //!    Connections are opened by a warm-up round first, so TCP setup is not counted.
 //!
-//! Prints a table; no criterion (each point is one closed-loop run, not a micro-benchmark).
+//! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
+//! the run (for profiling). Prints a table; no criterion (each point is one closed-loop run, not a micro-benchmark).
 
 use runner::client::{Client, Outcome, Prompt, Sampling};
 use std::process::{Child, Command, Stdio};
@@ -184,7 +185,7 @@ async fn overhead(stream: &str, flags: &[&str]) {
     let client = Arc::new(Client::new(&srv.url, None));
     wait_ready(&client).await;
     run(client.clone(), 8, 64, 16).await; // warm-up
-    for c in [1usize, 8, 64, 512, 1024] {
+    for c in concurrencies() {
         let requests = (4 * c).max(1024);
         let ((user0, sys0), scpu0) = (cpu_split_of("self"), cpu_seconds_of(&pid));
         let (outs, wall) = run(client.clone(), c, requests, 256).await;
@@ -215,17 +216,35 @@ async fn overhead(stream: &str, flags: &[&str]) {
     println!();
 }
 
+/// `CLIENT_BENCH_CONCURRENCY=64,512` limits the overhead tables to those points (profiling).
+fn concurrencies() -> Vec<usize> {
+    match std::env::var("CLIENT_BENCH_CONCURRENCY") {
+        Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 8, 64, 512, 1024],
+    }
+}
+
+/// `CLIENT_BENCH_PARTS=per-step` (any of coalesced, per-step, timing) runs only those parts.
+fn part(name: &str) -> bool {
+    std::env::var("CLIENT_BENCH_PARTS").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        for (stream, flags) in [
-            ("coalesced: a lagging client gets pending tokens merged into one chunk, as SGLang does", &[][..]),
-            ("per step (--sim-chunk-per-step): one chunk per token, the same stream for any client", &["--sim-chunk-per-step"][..]),
+        for (name, stream, flags) in [
+            ("coalesced", "coalesced: a lagging client gets pending tokens merged into one chunk, as SGLang does", &[][..]),
+            ("per-step", "per step (--sim-chunk-per-step): one chunk per token, the same stream for any client", &["--sim-chunk-per-step"][..]),
         ] {
-            overhead(stream, flags).await;
+            if part(name) {
+                overhead(stream, flags).await;
+            }
+        }
+        if !part("timing") {
+            return;
         }
 
         println!("## Timing accuracy at time scale 1 (64 tokens per request)");

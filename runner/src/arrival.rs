@@ -115,7 +115,7 @@ impl StampedTcp {
             arrival: Arrival::default(),
             stamped,
             opened,
-            scratch: vec![0; 64 * 1024],
+            scratch: vec![0; 16 * 1024],
             cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
         }
     }

@@ -375,6 +375,9 @@ impl Client {
         };
         let send = Instant::now();
         let mut st = StreamState::new(send);
+        st.timing
+            .chunks
+            .reserve(sampling.max_new_tokens.min(4096) as usize);
         let fut = self.stream(path, body, api, &mut st);
         if tokio::time::timeout(self.total_timeout, fut).await.is_err() {
             st.fail(format!(
@@ -458,19 +461,16 @@ impl Client {
             };
             last_event = now;
             st.timing.end = now;
-            let data = ev.data.as_deref().unwrap_or("").trim().as_bytes();
+            let data = ev.data.as_deref().unwrap_or("").trim();
             if data.is_empty() {
                 continue;
             }
-            if data == b"[DONE]" {
+            if data == "[DONE]" {
                 st.done = true;
                 break;
             }
             if let Err(m) = st.chunk(data, api, now) {
-                return st.fail(format!(
-                    "malformed chunk ({m}): {}",
-                    snippet(&String::from_utf8_lossy(data))
-                ));
+                return st.fail(format!("malformed chunk ({m}): {}", snippet(data)));
             }
         }
         if !st.done && st.finish_reason.is_none() && st.error.is_none() {
@@ -534,8 +534,9 @@ impl StreamState {
     }
 
     /// One SSE data payload (not `[DONE]`) arrived at `now`.
-    fn chunk(&mut self, data: &[u8], api: Api, now: Instant) -> Result<(), String> {
-        let c: Chunk<'_> = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    fn chunk(&mut self, data: &str, api: Api, now: Instant) -> Result<(), String> {
+        // From a `str`: sse-stream already checked the UTF-8, so serde_json does not again.
+        let c: Chunk<'_> = serde_json::from_str(data).map_err(|e| e.to_string())?;
         if let Some(err) = c.error.as_ref().filter(|e| !e.is_null()) {
             let msg = err
                 .get("message")
@@ -1092,16 +1093,16 @@ mod tests {
         let t0 = Instant::now();
         let mut st = StreamState::new(t0);
         let first = native_chunk_json(" Paris", 1, "null");
-        st.chunk(first.as_bytes(), Api::Native, t0).unwrap();
+        st.chunk(first.as_str(), Api::Native, t0).unwrap();
         let big = native_chunk_json(" Paris.\n It \"is\" é", 100_000, "null");
-        st.chunk(big.as_bytes(), Api::Native, t0 + Duration::from_millis(5))
+        st.chunk(big.as_str(), Api::Native, t0 + Duration::from_millis(5))
             .unwrap();
         let last = native_chunk_json(
             " Paris.\n It \"is\" é!",
             100_002,
             r#"{"type": "length", "length": 100002}"#,
         );
-        st.chunk(last.as_bytes(), Api::Native, t0 + Duration::from_millis(7))
+        st.chunk(last.as_str(), Api::Native, t0 + Duration::from_millis(7))
             .unwrap();
         let o = st.finish();
         assert_eq!(o.error, None);
@@ -1124,42 +1125,42 @@ mod tests {
         let mut st = StreamState::new(t0);
         let e = st
             .chunk(
-                br#"{"text": "malformed chunk", "meta_info": {"#,
+                r#"{"text": "malformed chunk", "meta_info": {"#,
                 Api::Native,
                 t0,
             )
             .unwrap_err();
         assert!(e.contains("EOF while parsing"), "{e}");
         let e = st
-            .chunk(br#"{"text": "x", "output_ids": [1]}"#, Api::Native, t0)
+            .chunk(r#"{"text": "x", "output_ids": [1]}"#, Api::Native, t0)
             .unwrap_err();
         assert_eq!(e, "no meta_info");
         let e = st
             .chunk(
-                br#"{"text": "x", "meta_info": {"completion_tokens": "1"}}"#,
+                r#"{"text": "x", "meta_info": {"completion_tokens": "1"}}"#,
                 Api::Native,
                 t0,
             )
             .unwrap_err();
         assert_eq!(e, "no meta_info.completion_tokens");
         let e = st
-            .chunk(br#"{"id": "x", "choices": {}}"#, Api::Openai, t0)
+            .chunk(r#"{"id": "x", "choices": {}}"#, Api::Openai, t0)
             .unwrap_err();
         assert_eq!(e, "no choices");
 
         st.chunk(
-            br#"{"error": {"message": "boom", "code": 500}}"#,
+            r#"{"error": {"message": "boom", "code": 500}}"#,
             Api::Native,
             t0,
         )
         .unwrap();
         assert_eq!(st.error.as_deref(), Some("server error: boom"));
         let mut st = StreamState::new(t0);
-        st.chunk(br#"{"error": {"code": 500}}"#, Api::Openai, t0)
+        st.chunk(r#"{"error": {"code": 500}}"#, Api::Openai, t0)
             .unwrap();
         assert_eq!(st.error.as_deref(), Some(r#"server error: {"code":500}"#));
         let mut st = StreamState::new(t0);
-        st.chunk(br#"{"object": "error", "message": "bad"}"#, Api::Openai, t0)
+        st.chunk(r#"{"object": "error", "message": "bad"}"#, Api::Openai, t0)
             .unwrap();
         assert_eq!(st.error.as_deref(), Some("server error: bad"));
         assert_eq!(st.timing.last_data, None);
@@ -1169,7 +1170,7 @@ mod tests {
             1,
             r#"{"type": "abort", "message": "out of memory", "status_code": 500}"#,
         );
-        st.chunk(abort.as_bytes(), Api::Native, t0).unwrap();
+        st.chunk(abort.as_str(), Api::Native, t0).unwrap();
         assert_eq!(
             st.error.as_deref(),
             Some("aborted by server: out of memory")
@@ -1190,7 +1191,7 @@ mod tests {
             r#"{"id":"ab12","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":10}}}"#,
         ];
         for (i, c) in chunks.iter().enumerate() {
-            st.chunk(c.as_bytes(), Api::Openai, ms(i as u64)).unwrap();
+            st.chunk(c, Api::Openai, ms(i as u64)).unwrap();
         }
         let o = st.finish();
         assert_eq!(o.error, None);
@@ -1212,7 +1213,7 @@ mod tests {
         let chunk = format!("data: {}\n\n", native_chunk_json(&text, 250, "null"));
         let n = 200_000;
         let t = Instant::now();
-        let d = chunk[6..].trim().as_bytes();
+        let d = chunk[6..].trim();
         for _ in 0..n {
             let mut st = StreamState::new(t);
             st.chunk(d, Api::Native, t).unwrap();
