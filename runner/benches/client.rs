@@ -230,10 +230,14 @@ fn part(name: &str) -> bool {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("CLIENT_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().unwrap();
     rt.block_on(async {
         for (name, stream, flags) in [
             ("coalesced", "coalesced: a lagging client gets pending tokens merged into one chunk, as SGLang does", &[][..]),
