@@ -8,13 +8,16 @@
 //!    smaller chunks) and with `--sim-chunk-per-step` (one chunk per token for any client:
 //!    the same stream `bench/bench_serving_compare.sh` gives bench_serving.py with
 //!    `STREAM=per-step`).
-//! 2. Timing accuracy at time scale 1 with 512 concurrent streams: the client's per-request
-//!    E2E against the server's own engine-time `meta_info.e2e_latency` (p50/p99/max of the
-//!    difference), and the client's mean TTFT against the server's TTFT histogram mean.
+//! 2. Timing accuracy at time scale 1 with 1, 64 and 512 concurrent streams (all sent at
+//!    once): how long after the server handed the first and the last chunk to its socket
+//!    (`response_sent_to_client_ts`) the client dates their arrival (p50/p99), and the
+//!    client's TTFT and E2E against the server's own engine-time figures (TTFT from the
+//!    request reaching the HTTP handler, E2E from its admission to the engine).
 //!    Connections are opened by a warm-up round first, so TCP setup is not counted.
 //!
 //! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
-//! the run (for profiling). Prints a table; no criterion (each point is one closed-loop run, not a micro-benchmark).
+//! the run (for profiling); `CLIENT_BENCH_WORKERS=1` sets the runtime's worker threads. Prints
+//! tables; no criterion (each point is one closed-loop run, not a micro-benchmark).
 
 use runner::client::{Client, Outcome, Prompt, Sampling};
 use std::process::{Child, Command, Stdio};
@@ -259,15 +262,24 @@ fn main() {
             "content chunk (TTFT) and of the finish chunk (E2E), ms; ΔE2E = |client E2E − server"
         );
         println!(
-            "e2e_latency| (includes the server's HTTP handling before its engine clock starts)"
+            "e2e_latency| (from the engine's admission: leaves out the server's parsing and"
         );
         println!(
-            "{:>8} {:>17} {:>17} {:>17} {:>17} {:>15} {:>15}",
+            "tokenizing); ΔTTFT = |client TTFT − server TTFT| with the server's TTFT from its own"
+        );
+        println!(
+            "engine clock, from the request reaching its HTTP handler (`request_received_ts`) to"
+        );
+        println!("the first token (`prefill_finished_time`)");
+        println!(
+            "{:>8} {:>15} {:>15} {:>15} {:>15} {:>11} {:>11} {:>11} {:>11}",
             "streams",
             "TTFT delay p50",
             "TTFT delay p99",
             "E2E delay p50",
             "E2E delay p99",
+            "ΔTTFT p50",
+            "ΔTTFT p99",
             "ΔE2E p50",
             "ΔE2E p99"
         );
@@ -302,12 +314,21 @@ fn main() {
                 .iter()
                 .filter_map(|o| Some((o.timing.e2e().as_secs_f64() - o.server_e2e?).abs() * 1e3))
                 .collect();
+            let dttft: Vec<f64> = ok
+                .iter()
+                .filter_map(|o| {
+                    Some((o.timing.ttft()?.as_secs_f64() - o.server_ttft?).abs() * 1e3)
+                })
+                .collect();
+            assert_eq!(dttft.len(), ok.len(), "the server reports its TTFT");
             println!(
-                "{streams:>8} {:>17.3} {:>17.3} {:>17.3} {:>17.3} {:>15.3} {:>15.3}",
+                "{streams:>8} {:>15.3} {:>15.3} {:>15.3} {:>15.3} {:>11.3} {:>11.3} {:>11.3} {:>11.3}",
                 ms(&first, 50.0),
                 ms(&first, 99.0),
                 ms(&last, 50.0),
                 ms(&last, 99.0),
+                ms(&dttft, 50.0),
+                ms(&dttft, 99.0),
                 ms(&de2e, 50.0),
                 ms(&de2e, 99.0),
             );

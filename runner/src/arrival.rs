@@ -16,7 +16,9 @@
 //! The connection's latest arrival is shared through the response's extensions
 //! ([`Arrival`]); HTTP/1 runs one request at a time per connection, and hyper hands a body
 //! frame over before it reads the next bytes, so when a frame comes out the latest arrival
-//! is that of the read that completed it.
+//! is that of the read that completed it. The same handle tells when the request began to
+//! be written to the socket (the first write after the previous response's last read), so
+//! a request's send time excludes the wait for a connection and for the writing task.
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -38,22 +40,36 @@ pub fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
-/// The latest arrival on one connection, in nanoseconds since [`base`] (0: nothing read yet).
+/// One connection's latest arrival and latest send, in nanoseconds since [`base`] (0: none
+/// yet).
 #[derive(Clone, Debug, Default)]
-pub struct Arrival(Arc<AtomicU64>);
+pub struct Arrival(Arc<[AtomicU64; 2]>);
+
+const RECEIVED: usize = 0;
+const SENT: usize = 1;
 
 impl Arrival {
     /// The arrival of the bytes read last, if any.
     pub fn latest(&self) -> Option<Instant> {
-        match self.0.load(Ordering::Acquire) {
+        self.get(RECEIVED)
+    }
+
+    /// When the latest request began to be written: the first write after a read (HTTP/1
+    /// writes a request whole before its response comes).
+    pub fn sent(&self) -> Option<Instant> {
+        self.get(SENT)
+    }
+
+    fn get(&self, i: usize) -> Option<Instant> {
+        match self.0[i].load(Ordering::Acquire) {
             0 => None,
             n => Some(base() + Duration::from_nanos(n)),
         }
     }
 
-    fn store(&self, at: Instant) {
+    fn store(&self, i: usize, at: Instant) {
         let n = at.saturating_duration_since(base()).as_nanos() as u64;
-        self.0.store(n.max(1), Ordering::Release);
+        self.0[i].store(n.max(1), Ordering::Release);
     }
 }
 
@@ -100,6 +116,8 @@ pub struct StampedTcp {
     stamped: bool,
     /// When the connection was made (no arrival precedes it).
     opened: Instant,
+    /// A write happened since the last read (the current request's start is recorded).
+    writing: bool,
     /// Reads land here (initialized memory, so no unsafe code) and are copied into hyper's
     /// buffer.
     scratch: Vec<u8>,
@@ -115,6 +133,7 @@ impl StampedTcp {
             arrival: Arrival::default(),
             stamped,
             opened,
+            writing: false,
             scratch: vec![0; 16 * 1024],
             cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
         }
@@ -153,7 +172,17 @@ impl StampedTcp {
             .unwrap_or_default();
         let floor = self.arrival.latest().unwrap_or(self.opened);
         let at = now.checked_sub(age).unwrap_or(floor).max(floor).min(now);
-        self.arrival.store(at);
+        self.arrival.store(RECEIVED, at);
+    }
+}
+
+impl StampedTcp {
+    /// The first write after a read starts a request: record when.
+    fn starting_to_write(&mut self) {
+        if !self.writing {
+            self.writing = true;
+            self.arrival.store(SENT, Instant::now());
+        }
     }
 }
 
@@ -174,6 +203,7 @@ impl Read for StampedTcp {
                 Ok((n, stamp)) => {
                     if n > 0 {
                         this.note(stamp);
+                        this.writing = false;
                     }
                     buf.put_slice(&this.scratch[..n]);
                     return Poll::Ready(Ok(()));
@@ -191,7 +221,9 @@ impl Write for StampedTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.starting_to_write();
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -199,7 +231,9 @@ impl Write for StampedTcp {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.starting_to_write();
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -263,5 +297,46 @@ mod tests {
             read - written
         );
         assert!(read - at >= Duration::from_millis(150));
+    }
+
+    async fn write(tcp: &mut StampedTcp, b: &[u8]) {
+        std::future::poll_fn(|cx| Pin::new(&mut *tcp).poll_write(cx, b))
+            .await
+            .unwrap();
+    }
+
+    /// The first write after a read marks a request's start; later writes of the same
+    /// request do not move it.
+    #[tokio::test]
+    async fn a_request_starts_at_its_first_write() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut tcp = StampedTcp::new(client);
+        assert_eq!(tcp.arrival.sent(), None);
+        let before = Instant::now();
+        write(&mut tcp, b"POST /generate").await;
+        let first = tcp.arrival.sent().expect("a send");
+        assert!(first >= before);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        write(&mut tcp, b" body").await;
+        assert_eq!(tcp.arrival.sent(), Some(first), "the same request");
+        server.write_all(b"reply").await.unwrap();
+        let mut buf = [0u8; 16];
+        std::future::poll_fn(|cx| {
+            let mut rb = hyper::rt::ReadBuf::new(&mut buf);
+            Pin::new(&mut tcp).poll_read(cx, rb.unfilled())
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        write(&mut tcp, b"POST /generate").await;
+        let second = tcp.arrival.sent().unwrap();
+        assert!(
+            second >= first + Duration::from_millis(40),
+            "the next request"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Measurement definitions (the same as SGLang's `bench_serving.py`, see `turn.rs` in the
 //! schema crate):
-//! - send = just before the request is written; first = the first chunk carrying content
+//! - send = when the request began to be written to the socket (so the wait for a pooled
+//!   connection or for the writing task is not counted); first = the first chunk carrying content
 //!   (non-empty text, or a rise in `completion_tokens`); end = the last SSE event received,
 //!   `[DONE]` included.
 //! - inter-token latency: each later content chunk that raises `completion_tokens` by `n`
@@ -182,6 +183,9 @@ pub struct Outcome {
     /// `meta_info.response_sent_to_client_ts` (Unix seconds) of the first content chunk and of
     /// the last chunk (native API): when the server handed them to the connection.
     pub server_sent: Option<(f64, f64)>,
+    /// The server's own TTFT, seconds: `prefill_finished_time − request_received_ts` (native
+    /// API with `--enable-metrics`); used to check the client's timing accuracy.
+    pub server_ttft: Option<f64>,
 }
 
 /// A connection to one server.
@@ -405,6 +409,13 @@ impl Client {
         st.timing.end = Instant::now();
         let status = resp.status();
         let conn = resp.extensions().get::<Arrival>().cloned();
+        // Send = when the request began to be written to the socket, not when it was queued
+        // for a connection (hundreds of streams sending at once wait for each other).
+        if let Some(sent) = conn.as_ref().and_then(Arrival::sent) {
+            if sent > st.timing.send && sent <= st.timing.end {
+                st.timing.send = sent;
+            }
+        }
         if !status.is_success() {
             let text = match resp.into_body().collect().await {
                 Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
@@ -493,6 +504,7 @@ struct StreamState {
     error: Option<String>,
     server_e2e: Option<f64>,
     server_sent: Option<(f64, f64)>,
+    server_ttft: Option<f64>,
     done: bool,
     saw_usage_per_chunk: bool,
 }
@@ -512,6 +524,7 @@ impl StreamState {
             error: None,
             server_e2e: None,
             server_sent: None,
+            server_ttft: None,
             done: false,
             saw_usage_per_chunk: false,
         }
@@ -610,6 +623,13 @@ impl StreamState {
             let first = self.server_sent.map_or(ts, |s| s.0);
             self.server_sent = Some((first, ts));
         }
+        let ts = |x: &Option<Scalar<'_>>| x.as_ref().and_then(Scalar::as_f64);
+        if let (Some(r), Some(f)) = (
+            ts(&meta.request_received_ts),
+            ts(&meta.prefill_finished_time),
+        ) {
+            self.server_ttft = Some(f - r);
+        }
         if let Some(fr) = meta.finish_reason.map(|f| f.0.unwrap_or_default()) {
             let kind = fr
                 .kind
@@ -696,6 +716,7 @@ impl StreamState {
             error: self.error,
             server_e2e: self.server_e2e,
             server_sent: self.server_sent,
+            server_ttft: self.server_ttft,
         }
     }
 }
@@ -739,6 +760,12 @@ struct Meta<'a> {
     e2e_latency: Option<Scalar<'a>>,
     #[serde(borrow)]
     response_sent_to_client_ts: Option<Scalar<'a>>,
+    /// With `--enable-metrics`: when the request reached the server and when its first token
+    /// was ready (Unix seconds, server clock).
+    #[serde(borrow)]
+    request_received_ts: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    prefill_finished_time: Option<Scalar<'a>>,
     #[serde(borrow)]
     finish_reason: Option<Obj<FinishReason<'a>>>,
 }
@@ -1083,7 +1110,8 @@ mod tests {
             "reasoning_tokens": 0, "completion_tokens": tokens, "cached_tokens": 6,
             "cached_tokens_details": {"device": 6, "host": 0, "nested": [[1, {"x": null}]]},
             "dp_rank": null, "spec_accept_rate": 0.5, "e2e_latency": 0.051,
-            "response_sent_to_client_ts": 1732712345.01},
+            "response_sent_to_client_ts": 1732712345.01, "request_received_ts": 1732712344.5,
+            "prefill_finished_time": 1732712344.75},
             "unknown_top": {"a": [1, 2.5, "s", true, null]}})
         .to_string()
     }
@@ -1113,6 +1141,7 @@ mod tests {
         assert_eq!(o.finish_reason.as_deref(), Some("length"));
         assert_eq!(o.server_e2e, Some(0.051));
         assert_eq!(o.server_sent, Some((1732712345.01, 1732712345.01)));
+        assert_eq!(o.server_ttft, Some(0.25));
         assert_eq!(o.timing.first, Some(t0));
         assert_eq!(o.timing.chunks.len(), 2);
         assert_eq!(o.timing.chunks[0].1, 99_999);

@@ -241,6 +241,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
         error: Some(error),
         server_e2e: None,
         server_sent: None,
+        server_ttft: None,
     }
 }
 

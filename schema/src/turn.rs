@@ -12,6 +12,10 @@
 //!   previous content chunk divided evenly over the tokens it added (the change in the server's
 //!   `completion_tokens`), as SGLang's `bench_serving.py` does; chunks that add no token are
 //!   skipped. `itl` summarizes those per-token gaps for this turn.
+//! - a chunk's time is when its bytes reached the client machine: the kernel's receive time of
+//!   the TCP segment that completed it (`SO_TIMESTAMPNS`), put on the monotonic clock, so the
+//!   client's own scheduling delay is not counted; the time it was read when the kernel gives
+//!   no stamp.
 //! - token counts come from the server (`meta_info` / `usage`), never from the client's own count.
 //!   `cached_tokens` is `None` when the server did not report it.
 

@@ -500,6 +500,9 @@ struct Running {
     prompt_tokens: u32,
     session: Option<String>,
     events: mpsc::UnboundedReceiver<EngineEvent>,
+    /// Engine time the request reached the HTTP handler (before tokenization; SGLang's
+    /// `request_received_ts`), and the time it entered the engine.
+    http_received_at: f64,
     received_at: f64,
     last_at: f64,
     /// Engine times: left the queue, first token.
@@ -531,6 +534,7 @@ impl Running {
             prompt_tokens,
             session: job.session,
             events: sub.events,
+            http_received_at: finite(sub.received_at),
             received_at: finite(sub.received_at),
             last_at: finite(sub.received_at),
             scheduled_at: None,
@@ -542,6 +546,12 @@ impl Running {
             aborted: None,
             pending: None,
         }
+    }
+
+    /// The request reached the HTTP handler at engine time `at` (before it was prepared).
+    fn arrived(mut self, at: f64) -> Running {
+        self.http_received_at = finite(at).min(self.received_at);
+        self
     }
 
     fn is_done(&self) -> bool {
@@ -728,7 +738,7 @@ impl Running {
         let finished = self.finished_at.filter(|_| self.aborted.is_none());
         let decode_s = finished.zip(self.first_at).map(|(f, first)| f - first);
         Timing {
-            request_received_ts: ts(self.received_at),
+            request_received_ts: ts(self.http_received_at),
             api_server_dispatch_finish_ts: ts(self.received_at),
             queue_time: self.scheduled_at.map(|s| (s - self.received_at).max(0.0)),
             forward_entry_time: self.scheduled_at.map(ts),
@@ -1083,6 +1093,7 @@ fn sse_once(json: Value) -> Response {
 // Generation routes.
 
 async fn generate(State(st): State<St>, body: Bytes) -> Response {
+    let arrived = st.engine.now();
     let req: GenerateReq = match p::parse_body(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -1132,7 +1143,7 @@ async fn generate(State(st): State<St>, body: Bytes) -> Response {
             rid,
             req.session_params.as_ref(),
         ) {
-            Ok(job) => running.push(Running::submit(&st, job)),
+            Ok(job) => running.push(Running::submit(&st, job).arrived(arrived)),
             Err(Reject::Session(m)) if req.stream => {
                 return sse_once(json!({
                     "text": "", "output_ids": [],
