@@ -110,24 +110,36 @@ async fn run(
     requests: usize,
     tokens: u32,
 ) -> (Vec<Outcome>, f64) {
+    let (outs, wall) = run_with(client, concurrency, requests, move |_| tokens).await;
+    (outs.into_iter().map(|(_, o)| o).collect(), wall)
+}
+
+/// A closed loop of `concurrency` workers over `requests` requests; request `i` asks for
+/// `tokens(i)` tokens. Outcomes come with their request index.
+async fn run_with(
+    client: Arc<Client>,
+    concurrency: usize,
+    requests: usize,
+    tokens: impl Fn(usize) -> u32 + Clone + Send + 'static,
+) -> (Vec<(usize, Outcome)>, f64) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (client, next) = (client.clone(), next.clone());
+        let (client, next, tokens) = (client.clone(), next.clone(), tokens.clone());
         tasks.spawn(async move {
-            let sampling = Sampling {
-                max_new_tokens: tokens,
-                temperature: 0.0,
-                stop: vec![],
-                ignore_eos: true,
-            };
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= requests {
                     return out;
                 }
+                let sampling = Sampling {
+                    max_new_tokens: tokens(i),
+                    temperature: 0.0,
+                    stop: vec![],
+                    ignore_eos: true,
+                };
                 let text = prompt(i);
                 let o = client
                     .generate(
@@ -139,7 +151,7 @@ async fn run(
                         &format!("bench-{i}"),
                     )
                     .await;
-                out.push(o);
+                out.push((i, o));
             }
         });
     }
@@ -270,9 +282,16 @@ fn main() {
         println!(
             "engine clock, from the request reaching its HTTP handler (`request_received_ts`) to"
         );
-        println!("the first token (`prefill_finished_time`)");
+        println!("the first token (`prefill_finished_time`); server late = how long after the first");
         println!(
-            "{:>8} {:>15} {:>15} {:>15} {:>15} {:>11} {:>11} {:>11} {:>11}",
+            "token was due on the engine clock serve-sim handed it to its socket (its own delay,"
+        );
+        println!("part of ΔTTFT); rest = client TTFT − server TTFT − server late: the two trips");
+        println!(
+            "over loopback, the client's stamps and the server's HTTP handling before its handler"
+        );
+        println!(
+            "{:>10} {:>15} {:>15} {:>15} {:>15} {:>11} {:>11} {:>16} {:>16} {:>9} {:>9} {:>11} {:>11}",
             "streams",
             "TTFT delay p50",
             "TTFT delay p99",
@@ -280,6 +299,10 @@ fn main() {
             "E2E delay p99",
             "ΔTTFT p50",
             "ΔTTFT p99",
+            "server late p50",
+            "server late p99",
+            "rest p50",
+            "rest p99",
             "ΔE2E p50",
             "ΔE2E p99"
         );
@@ -295,10 +318,28 @@ fn main() {
                 .as_secs_f64(),
         );
         let unix = |i: Instant| base_u + (i - base_i).as_secs_f64();
-        for streams in [1usize, 64, 512] {
+        // Bursts: every request sent at once, all 64 tokens long. Steady: a closed loop of
+        // 4 × 512 requests of 32–128 tokens, so requests come and go at different times; the
+        // first 1,024 (the start-up burst) are left out.
+        for (label, streams, steady) in [
+            ("1", 1usize, false),
+            ("64", 64, false),
+            ("512", 512, false),
+            ("512 steady", 512, true),
+        ] {
             // Warm the connection pool: the measurement is the client's clock, not TCP setup.
             run(client.clone(), streams, streams, 1).await;
-            let (outs, _wall) = run(client.clone(), streams, streams.max(16), 64).await;
+            let outs: Vec<Outcome> = if steady {
+                let (outs, _) =
+                    run_with(client.clone(), streams, 4 * streams, |i| 32 + (i * 37 % 97) as u32)
+                        .await;
+                outs.into_iter()
+                    .filter(|(i, _)| *i >= 2 * streams)
+                    .map(|(_, o)| o)
+                    .collect()
+            } else {
+                run(client.clone(), streams, streams.max(16), 64).await.0
+            };
             let ok: Vec<&Outcome> = outs.iter().filter(|o| o.error.is_none()).collect();
             assert_eq!(ok.len(), outs.len(), "every request succeeded");
             let ms = |v: &[f64], q| percentile(v, q).unwrap_or(f64::NAN);
@@ -321,14 +362,29 @@ fn main() {
                 })
                 .collect();
             assert_eq!(dttft.len(), ok.len(), "the server reports its TTFT");
+            let late: Vec<f64> = ok
+                .iter()
+                .filter_map(|o| Some((o.server_sent?.0 - o.server_first_ready?) * 1e3))
+                .collect();
+            let rest: Vec<f64> = ok
+                .iter()
+                .filter_map(|o| {
+                    let ttft = o.timing.ttft()?.as_secs_f64();
+                    Some((ttft - o.server_ttft? - (o.server_sent?.0 - o.server_first_ready?)) * 1e3)
+                })
+                .collect();
             println!(
-                "{streams:>8} {:>15.3} {:>15.3} {:>15.3} {:>15.3} {:>11.3} {:>11.3} {:>11.3} {:>11.3}",
+                "{label:>10} {:>15.3} {:>15.3} {:>15.3} {:>15.3} {:>11.3} {:>11.3} {:>16.3} {:>16.3} {:>9.3} {:>9.3} {:>11.3} {:>11.3}",
                 ms(&first, 50.0),
                 ms(&first, 99.0),
                 ms(&last, 50.0),
                 ms(&last, 99.0),
                 ms(&dttft, 50.0),
                 ms(&dttft, 99.0),
+                ms(&late, 50.0),
+                ms(&late, 99.0),
+                ms(&rest, 50.0),
+                ms(&rest, 99.0),
                 ms(&de2e, 50.0),
                 ms(&de2e, 99.0),
             );

@@ -186,6 +186,9 @@ pub struct Outcome {
     /// The server's own TTFT, seconds: `prefill_finished_time − request_received_ts` (native
     /// API with `--enable-metrics`); used to check the client's timing accuracy.
     pub server_ttft: Option<f64>,
+    /// `prefill_finished_time` (Unix seconds on the server's engine clock): when the first
+    /// token was ready.
+    pub server_first_ready: Option<f64>,
 }
 
 /// A connection to one server.
@@ -505,6 +508,7 @@ struct StreamState {
     server_e2e: Option<f64>,
     server_sent: Option<(f64, f64)>,
     server_ttft: Option<f64>,
+    server_first_ready: Option<f64>,
     done: bool,
     saw_usage_per_chunk: bool,
 }
@@ -525,6 +529,7 @@ impl StreamState {
             server_e2e: None,
             server_sent: None,
             server_ttft: None,
+            server_first_ready: None,
             done: false,
             saw_usage_per_chunk: false,
         }
@@ -629,6 +634,7 @@ impl StreamState {
             ts(&meta.prefill_finished_time),
         ) {
             self.server_ttft = Some(f - r);
+            self.server_first_ready = Some(f);
         }
         if let Some(fr) = meta.finish_reason.map(|f| f.0.unwrap_or_default()) {
             let kind = fr
@@ -717,6 +723,7 @@ impl StreamState {
             server_e2e: self.server_e2e,
             server_sent: self.server_sent,
             server_ttft: self.server_ttft,
+            server_first_ready: self.server_first_ready,
         }
     }
 }
@@ -1142,6 +1149,7 @@ mod tests {
         assert_eq!(o.server_e2e, Some(0.051));
         assert_eq!(o.server_sent, Some((1732712345.01, 1732712345.01)));
         assert_eq!(o.server_ttft, Some(0.25));
+        assert_eq!(o.server_first_ready, Some(1732712344.75));
         assert_eq!(o.timing.first, Some(t0));
         assert_eq!(o.timing.chunks.len(), 2);
         assert_eq!(o.timing.chunks[0].1, 99_999);

@@ -242,6 +242,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
         server_e2e: None,
         server_sent: None,
         server_ttft: None,
+        server_first_ready: None,
     }
 }
 
