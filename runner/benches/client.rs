@@ -11,8 +11,8 @@
 //! 2. Timing accuracy at time scale 1 with 1, 64 and 512 concurrent streams (all sent at
 //!    once): how long after the server handed the first and the last chunk to its socket
 //!    (`response_sent_to_client_ts`) the client dates their arrival (p50/p99), and the
-//!    client's TTFT and E2E against the server's own engine-time figures (TTFT from the
-//!    request reaching the HTTP handler, E2E from its admission to the engine).
+//!    client's TTFT and E2E against the server's own engine-time figures (from the request's
+//!    first bytes reaching the server's socket).
 //!    Connections are opened by a warm-up round first, so TCP setup is not counted.
 //!
 //! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
@@ -270,26 +270,13 @@ fn main() {
         println!(
             "delay = client receipt − server send (`response_sent_to_client_ts`) of the first"
         );
-        println!(
-            "content chunk (TTFT) and of the finish chunk (E2E), ms; ΔE2E = |client E2E − server"
-        );
-        println!(
-            "e2e_latency| (from the engine's admission: leaves out the server's parsing and"
-        );
-        println!(
-            "tokenizing); ΔTTFT = |client TTFT − server TTFT| with the server's TTFT from its own"
-        );
-        println!(
-            "engine clock, from the request reaching its HTTP handler (`request_received_ts`) to"
-        );
-        println!("the first token (`prefill_finished_time`); server late = how long after the first");
-        println!(
-            "token was due on the engine clock serve-sim handed it to its socket (its own delay,"
-        );
-        println!("part of ΔTTFT); rest = client TTFT − server TTFT − server late: the two trips");
-        println!(
-            "over loopback, the client's stamps and the server's HTTP handling before its handler"
-        );
+        println!("content chunk (TTFT) and of the finish chunk (E2E), ms; ΔTTFT = |client TTFT −");
+        println!("server TTFT| with the server's TTFT on its own engine clock, from the request's");
+        println!("first bytes reaching the server's socket (`request_received_ts`, kernel stamp) to");
+        println!("the first token (`prefill_finished_time`); ΔE2E likewise with `e2e_latency`;");
+        println!("server late = how long after the first token was due on the engine clock");
+        println!("serve-sim handed it to its socket (its own delay, part of ΔTTFT); rest = client");
+        println!("TTFT − server TTFT − server late: the two trips over loopback and both stamps");
         println!(
             "{:>10} {:>15} {:>15} {:>15} {:>15} {:>11} {:>11} {:>16} {:>16} {:>9} {:>9} {:>11} {:>11}",
             "streams",

@@ -1,6 +1,6 @@
 //! When response bytes reached this machine, as stamped by the kernel.
 //!
-//! Generation streams go through TCP connections made by [`StampingConnector`]: each socket
+//! Generation streams go through [`StampedTcp`] connections ([`crate::wire`]): each socket
 //! has `SO_TIMESTAMPNS` on, and every read takes the kernel's receive time of the newest
 //! segment it returned (`recvmsg` ancillary data). A token's arrival is then the moment the
 //! kernel queued it to our socket, not the moment our process got round to reading it: with
@@ -13,7 +13,7 @@
 //! used: a kernel that gives none, or the first bytes of the process's first connection (the
 //! kernel turns stamping on a moment after the first socket asks for it).
 //!
-//! The connection's latest arrival is shared through the response's extensions
+//! The connection's latest arrival is shared with the task reading its response
 //! ([`Arrival`]); HTTP/1 runs one request at a time per connection, and hyper hands a body
 //! frame over before it reads the next bytes, so when a frame comes out the latest arrival
 //! is that of the read that completed it. The same handle tells when the request began to
@@ -21,9 +21,7 @@
 //! a request's send time excludes the wait for a connection and for the writing task.
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
-use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -31,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncWrite, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 /// The origin of stored arrivals (the first use in this process).
@@ -40,13 +38,14 @@ pub fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
-/// One connection's latest arrival and latest send, in nanoseconds since [`base`] (0: none
-/// yet).
+/// One connection's latest arrival, latest send and latest request start, in nanoseconds
+/// since [`base`] (0: none yet).
 #[derive(Clone, Debug, Default)]
-pub struct Arrival(Arc<[AtomicU64; 2]>);
+pub struct Arrival(Arc<[AtomicU64; 3]>);
 
 const RECEIVED: usize = 0;
 const SENT: usize = 1;
+const STARTED: usize = 2;
 
 impl Arrival {
     /// The arrival of the bytes read last, if any.
@@ -58,6 +57,13 @@ impl Arrival {
     /// writes a request whole before its response comes).
     pub fn sent(&self) -> Option<Instant> {
         self.get(SENT)
+    }
+
+    /// The arrival of the first bytes read after the latest write (or of the connection's
+    /// first bytes): on a server's connection, when the request being served began to
+    /// arrive (HTTP/1 reads a request before it writes the response).
+    pub fn request_started(&self) -> Option<Instant> {
+        self.get(STARTED)
     }
 
     fn get(&self, i: usize) -> Option<Instant> {
@@ -73,41 +79,6 @@ impl Arrival {
     }
 }
 
-/// hyper-util's HTTP connector, with kernel receive stamps on every connection it makes.
-#[derive(Clone)]
-pub struct StampingConnector {
-    inner: HttpConnector,
-}
-
-impl StampingConnector {
-    pub fn new(connect_timeout: Duration) -> StampingConnector {
-        let mut inner = HttpConnector::new();
-        inner.set_nodelay(true);
-        inner.set_connect_timeout(Some(connect_timeout));
-        StampingConnector { inner }
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower_service::Service<http::Uri> for StampingConnector {
-    type Response = StampedTcp;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<StampedTcp, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
-            Ok(StampedTcp::new(tcp))
-        })
-    }
-}
-
 /// A TCP stream whose reads record the kernel's receive time.
 pub struct StampedTcp {
     tcp: TcpStream,
@@ -118,6 +89,8 @@ pub struct StampedTcp {
     opened: Instant,
     /// A write happened since the last read (the current request's start is recorded).
     writing: bool,
+    /// No read since the last write (or ever): the next bytes read start a request.
+    next_read_starts: bool,
     /// Reads land here (initialized memory, so no unsafe code) and are copied into hyper's
     /// buffer.
     scratch: Vec<u8>,
@@ -134,9 +107,15 @@ impl StampedTcp {
             stamped,
             opened,
             writing: false,
+            next_read_starts: true,
             scratch: vec![0; 16 * 1024],
             cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
         }
+    }
+
+    /// The connection's arrival record (shared).
+    pub fn arrival(&self) -> Arrival {
+        self.arrival.clone()
     }
 
     /// One non-blocking read into `scratch[..want]`: bytes read and the kernel's stamp.
@@ -165,7 +144,7 @@ impl StampedTcp {
 
     /// Record the arrival of a read that just returned: its kernel stamp taken back onto the
     /// monotonic clock, kept within [previous arrival (or the connection's opening), now].
-    fn note(&self, stamp: Option<SystemTime>) {
+    fn note(&mut self, stamp: Option<SystemTime>) {
         let now = Instant::now();
         let age = stamp
             .and_then(|s| SystemTime::now().duration_since(s).ok())
@@ -173,12 +152,39 @@ impl StampedTcp {
         let floor = self.arrival.latest().unwrap_or(self.opened);
         let at = now.checked_sub(age).unwrap_or(floor).max(floor).min(now);
         self.arrival.store(RECEIVED, at);
+        if self.next_read_starts {
+            self.next_read_starts = false;
+            self.arrival.store(STARTED, at);
+        }
+        self.writing = false;
+    }
+
+    /// Read into `scratch[..want]` once the socket is readable; the bytes read (0: end of
+    /// stream), their arrival recorded.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if want == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            match self.recv(want) {
+                Ok((n, stamp)) => {
+                    if n > 0 {
+                        self.note(stamp);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
 impl StampedTcp {
     /// The first write after a read starts a request: record when.
     fn starting_to_write(&mut self) {
+        self.next_read_starts = true;
         if !self.writing {
             self.writing = true;
             self.arrival.store(SENT, Instant::now());
@@ -194,24 +200,54 @@ impl Read for StampedTcp {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let want = buf.remaining().min(this.scratch.len());
-        if want == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        loop {
-            ready!(this.tcp.poll_read_ready(cx))?;
-            match this.recv(want) {
-                Ok((n, stamp)) => {
-                    if n > 0 {
-                        this.note(stamp);
-                        this.writing = false;
-                    }
-                    buf.put_slice(&this.scratch[..n]);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let n = ready!(this.poll_recv(cx, want))?;
+        buf.put_slice(&this.scratch[..n]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The same socket for tokio users (the simulated server's connections, [`StampingListener`]).
+impl AsyncRead for StampedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let want = buf.remaining().min(this.scratch.len());
+        let n = ready!(this.poll_recv(cx, want))?;
+        buf.put_slice(&this.scratch[..n]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for StampedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Write::poll_write(self, cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Write::poll_write_vectored(self, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Write::poll_flush(self, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Write::poll_shutdown(self, cx)
     }
 }
 
@@ -249,9 +285,57 @@ impl Write for StampedTcp {
     }
 }
 
-impl Connection for StampedTcp {
-    fn connected(&self) -> Connected {
-        Connected::new().extra(self.arrival.clone())
+/// A TCP listener for axum whose connections are [`StampedTcp`] (with `TCP_NODELAY`, as
+/// uvicorn sets it), so a handler can tell when its request's first bytes reached this
+/// machine ([`ConnArrival`]).
+pub struct StampingListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for StampingListener {
+    type Io = StampedTcp;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (StampedTcp, std::net::SocketAddr) {
+        loop {
+            match self.0.accept().await {
+                Ok((tcp, addr)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return (StampedTcp::new(tcp), addr);
+                }
+                // A connection that failed while queued concerns only that client; anything
+                // else (out of file descriptors) gets a pause before the next try, as axum's
+                // own listener does.
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!("accept error: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A server connection's [`Arrival`], for handlers (`ConnectInfo<ConnArrival>`).
+#[derive(Clone, Debug)]
+pub struct ConnArrival(pub Arrival);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, StampingListener>>
+    for ConnArrival
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, StampingListener>) -> ConnArrival {
+        ConnArrival(stream.io().arrival())
     }
 }
 
@@ -279,7 +363,7 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = std::future::poll_fn(|cx| {
             let mut rb = hyper::rt::ReadBuf::new(&mut buf);
-            match Pin::new(&mut tcp).poll_read(cx, rb.unfilled()) {
+            match Read::poll_read(Pin::new(&mut tcp), cx, rb.unfilled()) {
                 Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
                 Poll::Pending => Poll::Pending,
             }
@@ -300,7 +384,7 @@ mod tests {
     }
 
     async fn write(tcp: &mut StampedTcp, b: &[u8]) {
-        std::future::poll_fn(|cx| Pin::new(&mut *tcp).poll_write(cx, b))
+        std::future::poll_fn(|cx| Write::poll_write(Pin::new(&mut *tcp), cx, b))
             .await
             .unwrap();
     }
@@ -327,7 +411,7 @@ mod tests {
         let mut buf = [0u8; 16];
         std::future::poll_fn(|cx| {
             let mut rb = hyper::rt::ReadBuf::new(&mut buf);
-            Pin::new(&mut tcp).poll_read(cx, rb.unfilled())
+            Read::poll_read(Pin::new(&mut tcp), cx, rb.unfilled())
         })
         .await
         .unwrap();
@@ -337,6 +421,51 @@ mod tests {
         assert!(
             second >= first + Duration::from_millis(40),
             "the next request"
+        );
+    }
+
+    /// On a server's connection, a request starts with the first bytes read after the
+    /// previous response was written; bytes read after them belong to the same request.
+    #[tokio::test]
+    async fn a_request_starts_with_its_first_bytes_on_the_server_side() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut server = StampedTcp::new(server);
+        let arrival = server.arrival();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 64];
+        client.write_all(b"POST /generate").await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"POST /generate");
+        let first = arrival.request_started().expect("a request start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(b" body").await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b" body");
+        assert_eq!(arrival.request_started(), Some(first), "the same request");
+        assert!(arrival.latest().unwrap() >= first + Duration::from_millis(20));
+        AsyncWriteExt::write_all(&mut server, b"response")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let written = Instant::now();
+        client.write_all(b"POST /generate").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"POST /generate");
+        let second = arrival.request_started().unwrap();
+        assert!(
+            second >= written,
+            "the next request starts after it was written"
+        );
+        assert!(
+            second - written < Duration::from_millis(25),
+            "its arrival, not its read: {:?} after the write",
+            second - written
         );
     }
 }

@@ -1,6 +1,6 @@
 //! The wire: SGLang's native `POST /generate` and OpenAI `POST /v1/chat/completions`, both
-//! streamed (hyper over connections whose reads carry the kernel's receive time, see
-//! [`crate::arrival`]; SSE framed by sse-stream; each chunk parsed into borrowing typed
+//! streamed (HTTP/1 connections driven by the task reading the response, [`crate::wire`],
+//! whose reads carry the kernel's receive time, [`crate::arrival`]; SSE framed by sse-stream; each chunk parsed into borrowing typed
 //! structs that skip what is not read, e.g. the cumulative `output_ids`), plus the control
 //! endpoints a sweep needs (sessions, `/flush_cache`, server and model info, health,
 //! `/metrics`, through reqwest).
@@ -24,11 +24,12 @@
 //!   (`Stamped`, [`crate::arrival`]). How long this process then took to read and parse them
 //!   (milliseconds when hundreds of streams receive at once on a busy CPU) is not counted.
 
-use crate::arrival::{self, Arrival, StampingConnector};
+use crate::arrival::{self, Arrival};
+use crate::wire;
 use crate::workload::Message;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use http_body_util::{BodyDataStream, BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{json, Value};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,12 +53,12 @@ impl<S: Stream + Unpin> Stream for Stamped<S> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let item = ready!(Pin::new(&mut self.inner).poll_next(cx));
         if item.is_some() {
-            let now = Instant::now();
-            let at = self.conn.as_ref().and_then(Arrival::latest).unwrap_or(now);
-            let nanos = at
-                .min(now)
-                .saturating_duration_since(arrival::base())
-                .as_nanos();
+            // A recorded arrival is never later than now (it was stored at or after it).
+            let at = match self.conn.as_ref().and_then(Arrival::latest) {
+                Some(at) => at,
+                None => Instant::now(),
+            };
+            let nanos = at.saturating_duration_since(arrival::base()).as_nanos();
             self.last.store(nanos as u64, Ordering::Relaxed);
         }
         Poll::Ready(item)
@@ -195,8 +196,9 @@ pub struct Outcome {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    /// Generation streams: hyper-util over connections with kernel receive stamps.
-    streams: hyper_util::client::legacy::Client<StampingConnector, Full<Bytes>>,
+    /// Generation streams: HTTP/1 connections with kernel receive stamps, each driven by the
+    /// task reading its response (or why the base URL cannot have them).
+    streams: Result<wire::Pool, String>,
     base: String,
     api_key: Option<String>,
     /// Longest silence inside a stream before the turn is failed.
@@ -214,14 +216,12 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .expect("reqwest client with static configuration");
-        let streams =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(4096)
-                .build(StampingConnector::new(Duration::from_secs(30)));
+        let base = base.trim_end_matches('/');
+        let streams = wire::Pool::new(base, Duration::from_secs(30), 4096);
         Client {
             http,
             streams,
-            base: base.trim_end_matches('/').to_string(),
+            base: base.to_string(),
             api_key,
             idle_timeout: Duration::from_secs(120),
             total_timeout: Duration::from_secs(3600),
@@ -396,43 +396,81 @@ impl Client {
     }
 
     async fn stream(&self, path: &str, body: Value, api: Api, st: &mut StreamState) {
-        let mut req = http::Request::post(format!("{}{path}", self.base))
-            .header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(k) = &self.api_key {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {k}"));
-        }
-        let req = match req.body(Full::new(Bytes::from(body.to_string()))) {
-            Ok(r) => r,
-            Err(e) => return st.fail(format!("bad request: {e}")),
+        let pool = match &self.streams {
+            Ok(p) => p,
+            Err(e) => return st.fail(format!("connection error: {e}")),
         };
-        let resp = match self.streams.request(req).await {
-            Ok(r) => r,
-            Err(e) => return st.fail(format!("connection error: {}", error_chain(&e))),
+        let body = Bytes::from(body.to_string());
+        let request = || {
+            let mut req = http::Request::post(path)
+                .header(http::header::HOST, pool.authority())
+                .header(http::header::CONTENT_TYPE, "application/json");
+            if let Some(k) = &self.api_key {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {k}"));
+            }
+            req.body(Full::new(body.clone()))
+        };
+        // A pooled connection the server closed just as it was taken fails before any
+        // response: the request is then sent once more, on a new connection.
+        let mut attempt = 0;
+        let (mut conn, resp) = loop {
+            attempt += 1;
+            let mut conn = match pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => return st.fail(format!("connection error: {}", error_chain(&e))),
+            };
+            let req = match request() {
+                Ok(r) => r,
+                Err(e) => return st.fail(format!("bad request: {e}")),
+            };
+            match conn.send(req).await {
+                Ok(r) => break (conn, r),
+                Err(_) if conn.reused && attempt == 1 => continue,
+                Err(e) => return st.fail(format!("connection error: {}", error_chain(&e))),
+            }
         };
         st.timing.end = Instant::now();
         let status = resp.status();
-        let conn = resp.extensions().get::<Arrival>().cloned();
+        let arrival = conn.arrival.clone();
         // Send = when the request began to be written to the socket, not when it was queued
         // for a connection (hundreds of streams sending at once wait for each other).
-        if let Some(sent) = conn.as_ref().and_then(Arrival::sent) {
+        if let Some(sent) = arrival.sent() {
             if sent > st.timing.send && sent <= st.timing.end {
                 st.timing.send = sent;
             }
         }
         if !status.is_success() {
-            let text = match resp.into_body().collect().await {
-                Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-                Err(_) => String::new(),
-            };
+            let mut text = Vec::new();
+            let mut frames = conn.body(resp.into_body());
+            while let Some(Ok(b)) = frames.next().await {
+                text.extend_from_slice(&b);
+            }
             st.timing.end = Instant::now();
+            let text = String::from_utf8_lossy(&text);
             return st.fail(format!("HTTP {}: {}", status.as_u16(), snippet(&text)));
         }
+        let completed = self
+            .read_events(conn.body(resp.into_body()), arrival, api, st)
+            .await;
+        if completed {
+            pool.checkin(conn);
+        }
+    }
+
+    /// Read a response's SSE events into `st`; true when the body was read to its end.
+    async fn read_events(
+        &self,
+        body: wire::Driven<'_>,
+        conn: Arrival,
+        api: Api,
+        st: &mut StreamState,
+    ) -> bool {
         // Frames stamped with their arrival (`Stamped`), SSE framing by sse-stream; each
         // event's data is parsed in place by typed, borrowing structs (`StreamState::chunk`).
         let arrival = Arc::new(AtomicU64::new(0));
         let frames = Stamped {
-            inner: BodyDataStream::new(resp.into_body()),
-            conn,
+            inner: body,
+            conn: Some(conn),
             last: arrival.clone(),
         };
         let mut events = sse_stream::SseByteStream::new(frames);
@@ -448,10 +486,11 @@ impl Client {
                 () = &mut idle => {
                     let silent = last_event.elapsed();
                     if silent >= self.idle_timeout {
-                        return st.fail(format!(
+                        st.fail(format!(
                             "stalled: no data for {:.0} s",
                             self.idle_timeout.as_secs_f64()
                         ));
+                        return false;
                     }
                     idle.as_mut().reset((last_event + self.idle_timeout).into());
                     continue;
@@ -469,9 +508,13 @@ impl Client {
                 None => break,
                 Some(Ok(ev)) => ev,
                 Some(Err(sse_stream::Error::Body(e))) => {
-                    return st.fail(format!("stream dropped: {}", error_chain(e.as_ref())))
+                    st.fail(format!("stream dropped: {}", error_chain(e.as_ref())));
+                    return false;
                 }
-                Some(Err(e)) => return st.fail(format!("stream dropped: {e}")),
+                Some(Err(e)) => {
+                    st.fail(format!("stream dropped: {e}"));
+                    return false;
+                }
             };
             last_event = now;
             st.timing.end = now;
@@ -481,15 +524,32 @@ impl Client {
             }
             if data == "[DONE]" {
                 st.done = true;
-                break;
+                // The body's end follows at once; only a connection read to the end of its
+                // response can carry the next request.
+                let rest = async {
+                    loop {
+                        match events.next().await {
+                            None => return true,
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) => return false,
+                        }
+                    }
+                };
+                return matches!(
+                    tokio::time::timeout(Duration::from_secs(1), rest).await,
+                    Ok(true)
+                );
             }
             if let Err(m) = st.chunk(data, api, now) {
-                return st.fail(format!("malformed chunk ({m}): {}", snippet(data)));
+                st.fail(format!("malformed chunk ({m}): {}", snippet(data)));
+                return false;
             }
         }
         if !st.done && st.finish_reason.is_none() && st.error.is_none() {
             st.fail("stream dropped: ended before [DONE]".into());
+            return false;
         }
+        true
     }
 }
 

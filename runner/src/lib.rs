@@ -19,4 +19,5 @@ pub mod plan;
 pub mod record;
 pub mod sweep;
 pub mod telemetry;
+pub mod wire;
 pub mod workload;

@@ -1,9 +1,12 @@
 //! The engine handle: the async face of the simulated scheduler ([`super::core::Core`]).
 //!
-//! One tokio task owns the stepping. It runs a step (the core computes its end time `t` in
+//! One task owns the stepping. It runs a step (the core computes its end time `t` in
 //! engine seconds), sleeps until the wall instant `start + t / time_scale` (an absolute
 //! deadline, so rounding never accumulates into drift), then delivers the step's events to
-//! each request's channel. Requests submitted meanwhile join at the next step boundary, as
+//! each request's channel, first tokens first. The server runs it on a thread of its own
+//! ([`Engine::start_on_thread`]) whose sleeps end on the OS clock, within tens of
+//! microseconds of the deadline; [`Engine::start`] runs it on the caller's tokio runtime
+//! and timer (whole milliseconds; tests use it with a paused clock). Requests submitted meanwhile join at the next step boundary, as
 //! in SGLang's scheduler loop. With `time_scale = ∞` it never sleeps: steps run as fast as
 //! the CPU allows and engine time is just the core's clock.
 //!
@@ -110,6 +113,8 @@ struct Inner {
 struct Shared {
     cfg: EngineConfig,
     start: Instant,
+    /// The real-time clock at `start`.
+    start_unix: std::time::SystemTime,
     inner: Mutex<Inner>,
     wake: Notify,
     closed: AtomicBool,
@@ -149,8 +154,15 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Start the scheduler task (needs a tokio runtime).
-    pub fn start(mut cfg: EngineConfig) -> Engine {
+    /// Start the scheduler task on the current tokio runtime (its timer, so tests can run
+    /// on a paused clock).
+    pub fn start(cfg: EngineConfig) -> Engine {
+        let (shared, engine) = Engine::new(cfg);
+        tokio::spawn(run(shared, false));
+        engine
+    }
+
+    fn new(mut cfg: EngineConfig) -> (Arc<Shared>, Engine) {
         if cfg.time_scale.is_nan() || cfg.time_scale <= 0.0 {
             tracing::error!(
                 time_scale = cfg.time_scale,
@@ -168,15 +180,44 @@ impl Engine {
             }),
             cfg,
             start: Instant::now(),
+            start_unix: std::time::SystemTime::now(),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             clock_bits: AtomicU64::new(0f64.to_bits()),
         });
-        tokio::spawn(run(shared.clone()));
-        Engine {
+        let engine = Engine {
             _owner: Arc::new(Owner(shared.clone())),
-            shared,
+            shared: shared.clone(),
+        };
+        (shared, engine)
+    }
+
+    /// Start the scheduler on a thread of its own, which sleeps to each step's end on the
+    /// OS clock rather than tokio's timer (1 ms resolution): events leave within tens of
+    /// microseconds of their engine time, and the server's tasks cannot delay a step. At
+    /// infinite scale nothing sleeps, and the scheduler stays a task of the caller's runtime
+    /// ([`Engine::start`]): there it takes turns with the tasks streaming its output instead
+    /// of racing ahead of them on a core of its own.
+    pub fn start_on_thread(cfg: EngineConfig) -> Engine {
+        if !cfg.time_scale.is_finite() {
+            return Engine::start(cfg);
         }
+        let (shared, engine) = Engine::new(cfg);
+        let spawned = std::thread::Builder::new()
+            .name("sim-engine".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run(shared, true)),
+                    Err(e) => tracing::error!("the simulated engine cannot start: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("the simulated engine's thread cannot start: {e}");
+        }
+        engine
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -187,6 +228,25 @@ impl Engine {
     /// end of the last step.
     pub fn now(&self) -> f64 {
         self.shared.now()
+    }
+
+    /// Unix time (seconds) at engine time 0.
+    pub fn epoch_unix(&self) -> f64 {
+        self.shared
+            .start_unix
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// Engine time at a past monotonic instant (clamped to [0, now]); at infinite scale,
+    /// where engine time is not wall time, now.
+    pub fn time_at(&self, at: std::time::Instant) -> f64 {
+        let now = self.shared.now();
+        if !self.shared.cfg.time_scale.is_finite() {
+            return now;
+        }
+        let since = at.saturating_duration_since(self.shared.start.into_std());
+        (since.as_secs_f64() * self.shared.cfg.time_scale).min(now)
     }
 
     pub fn submit(&self, req: EngineRequest) -> Submitted {
@@ -288,8 +348,9 @@ fn reap_disconnected(inner: &mut Inner) {
     deliver_pending(inner);
 }
 
-/// The stepping task.
-async fn run(shared: Arc<Shared>) {
+/// The stepping task. `precise`: it runs alone on its thread ([`Engine::start_on_thread`]), so
+/// the last stretch of each sleep can block on the OS clock.
+async fn run(shared: Arc<Shared>, precise: bool) {
     let scale = shared.cfg.time_scale;
     let mut pending: Vec<(ReqKey, EngineEvent)> = Vec::new();
     // Lag warnings are rate-limited: at most one per `LAG_WARN_EVERY` of wall time, so an
@@ -356,7 +417,7 @@ async fn run(shared: Arc<Shared>) {
                     warned_lag = 0.0;
                 }
                 shared.lock().lag_seconds = 0.0;
-                tokio::time::sleep_until(deadline).await;
+                sleep_until(deadline, precise).await;
             }
         } else {
             steps_since_yield += 1;
@@ -365,11 +426,32 @@ async fn run(shared: Arc<Shared>) {
                 tokio::task::yield_now().await;
             }
         }
+        // First tokens go out first: a step's other events are one more token of streams
+        // already running, and a first token's delay is the TTFT clients measure.
+        pending.sort_by_key(|(_, e)| !matches!(e, EngineEvent::First { .. }));
         let mut inner = shared.lock();
         let Inner { senders, keys, .. } = &mut *inner;
         for (key, event) in pending.drain(..) {
             deliver(senders, keys, key, event);
         }
+    }
+}
+
+/// Sleep until `deadline`. tokio's timer wakes on whole milliseconds, after the deadline;
+/// with `precise`, it is used only until 2 ms before, and the rest is slept on the OS clock
+/// (blocking this thread, which runs nothing else).
+async fn sleep_until(deadline: Instant, precise: bool) {
+    if !precise {
+        return tokio::time::sleep_until(deadline).await;
+    }
+    if let Some(coarse) = deadline.checked_sub(std::time::Duration::from_millis(2)) {
+        if coarse > Instant::now() {
+            tokio::time::sleep_until(coarse).await;
+        }
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        std::thread::sleep(rest);
     }
 }
 

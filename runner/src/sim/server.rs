@@ -20,7 +20,7 @@ use super::session::Sessions;
 use super::template;
 use super::textgen::{self, GenParams, OutputLen, Planned};
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -100,7 +100,7 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
         .await
         .with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
-    let engine = Engine::start(EngineConfig {
+    let engine = Engine::start_on_thread(EngineConfig {
         model: cfg.model.clone(),
         gpu: cfg.gpu.clone(),
         max_total_tokens: cfg.max_total_tokens,
@@ -127,7 +127,7 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
         .then(|| Metrics::new(cfg.args.served_model_name()));
     let warmup = Duration::from_secs_f64(cfg.args.sim_warmup_secs.max(0.0));
     let state = Arc::new(AppState {
-        engine_epoch_unix: unix_now(),
+        engine_epoch_unix: engine.epoch_unix(),
         exit_after: faults::exit_after(&cfg.args.sim_fault),
         engine,
         metrics,
@@ -147,10 +147,11 @@ pub async fn start_with(args: SimArgs, exit_mode: ExitMode) -> anyhow::Result<Si
     let (tx, mut rx) = watch::channel(false);
     let st = state.clone();
     let task = tokio::spawn(async move {
-        // Like uvicorn (asyncio sets TCP_NODELAY): small SSE chunks go out at once.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        // Connections with TCP_NODELAY, like uvicorn's (small SSE chunks go out at once), and
+        // kernel receive stamps: a request's `request_received_ts` is when its first bytes
+        // reached this machine.
+        let listener = crate::arrival::StampingListener(listener);
+        let app = app.into_make_service_with_connect_info::<crate::arrival::ConnArrival>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = rx.wait_for(|stop| *stop).await;
         });
@@ -500,8 +501,10 @@ struct Running {
     prompt_tokens: u32,
     session: Option<String>,
     events: mpsc::UnboundedReceiver<EngineEvent>,
-    /// Engine time the request reached the HTTP handler (before tokenization; SGLang's
-    /// `request_received_ts`), and the time it entered the engine.
+    /// Engine time the request's first bytes reached this machine (the kernel's receive
+    /// stamp on the server's socket; SGLang's `request_received_ts` is taken a little later,
+    /// when its HTTP layer hands the request over, before tokenization), and the time it
+    /// entered the engine.
     http_received_at: f64,
     received_at: f64,
     last_at: f64,
@@ -548,7 +551,7 @@ impl Running {
         }
     }
 
-    /// The request reached the HTTP handler at engine time `at` (before it was prepared).
+    /// The request reached this machine at engine time `at` (before it was parsed).
     fn arrived(mut self, at: f64) -> Running {
         self.http_received_at = finite(at).min(self.received_at);
         self
@@ -628,7 +631,8 @@ impl Running {
                 self.scheduled_at = Some(finite(scheduled_at));
                 self.first_at = Some(finite(at));
                 if let Some(m) = &self.st.metrics {
-                    m.ttft.observe((finite(at) - self.received_at).max(0.0));
+                    m.ttft
+                        .observe((finite(at) - self.http_received_at).max(0.0));
                 }
                 self.last_at = finite(at);
                 self.completion = self.completion.max(1).min(self.plan.ids.len() as u32);
@@ -646,7 +650,7 @@ impl Running {
                 self.retractions = retractions;
                 self.finished_at = Some(finite(at));
                 if let Some(m) = &self.st.metrics {
-                    m.e2e.observe((finite(at) - self.received_at).max(0.0));
+                    m.e2e.observe((finite(at) - self.http_received_at).max(0.0));
                     m.finished(
                         self.prompt_tokens,
                         self.completion,
@@ -696,7 +700,8 @@ impl Running {
     }
 
     fn e2e(&self) -> Option<f64> {
-        self.finished_at.map(|f| (f - self.received_at).max(0.0))
+        self.finished_at
+            .map(|f| (f - self.http_received_at).max(0.0))
     }
 
     /// The native body / chunk for the current state.
@@ -1092,8 +1097,17 @@ fn sse_once(json: Value) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Generation routes.
 
-async fn generate(State(st): State<St>, body: Bytes) -> Response {
-    let arrived = st.engine.now();
+async fn generate(
+    State(st): State<St>,
+    ConnectInfo(conn): ConnectInfo<crate::arrival::ConnArrival>,
+    body: Bytes,
+) -> Response {
+    // When the request's first bytes reached this machine (the kernel's stamp), or failing
+    // that now, in engine time.
+    let arrived = match conn.0.request_started() {
+        Some(at) => st.engine.time_at(at),
+        None => st.engine.now(),
+    };
     let req: GenerateReq = match p::parse_body(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
