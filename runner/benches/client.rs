@@ -16,7 +16,9 @@
 //!    Connections are opened by a warm-up round first, so TCP setup is not counted.
 //!
 //! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
-//! the run (for profiling); `CLIENT_BENCH_WORKERS=1` sets the runtime's worker threads. Prints
+//! the run (for profiling); `CLIENT_BENCH_WORKERS=1` sets the runtime's worker threads;
+//! `CLIENT_BENCH_SERVER_CPUS=0` pins the server to CPU 0 (run the benchmark under
+//! `taskset -c 1` to give client and server a core each). Prints
 //! tables; no criterion (each point is one closed-loop run, not a micro-benchmark).
 
 use runner::client::{Client, Outcome, Prompt, Sampling};
@@ -43,7 +45,17 @@ fn serve_sim(scale: &str, extra: &[&str]) -> Server {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+    // `CLIENT_BENCH_SERVER_CPUS=0`: the server runs on those CPUs only (`taskset -c`); run
+    // the benchmark itself under `taskset -c 1` to give each side its own core.
+    let mut cmd = match std::env::var("CLIENT_BENCH_SERVER_CPUS") {
+        Ok(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus, env!("CARGO_BIN_EXE_runner")]);
+            c
+        }
+        Err(_) => Command::new(env!("CARGO_BIN_EXE_runner")),
+    };
+    let child = cmd
         .args([
             "serve-sim",
             "--port",
