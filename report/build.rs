@@ -59,6 +59,7 @@ fn run() -> Result<(), String> {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
 
+    ensure_wasm_target();
     let target_dir = match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => workspace.join("target"),
@@ -90,6 +91,40 @@ fn run() -> Result<(), String> {
     }
     let wasm = target_dir.join("wasm32-unknown-unknown/release/viewer_wasm.wasm");
     glue(&wasm, &out_dir)
+}
+
+/// `rust-toolchain.toml` lists the wasm target, but rustup adds listed targets only when it
+/// installs the toolchain: on a machine that already had it, a fresh clone would stop here.
+/// Add it (`rustup target add`, the toolchain of this build) when the compiler has no
+/// standard library for it.
+fn ensure_wasm_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = libdir.is_some_and(|d| {
+        std::fs::read_dir(d).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+        })
+    });
+    if installed {
+        return;
+    }
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-unknown-unknown"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if added {
+        println!("cargo:warning=installed the wasm32-unknown-unknown target (rustup target add) for the viewer");
+    }
 }
 
 /// wasm-bindgen's no-modules glue and the processed wasm, into `out_dir`.
