@@ -494,6 +494,57 @@ mod tests {
         out
     }
 
+    /// On its own thread the engine sleeps on the OS clock: no event reaches a request before
+    /// its engine time (at scale 1, wall time since the engine's epoch), and every one
+    /// arrives.
+    #[tokio::test]
+    async fn the_engine_thread_never_delivers_an_event_before_its_time() {
+        let engine = Engine::start_on_thread(config(1.0));
+        let epoch = engine.epoch_unix();
+        let unix = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        let mut subs = vec![engine.submit(request("a", 2000, 4))];
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        subs.push(engine.submit(request("b", 3000, 3)));
+        let mut seen = 0;
+        for mut sub in subs {
+            while let Some(ev) = sub.events.recv().await {
+                let received = unix();
+                let at = match ev {
+                    EngineEvent::First { at, .. }
+                    | EngineEvent::Progress { at, .. }
+                    | EngineEvent::Finished { at, .. }
+                    | EngineEvent::Aborted { at, .. } => at,
+                };
+                // 0.1 ms: the real-time and monotonic clocks were read one after the other.
+                assert!(
+                    received >= epoch + at - 1e-4,
+                    "{ev:?} arrived {:.3} ms early",
+                    (epoch + at - received) * 1e3
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "{seen} events");
+    }
+
+    #[tokio::test]
+    async fn a_past_instant_maps_to_its_engine_time() {
+        let engine = Engine::start_on_thread(config(100.0));
+        let before = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = engine.now();
+        let then = engine.time_at(before);
+        assert!(then <= now && then >= 0.0);
+        // 50 ms of wall time at scale 100 is 5 s of engine time.
+        assert!(now - then >= 5.0, "{now} vs {then}");
+        assert!(engine.time_at(std::time::Instant::now()) <= engine.now());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn events_arrive_at_their_engine_time_divided_by_the_scale() {
         let engine = Engine::start(config(2.0));
