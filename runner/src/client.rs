@@ -410,8 +410,9 @@ impl Client {
             }
             req.body(Full::new(body.clone()))
         };
-        // A pooled connection the server closed just as it was taken fails before any
-        // response: the request is then sent once more, on a new connection.
+        // A pooled connection the server closed just as it was taken fails before any of the
+        // request is written: it is then sent once more, on a new connection. A request the
+        // server may have received is never sent again (its failure is the turn's).
         let mut attempt = 0;
         let (mut conn, resp) = loop {
             attempt += 1;
@@ -425,7 +426,7 @@ impl Client {
             };
             match conn.send(req).await {
                 Ok(r) => break (conn, r),
-                Err(_) if conn.reused && attempt == 1 => continue,
+                Err(wire::SendError::NotSent(_)) if conn.reused && attempt == 1 => continue,
                 Err(e) => return st.fail(format!("connection error: {}", error_chain(&e))),
             }
         };

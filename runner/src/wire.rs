@@ -47,7 +47,7 @@ impl Conn {
     pub async fn send(
         &mut self,
         req: http::Request<Full<Bytes>>,
-    ) -> Result<http::Response<Incoming>, WireError> {
+    ) -> Result<http::Response<Incoming>, SendError> {
         let Conn {
             sender,
             driver,
@@ -56,9 +56,19 @@ impl Conn {
         } = self;
         // Ready at once on an idle connection; an error if it was closed.
         let ready = std::pin::pin!(std::future::poll_fn(|cx| sender.poll_ready(cx)));
-        drive(driver, ended, ready).await??;
-        let response = std::pin::pin!(sender.send_request(req));
-        Ok(drive(driver, ended, response).await??)
+        match drive(driver, ended, ready).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(SendError::NotSent(e.into())),
+            Err(e) => return Err(SendError::NotSent(e)),
+        }
+        let response = std::pin::pin!(sender.try_send_request(req));
+        match drive(driver, ended, response).await {
+            Ok(Ok(r)) => Ok(r),
+            // hyper hands the request back when none of it was written.
+            Ok(Err(e)) if e.message().is_some() => Err(SendError::NotSent(e.into_error().into())),
+            Ok(Err(e)) => Err(SendError::Failed(e.into_error().into())),
+            Err(e) => Err(SendError::Failed(e)),
+        }
     }
 
     /// The response body's data frames, read while driving the connection.
@@ -109,6 +119,16 @@ pub enum WireError {
     Http(#[from] hyper::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Why a request got no response head: `NotSent` when none of it reached the connection
+/// (so it can be sent again elsewhere), `Failed` when the server may have received it.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    NotSent(WireError),
+    #[error("{0}")]
+    Failed(WireError),
 }
 
 /// A response body's data frames, each read by polling the connection first.
@@ -255,8 +275,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A server answering `per_conn` requests on each connection it accepts, then closing
-    /// it; returns its URL and the number of connections it accepted so far.
-    async fn server(per_conn: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    /// it (after reading one more request, unanswered, with `swallow`); returns its URL and
+    /// the number of connections it accepted so far.
+    async fn server(
+        per_conn: usize,
+        swallow: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -265,7 +289,10 @@ mod tests {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 tokio::spawn(async move {
-                    for _ in 0..per_conn {
+                    for i in 0.. {
+                        if i == per_conn && !swallow {
+                            return;
+                        }
                         let mut req = Vec::new();
                         let mut buf = [0u8; 4096];
                         while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -273,6 +300,9 @@ mod tests {
                                 Ok(0) | Err(_) => return,
                                 Ok(k) => req.extend_from_slice(&buf[..k]),
                             }
+                        }
+                        if i == per_conn {
+                            return;
                         }
                         let body = format!("connection {n}");
                         let resp = format!(
@@ -290,13 +320,16 @@ mod tests {
         (url, accepted)
     }
 
-    async fn get(pool: &Pool) -> (String, bool) {
-        let mut conn = pool.checkout().await.unwrap();
-        let req = http::Request::get("/")
+    fn request(pool: &Pool) -> http::Request<Full<Bytes>> {
+        http::Request::get("/")
             .header(http::header::HOST, pool.authority())
             .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = conn.send(req).await.unwrap();
+            .unwrap()
+    }
+
+    async fn get(pool: &Pool) -> (String, bool) {
+        let mut conn = pool.checkout().await.unwrap();
+        let resp = conn.send(request(pool)).await.unwrap();
         let mut body = Vec::new();
         let mut frames = conn.body(resp.into_body());
         while let Some(b) = frames.next().await {
@@ -309,7 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_read_to_its_end_carries_the_next_request() {
-        let (url, accepted) = server(usize::MAX).await;
+        let (url, accepted) = server(usize::MAX, false).await;
         let pool = Pool::new(&url, Duration::from_secs(5), 8).unwrap();
         assert_eq!(get(&pool).await, ("connection 1".into(), false));
         assert_eq!(get(&pool).await, ("connection 1".into(), true));
@@ -319,7 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pooled_connection_the_server_closed_is_replaced() {
-        let (url, accepted) = server(1).await;
+        let (url, accepted) = server(1, false).await;
         let pool = Pool::new(&url, Duration::from_secs(5), 8).unwrap();
         assert_eq!(get(&pool).await.0, "connection 1");
         // Let the close reach this side.
@@ -328,6 +361,22 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(get(&pool).await, ("connection 3".into(), false));
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// A request the server read before it closed the connection may have been acted on: it
+    /// fails as sent, and is not to be sent again.
+    #[tokio::test]
+    async fn a_request_the_server_read_and_dropped_is_failed_not_resendable() {
+        let (url, accepted) = server(1, true).await;
+        let pool = Pool::new(&url, Duration::from_secs(5), 8).unwrap();
+        assert_eq!(get(&pool).await.0, "connection 1");
+        let mut conn = pool.checkout().await.unwrap();
+        assert!(conn.reused);
+        match conn.send(request(&pool)).await {
+            Err(SendError::Failed(_)) => {}
+            other => panic!("expected a failure after sending, got {other:?}"),
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
