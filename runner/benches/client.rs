@@ -62,9 +62,6 @@ fn serve_sim(scale: &str, extra: &[&str]) -> Server {
             &port.to_string(),
             "--sim-time-scale",
             scale,
-            "--max-running-requests",
-            "2048",
-            "--enable-metrics",
             "--log-level",
             "error",
         ])
@@ -207,6 +204,8 @@ async fn overhead(stream: &str, flags: &[&str]) {
         "{:>62} {:>13} {:>13} {:>10} {:>11}",
         "per 1k tok", "per 1k tok", "per 1k tok", "", "µs / chunk"
     );
+    // The server bench/bench_serving_compare.sh gives bench_serving.py: the same flags, so
+    // both clients parse the same chunks (no `--enable-metrics` timing fields).
     let srv = serve_sim("inf", flags);
     let pid = srv.child.id().to_string();
     let client = Arc::new(Client::new(&srv.url, None));
@@ -305,7 +304,11 @@ fn main() {
             "ΔE2E p50",
             "ΔE2E p99"
         );
-        let srv = serve_sim("1", &[]);
+        // `--enable-metrics`: the server's own timestamps, to compare with.
+        let srv = serve_sim(
+            "1",
+            &["--enable-metrics", "--max-running-requests", "2048"],
+        );
         let client = Arc::new(Client::new(&srv.url, None));
         wait_ready(&client).await;
         // Instants → Unix time, to compare with the server's wall-clock stamps.
