@@ -1,7 +1,8 @@
 //! The wire: SGLang's native `POST /generate` and OpenAI `POST /v1/chat/completions`, both
 //! streamed (HTTP/1 connections driven by the task reading the response, [`crate::wire`],
-//! whose reads carry the kernel's receive time, [`crate::arrival`]; SSE framed by sse-stream; each chunk parsed into borrowing typed
-//! structs that skip what is not read, e.g. the cumulative `output_ids`), plus the control
+//! whose reads carry the kernel's receive time, [`crate::arrival`]; SSE framed by
+//! sse-stream; each chunk parsed into borrowing typed structs that skip what is not read,
+//! e.g. the cumulative `output_ids`), plus the control
 //! endpoints a sweep needs (sessions, `/flush_cache`, server and model info, health,
 //! `/metrics`, through reqwest).
 //!
@@ -43,7 +44,7 @@ use std::time::{Duration, Instant};
 /// left in `last` (nanoseconds since [`arrival::base`]).
 struct Stamped<S> {
     inner: S,
-    conn: Option<Arrival>,
+    conn: Arrival,
     last: Arc<AtomicU64>,
 }
 
@@ -54,7 +55,7 @@ impl<S: Stream + Unpin> Stream for Stamped<S> {
         let item = ready!(Pin::new(&mut self.inner).poll_next(cx));
         if item.is_some() {
             // A recorded arrival is never later than now (it was stored at or after it).
-            let at = match self.conn.as_ref().and_then(Arrival::latest) {
+            let at = match self.conn.latest() {
                 Some(at) => at,
                 None => Instant::now(),
             };
@@ -471,7 +472,7 @@ impl Client {
         let arrival = Arc::new(AtomicU64::new(0));
         let frames = Stamped {
             inner: body,
-            conn: Some(conn),
+            conn,
             last: arrival.clone(),
         };
         let mut events = sse_stream::SseByteStream::new(frames);

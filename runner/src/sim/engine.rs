@@ -203,19 +203,21 @@ impl Engine {
             return Engine::start(cfg);
         }
         let (shared, engine) = Engine::new(cfg);
-        let spawned = std::thread::Builder::new()
-            .name("sim-engine".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(run(shared, true)),
-                    Err(e) => tracing::error!("the simulated engine cannot start: {e}"),
-                }
+        let on_thread = shared.clone();
+        let spawned = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .and_then(|rt| {
+                std::thread::Builder::new()
+                    .name("sim-engine".into())
+                    .spawn(move || rt.block_on(run(on_thread, true)))
             });
         if let Err(e) = spawned {
-            tracing::error!("the simulated engine's thread cannot start: {e}");
+            // Still a working engine, only with tokio's timer resolution.
+            tracing::warn!(
+                "the simulated engine's own thread cannot start ({e}); it runs as a task"
+            );
+            tokio::spawn(run(shared, false));
         }
         engine
     }
