@@ -119,10 +119,17 @@ impl StampedTcp {
     }
 
     /// One non-blocking read into `scratch[..want]`: bytes read and the kernel's stamp.
+    ///
+    /// A read that returns fewer bytes than asked for has emptied the socket's receive queue,
+    /// so, as tokio's own `TcpStream` does, it also clears the socket's read readiness: the
+    /// next poll waits for the next epoll event instead of calling `recvmsg` only to be told
+    /// `EAGAIN` (one system call less per streamed chunk). Readiness is cleared only if no
+    /// event arrived since the read began (tokio's readiness ticks), so no data is missed.
     fn recv(&mut self, want: usize) -> io::Result<(usize, Option<SystemTime>)> {
         let fd = self.tcp.as_raw_fd();
         let (scratch, cmsg, stamped) = (&mut self.scratch, &mut self.cmsg, self.stamped);
-        self.tcp.try_io(Interest::READABLE, || {
+        let mut drained = None;
+        let read = self.tcp.try_io(Interest::READABLE, || {
             let mut iov = [IoSliceMut::new(&mut scratch[..want])];
             let space = if stamped { Some(&mut cmsg[..]) } else { None };
             let msg =
@@ -138,8 +145,17 @@ impl StampedTcp {
                     }
                 }
             }
+            if msg.bytes > 0 && msg.bytes < want {
+                // try_io clears readiness on WouldBlock; the bytes go out through `drained`.
+                drained = Some((msg.bytes, at));
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Ok((msg.bytes, at))
-        })
+        });
+        match (read, drained) {
+            (_, Some(got)) => Ok(got),
+            (read, None) => read,
+        }
     }
 
     /// Record the arrival of a read that just returned: its kernel stamp taken back onto the

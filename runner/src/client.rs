@@ -31,10 +31,11 @@ use crate::workload::Message;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http_body_util::Full;
+use memchr::memmem::Finder;
 use serde_json::{json, Value};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -573,6 +574,8 @@ struct StreamState {
     server_first_ready: Option<f64>,
     done: bool,
     saw_usage_per_chunk: bool,
+    /// Reused for each native chunk without its `output_ids` ([`without_token_ids`]).
+    scratch: String,
 }
 
 impl StreamState {
@@ -594,6 +597,7 @@ impl StreamState {
             server_first_ready: None,
             done: false,
             saw_usage_per_chunk: false,
+            scratch: String::new(),
         }
     }
 
@@ -615,8 +619,27 @@ impl StreamState {
 
     /// One SSE data payload (not `[DONE]`) arrived at `now`.
     fn chunk(&mut self, data: &str, api: Api, now: Instant) -> Result<(), String> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let lean = match api {
+            Api::Native => without_token_ids(data, &mut buf),
+            Api::Openai => data,
+        };
         // From a `str`: sse-stream already checked the UTF-8, so serde_json does not again.
-        let c: Chunk<'_> = serde_json::from_str(data).map_err(|e| e.to_string())?;
+        let parsed = match serde_json::from_str::<Chunk<'_>>(lean) {
+            Ok(c) => Ok(c),
+            // Malformed: the error names a position in the payload as it came.
+            Err(_) if lean.len() != data.len() => serde_json::from_str(data),
+            Err(e) => Err(e),
+        };
+        let r = match parsed {
+            Ok(c) => self.parsed_chunk(c, api, now),
+            Err(e) => Err(e.to_string()),
+        };
+        self.scratch = buf;
+        r
+    }
+
+    fn parsed_chunk(&mut self, c: Chunk<'_>, api: Api, now: Instant) -> Result<(), String> {
         if let Some(err) = c.error.as_ref().filter(|e| !e.is_null()) {
             let msg = err
                 .get("message")
@@ -788,6 +811,58 @@ impl StreamState {
             server_first_ready: self.server_first_ready,
         }
     }
+}
+
+/// A native chunk without the contents of its `output_ids`: SGLang repeats the whole output's
+/// token ids in every chunk (cumulative), the client never reads them, and skipping them
+/// token by token was a quarter of the client's CPU per chunk. The ids are located with
+/// memchr and checked to be exactly a JSON list of non-negative integers (digits and single
+/// commas, no leading zeros, no spaces) as SGLang (orjson) and serve-sim write it; the
+/// payload is then copied into `buf` with `[]` in their place and parsed from there by
+/// serde_json as usual. Anything else (another spelling, spaces) leaves `data` as it is, for
+/// the full parse. The pattern cannot occur inside a JSON string (its quotes would be
+/// escaped there), a string followed by `:` is an object key, and a list cut this way was
+/// well-formed: so the cut payload is JSON exactly when the payload was, with the same
+/// values apart from the ids (a property test checks this).
+fn without_token_ids<'a>(data: &'a str, buf: &'a mut String) -> &'a str {
+    const KEY: &[u8] = b"\"output_ids\":[";
+    static FIND_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
+    let bytes = data.as_bytes();
+    let Some(at) = FIND_KEY.find(bytes) else {
+        return data;
+    };
+    let start = at + KEY.len();
+    let Some(len) = memchr::memchr(b']', &bytes[start..]) else {
+        return data;
+    };
+    if len == 0 || !plain_ids(&bytes[start..start + len]) {
+        return data;
+    }
+    buf.clear();
+    buf.push_str(&data[..start]);
+    buf.push_str(&data[start + len..]);
+    buf
+}
+
+/// True when `ids` is a JSON list's inside made only of non-negative integers: digits and
+/// single commas, a digit at each end, no number with a leading zero.
+fn plain_ids(ids: &[u8]) -> bool {
+    static DOUBLE_COMMA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b",,"));
+    static COMMA_ZERO: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b",0"));
+    // No early exit, so the byte check runs as vector code.
+    let stray = ids
+        .iter()
+        .fold(false, |acc, &b| acc | !(b.is_ascii_digit() || b == b','));
+    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+        return false;
+    };
+    let leading_zero = |i: usize| ids[i] == b'0' && ids.get(i + 1).is_some_and(u8::is_ascii_digit);
+    !stray
+        && first.is_ascii_digit()
+        && last.is_ascii_digit()
+        && DOUBLE_COMMA.find(ids).is_none()
+        && !leading_zero(0)
+        && !COMMA_ZERO.find_iter(ids).any(|i| leading_zero(i + 1))
 }
 
 /// One SSE data payload of either API, parsed without building a tree: only the fields the
@@ -1347,6 +1422,135 @@ mod tests {
             typed * 1e6,
             tree * 1e6
         );
+    }
+
+    /// True when `lean` is `orig` with the contents of some `output_ids` lists removed.
+    fn same_but_ids(orig: &Value, lean: &Value) -> bool {
+        match (orig, lean) {
+            (Value::Object(a), Value::Object(b)) => {
+                a.len() == b.len()
+                    && a.iter().all(|(k, v)| {
+                        b.get(k).is_some_and(|w| {
+                            same_but_ids(v, w)
+                                || (k == "output_ids" && v.is_array() && *w == json!([]))
+                        })
+                    })
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(v, w)| same_but_ids(v, w))
+            }
+            _ => orig == lean,
+        }
+    }
+
+    #[test]
+    fn token_ids_are_cut_only_from_plain_lists_of_ids() {
+        let mut buf = String::new();
+        let chunk = native_chunk_json("a \"output_ids\":[1] b", 40, "null");
+        let lean = without_token_ids(&chunk, &mut buf).to_string();
+        // 40 six-digit ids and 39 commas gone.
+        assert_eq!(chunk.len() - lean.len(), 40 * 7 - 1, "{lean}");
+        let (orig, cut): (Value, Value) = (
+            serde_json::from_str(&chunk).unwrap(),
+            serde_json::from_str(&lean).unwrap(),
+        );
+        assert_eq!(cut["output_ids"], json!([]));
+        assert_eq!(cut["text"], orig["text"]);
+        assert_eq!(cut["meta_info"], orig["meta_info"]);
+        // Left for the full parse: anything but digits and single commas, leading zeros,
+        // spaces, the key's spelling inside a string.
+        for kept in [
+            r#"{"output_ids":[1,,2]}"#,
+            r#"{"output_ids":[1,-2]}"#,
+            r#"{"output_ids":[01,2]}"#,
+            r#"{"output_ids":[1,02]}"#,
+            r#"{"output_ids":[1,2,]}"#,
+            r#"{"output_ids":[,1]}"#,
+            r#"{"output_ids":[1.5]}"#,
+            r#"{"output_ids":[1, 2]}"#,
+            r#"{"output_ids":[[1]]}"#,
+            r#"{"output_ids":[]}"#,
+            r#"{"text":"\"output_ids\":[1]"}"#,
+        ] {
+            assert_eq!(without_token_ids(kept, &mut buf), kept);
+        }
+        for cut in [r#"{"output_ids":[0,10,0]}"#, r#"{"a":1, "output_ids":[7]}"#] {
+            assert_ne!(without_token_ids(cut, &mut buf), cut);
+        }
+        // A chunk that is malformed after the ids still fails, naming the payload as sent.
+        let mut st = StreamState::new(Instant::now());
+        let bad = r#"{"text":"x","output_ids":[1,2,3],"meta_info":{"completion_tokens":3}"#;
+        let err = st.chunk(bad, Api::Native, Instant::now()).unwrap_err();
+        assert!(err.contains(&format!("column {}", bad.len())), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2048))]
+
+        /// Whatever the payload, cutting the ids never changes whether it is JSON, nor any
+        /// value other than an `output_ids` list's contents.
+        #[test]
+        fn cutting_token_ids_changes_nothing_else(
+            before in proptest::sample::select(vec![
+                "{", "{\"a\":1,", "{ ", "{\"text\":\"x\",", "[{", "{\"text\":\"", "{\"a\":[",
+                "{\"t\":\"\\\"", "{\"x\":\"a\\\\\",", "{\"x\":\"a\\\\\"", "", "[", "{\"a\"",
+                "{\"m\":{", "{\"output_ids\":[1],",
+            ]),
+            lead in proptest::sample::select(vec!["", "", "", "", ",", " ", "-", "\""]),
+            ids in proptest::collection::vec((
+                proptest::sample::select(vec!["0", "1", "23", "7", "456", "07", "1.5", "-4"]),
+                proptest::sample::select(vec![",", ",", ",", ",", ",,", ", ", "", "],["]),
+            ), 0..5),
+            tail in proptest::sample::select(vec!["", "", "", ",", " "]),
+            after in proptest::sample::select(vec![
+                "}", ",\"b\":2}", "}]", "\"}", "]}", "", ",}", "}}", "}\"}", " }", ",\"output_ids\":[3]}",
+            ]),
+        ) {
+            let data = format!(
+                "{}\"output_ids\":[{}]{}",
+                before,
+                // Separators between the numbers only, then the tail.
+                lead.to_string()
+                    + &ids.iter().enumerate()
+                        .map(|(i, (n, s))| format!("{}{n}", if i == 0 { "" } else { s }))
+                        .collect::<String>()
+                    + tail,
+                after
+            );
+            let mut buf = String::new();
+            let lean = without_token_ids(&data, &mut buf);
+            let (orig, cut) = (
+                serde_json::from_str::<Value>(&data),
+                serde_json::from_str::<Value>(lean),
+            );
+            proptest::prop_assert_eq!(orig.is_ok(), cut.is_ok(), "{} → {}", data, lean);
+            if let (Ok(o), Ok(c)) = (orig, cut) {
+                proptest::prop_assert!(same_but_ids(&o, &c), "{} → {}", data, lean);
+            }
+        }
+
+        /// SGLang-shaped chunks whose text holds anything: the client reads the same from the
+        /// cut payload as from the whole one.
+        #[test]
+        fn a_cut_chunk_reads_as_the_whole_one(
+            text in "[a-z\"\\\\:,\\[\\]{} ]{0,40}",
+            ids in proptest::collection::vec(0u32..200_000, 0..50),
+        ) {
+            let data = json!({"text": text, "output_ids": ids,
+                "meta_info": {"id": "r", "completion_tokens": ids.len(), "prompt_tokens": 9,
+                    "cached_tokens": 2, "finish_reason": null}}).to_string();
+            let t0 = Instant::now();
+            let mut fast = StreamState::new(t0);
+            fast.chunk(&data, Api::Native, t0).unwrap();
+            let mut slow = StreamState::new(t0);
+            let c: Chunk<'_> = serde_json::from_str(&data).unwrap();
+            slow.parsed_chunk(c, Api::Native, t0).unwrap();
+            proptest::prop_assert_eq!(fast.text, slow.text);
+            proptest::prop_assert_eq!(fast.completion_tokens, slow.completion_tokens);
+            proptest::prop_assert_eq!(fast.prompt_tokens, slow.prompt_tokens);
+            proptest::prop_assert_eq!(fast.cached_tokens, slow.cached_tokens);
+            proptest::prop_assert_eq!(fast.id, slow.id);
+        }
     }
 
     #[test]
