@@ -16,10 +16,10 @@
 //!    Connections are opened by a warm-up round first, so TCP setup is not counted.
 //!
 //! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
-//! the run (for profiling); `CLIENT_BENCH_WORKERS=1` sets the runtime's worker threads;
-//! `CLIENT_BENCH_SERVER_CPUS=0` pins the server to CPU 0 (run the benchmark under
-//! `taskset -c 1` to give client and server a core each). Prints
-//! tables; no criterion (each point is one closed-loop run, not a micro-benchmark).
+//! the run (for profiling); `CLIENT_BENCH_WORKERS=2` sets the runtime's worker threads
+//! (default 1, as `runner sweep` runs its client); `CLIENT_BENCH_SERVER_CPUS=0` pins the server
+//! to CPU 0 (run the benchmark under `taskset -c 1` to give client and server a core each).
+//! Prints tables; no criterion (each point is one closed-loop run, not a micro-benchmark).
 
 use runner::client::{Client, Outcome, Prompt, Sampling};
 use std::process::{Child, Command, Stdio};
@@ -256,13 +256,13 @@ fn part(name: &str) -> bool {
 }
 
 fn main() {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("CLIENT_BENCH_WORKERS")
+    // One worker thread, as `runner sweep` runs its client (`CLIENT_BENCH_WORKERS` changes it).
+    let workers = std::env::var("CLIENT_BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-    {
-        rt.worker_threads(n);
-    }
+        .unwrap_or(1);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.worker_threads(workers);
     let rt = rt.enable_all().build().unwrap();
     rt.block_on(async {
         for (name, stream, flags) in [

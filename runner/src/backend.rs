@@ -89,8 +89,12 @@ impl Server {
                 if !unknown.is_empty() {
                     tracing::warn!("sim_args: ignored unknown flags {unknown:?}");
                 }
-                let handle = crate::sim::server::start(args)
+                // On a runtime of its own, as if it were another process: the client's
+                // streams (on the sweep's runtime) never hold up its tokens, nor it theirs.
+                let handle = sim_runtime()?
+                    .spawn(crate::sim::server::start(args))
                     .await
+                    .context("the simulated server's runtime")?
                     .with_context(|| format!("starting the simulated server for GPU {gpu}"))?;
                 Ok(Server {
                     gpu: gpu.into(),
@@ -139,6 +143,25 @@ impl Server {
             Inner::Attached => {}
         }
     }
+}
+
+/// The runtime the in-process simulated servers run on (all GPUs of the process share it),
+/// started on first use and kept for the life of the process.
+fn sim_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sim-server")
+        .enable_all()
+        .build()
+        .context("starting the simulated server's runtime")?;
+    // Two callers at once: the loser's runtime is shut down without blocking.
+    if let Err(extra) = RT.set(rt) {
+        extra.shutdown_background();
+    }
+    Ok(RT.get().expect("just set"))
 }
 
 /// The launch command for one GPU, placeholders filled.

@@ -53,7 +53,13 @@ pub fn main(args: SweepArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    // One worker thread runs every trajectory's streams. Arrival times come from the kernel
+    // (`arrival.rs`), so a busy thread does not shift them; and one thread spends less CPU per
+    // streamed chunk than two that hand connections and wake-ups to each other (measured by
+    // `cargo bench -p runner --bench client`, whose client runs the same way). A simulated
+    // server runs on a runtime of its own (`backend.rs`).
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
