@@ -230,7 +230,7 @@ async fn overhead(stream: &str, flags: &[&str]) {
         let per_req = chunks / outs.len().max(1) as f64;
         let k = tokens.max(1) as f64 / 1000.0;
         println!(
-            "{c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>10.1} {:>13.4} {:>13.4} {:>13.4} {per_req:>10.1} {:>11.2} {errors:>6}",
+            "{c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>10.1} {:>13.5} {:>13.5} {:>13.5} {per_req:>10.1} {:>11.2} {errors:>6}",
             tokens as f64 / wall,
             requests as f64 / wall,
             cpu / k,
