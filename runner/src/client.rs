@@ -2,7 +2,8 @@
 //! streamed (HTTP/1 connections driven by the task reading the response, [`crate::wire`],
 //! whose reads carry the kernel's receive time, [`crate::arrival`]; SSE framed by
 //! sse-stream; each chunk parsed into borrowing typed structs that skip what is not read,
-//! e.g. the cumulative `output_ids`), plus the control
+//! the cumulative native `output_ids` cut out before parsing, [`without_token_ids`]), plus the
+//! control
 //! endpoints a sweep needs (sessions, `/flush_cache`, server and model info, health,
 //! `/metrics`, through reqwest).
 //!
