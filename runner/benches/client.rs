@@ -16,7 +16,8 @@
 //!    Connections are opened by a warm-up round first, so TCP setup is not counted.
 //!
 //! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
-//! the run (for profiling); `CLIENT_BENCH_WORKERS=2` sets the runtime's worker threads
+//! the run (for profiling), `CLIENT_BENCH_TIMING=512,512 steady` the timing rows;
+//! `CLIENT_BENCH_WORKERS=2` sets the runtime's worker threads
 //! (default 1, as `runner sweep` runs its client); `CLIENT_BENCH_SERVER_CPUS=0` pins the server
 //! to CPU 0 (run the benchmark under `taskset -c 1` to give client and server a core each).
 //! Prints tables; no criterion (each point is one closed-loop run, not a micro-benchmark).
@@ -242,6 +243,11 @@ async fn overhead(stream: &str, flags: &[&str]) {
     println!();
 }
 
+/// `CLIENT_BENCH_TIMING=512,512 steady` limits the timing table to those rows.
+fn timing_row(label: &str) -> bool {
+    std::env::var("CLIENT_BENCH_TIMING").map_or(true, |v| v.split(',').any(|r| r.trim() == label))
+}
+
 /// `CLIENT_BENCH_CONCURRENCY=64,512` limits the overhead tables to those points (profiling).
 fn concurrencies() -> Vec<usize> {
     match std::env::var("CLIENT_BENCH_CONCURRENCY") {
@@ -329,6 +335,9 @@ fn main() {
             ("512", 512, false),
             ("512 steady", 512, true),
         ] {
+            if !timing_row(label) {
+                continue;
+            }
             // Warm the connection pool: the measurement is the client's clock, not TCP setup.
             run(client.clone(), streams, streams, 1).await;
             let outs: Vec<Outcome> = if steady {
