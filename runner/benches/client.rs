@@ -13,7 +13,8 @@
 //!    (`response_sent_to_client_ts`) the client dates their arrival (p50/p99), and the
 //!    client's TTFT and E2E against the server's own engine-time figures (from the request's
 //!    first bytes reaching the server's socket).
-//!    Connections are opened by a warm-up round first, so TCP setup is not counted.
+//!    Connections are opened by a warm-up round first, so TCP setup is not counted. The server
+//!    serves HTTP on one thread (`--sim-workers 1`), as SGLang's single event loop does.
 //!
 //! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
 //! the run (for profiling), `CLIENT_BENCH_TIMING=512,512 steady` the timing rows;
@@ -313,7 +314,13 @@ fn main() {
         // `--enable-metrics`: the server's own timestamps, to compare with.
         let srv = serve_sim(
             "1",
-            &["--enable-metrics", "--max-running-requests", "2048"],
+            &[
+                "--enable-metrics",
+                "--max-running-requests",
+                "2048",
+                "--sim-workers",
+                "1",
+            ],
         );
         let client = Arc::new(Client::new(&srv.url, None));
         wait_ready(&client).await;

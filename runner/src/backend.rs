@@ -152,7 +152,10 @@ fn sim_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
     if let Some(rt) = RT.get() {
         return Ok(rt);
     }
+    // One thread, as SGLang's HTTP front end is one asyncio event loop (`--sim-workers`
+    // of `runner serve-sim`); each simulated engine steps on a thread of its own.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .thread_name("sim-server")
         .enable_all()
         .build()
