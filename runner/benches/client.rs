@@ -244,11 +244,6 @@ async fn overhead(stream: &str, flags: &[&str]) {
     println!();
 }
 
-/// `CLIENT_BENCH_TIMING=512,512 steady` limits the timing table to those rows.
-fn timing_row(label: &str) -> bool {
-    std::env::var("CLIENT_BENCH_TIMING").map_or(true, |v| v.split(',').any(|r| r.trim() == label))
-}
-
 /// `CLIENT_BENCH_CONCURRENCY=64,512` limits the overhead tables to those points (profiling).
 fn concurrencies() -> Vec<usize> {
     match std::env::var("CLIENT_BENCH_CONCURRENCY") {
@@ -257,9 +252,11 @@ fn concurrencies() -> Vec<usize> {
     }
 }
 
-/// `CLIENT_BENCH_PARTS=per-step` (any of coalesced, per-step, timing) runs only those parts.
-fn part(name: &str) -> bool {
-    std::env::var("CLIENT_BENCH_PARTS").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
+/// Whether `name` is selected by the comma-separated list in `var` (all are when it is unset):
+/// `CLIENT_BENCH_PARTS=per-step` (any of coalesced, per-step, timing) runs only those parts,
+/// `CLIENT_BENCH_TIMING=512,512 steady` only those rows of the timing table.
+fn selected(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.split(',').any(|p| p.trim() == name))
 }
 
 fn main() {
@@ -276,11 +273,11 @@ fn main() {
             ("coalesced", "coalesced: a lagging client gets pending tokens merged into one chunk, as SGLang does", &[][..]),
             ("per-step", "per step (--sim-chunk-per-step): one chunk per token, the same stream for any client", &["--sim-chunk-per-step"][..]),
         ] {
-            if part(name) {
+            if selected("CLIENT_BENCH_PARTS", name) {
                 overhead(stream, flags).await;
             }
         }
-        if !part("timing") {
+        if !selected("CLIENT_BENCH_PARTS", "timing") {
             return;
         }
 
@@ -342,7 +339,7 @@ fn main() {
             ("512", 512, false),
             ("512 steady", 512, true),
         ] {
-            if !timing_row(label) {
+            if !selected("CLIENT_BENCH_TIMING", label) {
                 continue;
             }
             // Warm the connection pool: the measurement is the client's clock, not TCP setup.
