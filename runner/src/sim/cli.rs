@@ -20,6 +20,7 @@ Faults (--sim-fault, repeatable; deterministic with --sim-seed; RATE is a probab
   drop=RATE               drop the connection mid-stream
   malformed=RATE          send one malformed SSE chunk (a truncated body when not streaming)
   exit-after=N            exit (status 3) once N generation requests were answered
+                          (requests after that fail at once)
 
 Unknown SGLang flags are accepted with a warning and ignored.";
 

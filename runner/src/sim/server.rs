@@ -193,7 +193,7 @@ struct AppState {
     started: Instant,
     warmup: Duration,
     draining: AtomicBool,
-    /// `exit-after` fired in [`ExitMode::StopServer`].
+    /// `exit-after` fired.
     dead: AtomicBool,
     kill: Notify,
     /// Generation requests received (fault draws).
@@ -225,6 +225,8 @@ impl Drop for Answered {
         let n = self.0.answered.fetch_add(1, Ordering::SeqCst) + 1;
         if self.0.exit_after == Some(n) {
             tracing::warn!("simulated fault: exiting after {n} requests");
+            // From now on every request fails, even before the process is gone.
+            self.0.dead.store(true, Ordering::SeqCst);
             match self.0.exit_mode {
                 ExitMode::Process => {
                     std::thread::spawn(|| {
@@ -233,7 +235,6 @@ impl Drop for Answered {
                     });
                 }
                 ExitMode::StopServer => {
-                    self.0.dead.store(true, Ordering::SeqCst);
                     self.0.kill.notify_one();
                 }
             }
