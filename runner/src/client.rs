@@ -2,9 +2,9 @@
 //! streamed (HTTP/1 connections driven by the task reading the response, [`crate::wire`],
 //! whose reads carry the kernel's receive time, [`crate::arrival`]; SSE framed by
 //! sse-stream; each chunk parsed into borrowing typed structs that skip what is not read,
-//! the cumulative native `output_ids` cut out before parsing, [`without_token_ids`]), plus the
-//! control
-//! endpoints a sweep needs (sessions, `/flush_cache`, server and model info, health,
+//! with what a native chunk repeats of the ones before it, its cumulative `text` and
+//! `output_ids`, cut out before parsing, [`lean_native`]), plus the control endpoints a sweep
+//! needs (sessions, `/flush_cache`, server and model info, health,
 //! `/metrics`, through reqwest).
 //!
 //! A generation returns raw monotonic instants and the server's token counts ([`Outcome`]);
@@ -33,6 +33,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http_body_util::Full;
 use memchr::memmem::Finder;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -575,7 +577,11 @@ struct StreamState {
     server_first_ready: Option<f64>,
     done: bool,
     saw_usage_per_chunk: bool,
-    /// Reused for each native chunk without its `output_ids` ([`without_token_ids`]).
+    /// The last native chunk's `text` as it was sent (the JSON string's inside, escapes and
+    /// all), which the next chunk's cumulative `text` begins with ([`lean_native`]); empty
+    /// when unknown.
+    raw_text: String,
+    /// Reused for each native chunk without what it repeats ([`lean_native`]).
     scratch: String,
 }
 
@@ -598,6 +604,7 @@ impl StreamState {
             server_first_ready: None,
             done: false,
             saw_usage_per_chunk: false,
+            raw_text: String::new(),
             scratch: String::new(),
         }
     }
@@ -620,27 +627,36 @@ impl StreamState {
 
     /// One SSE data payload (not `[DONE]`) arrived at `now`.
     fn chunk(&mut self, data: &str, api: Api, now: Instant) -> Result<(), String> {
-        let mut buf = std::mem::take(&mut self.scratch);
-        let lean = match api {
-            Api::Native => without_token_ids(data, &mut buf),
-            Api::Openai => data,
-        };
         // From a `str`: sse-stream already checked the UTF-8, so serde_json does not again.
-        let parsed = match serde_json::from_str::<Chunk<'_>>(lean) {
-            Ok(c) => Ok(c),
-            // Malformed: the error names a position in the payload as it came.
-            Err(_) if lean.len() != data.len() => serde_json::from_str(data),
-            Err(e) => Err(e),
-        };
-        let r = match parsed {
-            Ok(c) => self.parsed_chunk(c, api, now),
-            Err(e) => Err(e.to_string()),
-        };
-        self.scratch = buf;
-        r
+        match api {
+            Api::Native => {
+                let mut buf = std::mem::take(&mut self.scratch);
+                let (lean, text) = lean_native(data, &self.raw_text, &mut buf);
+                let parsed = match serde_json::from_str::<NativeChunk<'_>>(lean) {
+                    Ok(c) => Ok((c, text)),
+                    // Malformed: the error names a position in the payload as it came.
+                    Err(_) if lean.len() != data.len() => {
+                        serde_json::from_str(data).map(|c| (c, Text::Whole))
+                    }
+                    Err(e) => Err(e),
+                };
+                let r = match parsed {
+                    Ok((c, text)) => self.native_chunk(c, text, now),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.scratch = buf;
+                r
+            }
+            Api::Openai => match serde_json::from_str::<OpenaiChunk<'_>>(data) {
+                Ok(c) => self.openai_chunk(c, now),
+                Err(e) => Err(e.to_string()),
+            },
+        }
     }
 
-    fn parsed_chunk(&mut self, c: Chunk<'_>, api: Api, now: Instant) -> Result<(), String> {
+    /// An in-band error (`{"error": …}`, or OpenAI's `{"object": "error", "message": …}`) is
+    /// recorded, and true returned; otherwise the chunk carries data, which arrived at `now`.
+    fn in_band_error<M, I, C, U>(&mut self, c: &Chunk<'_, M, I, C, U>, now: Instant) -> bool {
         if let Some(err) = c.error.as_ref().filter(|e| !e.is_null()) {
             let msg = err
                 .get("message")
@@ -648,7 +664,7 @@ impl StreamState {
                 .map(str::to_string)
                 .unwrap_or_else(|| err.to_string());
             self.error.get_or_insert(format!("server error: {msg}"));
-            return Ok(());
+            return true;
         }
         if c.object.as_ref().and_then(Scalar::as_str) == Some("error") {
             let msg = c
@@ -657,13 +673,10 @@ impl StreamState {
                 .and_then(Scalar::as_str)
                 .unwrap_or("unknown");
             self.error.get_or_insert(format!("server error: {msg}"));
-            return Ok(());
+            return true;
         }
         self.timing.last_data = Some(now);
-        match api {
-            Api::Native => self.native_chunk(c, now),
-            Api::Openai => self.openai_chunk(c, now),
-        }
+        false
     }
 
     fn set_id(&mut self, id: Option<&Scalar<'_>>) {
@@ -674,17 +687,46 @@ impl StreamState {
         }
     }
 
-    fn native_chunk(&mut self, c: Chunk<'_>, now: Instant) -> Result<(), String> {
+    /// `cut` tells whether the chunk's `text` is whole or cut after what came before.
+    fn native_chunk(&mut self, c: NativeChunk<'_>, cut: Text, now: Instant) -> Result<(), String> {
+        if self.in_band_error(&c, now) {
+            return Ok(());
+        }
         let meta = c.meta_info.ok_or("no meta_info")?.0.unwrap_or_default();
-        let text = c.text.as_ref().and_then(Scalar::as_str).unwrap_or("");
-        // Cumulative text → delta.
-        let delta = if text.len() >= self.native_len && text.is_char_boundary(self.native_len) {
-            &text[self.native_len..]
-        } else {
-            text
+        let raw = c.text.map(RawValue::get);
+        // A string with an escape serde_json skips but does not decode (a lone surrogate) is
+        // malformed, as it was when `text` was decoded in place.
+        let text = match raw {
+            Some(r) => serde_json::from_str::<Scalar<'_>>(r).map_err(|e| e.to_string())?,
+            None => Scalar::Other,
+        };
+        let text = text.as_str().unwrap_or("");
+        let raw_inner = raw
+            .filter(|r| r.len() >= 2 && r.starts_with('"'))
+            .map(|r| &r[1..r.len() - 1]);
+        let delta = match cut {
+            // The text after the part already read.
+            Text::Cut => text,
+            // Cumulative text → delta.
+            Text::Whole
+                if text.len() >= self.native_len && text.is_char_boundary(self.native_len) =>
+            {
+                &text[self.native_len..]
+            }
+            Text::Whole => text,
         };
         self.text.push_str(delta);
-        self.native_len = text.len();
+        match (cut, raw_inner) {
+            (Text::Cut, Some(r)) => {
+                self.native_len += text.len();
+                self.raw_text.push_str(r);
+            }
+            (_, r) => {
+                self.native_len = text.len();
+                self.raw_text.clear();
+                self.raw_text.push_str(r.unwrap_or(""));
+            }
+        }
         let tokens = meta
             .completion_tokens
             .as_ref()
@@ -738,7 +780,10 @@ impl StreamState {
         Ok(())
     }
 
-    fn openai_chunk(&mut self, c: Chunk<'_>, now: Instant) -> Result<(), String> {
+    fn openai_chunk(&mut self, c: OpenaiChunk<'_>, now: Instant) -> Result<(), String> {
+        if self.in_band_error(&c, now) {
+            return Ok(());
+        }
         self.set_id(c.id.as_ref());
         let usage = c.usage.and_then(|u| u.0);
         let choices = c.choices.filter(|c| c.is_array).ok_or("no choices")?;
@@ -814,35 +859,71 @@ impl StreamState {
     }
 }
 
-/// A native chunk without the contents of its `output_ids`: SGLang repeats the whole output's
-/// token ids in every chunk (cumulative), the client never reads them, and skipping them
-/// token by token was a quarter of the client's CPU per chunk. The ids are located with
-/// memchr and checked to be exactly a JSON list of non-negative integers (digits and single
-/// commas, no leading zeros, no spaces) as SGLang (orjson) and serve-sim write it; the
-/// payload is then copied into `buf` with `[]` in their place and parsed from there by
-/// serde_json as usual. Anything else (another spelling, spaces) leaves `data` as it is, for
-/// the full parse. The pattern cannot occur inside a JSON string (its quotes would be
-/// escaped there), a string followed by `:` is an object key, and a list cut this way was
-/// well-formed: so the cut payload is JSON exactly when the payload was, with the same
-/// values apart from the ids (a property test checks this).
-fn without_token_ids<'a>(data: &'a str, buf: &'a mut String) -> &'a str {
+/// How a native chunk's `text` reached the parser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Text {
+    /// As sent.
+    Whole,
+    /// Without its beginning, which repeated the previous chunk's whole `text`.
+    Cut,
+}
+
+/// A native chunk without what it repeats of the chunks before it, for serde_json to parse
+/// (into `buf` when anything is cut).
+///
+/// * `text`: SGLang's is cumulative, so late in an answer nearly all of each chunk's `text` is
+///   the previous chunk's. When the payload begins `{"text":"` followed by exactly the bytes
+///   of the previous chunk's `text` as sent (`seen`, the inside of a JSON string that
+///   serde_json decoded), those bytes are cut and the parsed `text` is only what is new
+///   ([`Text::Cut`]). `seen` is a whole sequence of JSON string tokens (an escape cannot
+///   straddle its end, and it cannot end in half a surrogate pair, which would not have
+///   decoded), so the string that begins with it decodes to its decoding followed by the
+///   decoding of the rest.
+/// * `output_ids`: SGLang repeats the whole output's token ids in every chunk (cumulative) and
+///   the client never reads them; skipping them token by token was a quarter of the client's
+///   CPU per chunk. The list is located with memchr and checked to be exactly a JSON list of
+///   non-negative integers (digits and single commas, no leading zeros, no spaces) as SGLang
+///   (orjson) and serve-sim write it, and its inside is cut (`[]` stays). Anything else
+///   (another spelling, spaces) is left for the full parse. The pattern cannot occur inside a
+///   JSON string (its quotes would be escaped there), a string followed by `:` is an object
+///   key, and a list cut this way was well-formed.
+///
+/// So the lean payload is JSON exactly when the payload was, with the same values but for the
+/// cut ones (property tests check both cuts).
+fn lean_native<'a>(data: &'a str, seen: &str, buf: &'a mut String) -> (&'a str, Text) {
+    const HEAD: &str = "{\"text\":\"";
+    let cut = !seen.is_empty()
+        && data.starts_with(HEAD)
+        && data.as_bytes()[HEAD.len()..].starts_with(seen.as_bytes());
+    // The cut ends where a whole `str` (`seen`) ended: a char boundary.
+    let from = if cut { HEAD.len() + seen.len() } else { 0 };
+    let ids = token_ids(&data[from..]).map(|(a, b)| (from + a, from + b));
+    if !cut && ids.is_none() {
+        return (data, Text::Whole);
+    }
+    buf.clear();
+    if cut {
+        buf.push_str(HEAD);
+    }
+    match ids {
+        Some((a, b)) => {
+            buf.push_str(&data[from..a]);
+            buf.push_str(&data[b..]);
+        }
+        None => buf.push_str(&data[from..]),
+    }
+    (buf, if cut { Text::Cut } else { Text::Whole })
+}
+
+/// Where the inside of the first `"output_ids":[…]` list of plain ids lies in `data`, if it
+/// has one ([`lean_native`]).
+fn token_ids(data: &str) -> Option<(usize, usize)> {
     const KEY: &[u8] = b"\"output_ids\":[";
     static FIND_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
     let bytes = data.as_bytes();
-    let Some(at) = FIND_KEY.find(bytes) else {
-        return data;
-    };
-    let start = at + KEY.len();
-    let Some(len) = memchr::memchr(b']', &bytes[start..]) else {
-        return data;
-    };
-    if len == 0 || !plain_ids(&bytes[start..start + len]) {
-        return data;
-    }
-    buf.clear();
-    buf.push_str(&data[..start]);
-    buf.push_str(&data[start + len..]);
-    buf
+    let start = FIND_KEY.find(bytes)? + KEY.len();
+    let len = memchr::memchr(b']', &bytes[start..])?;
+    (len > 0 && plain_ids(&bytes[start..start + len])).then_some((start, start + len))
 }
 
 /// True when `ids` is a JSON list's inside made only of non-negative integers: digits and
@@ -870,19 +951,19 @@ fn plain_ids(ids: &[u8]) -> bool {
 /// client reads are kept (borrowing from the payload where possible), everything else,
 /// including native `output_ids` (cumulative, so as long as the whole output), is skipped
 /// unallocated. Leaves are [`Scalar`] and objects [`Obj`], so a field of an unexpected type
-/// reads as absent, exactly as `serde_json::Value::get(…).and_then(as_…)` did.
+/// reads as absent, exactly as `serde_json::Value::get(…).and_then(as_…)` did. The type
+/// parameters are the other API's fields as `IgnoredAny` ([`NativeChunk`], [`OpenaiChunk`]),
+/// so each API's chunk is only as big as what it keeps (it is moved a few times per parse).
 #[derive(serde::Deserialize, Default)]
-struct Chunk<'a> {
+struct Chunk<'a, M, I, C, U> {
+    /// Native: kept as sent, for [`lean_native`]'s next cut; decoded by
+    /// [`StreamState::native_chunk`].
     #[serde(borrow)]
-    text: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    meta_info: Option<Obj<Meta<'a>>>,
-    #[serde(borrow)]
-    id: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    choices: Option<First<Obj<Choice<'a>>>>,
-    #[serde(borrow)]
-    usage: Option<Obj<Usage<'a>>>,
+    text: Option<&'a RawValue>,
+    meta_info: Option<M>,
+    id: Option<I>,
+    choices: Option<C>,
+    usage: Option<U>,
     /// In-band error; rare, so a tree is fine.
     error: Option<Value>,
     #[serde(borrow)]
@@ -890,6 +971,12 @@ struct Chunk<'a> {
     #[serde(borrow)]
     message: Option<Scalar<'a>>,
 }
+
+/// SGLang's native `/generate` chunk.
+type NativeChunk<'a> = Chunk<'a, Obj<Meta<'a>>, IgnoredAny, IgnoredAny, IgnoredAny>;
+
+/// An OpenAI chat or completion chunk.
+type OpenaiChunk<'a> = Chunk<'a, IgnoredAny, Scalar<'a>, First<Obj<Choice<'a>>>, Obj<Usage<'a>>>;
 
 #[derive(serde::Deserialize, Default)]
 struct Meta<'a> {
@@ -1381,6 +1468,65 @@ mod tests {
     }
 
     /// `cargo test -p runner --release --lib client::tests::parse_cost -- --ignored --nocapture`
+    /// A 256-token native stream as serve-sim and SGLang (orjson) write it, one chunk per
+    /// token: cumulative `text` (with escapes) and `output_ids`, `meta_info` in SGLang's order.
+    fn sglang_stream(tokens: usize) -> Vec<String> {
+        let words = [
+            "def",
+            " parse",
+            "(self",
+            "):\n",
+            "    return",
+            " \"ok\"",
+            " é",
+            "\n",
+        ];
+        let (mut text, mut ids) = (String::new(), Vec::new());
+        (1..=tokens)
+            .map(|n| {
+                text.push_str(words[n % words.len()]);
+                ids.push(10_000 + n * 37 % 90_000);
+                let finish = if n == tokens {
+                    format!(r#"{{"type":"length","length":{n}}}"#)
+                } else {
+                    "null".into()
+                };
+                format!(
+                    r#"{{"text":{},"output_ids":{},"meta_info":{{"id":"b3faa79af1b41f884293a3f5e5e18222","finish_reason":{finish},"prompt_tokens":1030,"weight_version":"default","total_retractions":0,"reasoning_tokens":0,"completion_tokens":{n},"cached_tokens":0,"cached_tokens_details":null,"dp_rank":null,"response_sent_to_client_ts":1796590459.{n:07}}}}}"#,
+                    serde_json::to_string(&text).unwrap(),
+                    serde_json::to_string(&ids).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// `cargo test --release -p runner --lib stream_parse_cost -- --ignored --nocapture`: the
+    /// client's cost per chunk of a whole SGLang stream, without the network.
+    #[test]
+    #[ignore]
+    fn stream_parse_cost() {
+        let t = Instant::now();
+        let stream = sglang_stream(256);
+        let mut best = f64::MAX;
+        for _ in 0..7 {
+            let t1 = Instant::now();
+            for _ in 0..100 {
+                let mut st = StreamState::new(t);
+                for c in &stream {
+                    st.chunk(c, Api::Native, t).unwrap();
+                }
+                assert_eq!(st.completion_tokens, Some(256));
+                std::hint::black_box(st.finish());
+            }
+            best = best.min(t1.elapsed().as_secs_f64() / (100.0 * stream.len() as f64));
+        }
+        println!(
+            "SGLang stream, 256 chunks: {:.3} µs per chunk (best of 7)",
+            best * 1e6
+        );
+    }
+
+    /// Parsing cost of one long chunk, against a `Value` tree and sse-stream's framing alone.
     #[test]
     #[ignore]
     fn parse_cost() {
@@ -1448,7 +1594,7 @@ mod tests {
     fn token_ids_are_cut_only_from_plain_lists_of_ids() {
         let mut buf = String::new();
         let chunk = native_chunk_json("a \"output_ids\":[1] b", 40, "null");
-        let lean = without_token_ids(&chunk, &mut buf).to_string();
+        let lean = lean_native(&chunk, "", &mut buf).0.to_string();
         // 40 six-digit ids and 39 commas gone.
         assert_eq!(chunk.len() - lean.len(), 40 * 7 - 1, "{lean}");
         let (orig, cut): (Value, Value) = (
@@ -1473,10 +1619,10 @@ mod tests {
             r#"{"output_ids":[]}"#,
             r#"{"text":"\"output_ids\":[1]"}"#,
         ] {
-            assert_eq!(without_token_ids(kept, &mut buf), kept);
+            assert_eq!(lean_native(kept, "", &mut buf).0, kept);
         }
         for cut in [r#"{"output_ids":[0,10,0]}"#, r#"{"a":1, "output_ids":[7]}"#] {
-            assert_ne!(without_token_ids(cut, &mut buf), cut);
+            assert_ne!(lean_native(cut, "", &mut buf).0, cut);
         }
         // A chunk that is malformed after the ids still fails, naming the payload as sent.
         let mut st = StreamState::new(Instant::now());
@@ -1519,7 +1665,7 @@ mod tests {
                 after
             );
             let mut buf = String::new();
-            let lean = without_token_ids(&data, &mut buf);
+            let lean = lean_native(&data, "", &mut buf).0;
             let (orig, cut) = (
                 serde_json::from_str::<Value>(&data),
                 serde_json::from_str::<Value>(lean),
@@ -1544,13 +1690,155 @@ mod tests {
             let mut fast = StreamState::new(t0);
             fast.chunk(&data, Api::Native, t0).unwrap();
             let mut slow = StreamState::new(t0);
-            let c: Chunk<'_> = serde_json::from_str(&data).unwrap();
-            slow.parsed_chunk(c, Api::Native, t0).unwrap();
+            let c: NativeChunk<'_> = serde_json::from_str(&data).unwrap();
+            slow.native_chunk(c, Text::Whole, t0).unwrap();
             proptest::prop_assert_eq!(fast.text, slow.text);
             proptest::prop_assert_eq!(fast.completion_tokens, slow.completion_tokens);
             proptest::prop_assert_eq!(fast.prompt_tokens, slow.prompt_tokens);
             proptest::prop_assert_eq!(fast.cached_tokens, slow.cached_tokens);
             proptest::prop_assert_eq!(fast.id, slow.id);
+        }
+    }
+
+    /// `s` as a JSON string the way Python's `json.dumps` writes it by default (every
+    /// non-ASCII character as `\uXXXX`, surrogate pairs beyond the BMP), with `/` escaped too.
+    fn ascii_json(s: &str) -> String {
+        let mut out = String::from("\"");
+        for ch in s.chars() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '/' => out.push_str("\\/"),
+                c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{:04x}", u));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// A native chunk with `text` written as `text_json`, `text` first (as SGLang writes it)
+    /// or last.
+    fn native_chunk_with(text_json: &str, tokens: usize, text_first: bool) -> String {
+        let ids = (0..tokens).map(|i| (7 * i).to_string()).collect::<Vec<_>>();
+        let rest = format!(
+            r#""output_ids":[{}],"meta_info":{{"id":"r1","finish_reason":null,"prompt_tokens":9,"completion_tokens":{tokens},"cached_tokens":2}}"#,
+            ids.join(",")
+        );
+        if text_first {
+            format!(r#"{{"text":{text_json},{rest}}}"#)
+        } else {
+            format!(r#"{{{rest},"text":{text_json}}}"#)
+        }
+    }
+
+    #[test]
+    fn repeated_text_is_cut_before_parsing() {
+        let t0 = Instant::now();
+        let mut st = StreamState::new(t0);
+        let texts = ["Hello", "Hello, \"wörld\"\n", "Hello, \"wörld\"\n😀 ok"];
+        let mut buf = String::new();
+        for (i, text) in texts.iter().enumerate() {
+            let data = native_chunk_with(&ascii_json(text), i + 1, true);
+            if i > 0 {
+                // What the previous chunk's text was, as sent, is gone from what is parsed.
+                let before = ascii_json(texts[i - 1]);
+                let (lean, cut) = lean_native(&data, &st.raw_text, &mut buf);
+                assert_eq!(cut, Text::Cut);
+                let new = ascii_json(&text[texts[i - 1].len()..]);
+                assert!(lean.starts_with(&format!("{{\"text\":{new},")), "{lean}");
+                assert!(lean.len() <= data.len() - (before.len() - 2), "{lean}");
+            }
+            st.chunk(&data, Api::Native, t0 + Duration::from_millis(i as u64))
+                .unwrap();
+        }
+        assert_eq!(st.text, texts[2]);
+        assert_eq!(st.timing.chunks.len(), 2);
+        // Written another way (raw UTF-8), the next chunk does not repeat the bytes: read whole.
+        let data = native_chunk_with(&json!(format!("{}!", texts[2])).to_string(), 4, true);
+        assert_eq!(lean_native(&data, &st.raw_text, &mut buf).1, Text::Whole);
+        st.chunk(&data, Api::Native, t0).unwrap();
+        assert_eq!(st.text, format!("{}!", texts[2]));
+        // A chunk that repeats the text but is malformed later fails, naming the payload as
+        // sent.
+        let text = format!("{}!?", texts[2]);
+        let data = native_chunk_with(&json!(text).to_string(), 5, true);
+        let bad = &data[..data.len() - 1];
+        assert_eq!(lean_native(bad, &st.raw_text, &mut buf).1, Text::Cut);
+        let err = st.chunk(bad, Api::Native, t0).unwrap_err();
+        assert!(err.contains(&format!("column {}", bad.len())), "{err}");
+        // The repeated bytes at the same place after another key: not `text`, not cut.
+        let mut st = StreamState::new(t0);
+        st.chunk(&native_chunk_with(r#""Hello""#, 1, true), Api::Native, t0)
+            .unwrap();
+        let other = native_chunk_with(r#""Bye""#, 2, true).replacen('{', r#"{"tex2":"Hello","#, 1);
+        assert_eq!(lean_native(&other, &st.raw_text, &mut buf).1, Text::Whole);
+        st.chunk(&other, Api::Native, t0).unwrap();
+        assert_eq!(st.text, "HelloBye");
+        // A lone surrogate, which serde_json skips but cannot decode, is malformed, cut or not.
+        let mut st = StreamState::new(t0);
+        st.chunk(&native_chunk_with(r#""ab""#, 1, true), Api::Native, t0)
+            .unwrap();
+        for text_first in [true, false] {
+            let lone = native_chunk_with(r#""ab\ud83d""#, 2, text_first);
+            assert!(st.chunk(&lone, Api::Native, t0).is_err(), "{lone}");
+        }
+    }
+
+    /// One step of a generated stream: text appended to the previous chunk's (cumulative, as
+    /// SGLang sends it) or a text of its own; written as raw UTF-8 or ASCII escapes; `text`
+    /// first or last.
+    fn stream_step() -> impl proptest::strategy::Strategy<Value = (bool, String, bool, bool)> {
+        (
+            proptest::bool::weighted(0.8),
+            "[a-z \"\\\\/\n\t\u{1}é€😀]{0,6}",
+            proptest::bool::ANY,
+            proptest::bool::weighted(0.8),
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(1024))]
+
+        /// Whatever the texts and however they are written, the client reads the same stream
+        /// with the repeated text cut as without: the text it keeps is the one the rule for
+        /// cumulative text gives on the decoded texts, and content arrives on the same chunks.
+        #[test]
+        fn cut_text_reads_as_the_whole_text(
+            steps in proptest::collection::vec(stream_step(), 1..12),
+        ) {
+            let t0 = Instant::now();
+            let (mut fast, mut slow) = (StreamState::new(t0), StreamState::new(t0));
+            let (mut text, mut expected, mut seen_len) = (String::new(), String::new(), 0);
+            for (i, (extend, piece, ascii, text_first)) in steps.iter().enumerate() {
+                if *extend {
+                    text.push_str(piece);
+                } else {
+                    text = piece.clone();
+                }
+                let delta = if text.len() >= seen_len && text.is_char_boundary(seen_len) {
+                    &text[seen_len..]
+                } else {
+                    &text[..]
+                };
+                expected.push_str(delta);
+                seen_len = text.len();
+                let written = if *ascii { ascii_json(&text) } else { json!(text).to_string() };
+                let data = native_chunk_with(&written, i + 1, *text_first);
+                let at = t0 + Duration::from_millis(i as u64);
+                fast.chunk(&data, Api::Native, at).unwrap();
+                let c: NativeChunk<'_> = serde_json::from_str(&data).unwrap();
+                slow.native_chunk(c, Text::Whole, at).unwrap();
+                proptest::prop_assert_eq!(&fast.text, &expected);
+                proptest::prop_assert_eq!(&slow.text, &expected);
+                proptest::prop_assert_eq!(fast.timing.first, slow.timing.first);
+                proptest::prop_assert_eq!(&fast.timing.chunks, &slow.timing.chunks);
+            }
         }
     }
 
