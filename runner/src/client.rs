@@ -581,6 +581,9 @@ struct StreamState {
     /// all), which the next chunk's cumulative `text` begins with ([`lean_native`]); empty
     /// when unknown.
     raw_text: String,
+    /// The last native chunk's `output_ids` list as it was sent (its inside, checked to be
+    /// plain ids), which the next chunk's list begins with ([`lean_native`]).
+    raw_ids: String,
     /// Reused for each native chunk without what it repeats ([`lean_native`]).
     scratch: String,
 }
@@ -605,6 +608,7 @@ impl StreamState {
             done: false,
             saw_usage_per_chunk: false,
             raw_text: String::new(),
+            raw_ids: String::new(),
             scratch: String::new(),
         }
     }
@@ -631,11 +635,11 @@ impl StreamState {
         match api {
             Api::Native => {
                 let mut buf = std::mem::take(&mut self.scratch);
-                let (lean, text) = lean_native(data, &self.raw_text, &mut buf);
-                let parsed = match serde_json::from_str::<NativeChunk<'_>>(lean) {
-                    Ok(c) => Ok((c, text)),
+                let lean = lean_native(data, &self.raw_text, &self.raw_ids, &mut buf);
+                let parsed = match serde_json::from_str::<NativeChunk<'_>>(lean.payload) {
+                    Ok(c) => Ok((c, lean.text)),
                     // Malformed: the error names a position in the payload as it came.
-                    Err(_) if lean.len() != data.len() => {
+                    Err(_) if lean.payload.len() != data.len() => {
                         serde_json::from_str(data).map(|c| (c, Text::Whole))
                     }
                     Err(e) => Err(e),
@@ -644,6 +648,14 @@ impl StreamState {
                     Ok((c, text)) => self.native_chunk(c, text, now),
                     Err(e) => Err(e.to_string()),
                 };
+                match lean.ids {
+                    Some(ids) if ids.grew => self.raw_ids.push_str(&data[ids.new..ids.end]),
+                    Some(ids) => {
+                        self.raw_ids.clear();
+                        self.raw_ids.push_str(&data[ids.start..ids.end]);
+                    }
+                    None => self.raw_ids.clear(),
+                }
                 self.scratch = buf;
                 r
             }
@@ -730,7 +742,7 @@ impl StreamState {
         let tokens = meta
             .completion_tokens
             .as_ref()
-            .and_then(Scalar::as_u64)
+            .and_then(Num::as_u64)
             .ok_or("no meta_info.completion_tokens")?;
         let n = tokens.saturating_sub(self.last_tokens);
         if !delta.is_empty() || n > 0 {
@@ -738,25 +750,25 @@ impl StreamState {
         }
         self.last_tokens = self.last_tokens.max(tokens);
         self.completion_tokens = Some(self.last_tokens);
-        if let Some(p) = meta.prompt_tokens.as_ref().and_then(Scalar::as_u64) {
+        if let Some(p) = meta.prompt_tokens.as_ref().and_then(Num::as_u64) {
             self.prompt_tokens = Some(p);
         }
-        if let Some(c) = meta.cached_tokens.as_ref().and_then(Scalar::as_u64) {
+        if let Some(c) = meta.cached_tokens.as_ref().and_then(Num::as_u64) {
             self.cached_tokens = Some(c);
         }
         self.set_id(meta.id.as_ref());
-        if let Some(e) = meta.e2e_latency.as_ref().and_then(Scalar::as_f64) {
+        if let Some(e) = meta.e2e_latency.as_ref().and_then(Num::as_f64) {
             self.server_e2e = Some(e);
         }
         if let Some(ts) = meta
             .response_sent_to_client_ts
             .as_ref()
-            .and_then(Scalar::as_f64)
+            .and_then(Num::as_f64)
         {
             let first = self.server_sent.map_or(ts, |s| s.0);
             self.server_sent = Some((first, ts));
         }
-        let ts = |x: &Option<Scalar<'_>>| x.as_ref().and_then(Scalar::as_f64);
+        let ts = |x: &Option<Num>| x.as_ref().and_then(Num::as_f64);
         if let (Some(r), Some(f)) = (
             ts(&meta.request_received_ts),
             ts(&meta.prefill_finished_time),
@@ -799,7 +811,7 @@ impl StreamState {
                 let n = match usage
                     .as_ref()
                     .and_then(|u| u.completion_tokens.as_ref())
-                    .and_then(Scalar::as_u64)
+                    .and_then(Num::as_u64)
                 {
                     Some(t) => {
                         self.saw_usage_per_chunk = true;
@@ -822,10 +834,10 @@ impl StreamState {
             }
         }
         if let Some(u) = usage {
-            if let Some(p) = u.prompt_tokens.as_ref().and_then(Scalar::as_u64) {
+            if let Some(p) = u.prompt_tokens.as_ref().and_then(Num::as_u64) {
                 self.prompt_tokens = Some(p);
             }
-            if let Some(c) = u.completion_tokens.as_ref().and_then(Scalar::as_u64) {
+            if let Some(c) = u.completion_tokens.as_ref().and_then(Num::as_u64) {
                 self.completion_tokens = Some(c);
             }
             if let Some(c) = u
@@ -833,7 +845,7 @@ impl StreamState {
                 .and_then(|d| d.0)
                 .and_then(|d| d.cached_tokens)
                 .as_ref()
-                .and_then(Scalar::as_u64)
+                .and_then(Num::as_u64)
             {
                 self.cached_tokens = Some(c);
             }
@@ -890,40 +902,107 @@ enum Text {
 ///
 /// So the lean payload is JSON exactly when the payload was, with the same values but for the
 /// cut ones (property tests check both cuts).
-fn lean_native<'a>(data: &'a str, seen: &str, buf: &'a mut String) -> (&'a str, Text) {
+fn lean_native<'a>(
+    data: &'a str,
+    seen_text: &str,
+    seen_ids: &str,
+    buf: &'a mut String,
+) -> Lean<'a> {
     const HEAD: &str = "{\"text\":\"";
-    let cut = !seen.is_empty()
+    let cut = !seen_text.is_empty()
         && data.starts_with(HEAD)
-        && data.as_bytes()[HEAD.len()..].starts_with(seen.as_bytes());
-    // The cut ends where a whole `str` (`seen`) ended: a char boundary.
-    let from = if cut { HEAD.len() + seen.len() } else { 0 };
-    let ids = token_ids(&data[from..]).map(|(a, b)| (from + a, from + b));
+        && data.as_bytes()[HEAD.len()..].starts_with(seen_text.as_bytes());
+    // The cut ends where a whole `str` (`seen_text`) ended: a char boundary.
+    let from = if cut { HEAD.len() + seen_text.len() } else { 0 };
+    let ids = token_ids(&data[from..], seen_ids).map(|ids| Ids {
+        start: from + ids.start,
+        new: from + ids.new,
+        end: from + ids.end,
+        grew: ids.grew,
+    });
+    let text = if cut { Text::Cut } else { Text::Whole };
     if !cut && ids.is_none() {
-        return (data, Text::Whole);
+        return Lean {
+            payload: data,
+            text,
+            ids,
+        };
     }
     buf.clear();
     if cut {
         buf.push_str(HEAD);
     }
     match ids {
-        Some((a, b)) => {
-            buf.push_str(&data[from..a]);
-            buf.push_str(&data[b..]);
+        Some(ids) => {
+            buf.push_str(&data[from..ids.start]);
+            buf.push_str(&data[ids.end..]);
         }
         None => buf.push_str(&data[from..]),
     }
-    (buf, if cut { Text::Cut } else { Text::Whole })
+    Lean {
+        payload: buf,
+        text,
+        ids,
+    }
+}
+
+/// What [`lean_native`] made of a chunk.
+struct Lean<'a> {
+    /// What serde_json parses.
+    payload: &'a str,
+    text: Text,
+    /// Where the cut `output_ids` were in the chunk as sent.
+    ids: Option<Ids>,
+}
+
+/// The inside of an `output_ids` list of plain ids in a payload: `start..end`, of which
+/// `new..end` follows the previous chunk's list when it `grew` from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ids {
+    start: usize,
+    new: usize,
+    end: usize,
+    grew: bool,
 }
 
 /// Where the inside of the first `"output_ids":[…]` list of plain ids lies in `data`, if it
-/// has one ([`lean_native`]).
-fn token_ids(data: &str) -> Option<(usize, usize)> {
+/// has one ([`lean_native`]). A list that begins with `seen` (the previous chunk's list,
+/// already checked) followed by `]` or `,` is checked only after it: `seen` ends with a
+/// digit, so the whole is plain exactly when what follows the comma is.
+fn token_ids(data: &str, seen: &str) -> Option<Ids> {
     const KEY: &[u8] = b"\"output_ids\":[";
     static FIND_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
     let bytes = data.as_bytes();
     let start = FIND_KEY.find(bytes)? + KEY.len();
-    let len = memchr::memchr(b']', &bytes[start..])?;
-    (len > 0 && plain_ids(&bytes[start..start + len])).then_some((start, start + len))
+    let list = &bytes[start..];
+    if !seen.is_empty() && list.starts_with(seen.as_bytes()) {
+        let new = start + seen.len();
+        let grew = |end| {
+            Some(Ids {
+                start,
+                new,
+                end,
+                grew: true,
+            })
+        };
+        match bytes.get(new) {
+            Some(b']') => return grew(new),
+            Some(b',') => {
+                let len = memchr::memchr(b']', &bytes[new + 1..])?;
+                return plain_ids(&bytes[new + 1..new + 1 + len])
+                    .then(|| grew(new + 1 + len))
+                    .flatten();
+            }
+            _ => {}
+        }
+    }
+    let len = memchr::memchr(b']', list)?;
+    (len > 0 && plain_ids(&list[..len])).then_some(Ids {
+        start,
+        new: start,
+        end: start + len,
+        grew: false,
+    })
 }
 
 /// True when `ids` is a JSON list's inside made only of non-negative integers: digits and
@@ -976,28 +1055,21 @@ struct Chunk<'a, M, I, C, U> {
 type NativeChunk<'a> = Chunk<'a, Obj<Meta<'a>>, IgnoredAny, IgnoredAny, IgnoredAny>;
 
 /// An OpenAI chat or completion chunk.
-type OpenaiChunk<'a> = Chunk<'a, IgnoredAny, Scalar<'a>, First<Obj<Choice<'a>>>, Obj<Usage<'a>>>;
+type OpenaiChunk<'a> = Chunk<'a, IgnoredAny, Scalar<'a>, First<Obj<Choice<'a>>>, Obj<Usage>>;
 
 #[derive(serde::Deserialize, Default)]
 struct Meta<'a> {
     #[serde(borrow)]
     id: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    completion_tokens: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    prompt_tokens: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    cached_tokens: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    e2e_latency: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    response_sent_to_client_ts: Option<Scalar<'a>>,
+    completion_tokens: Option<Num>,
+    prompt_tokens: Option<Num>,
+    cached_tokens: Option<Num>,
+    e2e_latency: Option<Num>,
+    response_sent_to_client_ts: Option<Num>,
     /// With `--enable-metrics`: when the request reached the server and when its first token
     /// was ready (Unix seconds, server clock).
-    #[serde(borrow)]
-    request_received_ts: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    prefill_finished_time: Option<Scalar<'a>>,
+    request_received_ts: Option<Num>,
+    prefill_finished_time: Option<Num>,
     #[serde(borrow)]
     finish_reason: Option<Obj<FinishReason<'a>>>,
 }
@@ -1025,37 +1097,41 @@ struct Delta<'a> {
 }
 
 #[derive(serde::Deserialize, Default)]
-struct Usage<'a> {
-    #[serde(borrow)]
-    prompt_tokens: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    completion_tokens: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    prompt_tokens_details: Option<Obj<UsageDetails<'a>>>,
+struct Usage {
+    prompt_tokens: Option<Num>,
+    completion_tokens: Option<Num>,
+    prompt_tokens_details: Option<Obj<UsageDetails>>,
 }
 
 #[derive(serde::Deserialize, Default)]
-struct UsageDetails<'a> {
-    #[serde(borrow)]
-    cached_tokens: Option<Scalar<'a>>,
+struct UsageDetails {
+    cached_tokens: Option<Num>,
 }
 
 /// A JSON leaf, kept only when it is a number or a string (borrowed unless it had escapes);
 /// arrays and objects are skipped.
 #[derive(Debug, Clone, PartialEq)]
 enum Scalar<'a> {
-    U(u64),
-    I(i64),
-    F(f64),
+    N(Num),
     S(std::borrow::Cow<'a, str>),
     Other,
 }
 
-impl<'a> Scalar<'a> {
+/// A JSON leaf read as a [`Scalar`] and kept only when it is a number: the numeric fields'
+/// type, half a `Scalar`'s size (a parsed `meta_info` is moved several times per chunk).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+    Other,
+}
+
+impl Num {
     /// As `Value::as_u64`: non-negative integers only.
     fn as_u64(&self) -> Option<u64> {
-        match self {
-            Scalar::U(u) => Some(*u),
+        match *self {
+            Num::U(u) => Some(u),
             _ => None,
         }
     }
@@ -1063,13 +1139,24 @@ impl<'a> Scalar<'a> {
     /// As `Value::as_f64`: any number.
     fn as_f64(&self) -> Option<f64> {
         match *self {
-            Scalar::U(u) => Some(u as f64),
-            Scalar::I(i) => Some(i as f64),
-            Scalar::F(f) => Some(f),
-            _ => None,
+            Num::U(u) => Some(u as f64),
+            Num::I(i) => Some(i as f64),
+            Num::F(f) => Some(f),
+            Num::Other => None,
         }
     }
+}
 
+impl<'de> serde::Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Scalar::deserialize(d)? {
+            Scalar::N(n) => n,
+            _ => Num::Other,
+        })
+    }
+}
+
+impl<'a> Scalar<'a> {
     fn as_str(&self) -> Option<&str> {
         match self {
             Scalar::S(s) => Some(s),
@@ -1110,13 +1197,13 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Scalar<'a> {
                 Ok(Scalar::Other)
             }
             fn visit_u64<E>(self, v: u64) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::U(v))
+                Ok(Scalar::N(Num::U(v)))
             }
             fn visit_i64<E>(self, v: i64) -> Result<Scalar<'a>, E> {
-                Ok(u64::try_from(v).map_or(Scalar::I(v), Scalar::U))
+                Ok(Scalar::N(u64::try_from(v).map_or(Num::I(v), Num::U)))
             }
             fn visit_f64<E>(self, v: f64) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::F(v))
+                Ok(Scalar::N(Num::F(v)))
             }
             fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'a>, E> {
                 Ok(Scalar::S(v.into()))
@@ -1594,7 +1681,7 @@ mod tests {
     fn token_ids_are_cut_only_from_plain_lists_of_ids() {
         let mut buf = String::new();
         let chunk = native_chunk_json("a \"output_ids\":[1] b", 40, "null");
-        let lean = lean_native(&chunk, "", &mut buf).0.to_string();
+        let lean = lean_native(&chunk, "", "", &mut buf).payload.to_string();
         // 40 six-digit ids and 39 commas gone.
         assert_eq!(chunk.len() - lean.len(), 40 * 7 - 1, "{lean}");
         let (orig, cut): (Value, Value) = (
@@ -1619,10 +1706,10 @@ mod tests {
             r#"{"output_ids":[]}"#,
             r#"{"text":"\"output_ids\":[1]"}"#,
         ] {
-            assert_eq!(lean_native(kept, "", &mut buf).0, kept);
+            assert_eq!(lean_native(kept, "", "", &mut buf).payload, kept);
         }
         for cut in [r#"{"output_ids":[0,10,0]}"#, r#"{"a":1, "output_ids":[7]}"#] {
-            assert_ne!(lean_native(cut, "", &mut buf).0, cut);
+            assert_ne!(lean_native(cut, "", "", &mut buf).payload, cut);
         }
         // A chunk that is malformed after the ids still fails, naming the payload as sent.
         let mut st = StreamState::new(Instant::now());
@@ -1665,7 +1752,7 @@ mod tests {
                 after
             );
             let mut buf = String::new();
-            let lean = lean_native(&data, "", &mut buf).0;
+            let lean = lean_native(&data, "", "", &mut buf).payload;
             let (orig, cut) = (
                 serde_json::from_str::<Value>(&data),
                 serde_json::from_str::<Value>(lean),
@@ -1673,6 +1760,34 @@ mod tests {
             proptest::prop_assert_eq!(orig.is_ok(), cut.is_ok(), "{} → {}", data, lean);
             if let (Ok(o), Ok(c)) = (orig, cut) {
                 proptest::prop_assert!(same_but_ids(&o, &c), "{} → {}", data, lean);
+            }
+        }
+
+        /// A list that begins with the previous chunk's (checked) list is cut exactly where,
+        /// and only when, the full check would cut it.
+        #[test]
+        fn ids_after_the_previous_list_are_cut_as_the_whole_list_is(
+            seen in proptest::sample::select(vec!["1", "1,23", "0", "7,456", "23", "10,0"]),
+            repeat in proptest::bool::weighted(0.8),
+            ids in proptest::collection::vec((
+                proptest::sample::select(vec!["0", "1", "23", "7", "456", "07", "1.5", "-4", ""]),
+                proptest::sample::select(vec![",", ",", ",", ",,", ", ", "", "],[", "]"]),
+            ), 0..5),
+            after in proptest::sample::select(vec!["}", ",\"b\":2}", "]}", "", ",\"output_ids\":[3]}"]),
+        ) {
+            let list = ids.iter().map(|(n, s)| format!("{s}{n}")).collect::<String>();
+            let list = if repeat { format!("{seen}{list}") } else { list };
+            let data = format!("{{\"a\":1,\"output_ids\":[{list}]{after}");
+            let (mut b1, mut b2) = (String::new(), String::new());
+            let (fast, full) = (
+                lean_native(&data, "", seen, &mut b1),
+                lean_native(&data, "", "", &mut b2),
+            );
+            proptest::prop_assert_eq!(fast.payload, full.payload, "{}", data);
+            let range = |l: &Lean<'_>| l.ids.map(|i| (i.start, i.end));
+            proptest::prop_assert_eq!(range(&fast), range(&full), "{}", data);
+            if let Some(i) = fast.ids.filter(|i| i.grew) {
+                proptest::prop_assert_eq!(&data[i.start..i.new], seen);
             }
         }
 
@@ -1748,7 +1863,8 @@ mod tests {
             if i > 0 {
                 // What the previous chunk's text was, as sent, is gone from what is parsed.
                 let before = ascii_json(texts[i - 1]);
-                let (lean, cut) = lean_native(&data, &st.raw_text, &mut buf);
+                let lean = lean_native(&data, &st.raw_text, &st.raw_ids, &mut buf);
+                let (lean, cut) = (lean.payload, lean.text);
                 assert_eq!(cut, Text::Cut);
                 let new = ascii_json(&text[texts[i - 1].len()..]);
                 assert!(lean.starts_with(&format!("{{\"text\":{new},")), "{lean}");
@@ -1759,9 +1875,14 @@ mod tests {
         }
         assert_eq!(st.text, texts[2]);
         assert_eq!(st.timing.chunks.len(), 2);
+        // The ids seen so far, kept as sent (each chunk's list begins with the last one's).
+        assert_eq!(st.raw_ids, "0,7,14");
         // Written another way (raw UTF-8), the next chunk does not repeat the bytes: read whole.
         let data = native_chunk_with(&json!(format!("{}!", texts[2])).to_string(), 4, true);
-        assert_eq!(lean_native(&data, &st.raw_text, &mut buf).1, Text::Whole);
+        assert_eq!(
+            lean_native(&data, &st.raw_text, &st.raw_ids, &mut buf).text,
+            Text::Whole
+        );
         st.chunk(&data, Api::Native, t0).unwrap();
         assert_eq!(st.text, format!("{}!", texts[2]));
         // A chunk that repeats the text but is malformed later fails, naming the payload as
@@ -1769,7 +1890,10 @@ mod tests {
         let text = format!("{}!?", texts[2]);
         let data = native_chunk_with(&json!(text).to_string(), 5, true);
         let bad = &data[..data.len() - 1];
-        assert_eq!(lean_native(bad, &st.raw_text, &mut buf).1, Text::Cut);
+        assert_eq!(
+            lean_native(bad, &st.raw_text, &st.raw_ids, &mut buf).text,
+            Text::Cut
+        );
         let err = st.chunk(bad, Api::Native, t0).unwrap_err();
         assert!(err.contains(&format!("column {}", bad.len())), "{err}");
         // The repeated bytes at the same place after another key: not `text`, not cut.
@@ -1777,7 +1901,10 @@ mod tests {
         st.chunk(&native_chunk_with(r#""Hello""#, 1, true), Api::Native, t0)
             .unwrap();
         let other = native_chunk_with(r#""Bye""#, 2, true).replacen('{', r#"{"tex2":"Hello","#, 1);
-        assert_eq!(lean_native(&other, &st.raw_text, &mut buf).1, Text::Whole);
+        assert_eq!(
+            lean_native(&other, &st.raw_text, &st.raw_ids, &mut buf).text,
+            Text::Whole
+        );
         st.chunk(&other, Api::Native, t0).unwrap();
         assert_eq!(st.text, "HelloBye");
         // A lone surrogate, which serde_json skips but cannot decode, is malformed, cut or not.
