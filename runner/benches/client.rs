@@ -3,7 +3,7 @@
 //!
 //! 1. Overhead at zero engine cost (`--sim-time-scale inf`): for concurrency 1…1024, the
 //!    streamed tokens/s and requests/s the client sustains and its CPU time per token (this
-//!    process's user + system time, from /proc/self/stat), twice: with SGLang's streaming
+//!    process's user + system time, from getrusage), twice: with SGLang's streaming
 //!    (a lagging client gets pending tokens coalesced, so a faster client receives more,
 //!    smaller chunks) and with `--sim-chunk-per-step` (one chunk per token for any client:
 //!    the same stream `bench/bench_serving_compare.sh` gives bench_serving.py with
@@ -80,6 +80,14 @@ fn serve_sim(scale: &str, extra: &[&str]) -> Server {
 
 /// User and system CPU seconds of a process so far (`self` or a pid).
 fn cpu_split_of(pid: &str) -> (f64, f64) {
+    if pid == "self" {
+        // This process: getrusage, in microseconds (as bench_serving's own figure, from
+        // Python's `resource.getrusage`), not /proc's 10 ms ticks.
+        use nix::sys::resource::{getrusage, UsageWho};
+        let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+        return (secs(u.user_time()), secs(u.system_time()));
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |x| x.1);
     let f: Vec<f64> = after
@@ -115,29 +123,41 @@ fn prompt(i: usize) -> String {
     )
 }
 
+/// The prompts of `n` requests, made before a measurement starts (as bench_serving samples
+/// its dataset before its timed window).
+fn prompts(n: usize) -> Arc<Vec<String>> {
+    Arc::new((0..n).map(prompt).collect())
+}
+
 async fn run(
     client: Arc<Client>,
     concurrency: usize,
-    requests: usize,
+    prompts: Arc<Vec<String>>,
     tokens: u32,
 ) -> (Vec<Outcome>, f64) {
-    let (outs, wall) = run_with(client, concurrency, requests, move |_| tokens).await;
+    let (outs, wall) = run_with(client, concurrency, prompts, move |_| tokens).await;
     (outs.into_iter().map(|(_, o)| o).collect(), wall)
 }
 
-/// A closed loop of `concurrency` workers over `requests` requests; request `i` asks for
-/// `tokens(i)` tokens. Outcomes come with their request index.
+/// A closed loop of `concurrency` workers over the requests of `prompts`; request `i` asks
+/// for `tokens(i)` tokens. Outcomes come with their request index.
 async fn run_with(
     client: Arc<Client>,
     concurrency: usize,
-    requests: usize,
+    prompts: Arc<Vec<String>>,
     tokens: impl Fn(usize) -> u32 + Clone + Send + 'static,
 ) -> (Vec<(usize, Outcome)>, f64) {
+    let requests = prompts.len();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (client, next, tokens) = (client.clone(), next.clone(), tokens.clone());
+        let (client, next, tokens, prompts) = (
+            client.clone(),
+            next.clone(),
+            tokens.clone(),
+            prompts.clone(),
+        );
         tasks.spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -151,7 +171,7 @@ async fn run_with(
                     stop: vec![],
                     ignore_eos: true,
                 };
-                let text = prompt(i);
+                let text = prompts[i].clone();
                 let o = client
                     .generate(
                         Prompt::Text {
@@ -212,11 +232,13 @@ async fn overhead(stream: &str, flags: &[&str]) {
     let pid = srv.child.id().to_string();
     let client = Arc::new(Client::new(&srv.url, None));
     wait_ready(&client).await;
-    run(client.clone(), 8, 64, 16).await; // warm-up
+    run(client.clone(), 8, prompts(64), 16).await; // warm-up
     for c in concurrencies() {
-        let requests = (4 * c).max(1024);
+        // At least ~3 s of CPU samples a point at one stream.
+        let requests = (4 * c).max(3072);
+        let prompts = prompts(requests);
         let ((user0, sys0), scpu0) = (cpu_split_of("self"), cpu_seconds_of(&pid));
-        let (outs, wall) = run(client.clone(), c, requests, 256).await;
+        let (outs, wall) = run(client.clone(), c, prompts, 256).await;
         let (user1, sys1) = cpu_split_of("self");
         let (cpu, sys, scpu) = (
             user1 - user0 + sys1 - sys0,
@@ -343,17 +365,19 @@ fn main() {
                 continue;
             }
             // Warm the connection pool: the measurement is the client's clock, not TCP setup.
-            run(client.clone(), streams, streams, 1).await;
+            run(client.clone(), streams, prompts(streams), 1).await;
             let outs: Vec<Outcome> = if steady {
                 let (outs, _) =
-                    run_with(client.clone(), streams, 4 * streams, |i| 32 + (i * 37 % 97) as u32)
+                    run_with(client.clone(), streams, prompts(4 * streams), |i| {
+                        32 + (i * 37 % 97) as u32
+                    })
                         .await;
                 outs.into_iter()
                     .filter(|(i, _)| *i >= 2 * streams)
                     .map(|(_, o)| o)
                     .collect()
             } else {
-                run(client.clone(), streams, streams.max(16), 64).await.0
+                run(client.clone(), streams, prompts(streams.max(16)), 64).await.0
             };
             let ok: Vec<&Outcome> = outs.iter().filter(|o| o.error.is_none()).collect();
             assert_eq!(ok.len(), outs.len(), "every request succeeded");
