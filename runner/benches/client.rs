@@ -234,8 +234,9 @@ async fn overhead(stream: &str, flags: &[&str]) {
     wait_ready(&client).await;
     run(client.clone(), 8, prompts(64), 16).await; // warm-up
     for c in concurrencies() {
-        // At least ~3 s of CPU samples a point at one stream.
-        let requests = (4 * c).max(3072);
+        // At least ~2 s a point (coalesced streams go ~4× faster).
+        let least = if flags.is_empty() { 12288 } else { 3072 };
+        let requests = (4 * c).max(least);
         let prompts = prompts(requests);
         let ((user0, sys0), scpu0) = (cpu_split_of("self"), cpu_seconds_of(&pid));
         let (outs, wall) = run(client.clone(), c, prompts, 256).await;
