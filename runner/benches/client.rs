@@ -78,16 +78,17 @@ fn serve_sim(scale: &str, extra: &[&str]) -> Server {
     }
 }
 
-/// User and system CPU seconds of a process so far (`self` or a pid).
-fn cpu_split_of(pid: &str) -> (f64, f64) {
-    if pid == "self" {
-        // This process: getrusage, in microseconds (as bench_serving's own figure, from
-        // Python's `resource.getrusage`), not /proc's 10 ms ticks.
-        use nix::sys::resource::{getrusage, UsageWho};
-        let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
-        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
-        return (secs(u.user_time()), secs(u.system_time()));
-    }
+/// This process's user and system CPU seconds so far: getrusage, in microseconds (as
+/// bench_serving's own figure, from Python's `resource.getrusage`), not /proc's 10 ms ticks.
+fn own_cpu() -> (f64, f64) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+    (secs(u.user_time()), secs(u.system_time()))
+}
+
+/// User + system CPU seconds of another process so far.
+fn cpu_seconds_of(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |x| x.1);
     let f: Vec<f64> = after
@@ -96,16 +97,7 @@ fn cpu_split_of(pid: &str) -> (f64, f64) {
         .collect();
     // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the `)`; clock ticks
     // are 1/100 s on Linux.
-    (
-        f.get(11).copied().unwrap_or(0.0) / 100.0,
-        f.get(12).copied().unwrap_or(0.0) / 100.0,
-    )
-}
-
-/// User + system CPU seconds of a process so far (`self` or a pid).
-fn cpu_seconds_of(pid: &str) -> f64 {
-    let (user, sys) = cpu_split_of(pid);
-    user + sys
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
 /// A ~1024-token prompt (the built-in tokenizer cuts words into ≤ 4-character pieces),
@@ -238,9 +230,9 @@ async fn overhead(stream: &str, flags: &[&str]) {
         let least = if flags.is_empty() { 12288 } else { 3072 };
         let requests = (4 * c).max(least);
         let prompts = prompts(requests);
-        let ((user0, sys0), scpu0) = (cpu_split_of("self"), cpu_seconds_of(&pid));
+        let ((user0, sys0), scpu0) = (own_cpu(), cpu_seconds_of(&pid));
         let (outs, wall) = run(client.clone(), c, prompts, 256).await;
-        let (user1, sys1) = cpu_split_of("self");
+        let (user1, sys1) = own_cpu();
         let (cpu, sys, scpu) = (
             user1 - user0 + sys1 - sys0,
             sys1 - sys0,

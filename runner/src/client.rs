@@ -991,23 +991,21 @@ fn token_ids(data: &str, seen: &str) -> Option<Ids> {
     let list = &bytes[start..];
     if !seen.is_empty() && list.starts_with(seen.as_bytes()) {
         let new = start + seen.len();
-        let grew = |end| {
-            Some(Ids {
+        let end = match bytes.get(new) {
+            Some(b']') => Some(new),
+            Some(b',') => {
+                let len = memchr::memchr(b']', &bytes[new + 1..])?;
+                Some(new + 1 + len).filter(|&end| plain_ids(&bytes[new + 1..end]))
+            }
+            _ => None,
+        };
+        if let Some(end) = end {
+            return Some(Ids {
                 start,
                 new,
                 end,
                 grew: true,
-            })
-        };
-        match bytes.get(new) {
-            Some(b']') => return grew(new),
-            Some(b',') => {
-                let len = memchr::memchr(b']', &bytes[new + 1..])?;
-                return plain_ids(&bytes[new + 1..new + 1 + len])
-                    .then(|| grew(new + 1 + len))
-                    .flatten();
-            }
-            _ => {}
+            });
         }
     }
     let len = memchr::memchr(b']', list)?;
