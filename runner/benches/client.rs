@@ -163,11 +163,10 @@ async fn run_with(
                     stop: vec![],
                     ignore_eos: true,
                 };
-                let text = prompts[i].clone();
                 let o = client
                     .generate(
                         Prompt::Text {
-                            text,
+                            text: &prompts[i],
                             session: None,
                         },
                         &sampling,

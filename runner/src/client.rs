@@ -116,8 +116,8 @@ pub enum Prompt<'a> {
     /// Native `/generate` text (the whole templated conversation, or only the new text when
     /// `session` is set).
     Text {
-        text: String,
-        session: Option<Session>,
+        text: &'a str,
+        session: Option<&'a Session>,
     },
     /// OpenAI chat messages.
     Messages(&'a [Message]),
@@ -343,63 +343,15 @@ impl Client {
 
     /// Run one streamed generation. Never fails: every problem ends up in `Outcome::error`.
     pub async fn generate(&self, prompt: Prompt<'_>, sampling: &Sampling, rid: &str) -> Outcome {
-        // The request body is about as long as the prompt (grown by doubling instead, the
-        // body's copies were ~8 % of the client's CPU with short outputs).
-        let size = match &prompt {
-            Prompt::Text { text, .. } => text.len(),
-            Prompt::Messages(msgs) => msgs.iter().map(|m| m.content.len() + 40).sum(),
-        };
-        let size = size + size / 16 + 512;
-        let (path, body, api) = match prompt {
-            Prompt::Text { text, session } => {
-                let mut sp = json!({
-                    "max_new_tokens": sampling.max_new_tokens,
-                    "temperature": sampling.temperature,
-                    "stop": sampling.stop,
-                });
-                if sampling.ignore_eos {
-                    sp["ignore_eos"] = json!(true);
-                }
-                let mut b =
-                    json!({"text": text, "sampling_params": sp, "stream": true, "rid": rid});
-                if let Some(s) = session {
-                    let mut p = json!({"id": s.id, "rid": s.rid});
-                    if s.drop_previous_output {
-                        p["drop_previous_output"] = json!(true);
-                    }
-                    b["session_params"] = p;
-                }
-                ("/generate", b, Api::Native)
-            }
-            Prompt::Messages(msgs) => {
-                let messages: Vec<Value> = msgs
-                    .iter()
-                    .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-                    .collect();
-                let mut b = json!({
-                    "model": self.model,
-                    "messages": messages,
-                    "max_completion_tokens": sampling.max_new_tokens,
-                    "temperature": sampling.temperature,
-                    "stop": sampling.stop,
-                    "stream": true,
-                    "stream_options": {"include_usage": true, "continuous_usage_stats": true},
-                    "rid": rid,
-                });
-                if sampling.ignore_eos {
-                    b["ignore_eos"] = json!(true);
-                }
-                ("/v1/chat/completions", b, Api::Openai)
-            }
-        };
+        let (path, body, api) = self.request(prompt, sampling, rid);
         let send = Instant::now();
         let mut st = StreamState::new(send);
-        st.timing
-            .chunks
-            .reserve(sampling.max_new_tokens.min(4096) as usize);
-        let mut bytes = Vec::with_capacity(size);
-        let body = match serde_json::to_writer(&mut bytes, &body) {
-            Ok(()) => Bytes::from(bytes),
+        // Room for a coalesced stream's few dozen chunks; a per-step stream grows it by
+        // doubling. (Reserving max_new_tokens up front kept ~6 KB per turn alive in every
+        // result, mostly unused, and growing the heap for it cost system time per request.)
+        st.timing.chunks.reserve(32);
+        let body = match body {
+            Ok(b) => b,
             Err(e) => {
                 st.fail(format!("bad request: {e}"));
                 return st.finish();
@@ -413,6 +365,72 @@ impl Client {
             ));
         }
         st.finish()
+    }
+
+    /// A generation's path, JSON body and API, serialized straight from the prompt (no
+    /// `Value` tree, no copy of the prompt) into a buffer about as long as the body.
+    fn request(
+        &self,
+        prompt: Prompt<'_>,
+        sampling: &Sampling,
+        rid: &str,
+    ) -> (&'static str, Result<Bytes, serde_json::Error>, Api) {
+        // Grown by doubling instead, the body's copies were ~8 % of the client's CPU with
+        // short outputs.
+        let size = match &prompt {
+            Prompt::Text { text, .. } => text.len(),
+            Prompt::Messages(msgs) => msgs.iter().map(|m| m.content.len() + 40).sum(),
+        };
+        let size = size + size / 16 + 512;
+        let (path, body, api) = match prompt {
+            Prompt::Text { text, session } => (
+                "/generate",
+                Body::Native(NativeBody {
+                    text,
+                    sampling_params: SamplingParams {
+                        max_new_tokens: sampling.max_new_tokens,
+                        temperature: sampling.temperature,
+                        stop: &sampling.stop,
+                        ignore_eos: sampling.ignore_eos.then_some(true),
+                    },
+                    stream: true,
+                    rid,
+                    session_params: session.map(|s| SessionParams {
+                        id: &s.id,
+                        rid: s.rid.as_deref(),
+                        drop_previous_output: s.drop_previous_output.then_some(true),
+                    }),
+                }),
+                Api::Native,
+            ),
+            Prompt::Messages(msgs) => (
+                "/v1/chat/completions",
+                Body::Openai(OpenaiBody {
+                    model: &self.model,
+                    messages: msgs
+                        .iter()
+                        .map(|m| ChatMessage {
+                            role: m.role.as_str(),
+                            content: &m.content,
+                        })
+                        .collect(),
+                    max_completion_tokens: sampling.max_new_tokens,
+                    temperature: sampling.temperature,
+                    stop: &sampling.stop,
+                    stream: true,
+                    stream_options: StreamOptions {
+                        include_usage: true,
+                        continuous_usage_stats: true,
+                    },
+                    rid,
+                    ignore_eos: sampling.ignore_eos.then_some(true),
+                }),
+                Api::Openai,
+            ),
+        };
+        let mut bytes = Vec::with_capacity(size);
+        let body = serde_json::to_writer(&mut bytes, &body).map(|()| Bytes::from(bytes));
+        (path, body, api)
     }
 
     async fn stream(&self, path: &str, body: Bytes, api: Api, st: &mut StreamState) {
@@ -571,6 +589,70 @@ impl Client {
         }
         true
     }
+}
+
+/// A generation's request body ([`Client::request`]).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Native(NativeBody<'a>),
+    Openai(OpenaiBody<'a>),
+}
+
+/// SGLang's native `/generate` request.
+#[derive(serde::Serialize)]
+struct NativeBody<'a> {
+    text: &'a str,
+    sampling_params: SamplingParams<'a>,
+    stream: bool,
+    rid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_params: Option<SessionParams<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct SamplingParams<'a> {
+    max_new_tokens: u32,
+    temperature: f64,
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignore_eos: Option<bool>,
+}
+
+#[derive(serde::Serialize)]
+struct SessionParams<'a> {
+    id: &'a str,
+    /// `null` for the session's first request.
+    rid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_previous_output: Option<bool>,
+}
+
+/// An OpenAI `/v1/chat/completions` request.
+#[derive(serde::Serialize)]
+struct OpenaiBody<'a> {
+    model: &'a str,
+    messages: Vec<ChatMessage<'a>>,
+    max_completion_tokens: u32,
+    temperature: f64,
+    stop: &'a [String],
+    stream: bool,
+    stream_options: StreamOptions,
+    rid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignore_eos: Option<bool>,
+}
+
+#[derive(serde::Serialize)]
+struct ChatMessage<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+    continuous_usage_stats: bool,
 }
 
 /// Accumulates one stream.
@@ -1412,6 +1494,91 @@ pub fn scrub(v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::Role;
+
+    /// The fields SGLang's `/generate` and OpenAI's chat completions read
+    /// (`shared/spec/sglang-api.md`), as the body sends them.
+    #[test]
+    fn request_bodies_name_the_prompt_and_sampling_as_each_api_does() {
+        let client = Client::new("http://127.0.0.1:9", None);
+        let parse = |(path, body, api): (&str, Result<Bytes, _>, Api)| {
+            let v: Value = serde_json::from_slice(&body.unwrap()).unwrap();
+            (path.to_string(), v, api)
+        };
+        let text = "say \"hi\"\n\u{1F600} \u{0}";
+        let mut sampling = Sampling {
+            max_new_tokens: 7,
+            temperature: 0.5,
+            stop: vec!["<|im_end|>".into(), "\n\nUSER:".into()],
+            ignore_eos: false,
+        };
+        let plain = Prompt::Text {
+            text,
+            session: None,
+        };
+        let (path, v, api) = parse(client.request(plain, &sampling, "r-1"));
+        assert_eq!((path.as_str(), api), ("/generate", Api::Native));
+        assert_eq!(v["text"], text);
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["rid"], "r-1");
+        let sp = &v["sampling_params"];
+        assert_eq!(sp["max_new_tokens"], 7);
+        assert_eq!(sp["temperature"], 0.5);
+        assert_eq!(sp["stop"], json!(["<|im_end|>", "\n\nUSER:"]));
+        assert!(sp.get("ignore_eos").is_none(), "only sent when asked for");
+        assert!(v.get("session_params").is_none());
+
+        sampling.ignore_eos = true;
+        let first = Session {
+            id: "s-1".into(),
+            rid: None,
+            drop_previous_output: false,
+        };
+        let prompt = Prompt::Text {
+            text: "new",
+            session: Some(&first),
+        };
+        let (_, v, _) = parse(client.request(prompt, &sampling, "r-2"));
+        assert_eq!(v["sampling_params"]["ignore_eos"], true);
+        assert_eq!(v["session_params"], json!({"id": "s-1", "rid": null}));
+        let next = Session {
+            id: "s-1".into(),
+            rid: Some("r-2".into()),
+            drop_previous_output: true,
+        };
+        let prompt = Prompt::Text {
+            text: "newer",
+            session: Some(&next),
+        };
+        let (_, v, _) = parse(client.request(prompt, &sampling, "r-3"));
+        assert_eq!(
+            v["session_params"],
+            json!({"id": "s-1", "rid": "r-2", "drop_previous_output": true})
+        );
+
+        let msgs = [
+            Message::new(Role::System, "be brief"),
+            Message::new(Role::User, text),
+        ];
+        let (path, v, api) = parse(client.request(Prompt::Messages(&msgs), &sampling, "r-4"));
+        assert_eq!((path.as_str(), api), ("/v1/chat/completions", Api::Openai));
+        assert_eq!(
+            v["messages"],
+            json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": text}])
+        );
+        assert_eq!(v["model"], client.model.as_str());
+        assert_eq!(v["max_completion_tokens"], 7);
+        assert_eq!(v["temperature"], 0.5);
+        assert_eq!(v["stop"], sp["stop"]);
+        assert_eq!(v["stream"], true);
+        assert_eq!(
+            v["stream_options"],
+            json!({"include_usage": true, "continuous_usage_stats": true})
+        );
+        assert_eq!(v["ignore_eos"], true);
+        assert_eq!(v["rid"], "r-4");
+        assert!(v.get("text").is_none() && v.get("sampling_params").is_none());
+    }
 
     #[test]
     fn itl_splits_multi_token_chunks() {

@@ -177,21 +177,24 @@ async fn run_turns(
             sampling.max_new_tokens = len.max(1);
             sampling.ignore_eos = true;
         }
-        let prompt = match (ctx.api, session) {
-            (Api::Openai, _) => Prompt::Messages(conv.messages()),
-            (Api::Native, Some(id)) => Prompt::Text {
-                text: conv
-                    .new_text()
+        let (text, sess) = match (ctx.api, session) {
+            (Api::Openai, _) => (String::new(), None),
+            (Api::Native, Some(id)) => (
+                conv.new_text()
                     .with_context(|| format!("trajectory {:?}, turn {k}", traj.id))?,
-                session: Some(Session {
+                Some(Session {
                     id: id.to_string(),
                     rid: parent.clone(),
                     drop_previous_output: parent.is_some() && !parent_generated,
                 }),
-            },
-            (Api::Native, None) => Prompt::Text {
-                text: conv.full_text(),
-                session: None,
+            ),
+            (Api::Native, None) => (conv.full_text(), None),
+        };
+        let prompt = match ctx.api {
+            Api::Openai => Prompt::Messages(conv.messages()),
+            Api::Native => Prompt::Text {
+                text: &text,
+                session: sess.as_ref(),
             },
         };
         let active = in_flight.load(Ordering::SeqCst);
