@@ -15,8 +15,12 @@
 //!    first bytes reaching the server's socket).
 //!    Connections are opened by a warm-up round first, so TCP setup is not counted. The server
 //!    serves HTTP on one thread (`--sim-workers 1`), as SGLang's single event loop does.
+//! 3. The floor at concurrency 1 (`floor`): the CPU per token of a thread that only writes
+//!    each request and reads the raw response with blocking reads as it arrives, parsing
+//!    nothing: what the kernel alone charges a client that receives every chunk when it
+//!    comes (printed between parts 1 and 2).
 //!
-//! `CLIENT_BENCH_PARTS=coalesced,per-step,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
+//! `CLIENT_BENCH_PARTS=coalesced,per-step,floor,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
 //! the run (for profiling), `CLIENT_BENCH_TIMING=512,512 steady` the timing rows;
 //! `CLIENT_BENCH_WORKERS=2` sets the runtime's worker threads
 //! (default 1, as `runner sweep` runs its client); `CLIENT_BENCH_SERVER_CPUS=0` pins the server
@@ -258,6 +262,104 @@ async fn overhead(stream: &str, flags: &[&str]) {
     println!();
 }
 
+/// The floor at concurrency 1, for one way of streaming: what receiving these streams costs
+/// a client that does nothing else. One blocking keep-alive connection on a thread of its own
+/// writes each request (made before the timed window) and reads the response as it arrives
+/// into one buffer, parsing nothing; a response ends with HTTP's terminating chunk. Its CPU
+/// (the thread's getrusage) is the kernel's work of sleeping, waking, receiving and sending,
+/// plus a few instructions per read: no client that reads a stream as it arrives spends less.
+fn floor(stream: &str, flags: &[&str]) {
+    use std::io::{Read, Write};
+    let srv = serve_sim("inf", flags);
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let requests = if flags.is_empty() { 12288 } else { 3072 };
+    let tokens = 256;
+    let request = |i: usize| {
+        let body = serde_json::json!({
+            "text": prompt(i),
+            "sampling_params": {"max_new_tokens": tokens, "temperature": 0.0, "stop": [],
+                                "ignore_eos": true},
+            "stream": true,
+            "rid": format!("floor-{i}"),
+        })
+        .to_string();
+        format!(
+            "POST /generate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let (warm, timed): (Vec<_>, Vec<_>) = (
+        (0..64).map(request).collect(),
+        (64..64 + requests).map(request).collect(),
+    );
+    let mut tcp = None;
+    for _ in 0..200 {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let mut tcp = tcp.expect("serve-sim accepts connections");
+    tcp.set_nodelay(true).unwrap();
+    let thread_cpu = || {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let u = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+        (secs(u.user_time()), secs(u.system_time()))
+    };
+    let mut buf = vec![0u8; 4 << 20];
+    const END: &[u8] = b"\r\n0\r\n\r\n";
+    // One response read whole; the number of reads it took.
+    let mut exchange = |req: &[u8], buf: &mut [u8]| -> (usize, usize) {
+        tcp.write_all(req).unwrap();
+        let (mut n, mut reads) = (0, 0);
+        loop {
+            let k = tcp.read(&mut buf[n..]).unwrap();
+            assert!(k > 0, "serve-sim closed the connection");
+            reads += 1;
+            n += k;
+            if buf[..n].ends_with(END) {
+                return (n, reads);
+            }
+            assert!(n < buf.len(), "a response longer than the buffer");
+        }
+    };
+    for r in &warm {
+        exchange(r, &mut buf);
+    }
+    let (user0, sys0) = thread_cpu();
+    let start = Instant::now();
+    let mut reads = 0;
+    let mut last = 0;
+    for r in &timed {
+        let (n, k) = exchange(r, &mut buf);
+        reads += k;
+        last = n;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let (user1, sys1) = thread_cpu();
+    // The server's own count in the last response's last chunk.
+    let last = String::from_utf8_lossy(&buf[..last]);
+    assert!(last.starts_with("HTTP/1.1 200"), "{last:.200}");
+    assert!(
+        last.contains(&format!("\"completion_tokens\":{tokens},")),
+        "every response has {tokens} tokens"
+    );
+    let k = (requests * tokens as usize) as f64 / 1000.0;
+    println!(
+        "{stream:>10} {requests:>8} {wall:>8.2} {:>10.0} {:>13.5} {:>13.5} {:>10.1}",
+        k * 1000.0 / wall,
+        (user1 - user0 + sys1 - sys0) / k,
+        (sys1 - sys0) / k,
+        reads as f64 / requests as f64,
+    );
+}
+
 /// `CLIENT_BENCH_CONCURRENCY=64,512` limits the overhead tables to those points (profiling).
 fn concurrencies() -> Vec<usize> {
     match std::env::var("CLIENT_BENCH_CONCURRENCY") {
@@ -290,6 +392,19 @@ fn main() {
             if selected("CLIENT_BENCH_PARTS", name) {
                 overhead(stream, flags).await;
             }
+        }
+        if selected("CLIENT_BENCH_PARTS", "floor") {
+            println!("## The floor at concurrency 1: blocking reads of the raw response, nothing parsed");
+            println!(
+                "{:>10} {:>8} {:>8} {:>10} {:>13} {:>13} {:>10}",
+                "stream", "requests", "wall s", "tok/s", "CPU-s", "(of it, sys)", "reads/req"
+            );
+            println!("{:>51} {:>13}", "per 1k tok", "per 1k tok");
+            tokio::task::block_in_place(|| {
+                floor("coalesced", &[]);
+                floor("per step", &["--sim-chunk-per-step"]);
+            });
+            println!();
         }
         if !selected("CLIENT_BENCH_PARTS", "timing") {
             return;
