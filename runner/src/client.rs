@@ -391,14 +391,14 @@ impl Client {
                         max_new_tokens: sampling.max_new_tokens,
                         temperature: sampling.temperature,
                         stop: &sampling.stop,
-                        ignore_eos: sampling.ignore_eos.then_some(true),
+                        ignore_eos: sampling.ignore_eos,
                     },
                     stream: true,
                     rid,
                     session_params: session.map(|s| SessionParams {
                         id: &s.id,
                         rid: s.rid.as_deref(),
-                        drop_previous_output: s.drop_previous_output.then_some(true),
+                        drop_previous_output: s.drop_previous_output,
                     }),
                 }),
                 Api::Native,
@@ -423,7 +423,7 @@ impl Client {
                         continuous_usage_stats: true,
                     },
                     rid,
-                    ignore_eos: sampling.ignore_eos.then_some(true),
+                    ignore_eos: sampling.ignore_eos,
                 }),
                 Api::Openai,
             ),
@@ -615,8 +615,9 @@ struct SamplingParams<'a> {
     max_new_tokens: u32,
     temperature: f64,
     stop: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ignore_eos: Option<bool>,
+    /// Sent only when set, as are the other flags.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ignore_eos: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -624,8 +625,8 @@ struct SessionParams<'a> {
     id: &'a str,
     /// `null` for the session's first request.
     rid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    drop_previous_output: Option<bool>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    drop_previous_output: bool,
 }
 
 /// An OpenAI `/v1/chat/completions` request.
@@ -639,8 +640,8 @@ struct OpenaiBody<'a> {
     stream: bool,
     stream_options: StreamOptions,
     rid: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ignore_eos: Option<bool>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ignore_eos: bool,
 }
 
 #[derive(serde::Serialize)]

@@ -177,25 +177,31 @@ async fn run_turns(
             sampling.max_new_tokens = len.max(1);
             sampling.ignore_eos = true;
         }
-        let (text, sess) = match (ctx.api, session) {
-            (Api::Openai, _) => (String::new(), None),
-            (Api::Native, Some(id)) => (
-                conv.new_text()
-                    .with_context(|| format!("trajectory {:?}, turn {k}", traj.id))?,
-                Some(Session {
+        // The prompt borrows these (declared here, set by the arm that needs them).
+        let (text, sess);
+        let prompt = match (ctx.api, session) {
+            (Api::Openai, _) => Prompt::Messages(conv.messages()),
+            (Api::Native, Some(id)) => {
+                text = conv
+                    .new_text()
+                    .with_context(|| format!("trajectory {:?}, turn {k}", traj.id))?;
+                sess = Session {
                     id: id.to_string(),
                     rid: parent.clone(),
                     drop_previous_output: parent.is_some() && !parent_generated,
-                }),
-            ),
-            (Api::Native, None) => (conv.full_text(), None),
-        };
-        let prompt = match ctx.api {
-            Api::Openai => Prompt::Messages(conv.messages()),
-            Api::Native => Prompt::Text {
-                text: &text,
-                session: sess.as_ref(),
-            },
+                };
+                Prompt::Text {
+                    text: &text,
+                    session: Some(&sess),
+                }
+            }
+            (Api::Native, None) => {
+                text = conv.full_text();
+                Prompt::Text {
+                    text: &text,
+                    session: None,
+                }
+            }
         };
         let active = in_flight.load(Ordering::SeqCst);
         let out = ctx.client.generate(prompt, &sampling, &rid).await;
