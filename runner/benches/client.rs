@@ -294,17 +294,8 @@ fn floor(stream: &str, flags: &[&str]) {
         (0..64).map(request).collect(),
         (64..64 + requests).map(request).collect(),
     );
-    let mut tcp = None;
-    for _ in 0..200 {
-        match std::net::TcpStream::connect(&addr) {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-    let mut tcp = tcp.expect("serve-sim accepts connections");
+    tokio::runtime::Handle::current().block_on(wait_ready(&Client::new(&srv.url, None)));
+    let mut tcp = std::net::TcpStream::connect(&addr).expect("serve-sim accepts connections");
     tcp.set_nodelay(true).unwrap();
     let thread_cpu = || {
         use nix::sys::resource::{getrusage, UsageWho};
