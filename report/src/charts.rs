@@ -31,7 +31,10 @@ fn layout(x: &str, y: &str) -> Value {
         "xaxis": {"title": {"text": x}, "zeroline": false},
         "yaxis": {"title": {"text": y}, "rangemode": "tozero"},
         "margin": {"l": 60, "r": 20, "t": 10, "b": 50},
-        "legend": {"orientation": "h", "y": -0.25},
+        // Below the figure's plot and axis title; `site.js` grows the bottom margin and the
+        // figure to the legend's rendered height, so many entries never cover the axis title
+        // nor scroll.
+        "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
         "height": 360,
         "hovermode": "closest",
     })
@@ -61,12 +64,61 @@ impl Ids {
     }
 }
 
+/// The color of a cache mode on every chart that compares modes (plotly's first three).
+pub fn mode_color(mode: CacheMode) -> &'static str {
+    match mode {
+        CacheMode::Prefix => PALETTE[0],
+        CacheMode::Session => PALETTE[1],
+        CacheMode::None => PALETTE[2],
+    }
+}
+
+/// The color of physical limits.
+pub const LIMIT_COLOR: &str = PALETTE[3];
+
+/// Marker symbols that tell apart the groups (GPU · run) of a chart overlaying several.
+const GROUP_SYMBOLS: [&str; 8] = [
+    "circle",
+    "square",
+    "diamond",
+    "triangle-up",
+    "x",
+    "star",
+    "triangle-down",
+    "cross",
+];
+
+/// Bar fill patterns that tell apart the groups of a bar chart ([`GROUP_SYMBOLS`]' twin).
+const GROUP_PATTERNS: [&str; 8] = ["", "/", ".", "x", "\\", "+", "-", "|"];
+
+/// A legend group: its title and index (which sets its marker symbol or bar pattern).
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub title: String,
+    pub index: usize,
+}
+
+impl Group {
+    /// Legend grouping and the hover label `title · name` (plotly shows only a trace's name).
+    fn apply(&self, trace: &mut Value, name: &str) {
+        let title = plot_text(&self.title);
+        trace["legendgroup"] = json!(title);
+        trace["legendgrouptitle"] = json!({ "text": title });
+        // `meta` is inserted as text; a `%{…}` in a label cannot act as a template there.
+        trace["meta"] = json!(format!("{title} · {name}"));
+    }
+}
+
 /// A named series of (concurrency, tok/s) points.
 pub struct ConcurrencyLine {
     pub name: String,
     pub points: Vec<(u32, f64)>,
     /// Drawn dashed: a physical limit, not a measurement.
     pub limit: bool,
+    /// The line's color (a cache mode's, [`mode_color`]); physical limits are [`LIMIT_COLOR`].
+    pub color: Option<&'static str>,
+    /// Its legend group when the chart overlays several GPUs or runs.
+    pub group: Option<Group>,
 }
 
 pub fn throughput_vs_concurrency(
@@ -77,14 +129,33 @@ pub fn throughput_vs_concurrency(
     let data = lines
         .iter()
         .map(|l| {
+            let name = plot_text(&l.name);
             let mut t = line(
-                plot_text(&l.name),
+                name.clone(),
                 l.points.iter().map(|p| f64::from(p.0)).collect(),
                 l.points.iter().map(|p| r(p.1)).collect(),
             );
+            let color = if l.limit { Some(LIMIT_COLOR) } else { l.color };
+            if let Some(c) = color {
+                t["line"] = json!({ "color": c });
+                t["marker"] = json!({ "color": c });
+            }
             if l.limit {
-                t["line"] = json!({"dash": "dash"});
+                t["line"]["dash"] = json!("dash");
                 t["mode"] = json!("lines");
+            }
+            if let Some(g) = &l.group {
+                g.apply(&mut t, &name);
+                t["hovertemplate"] =
+                    json!("%{meta}<br>concurrency %{x}: %{y} tok/s<extra></extra>");
+                let symbol = GROUP_SYMBOLS[g.index % GROUP_SYMBOLS.len()];
+                // A limit is a dashed line with its group's open symbol at each point.
+                t["marker"]["symbol"] = json!(if l.limit {
+                    format!("{symbol}-open")
+                } else {
+                    symbol.to_string()
+                });
+                t["mode"] = json!("lines+markers");
             }
             t
         })
@@ -225,7 +296,10 @@ pub fn prompt_vs_cached(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries]) -
             "y": series(|t| t.cache_hit_ratio), "yaxis": "y2", "line": {"color": color, "dash": "dot"}, "legendgroup": format!("c{conc}"), "visible": visible}));
     }
     let mut lay = layout("turn index", "tokens per turn (mean)");
-    lay["yaxis2"] = json!({"title": {"text": "cache-hit ratio"}, "overlaying": "y", "side": "right", "range": [0, 1.05]});
+    // Its own ticks (0–100 % by 20) and no grid: ticks synced to the left axis' grid read
+    // as 0.133, 0.266, ….
+    lay["yaxis2"] = json!({"title": {"text": "cache-hit ratio"}, "overlaying": "y", "side": "right", "range": [0, 1.05],
+        "tickmode": "linear", "tick0": 0, "dtick": 0.2, "tickformat": ".0%", "showgrid": false});
     lay["margin"]["r"] = json!(60);
     ChartSpec {
         id: ids.next_id(),
@@ -300,14 +374,33 @@ pub fn telemetry(ids: &mut Ids, series: &TelemetrySeries) -> ChartSpec {
     }
 }
 
-/// Cache-mode speed-up: bars of tok/s relative to the baseline mode, per concurrency.
-pub fn speedup(ids: &mut Ids, bars: &[(String, Vec<(u32, f64)>)], baseline: &str) -> ChartSpec {
+/// One bar series of the cache-mode speed-up chart: a mode's tok/s ÷ the baseline's, per
+/// concurrency.
+pub struct SpeedupBars {
+    pub name: String,
+    pub mode: CacheMode,
+    pub group: Option<Group>,
+    pub points: Vec<(u32, f64)>,
+}
+
+/// Cache-mode speed-up: bars of tok/s relative to the baseline mode, per concurrency; colored by
+/// mode, patterned by group (GPU · run).
+pub fn speedup(ids: &mut Ids, bars: &[SpeedupBars], baseline: &str) -> ChartSpec {
     let data = bars
         .iter()
-        .map(|(name, pts)| {
-            json!({"type": "bar", "name": plot_text(name),
-                "x": pts.iter().map(|p| format!("c={}", p.0)).collect::<Vec<_>>(),
-                "y": pts.iter().map(|p| r(p.1)).collect::<Vec<_>>()})
+        .map(|b| {
+            let name = plot_text(&b.name);
+            let mut t = json!({"type": "bar", "name": name,
+                "x": b.points.iter().map(|p| format!("c={}", p.0)).collect::<Vec<_>>(),
+                "y": b.points.iter().map(|p| r(p.1)).collect::<Vec<_>>(),
+                "marker": {"color": mode_color(b.mode)}});
+            if let Some(g) = &b.group {
+                g.apply(&mut t, &name);
+                t["hovertemplate"] = json!("%{meta}<br>%{x}: ×%{y}<extra></extra>");
+                t["marker"]["pattern"] =
+                    json!({"shape": GROUP_PATTERNS[g.index % GROUP_PATTERNS.len()]});
+            }
+            t
         })
         .collect();
     let mut lay = layout("concurrency", &format!("output tok/s ÷ {baseline}"));

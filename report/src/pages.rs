@@ -531,20 +531,27 @@ fn index_page(
     let several_runs = runs.len() > 1;
     let mut best = Vec::new();
     let mut lines = Vec::new();
-    let mut limit_lines = Vec::new();
     let mut speedups = Vec::new();
-    let mut speedup_bars: Vec<(String, Vec<(u32, f64)>)> = Vec::new();
+    let mut speedup_bars = Vec::new();
+    // One legend group per GPU of each run: its lines share a marker symbol, its bars a pattern;
+    // colors are the cache modes'.
+    let mut groups = 0;
     let mut baselines = BTreeSet::new();
     let mut speedup_modes = BTreeSet::new();
     for (run, agg) in runs.iter().zip(aggregates) {
-        let suffix = if several_runs {
-            format!(" · {}", run.id())
-        } else {
-            String::new()
+        let group_of = |gpu: &str, index: usize| charts::Group {
+            title: if several_runs {
+                format!("{gpu} · {}", run.id())
+            } else {
+                gpu.to_string()
+            },
+            index,
         };
         match (&run.data, agg) {
             (RunData::Measured(m), Some(a)) => {
                 for gpu in a.gpus() {
+                    let group = group_of(gpu, groups);
+                    groups += 1;
                     let cells: Vec<&CellSummary> = a.cells_of(gpu).map(|c| &c.summary).collect();
                     if let Some(b) = a.best.iter().find(|b| {
                         b.gpu == gpu && b.cache_mode.is_none() && b.criterion == "output_tok_per_s"
@@ -574,17 +581,21 @@ fn index_page(
                             .collect();
                         if !pts.is_empty() {
                             lines.push(ConcurrencyLine {
-                                name: format!("{gpu} · {mode}{suffix}"),
+                                name: mode.to_string(),
                                 points: pts,
                                 limit: false,
+                                color: Some(charts::mode_color(mode)),
+                                group: Some(group.clone()),
                             });
                         }
                     }
                     if let Some(l) = m.manifest.limits.iter().find(|l| l.gpu == gpu) {
-                        limit_lines.push(ConcurrencyLine {
-                            name: format!("{gpu} physical limit{suffix}"),
+                        lines.push(ConcurrencyLine {
+                            name: "physical limit".into(),
                             points: l.decode_tok_per_s.clone(),
                             limit: true,
+                            color: None,
+                            group: Some(group.clone()),
                         });
                     }
                     // Speed-up of each cache mode against the baseline (none if measured, else prefix).
@@ -634,8 +645,13 @@ fn index_page(
                             }
                             speedups.push(row);
                         }
-                        for (mode, pts) in per_mode {
-                            speedup_bars.push((format!("{gpu} · {mode} ÷ {base}{suffix}"), pts));
+                        for (mode, points) in per_mode {
+                            speedup_bars.push(charts::SpeedupBars {
+                                name: format!("{mode} ÷ {base}"),
+                                mode,
+                                group: Some(group.clone()),
+                                points,
+                            });
                         }
                     }
                 }
@@ -662,7 +678,6 @@ fn index_page(
     let mut ids = Ids::default();
     let mut charts_out = Vec::new();
     if !lines.is_empty() {
-        lines.extend(limit_lines);
         charts_out.push(charts::throughput_vs_concurrency(
             &mut ids,
             "Token throughput vs concurrency, all GPUs",
@@ -827,6 +842,8 @@ fn measured_section(
                 .map(|c| (c.summary.concurrency, c.summary.output_tok_per_s))
                 .collect(),
             limit: false,
+            color: Some(charts::mode_color(*mode)),
+            group: None,
         });
     }
     if let Some(l) = m.manifest.limits.iter().find(|l| l.gpu == gpu) {
@@ -834,6 +851,8 @@ fn measured_section(
             name: "physical limit".into(),
             points: l.decode_tok_per_s.clone(),
             limit: true,
+            color: None,
+            group: None,
         });
     }
     charts_out.push(charts::throughput_vs_concurrency(
@@ -914,6 +933,8 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
                 name: "seed (words/s)".into(),
                 points: pts,
                 limit: false,
+                color: None,
+                group: None,
             }],
         );
         c.note = "LEGACY (seed import): throughput counts words, not tokens.".into();

@@ -27,6 +27,48 @@ pub async fn assert_charts_rendered(browser: &Browser, page: &str) -> usize {
     containers
 }
 
+/// Asserts every chart's legend lies below its plot and x-axis title, inside the figure, and
+/// shows all its entries (no scrolling): a legend anchored to the plot area covers the axis
+/// title once it has a few rows. Waits up to 3 s (the legend is fitted after drawing).
+pub async fn assert_legends_clear(browser: &Browser, page: &str) {
+    // [chart id, legend top, legend bottom, figure bottom, lowest of plot area and x title,
+    //  entries' height, legend box height] per chart with a legend.
+    type Legend = (String, f64, f64, f64, f64, f64, f64);
+    let js = "var out = [];
+        document.querySelectorAll('.chart').forEach(function (el) {
+          var lg = el.querySelector('g.legend');
+          if (!lg) { return; }
+          var l = lg.getBoundingClientRect();
+          var fig = el.querySelector('svg.main-svg').getBoundingClientRect();
+          var above = 0;
+          el.querySelectorAll('.nsewdrag, .g-xtitle text, .xtick text').forEach(function (e) {
+            above = Math.max(above, e.getBoundingClientRect().bottom);
+          });
+          out.push([el.id, l.top, l.bottom, fig.bottom, above,
+            lg.querySelector('.scrollbox').getBBox().height, lg.querySelector('.bg').getBBox().height]);
+        });
+        return out;";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let legends: Vec<Legend> = browser.eval(js).await.unwrap();
+        let bad: Vec<&Legend> = legends
+            .iter()
+            .filter(|(_, top, bottom, fig, above, entries, bg)| {
+                top + 1.0 < *above || bottom - 1.0 > *fig || entries - 1.0 > *bg
+            })
+            .collect();
+        if bad.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{page}: legends overlapping the plot or its axis title, outside the figure or \
+             scrolling ([id, top, bottom, figure bottom, plot/title bottom, entries, box]): {bad:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Compares every row of run `run_id`'s seed tables on the open GPU page (`gpu`) with the
 /// recomputation; returns the number of rows compared.
 pub async fn assert_seed_tables(
@@ -92,6 +134,7 @@ async fn site_renders_from_file_urls() {
         let errors = browser.errors().await.unwrap();
         assert!(errors.is_empty(), "{page}: console errors: {errors:?}");
         assert_charts_rendered(&browser, page).await;
+        assert_legends_clear(&browser, page).await;
         let (sim, legacy) = browser
             .eval::<(bool, bool)>("return [document.getElementById('simulated-banner') !== null, document.getElementById('legacy-banner') !== null]")
             .await
@@ -114,6 +157,18 @@ async fn site_renders_from_file_urls() {
         2 * 2 * 3,
         "every cell of the measured run was compared"
     );
+
+    // The index overlays every GPU of every run (legend groups); narrow, its legends wrap
+    // into more rows and the figures grow to hold them.
+    browser.open(&site.join("index.html")).await.unwrap();
+    let groups = browser
+        .eval::<usize>("return document.querySelectorAll('.chart .legend .groups').length")
+        .await
+        .unwrap();
+    assert!(groups >= 2 * 2, "index legends: {groups} groups");
+    browser.client().set_window_size(560, 900).await.unwrap();
+    assert_legends_clear(&browser, "index.html at 560 px").await;
+    browser.client().set_window_size(1280, 900).await.unwrap();
 
     // Hostile strings are text: the index shows them verbatim and ran no injected script.
     browser.open(&site.join("index.html")).await.unwrap();
