@@ -104,6 +104,8 @@ pub struct RunMeta {
     pub turns: String,
     /// Something the reader should know (torn tail, legacy units).
     pub notes: Vec<String>,
+    /// What limits comparing this run's cells ([`prompt_caveat`]).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -192,6 +194,8 @@ pub struct GpuSection {
     pub seed_tables: Vec<SeedTable>,
     pub latency_tables: Vec<LatencyTable>,
     pub errors: Vec<(String, String)>,
+    /// What limits comparing this run's cells ([`prompt_caveat`]).
+    pub warnings: Vec<String>,
     pub charts: Vec<ChartSpec>,
 }
 
@@ -362,6 +366,7 @@ fn run_meta(run: &Run, agg: &Option<RunAggregate>) -> RunMeta {
             gpus: l.gpu.clone(),
             turns: l.turns.len().to_string(),
             notes: vec![LEGACY_NOTE.into()],
+            warnings: Vec::new(),
         },
     }
 }
@@ -422,8 +427,15 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         engine,
         launch_args: launch,
         dataset: format!(
-            "{}: {} ({} trajectories, {} turns{hash})",
-            d.kind, d.source, d.trajectories, d.turns
+            "{}: {} ({} trajectories, {} turns, history {}{hash})",
+            d.kind,
+            d.source,
+            d.trajectories,
+            d.turns,
+            match d.history {
+                turnbench_schema::HistorySource::Generated => "generated",
+                turnbench_schema::HistorySource::Recorded => "recorded",
+            }
         ),
         tool: format!(
             "{} {}{}",
@@ -438,7 +450,39 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         gpus,
         turns: m.records.len().to_string(),
         notes,
+        warnings: prompt_caveat(man).into_iter().collect(),
     }
+}
+
+/// The warning for a run whose cells did not replay the same prompts: with `--history
+/// generated` each turn's prompt holds what the engine generated before, and at temperature
+/// above 0 that differs from cell to cell (as do output lengths), so part of any difference
+/// between its cache modes, concurrencies or GPUs is the workload's. A plan without a
+/// temperature sampled at the server's default, 1.
+pub fn prompt_caveat(man: &Manifest) -> Option<String> {
+    let d = &man.dataset;
+    let set = man
+        .plan
+        .get("temperature")
+        .and_then(serde_json::Value::as_f64);
+    let temperature = set.unwrap_or(1.0);
+    let shown = match set {
+        Some(t) => format!("temperature {t}"),
+        None => "the server's default temperature (1)".into(),
+    };
+    let multi_turn = d.turns > d.trajectories;
+    (d.history == turnbench_schema::HistorySource::Generated && temperature > 0.0 && multi_turn)
+        .then(|| {
+            format!(
+                "Not like-for-like: this run used generated history at {shown}, \
+                 so from the second turn on every cell (cache mode, concurrency, GPU) sent \
+                 prompts holding its own sampled answers, and generated answers of its own \
+                 lengths. Part of any difference between its cells comes from that. For \
+                 byte-identical prompts in every cell, run with --history recorded (datasets \
+                 that record assistant turns; add --output-len recorded for identical answer \
+                 lengths)."
+            )
+        })
 }
 
 /// Page file names of GPU labels (in site order): `gpu-<sanitized>.html`, a numeric suffix
@@ -898,6 +942,7 @@ fn measured_section(
             .into_iter()
             .map(|(k, v)| (k, v.to_string()))
             .collect(),
+        warnings: prompt_caveat(&m.manifest).into_iter().collect(),
         charts: charts_out,
     }
 }
@@ -957,6 +1002,44 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
         }],
         latency_tables: Vec::new(),
         errors: Vec::new(),
+        warnings: Vec::new(),
         charts: charts_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::{manifest, FixtureSpec};
+    use turnbench_schema::HistorySource;
+
+    #[test]
+    fn cells_are_flagged_not_like_for_like_only_with_sampled_generated_history() {
+        let base = manifest(&FixtureSpec::small("caveat"));
+        let with = |history, temperature: Option<f64>, turns: u64| {
+            let mut m = base.clone();
+            m.dataset.history = history;
+            m.dataset.turns = turns;
+            match temperature {
+                Some(t) => m.plan["temperature"] = serde_json::json!(t),
+                None => {
+                    m.plan.as_object_mut().unwrap().remove("temperature");
+                }
+            }
+            prompt_caveat(&m)
+        };
+        let multi = base.dataset.trajectories * 5;
+        let warned = with(HistorySource::Generated, Some(0.7), multi).expect("flagged");
+        assert!(warned.contains("temperature 0.7"), "{warned}");
+        assert!(warned.contains("--history recorded"), "{warned}");
+        // The server's default temperature (1) samples too.
+        let default = with(HistorySource::Generated, None, multi).expect("flagged");
+        assert!(default.contains("default temperature"), "{default}");
+        // Recorded history, greedy decoding, or one turn per trajectory: every cell saw the
+        // same prompts.
+        assert_eq!(with(HistorySource::Recorded, Some(0.7), multi), None);
+        assert_eq!(with(HistorySource::Generated, Some(0.0), multi), None);
+        let single = base.dataset.trajectories;
+        assert_eq!(with(HistorySource::Generated, Some(0.7), single), None);
     }
 }

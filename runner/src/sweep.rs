@@ -52,6 +52,7 @@ pub fn main(args: SweepArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "warn,runner=info,runner::sim=error".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     // One worker thread runs every trajectory's streams. Arrival times come from the kernel
     // (`arrival.rs`), so a busy thread does not shift them; and one thread spends less CPU per

@@ -58,6 +58,25 @@ async fn demo_sim_site_end_to_end() {
     assert_eq!(expected.len(), gpus.len() * 3 * 4);
     assert_eq!(rows_checked, expected.len(), "every cell was compared");
 
+    // The demo replays the seed's generated history at temperature 0.7: the index says its
+    // cells did not see identical prompts, and links to the run's full warning.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["dataset"]["history"], "generated");
+    assert!(manifest["plan"]["temperature"].as_f64().unwrap() > 0.0);
+    browser.open(&site.join("index.html")).await.unwrap();
+    let (pointer, full): (bool, String) = browser
+        .eval(
+            "var p = document.querySelector('p.warning[data-run=\"demo-sim\"] a');
+             var target = p && document.querySelector(p.getAttribute('href') + ' p.warning');
+             return [p !== null, target ? target.textContent : ''];",
+        )
+        .await
+        .unwrap();
+    assert!(pointer, "no warning for demo-sim near the comparisons");
+    assert!(full.contains("temperature 0.7"), "{full}");
+
     // The index's best configuration per GPU is summary.json's (`cache_mode: null`,
     // criterion `output_tok_per_s`).
     browser.open(&site.join("index.html")).await.unwrap();
