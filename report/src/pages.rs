@@ -404,12 +404,6 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
             .iter()
             .map(String::as_str),
     );
-    let d = &man.dataset;
-    let hash = d
-        .content_hash
-        .as_deref()
-        .map(|h| format!(", sha256 {}", &h[..h.len().min(12)]))
-        .unwrap_or_default();
     let gpus = joined(man.gpus.iter().map(|g| g.label.as_str()));
     let mut notes = Vec::new();
     if m.truncated_tail {
@@ -426,17 +420,7 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         model,
         engine,
         launch_args: launch,
-        dataset: format!(
-            "{}: {} ({} trajectories, {} turns, history {}{hash})",
-            d.kind,
-            d.source,
-            d.trajectories,
-            d.turns,
-            match d.history {
-                turnbench_schema::HistorySource::Generated => "generated",
-                turnbench_schema::HistorySource::Recorded => "recorded",
-            }
-        ),
+        dataset: dataset_line(&man.dataset),
         tool: format!(
             "{} {}{}",
             man.tool.name,
@@ -452,6 +436,28 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         notes,
         warnings: prompt_caveat(man).into_iter().collect(),
     }
+}
+
+/// The dataset as the run pages describe it: kind, source, size, history source, lines skipped
+/// and content hash.
+fn dataset_line(d: &turnbench_schema::DatasetInfo) -> String {
+    let hash = d
+        .content_hash
+        .as_deref()
+        .map(|h| format!(", sha256 {}", &h[..h.len().min(12)]))
+        .unwrap_or_default();
+    let skipped = match d.skipped_lines {
+        0 => String::new(),
+        n => format!(", {n} malformed line(s) skipped (--skip-bad-lines)"),
+    };
+    let history = match d.history {
+        turnbench_schema::HistorySource::Generated => "generated",
+        turnbench_schema::HistorySource::Recorded => "recorded",
+    };
+    format!(
+        "{}: {} ({} trajectories, {} turns, history {history}{skipped}{hash})",
+        d.kind, d.source, d.trajectories, d.turns
+    )
 }
 
 /// The warning for a run whose cells did not replay the same prompts: with `--history
@@ -1041,5 +1047,15 @@ mod tests {
         assert_eq!(with(HistorySource::Generated, Some(0.0), multi), None);
         let single = base.dataset.trajectories;
         assert_eq!(with(HistorySource::Generated, Some(0.7), single), None);
+    }
+
+    #[test]
+    fn the_dataset_line_states_history_and_skipped_lines() {
+        let mut d = manifest(&FixtureSpec::small("d")).dataset;
+        d.history = HistorySource::Recorded;
+        assert!(dataset_line(&d).contains("history recorded"));
+        assert!(!dataset_line(&d).contains("skipped"));
+        d.skipped_lines = 3;
+        assert!(dataset_line(&d).contains("3 malformed line(s) skipped"));
     }
 }
