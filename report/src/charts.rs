@@ -182,6 +182,54 @@ pub fn throughput_vs_concurrency(
     }
 }
 
+/// One line of a throughput–latency trade-off chart: a cache mode's cells, one point per
+/// concurrency (`(concurrency, latency, tok/s)`).
+pub struct TradeoffLine {
+    pub mode: CacheMode,
+    pub group: Option<Group>,
+    pub points: Vec<(u32, f64, f64)>,
+}
+
+/// Output throughput against a latency, one point per concurrency labelled `c=N`, a line per
+/// cache mode: the trade-off a concurrency buys.
+pub fn throughput_vs_latency(
+    ids: &mut Ids,
+    title: &str,
+    latency: &str,
+    lines: &[TradeoffLine],
+) -> ChartSpec {
+    let data = lines
+        .iter()
+        .map(|l| {
+            let name = l.mode.to_string();
+            let color = mode_color(l.mode);
+            let mut t = json!({"type": "scatter", "mode": "lines+markers+text", "name": name,
+                "x": l.points.iter().map(|p| r(p.1)).collect::<Vec<_>>(),
+                "y": l.points.iter().map(|p| r(p.2)).collect::<Vec<_>>(),
+                "text": l.points.iter().map(|p| format!("c={}", p.0)).collect::<Vec<_>>(),
+                "textposition": "top center", "textfont": {"size": 10, "color": color},
+                "line": {"color": color}, "marker": {"color": color},
+                "hovertemplate": format!("{name} · %{{text}}<br>%{{x}} · %{{y}} tok/s<extra></extra>")});
+            if let Some(g) = &l.group {
+                // Several groups' `c=N` labels would overlap: hover names the point instead.
+                g.apply(&mut t, &name);
+                t["mode"] = json!("lines+markers");
+                t["marker"]["symbol"] = json!(GROUP_SYMBOLS[g.index % GROUP_SYMBOLS.len()]);
+                t["hovertemplate"] = json!("%{meta} · %{text}<br>%{x} · %{y} tok/s<extra></extra>");
+            }
+            t
+        })
+        .collect();
+    ChartSpec {
+        id: ids.next_id(),
+        title: title.to_string(),
+        note: format!("One point per concurrency{}, a line per cache mode. Up and to the left is better: pick the highest point left of your {latency} budget.",
+            if lines.iter().any(|l| l.group.is_some()) { " (hover for its c=N)" } else { " (c=N)" }),
+        data,
+        layout: layout(latency, "output tokens/s"),
+    }
+}
+
 /// Throughput over time for each concurrency of one cache mode: sliding window or cumulative.
 pub fn throughput_over_time(
     ids: &mut Ids,

@@ -586,6 +586,7 @@ fn index_page(
     // One legend group per GPU of each run: its lines share a marker symbol, its bars a pattern;
     // colors are the cache modes'.
     let mut groups = 0;
+    let mut tradeoff_groups: Vec<(charts::Group, Vec<&CellSummary>)> = Vec::new();
     let mut baselines = BTreeSet::new();
     let mut speedup_modes = BTreeSet::new();
     for (run, agg) in runs.iter().zip(aggregates) {
@@ -603,6 +604,7 @@ fn index_page(
                     let group = group_of(gpu, groups);
                     groups += 1;
                     let cells: Vec<&CellSummary> = a.cells_of(gpu).map(|c| &c.summary).collect();
+                    tradeoff_groups.push((group.clone(), cells.clone()));
                     if let Some(b) = a.best.iter().find(|b| {
                         b.gpu == gpu && b.cache_mode.is_none() && b.criterion == "output_tok_per_s"
                     }) {
@@ -738,6 +740,15 @@ fn index_page(
         let base = baselines.into_iter().collect::<Vec<_>>().join("/");
         charts_out.push(charts::speedup(&mut ids, &speedup_bars, &base));
     }
+    charts_out.extend(tradeoff_charts(
+        &mut ids,
+        ", all GPUs",
+        &tradeoff_groups
+            .iter()
+            .map(|(g, c)| (Some(g.clone()), c))
+            .collect::<Vec<_>>(),
+        false,
+    ));
     let order = |m: &String| CacheMode::ALL.iter().position(|c| c.as_str() == m);
     let mut speedup_modes: Vec<String> = speedup_modes.into_iter().collect();
     speedup_modes.sort_by_key(order);
@@ -758,6 +769,59 @@ fn index_page(
         charts: charts_out,
         data_files: Vec::new(),
     }
+}
+
+/// A cell's latency on a trade-off chart's x axis.
+type Latency = fn(&CellSummary) -> Option<f64>;
+
+/// Throughput against time per trajectory and (`ttft`) against TTFT p99, a line per cache mode
+/// (and group, when several GPUs or runs share the chart); cells without the latency are left
+/// out.
+fn tradeoff_charts(
+    ids: &mut Ids,
+    suffix: &str,
+    groups: &[(Option<charts::Group>, &Vec<&CellSummary>)],
+    ttft: bool,
+) -> Vec<ChartSpec> {
+    let axes: [(&str, &str, Latency); 2] = [
+        (
+            "Throughput vs time per trajectory",
+            "time per trajectory (s)",
+            |c| c.avg_traj_time_s,
+        ),
+        ("Throughput vs TTFT p99", "TTFT p99 (ms)", |c| {
+            c.ttft.p99.map(|v| v * 1e3)
+        }),
+    ];
+    let mut out = Vec::new();
+    for (title, latency, pick) in axes.into_iter().take(if ttft { 2 } else { 1 }) {
+        let mut lines = Vec::new();
+        for (group, cells) in groups {
+            for mode in CacheMode::ALL {
+                let points: Vec<(u32, f64, f64)> = cells
+                    .iter()
+                    .filter(|c| c.cache_mode == mode)
+                    .filter_map(|c| Some((c.concurrency, pick(c)?, c.output_tok_per_s)))
+                    .collect();
+                if !points.is_empty() {
+                    lines.push(charts::TradeoffLine {
+                        mode,
+                        group: group.clone(),
+                        points,
+                    });
+                }
+            }
+        }
+        if !lines.is_empty() {
+            out.push(charts::throughput_vs_latency(
+                ids,
+                &format!("{title}{suffix}"),
+                latency,
+                &lines,
+            ));
+        }
+    }
+    out
 }
 
 fn legacy_best(rows: &[LegacyRow]) -> Option<&LegacyRow> {
@@ -910,6 +974,8 @@ fn measured_section(
         "Token throughput vs concurrency",
         &lines,
     ));
+    let summaries: Vec<&CellSummary> = cells.iter().map(|c| &c.summary).collect();
+    charts_out.extend(tradeoff_charts(ids, "", &[(None, &summaries)], true));
     for mode in &modes {
         let mc: Vec<&CellSeries> = cells
             .iter()

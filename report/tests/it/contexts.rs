@@ -96,3 +96,55 @@ fn chart_specs() {
     // Index: cross-GPU throughput and cache-mode speed-up.
     insta::assert_json_snapshot!("index_charts", site.index.charts);
 }
+
+#[test]
+fn tradeoff_chart_points_are_each_cells_time_per_trajectory_and_throughput() {
+    let (site, dir, _tmp) = tiny_site();
+    let expected = recompute_seed(&dir.join("turns.jsonl"));
+    let charts = site.gpu_pages[0].charts();
+    let chart = charts
+        .iter()
+        .find(|c| c.title == "Throughput vs time per trajectory")
+        .expect("trade-off chart on the GPU page");
+    let mut points = 0;
+    for trace in &chart.data {
+        let mode = trace["name"].as_str().unwrap();
+        let labels = trace["text"].as_array().unwrap();
+        for (i, label) in labels.iter().enumerate() {
+            let conc: u32 = label
+                .as_str()
+                .unwrap()
+                .trim_start_matches("c=")
+                .parse()
+                .unwrap();
+            let e = &expected[&("h100".to_string(), mode.to_string(), conc)];
+            let (x, y) = (
+                trace["x"][i].as_f64().unwrap(),
+                trace["y"][i].as_f64().unwrap(),
+            );
+            assert!(
+                (x - e.avg_traj).abs() <= 1e-4 * e.avg_traj,
+                "{mode} c={conc}: x {x}"
+            );
+            assert!(
+                (y - e.tok_s).abs() <= 1e-4 * e.tok_s,
+                "{mode} c={conc}: y {y}"
+            );
+            points += 1;
+        }
+    }
+    // Every cell: 2 cache modes × 2 concurrencies.
+    assert_eq!(points, expected.len());
+    assert_eq!(points, 4);
+    // The index overlays GPUs: one group per GPU, labelled in the legend.
+    let index = site
+        .index
+        .charts
+        .iter()
+        .find(|c| c.title == "Throughput vs time per trajectory, all GPUs")
+        .expect("cross-GPU trade-off chart");
+    assert!(index
+        .data
+        .iter()
+        .all(|t| t["legendgrouptitle"]["text"] == "h100"));
+}
