@@ -68,6 +68,7 @@
   MULTI.forEach(function (key) { fillSelect($("ctl-" + key), options[key]); });
   $("viewer-controls").hidden = false;
 
+  var LANDING = "metric=ttft&agg=p50&group=turn&series=cache_mode";
   var DEFAULTS = { metric: "ttft", agg: "p50", group: "turn", series: "", chart: "line", error: "" };
 
   // Controls → hash (form-encoded, the record's own field names and raw values).
@@ -461,5 +462,10 @@
   };
 
   window.addEventListener("hashchange", render);
+  // A link without a view lands on median TTFT by turn index, a line per cache mode: how KV
+  // reuse holds TTFT flat while the prompt grows. (A link's own view is kept as it is.)
+  if (currentHash() === "") {
+    history.replaceState(null, "", "#" + LANDING);
+  }
   render();
 })();

@@ -211,6 +211,7 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
     if firefox {
         browser.open(&site.join("index.html")).await.unwrap();
         crate::site_in_browser::assert_charts_rendered(browser, "index.html").await;
+        crate::site_in_browser::assert_legends_clear(browser, "index.html").await;
         let gpu_page = std::fs::read_dir(&site)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -221,7 +222,35 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
             .expect("a page for the fixture's GPU");
         browser.open(&gpu_page).await.unwrap();
         crate::site_in_browser::assert_charts_rendered(browser, "the GPU page").await;
+        crate::site_in_browser::assert_legends_clear(browser, "the GPU page").await;
     }
+
+    // A link without a view lands on median TTFT by turn index split by cache mode, and
+    // the link then names that view.
+    let landing = "metric=ttft&agg=p50&group=turn&series=cache_mode";
+    let url = url::Url::from_file_path(page.canonicalize().unwrap()).unwrap();
+    browser.client().goto(url.as_str()).await.unwrap();
+    let got = wait_for_table(browser, landing).await;
+    assert_eq!(
+        browser
+            .eval::<String>("return location.hash")
+            .await
+            .unwrap(),
+        format!("#{landing}")
+    );
+    let both: Vec<Value> = lines.iter().chain(&hostile_lines).cloned().collect();
+    assert_table(
+        landing,
+        &got,
+        &expected(
+            &both,
+            &|_: &Value| true,
+            &n("turn"),
+            Some(&s("cache_mode")),
+            "ttft",
+            "p50",
+        ),
+    );
 
     // A hash per kind of view; the expected table from the JSON lines of the measured run.
     let hash = format!("metric=ttft&agg=p90&group=turn&series=concurrency&run=viewer-run&gpu={gpu}&cache_mode=prefix");
