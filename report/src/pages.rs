@@ -742,12 +742,12 @@ fn index_page(
     }
     charts_out.extend(tradeoff_charts(
         &mut ids,
+        &[PER_TRAJECTORY],
         ", all GPUs",
         &tradeoff_groups
             .iter()
             .map(|(g, c)| (Some(g.clone()), c))
             .collect::<Vec<_>>(),
-        false,
     ));
     let order = |m: &String| CacheMode::ALL.iter().position(|c| c.as_str() == m);
     let mut speedup_modes: Vec<String> = speedup_modes.into_iter().collect();
@@ -771,30 +771,29 @@ fn index_page(
     }
 }
 
-/// A cell's latency on a trade-off chart's x axis.
-type Latency = fn(&CellSummary) -> Option<f64>;
+/// A trade-off chart's title, its latency axis, and that latency of a cell (if it has one).
+type Tradeoff = (&'static str, &'static str, fn(&CellSummary) -> Option<f64>);
 
-/// Throughput against time per trajectory and (`ttft`) against TTFT p99, a line per cache mode
-/// (and group, when several GPUs or runs share the chart); cells without the latency are left
-/// out.
+const PER_TRAJECTORY: Tradeoff = (
+    "Throughput vs time per trajectory",
+    "time per trajectory (s)",
+    |c| c.avg_traj_time_s,
+);
+
+const TTFT_P99: Tradeoff = ("Throughput vs TTFT p99", "TTFT p99 (ms)", |c| {
+    c.ttft.p99.map(|v| v * 1e3)
+});
+
+/// Throughput against each latency of `axes`, a line per cache mode (and group, when several
+/// GPUs or runs share the chart); cells without the latency are left out.
 fn tradeoff_charts(
     ids: &mut Ids,
+    axes: &[Tradeoff],
     suffix: &str,
     groups: &[(Option<charts::Group>, &Vec<&CellSummary>)],
-    ttft: bool,
 ) -> Vec<ChartSpec> {
-    let axes: [(&str, &str, Latency); 2] = [
-        (
-            "Throughput vs time per trajectory",
-            "time per trajectory (s)",
-            |c| c.avg_traj_time_s,
-        ),
-        ("Throughput vs TTFT p99", "TTFT p99 (ms)", |c| {
-            c.ttft.p99.map(|v| v * 1e3)
-        }),
-    ];
     let mut out = Vec::new();
-    for (title, latency, pick) in axes.into_iter().take(if ttft { 2 } else { 1 }) {
+    for (title, latency, pick) in axes {
         let mut lines = Vec::new();
         for (group, cells) in groups {
             for mode in CacheMode::ALL {
@@ -975,7 +974,12 @@ fn measured_section(
         &lines,
     ));
     let summaries: Vec<&CellSummary> = cells.iter().map(|c| &c.summary).collect();
-    charts_out.extend(tradeoff_charts(ids, "", &[(None, &summaries)], true));
+    charts_out.extend(tradeoff_charts(
+        ids,
+        &[PER_TRAJECTORY, TTFT_P99],
+        "",
+        &[(None, &summaries)],
+    ));
     for mode in &modes {
         let mc: Vec<&CellSeries> = cells
             .iter()
