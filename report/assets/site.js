@@ -4,18 +4,21 @@
   var charts = window.TB_CHARTS || [];
 
   // A chart's legend sits at the bottom of the figure (`yref: "container"`, see charts.rs),
-  // below the plot and its x-axis title. Its height depends on the entries and on the width
-  // (a horizontal legend wraps), so it is measured once drawn: the bottom margin becomes the
-  // axis' own space plus the legend's, and the figure grows by as much, so the plot keeps its
-  // height. Redone after every redraw (a resize rewraps the legend).
-  function fitLegend(el, base) {
+  // below the plot and its x-axis title (AXIS px). Its height depends on the entries and on
+  // the width (a horizontal legend wraps), so it is measured once drawn; when the bottom
+  // margin is too small for it (or far too large), the margin becomes AXIS plus the legend's
+  // height and the figure grows or shrinks by as much, so the plot keeps its height. charts.rs
+  // leaves room for one row, so most charts are drawn once. Redone after every redraw (a
+  // resize rewraps the legend).
+  var AXIS = 50;
+  function fitLegend(el, above) {
     var box = el.querySelector(".legend .scrollbox");
     var full = el._fullLayout;
     if (!box || !full || !full.showlegend) { return; }
-    var need = Math.ceil(box.getBBox().height) + 8;
-    var bottom = base.bottom + need;
-    if (Math.abs(full.margin.b - bottom) <= 1) { return; }
-    Plotly.relayout(el, { "margin.b": bottom, height: base.height + need });
+    var bottom = AXIS + Math.ceil(box.getBBox().height) + 8;
+    var b = full.margin.b;
+    if (b >= bottom - 1 && b <= bottom + 24) { return; }
+    Plotly.relayout(el, { "margin.b": bottom, height: above + bottom });
   }
 
   for (var i = 0; i < charts.length; i++) {
@@ -23,11 +26,12 @@
     var el = document.getElementById(c.id);
     if (!el) { continue; }
     var legendBelow = c.layout.legend && c.layout.legend.yref === "container";
-    var base = { height: c.layout.height, bottom: c.layout.margin.b };
+    // The figure's height above its bottom margin.
+    var above = c.layout.height - c.layout.margin.b;
     var drawn = Plotly.newPlot(el, c.data, c.layout, { displaylogo: false, responsive: true });
     if (legendBelow) {
-      drawn.then(fitLegend.bind(null, el, base));
-      el.on("plotly_afterplot", fitLegend.bind(null, el, base));
+      drawn.then(fitLegend.bind(null, el, above));
+      el.on("plotly_afterplot", fitLegend.bind(null, el, above));
     }
   }
 })();

@@ -26,16 +26,21 @@ pub fn plot_text(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The height of a one-row legend and its padding, as `site.js` measures it: most charts'
+/// legends need no redraw.
+const LEGEND_ROW: u32 = 28;
+
 fn layout(x: &str, y: &str) -> Value {
     json!({
         "xaxis": {"title": {"text": x}, "zeroline": false},
         "yaxis": {"title": {"text": y}, "rangemode": "tozero"},
-        "margin": {"l": 60, "r": 20, "t": 10, "b": 50},
-        // Below the figure's plot and axis title; `site.js` grows the bottom margin and the
-        // figure to the legend's rendered height, so many entries never cover the axis title
-        // nor scroll.
+        // 50 px for the x axis' labels and title, then room for one row of legend.
+        "margin": {"l": 60, "r": 20, "t": 10, "b": 50 + LEGEND_ROW},
+        // Below the plot and its axis title; `site.js` resizes the bottom margin (and the
+        // figure) to a legend of more rows, so many entries never cover the axis title nor
+        // scroll.
         "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
-        "height": 360,
+        "height": 360 + LEGEND_ROW,
         "hovermode": "closest",
     })
 }
