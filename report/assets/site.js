@@ -21,10 +21,7 @@
     Plotly.relayout(el, { "margin.b": bottom, height: above + bottom });
   }
 
-  for (var i = 0; i < charts.length; i++) {
-    var c = charts[i];
-    var el = document.getElementById(c.id);
-    if (!el) { continue; }
+  function draw(c, el) {
     var legendBelow = c.layout.legend && c.layout.legend.yref === "container";
     // The figure's height above its bottom margin.
     var above = c.layout.height - c.layout.margin.b;
@@ -34,4 +31,35 @@
       el.on("plotly_afterplot", fitLegend.bind(null, el, above));
     }
   }
+
+  // A GPU page holds dozens of charts per run: each is drawn when it comes near the viewport
+  // (a screen's height ahead), so the page opens at once instead of after drawing them all.
+  // `drawAll` draws those not drawn yet (before printing; tests call it too).
+  var waiting = {};
+  function drawAll() {
+    Object.keys(waiting).forEach(function (id) {
+      var w = waiting[id];
+      delete waiting[id];
+      if (observer) { observer.unobserve(w.el); }
+      draw(w.chart, w.el);
+    });
+  }
+  var observer = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (e) {
+      var w = waiting[e.target.id];
+      if (!e.isIntersecting || !w) { return; }
+      delete waiting[e.target.id];
+      observer.unobserve(e.target);
+      draw(w.chart, w.el);
+    });
+  }, { rootMargin: "100% 0px" }) : null;
+  for (var i = 0; i < charts.length; i++) {
+    var el = document.getElementById(charts[i].id);
+    if (!el) { continue; }
+    waiting[charts[i].id] = { chart: charts[i], el: el };
+    if (observer) { observer.observe(el); }
+  }
+  if (!observer) { drawAll(); }
+  window.addEventListener("beforeprint", drawAll);
+  window.TB_drawAllCharts = drawAll;
 })();

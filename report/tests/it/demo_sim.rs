@@ -110,6 +110,7 @@ async fn demo_sim_site_end_to_end() {
     }
 
     // The log concurrency axis of the cross-GPU chart is ticked at the measured concurrencies.
+    assert_charts_rendered(&browser, "index.html").await;
     let ticks: Vec<String> = browser
         .eval(
             "var box = Array.prototype.find.call(document.querySelectorAll('.chart-box'), function (b) {

@@ -7,14 +7,66 @@ use report::fixture::{FixtureSpec, HOSTILE_MODEL, HOSTILE_RUN_ID};
 use std::collections::BTreeMap;
 
 /// Asserts the open page has at least one chart and every `.chart` container holds a plotted
-/// trace; returns how many charts there are.
+/// trace; returns how many charts there are. Charts are drawn as they come near the viewport:
+/// those within a screen below it are drawn on their own, those further down only once
+/// scrolled to (checked with the last one) or when `TB_drawAllCharts` (printing) draws the rest.
 pub async fn assert_charts_rendered(browser: &Browser, page: &str) -> usize {
+    const DRAWN: &str = "function drawn(e) { return e.querySelector('svg.main-svg .plot .trace, svg.main-svg .barlayer .trace, svg.main-svg .scatterlayer .trace') !== null; }";
+    // (charts near the viewport, of them drawn, charts further down, of them drawn)
+    let state = format!(
+        "{DRAWN}
+         var near = 0, nearDrawn = 0, far = 0, farDrawn = 0, h = window.innerHeight;
+         document.querySelectorAll('.chart').forEach(function (e) {{
+           var top = e.getBoundingClientRect().top;
+           if (top < 1.5 * h) {{ near++; if (drawn(e)) nearDrawn++; }}
+           else if (top > 2.5 * h) {{ far++; if (drawn(e)) farDrawn++; }}
+         }});
+         return [near, nearDrawn, far, farDrawn];"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (far, far_drawn) = loop {
+        let (near, near_drawn, far, far_drawn): (usize, usize, usize, usize) =
+            browser.eval(&state).await.unwrap();
+        if near == near_drawn {
+            break (far, far_drawn);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{page}: {near_drawn} of the {near} charts near the top drawn"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        far_drawn, 0,
+        "{page}: charts far below the viewport drawn at load"
+    );
+    if far > 0 {
+        browser
+            .eval::<()>(
+                "var c = document.querySelectorAll('.chart'); c[c.length - 1].scrollIntoView();",
+            )
+            .await
+            .unwrap();
+        let last = format!(
+            "{DRAWN} var c = document.querySelectorAll('.chart'); return drawn(c[c.length - 1]);"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !browser.eval::<bool>(&last).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{page}: the last chart, scrolled to, was not drawn"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        browser.eval::<()>("window.scrollTo(0, 0);").await.unwrap();
+    }
     let (containers, rendered): (usize, usize) = browser
-        .eval::<(usize, usize)>(
-            "var c = document.querySelectorAll('.chart');
-             var r = Array.prototype.filter.call(c, function (e) { return e.querySelector('svg.main-svg .plot .trace, svg.main-svg .barlayer .trace, svg.main-svg .scatterlayer .trace') !== null; });
-             return [c.length, r.length];",
-        )
+        .eval::<(usize, usize)>(&format!(
+            "{DRAWN}
+             window.TB_drawAllCharts();
+             var c = document.querySelectorAll('.chart');
+             return [c.length, Array.prototype.filter.call(c, drawn).length];"
+        ))
         .await
         .unwrap();
     assert!(containers > 0, "{page}: no chart");
@@ -161,6 +213,7 @@ async fn site_renders_from_file_urls() {
     // The index overlays every GPU of every run (legend groups); narrow, its legends wrap
     // into more rows and the figures grow to hold them.
     browser.open(&site.join("index.html")).await.unwrap();
+    assert_charts_rendered(&browser, "index.html").await;
     let groups = browser
         .eval::<usize>("return document.querySelectorAll('.chart .legend .groups').length")
         .await
