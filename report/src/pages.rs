@@ -120,6 +120,9 @@ pub struct BestRow {
     pub tok_s: String,
     pub traj_s: String,
     pub avg_traj: String,
+    /// The best cell of the GPU by the seed's other two criteria, `mode · c=N (value)`.
+    pub best_traj_s: String,
+    pub best_avg_traj: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -622,6 +625,8 @@ fn index_page(
                                 tok_s: num(c.output_tok_per_s, 1),
                                 traj_s: num(c.traj_per_s, 4),
                                 avg_traj: opt(c.avg_traj_time_s, 2),
+                                best_traj_s: best_by(&a.best, gpu, "traj_per_s", 4, ""),
+                                best_avg_traj: best_by(&a.best, gpu, "avg_traj_time_s", 2, " s"),
                             });
                         }
                     }
@@ -721,6 +726,8 @@ fn index_page(
                         tok_s: format!("{} words/s", opt(row.tok_per_s, 1)),
                         traj_s: opt(row.traj_per_s, 4),
                         avg_traj: opt(row.avg_traj_time_s, 2),
+                        best_traj_s: "—".into(),
+                        best_avg_traj: "—".into(),
                     });
                 }
             }
@@ -821,6 +828,29 @@ fn tradeoff_charts(
         }
     }
     out
+}
+
+/// The GPU's best cell over all cache modes by `criterion`, as `mode · c=N (value)`.
+fn best_by(
+    best: &[turnbench_schema::BestCell],
+    gpu: &str,
+    criterion: &str,
+    decimals: usize,
+    unit: &str,
+) -> String {
+    best.iter()
+        .find(|b| b.gpu == gpu && b.cache_mode.is_none() && b.criterion == criterion)
+        .map_or_else(
+            || "—".into(),
+            |b| {
+                format!(
+                    "{} · c={} ({}{unit})",
+                    b.best_cache_mode,
+                    b.best_concurrency,
+                    num(b.value, decimals)
+                )
+            },
+        )
 }
 
 fn legacy_best(rows: &[LegacyRow]) -> Option<&LegacyRow> {

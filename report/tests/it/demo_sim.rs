@@ -107,6 +107,30 @@ async fn demo_sim_site_end_to_end() {
         assert_eq!(row[2], want["best_cache_mode"].as_str().unwrap(), "{gpu}");
         assert_eq!(row[3], want["best_concurrency"].to_string(), "{gpu}");
         crate::support::assert_shown(&row[4], want["value"].as_f64().unwrap(), "best tok/s");
+        // The last two columns: the best cells by the seed's other criteria, `mode · c=N (value)`.
+        for (col, criterion) in [(7, "traj_per_s"), (8, "avg_traj_time_s")] {
+            let want = summary["best"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| {
+                    b["gpu"] == gpu && b["cache_mode"].is_null() && b["criterion"] == criterion
+                })
+                .unwrap_or_else(|| panic!("summary.json has no {criterion} best for {gpu}"));
+            let (cell, value) = row[col]
+                .split_once(" (")
+                .unwrap_or_else(|| panic!("{row:?}"));
+            assert_eq!(
+                cell,
+                format!(
+                    "{} · c={}",
+                    want["best_cache_mode"].as_str().unwrap(),
+                    want["best_concurrency"]
+                ),
+                "{gpu} {criterion}"
+            );
+            crate::support::assert_shown(value, want["value"].as_f64().unwrap(), criterion);
+        }
     }
 
     // The log concurrency axis of the cross-GPU chart is ticked at the measured concurrencies.
