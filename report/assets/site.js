@@ -36,21 +36,17 @@
   // (a screen's height ahead), so the page opens at once instead of after drawing them all.
   // `drawAll` draws those not drawn yet (before printing; tests call it too).
   var waiting = {};
-  function drawAll() {
-    Object.keys(waiting).forEach(function (id) {
-      var w = waiting[id];
-      delete waiting[id];
-      if (observer) { observer.unobserve(w.el); }
-      draw(w.chart, w.el);
-    });
+  function drawWaiting(id) {
+    var w = waiting[id];
+    if (!w) { return; }
+    delete waiting[id];
+    if (observer) { observer.unobserve(w.el); }
+    draw(w.chart, w.el);
   }
+  function drawAll() { Object.keys(waiting).forEach(drawWaiting); }
   var observer = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
     entries.forEach(function (e) {
-      var w = waiting[e.target.id];
-      if (!e.isIntersecting || !w) { return; }
-      delete waiting[e.target.id];
-      observer.unobserve(e.target);
-      draw(w.chart, w.el);
+      if (e.isIntersecting) { drawWaiting(e.target.id); }
     });
   }, { rootMargin: "100% 0px" }) : null;
   for (var i = 0; i < charts.length; i++) {

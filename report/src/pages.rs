@@ -608,9 +608,7 @@ fn index_page(
                     groups += 1;
                     let cells: Vec<&CellSummary> = a.cells_of(gpu).map(|c| &c.summary).collect();
                     tradeoff_groups.push((group.clone(), cells.clone()));
-                    if let Some(b) = a.best.iter().find(|b| {
-                        b.gpu == gpu && b.cache_mode.is_none() && b.criterion == "output_tok_per_s"
-                    }) {
+                    if let Some(b) = overall_best(&a.best, gpu, "output_tok_per_s") {
                         if let Some(c) = cells.iter().find(|c| {
                             c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency
                         }) {
@@ -830,7 +828,17 @@ fn tradeoff_charts(
     out
 }
 
-/// The GPU's best cell over all cache modes by `criterion`, as `mode · c=N (value)`.
+/// The GPU's best cell over all its cache modes by `criterion` (one of the summary's).
+fn overall_best<'a>(
+    best: &'a [turnbench_schema::BestCell],
+    gpu: &str,
+    criterion: &str,
+) -> Option<&'a turnbench_schema::BestCell> {
+    best.iter()
+        .find(|b| b.gpu == gpu && b.cache_mode.is_none() && b.criterion == criterion)
+}
+
+/// [`overall_best`] as `mode · c=N (value)`.
 fn best_by(
     best: &[turnbench_schema::BestCell],
     gpu: &str,
@@ -838,19 +846,17 @@ fn best_by(
     decimals: usize,
     unit: &str,
 ) -> String {
-    best.iter()
-        .find(|b| b.gpu == gpu && b.cache_mode.is_none() && b.criterion == criterion)
-        .map_or_else(
-            || "—".into(),
-            |b| {
-                format!(
-                    "{} · c={} ({}{unit})",
-                    b.best_cache_mode,
-                    b.best_concurrency,
-                    num(b.value, decimals)
-                )
-            },
-        )
+    overall_best(best, gpu, criterion).map_or_else(
+        || "—".into(),
+        |b| {
+            format!(
+                "{} · c={} ({}{unit})",
+                b.best_cache_mode,
+                b.best_concurrency,
+                num(b.value, decimals)
+            )
+        },
+    )
 }
 
 fn legacy_best(rows: &[LegacyRow]) -> Option<&LegacyRow> {
