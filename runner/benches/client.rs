@@ -26,6 +26,8 @@
 //! (default 1, as `runner sweep` runs its client); `CLIENT_BENCH_SERVER_CPUS=0` pins the server
 //! to CPU 0 (run the benchmark under `taskset -c 1` to give client and server a core each).
 //! Prints tables; no criterion (each point is one closed-loop run, not a micro-benchmark).
+//! `CLIENT_BENCH_JSON=FILE` also appends each overhead and floor point to FILE as a JSON line
+//! (`bench/compare.sh` sets it to put these next to bench_serving's figures).
 
 use runner::client::{Client, Outcome, Prompt, Sampling};
 use std::process::{Child, Command, Stdio};
@@ -79,6 +81,19 @@ fn serve_sim(scale: &str, extra: &[&str]) -> Server {
     Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Appends `row` as a JSON line to the file `CLIENT_BENCH_JSON` names, if set.
+fn json_row(row: serde_json::Value) {
+    use std::io::Write;
+    if let Ok(path) = std::env::var("CLIENT_BENCH_JSON") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("CLIENT_BENCH_JSON={path}: {e}"));
+        writeln!(f, "{row}").unwrap_or_else(|e| panic!("CLIENT_BENCH_JSON={path}: {e}"));
     }
 }
 
@@ -199,7 +214,7 @@ async fn wait_ready(c: &Client) {
 }
 
 /// One table of client overhead at zero engine cost, for one way of streaming.
-async fn overhead(stream: &str, flags: &[&str]) {
+async fn overhead(name: &str, stream: &str, flags: &[&str]) {
     println!("## Client overhead against serve-sim at zero engine cost (--sim-time-scale inf)");
     println!("qwen2.5-14b on h100, ~1024-token prompts, 256 output tokens (ignore_eos)");
     println!("stream {stream}");
@@ -258,6 +273,21 @@ async fn overhead(stream: &str, flags: &[&str]) {
             scpu / k,
             cpu * 1e6 / chunks.max(1.0),
         );
+        json_row(serde_json::json!({
+            "part": "overhead",
+            "stream": name,
+            "concurrency": c,
+            "requests": requests,
+            "wall_s": wall,
+            "tok_s": tokens as f64 / wall,
+            "req_s": requests as f64 / wall,
+            "client_cpu_s_per_1k": cpu / k,
+            "client_sys_s_per_1k": sys / k,
+            "server_cpu_s_per_1k": scpu / k,
+            "chunks_per_req": per_req,
+            "client_us_per_chunk": cpu * 1e6 / chunks.max(1.0),
+            "errors": errors,
+        }));
     }
     println!();
 }
@@ -268,7 +298,7 @@ async fn overhead(stream: &str, flags: &[&str]) {
 /// into one buffer, parsing nothing; a response ends with HTTP's terminating chunk. Its CPU
 /// (the thread's getrusage) is the kernel's work of sleeping, waking, receiving and sending,
 /// plus a few instructions per read: no client that reads a stream as it arrives spends less.
-fn floor(stream: &str, flags: &[&str]) {
+fn floor(name: &str, stream: &str, flags: &[&str]) {
     use std::io::{Read, Write};
     let srv = serve_sim("inf", flags);
     let addr = srv.url.trim_start_matches("http://").to_string();
@@ -342,6 +372,17 @@ fn floor(stream: &str, flags: &[&str]) {
         "every response has {tokens} tokens"
     );
     let k = (requests * tokens as usize) as f64 / 1000.0;
+    json_row(serde_json::json!({
+        "part": "floor",
+        "stream": name,
+        "concurrency": 1,
+        "requests": requests,
+        "wall_s": wall,
+        "tok_s": k * 1000.0 / wall,
+        "client_cpu_s_per_1k": (user1 - user0 + sys1 - sys0) / k,
+        "client_sys_s_per_1k": (sys1 - sys0) / k,
+        "reads_per_req": reads as f64 / requests as f64,
+    }));
     println!(
         "{stream:>10} {requests:>8} {wall:>8.2} {:>10.0} {:>13.5} {:>13.5} {:>10.1}",
         k * 1000.0 / wall,
@@ -381,7 +422,7 @@ fn main() {
             ("per-step", "per step (--sim-chunk-per-step): one chunk per token, the same stream for any client", &["--sim-chunk-per-step"][..]),
         ] {
             if selected("CLIENT_BENCH_PARTS", name) {
-                overhead(stream, flags).await;
+                overhead(name, stream, flags).await;
             }
         }
         if selected("CLIENT_BENCH_PARTS", "floor") {
@@ -392,8 +433,8 @@ fn main() {
             );
             println!("{:>51} {:>13}", "per 1k tok", "per 1k tok");
             tokio::task::block_in_place(|| {
-                floor("coalesced", &[]);
-                floor("per step", &["--sim-chunk-per-step"]);
+                floor("coalesced", "coalesced", &[]);
+                floor("per-step", "per step", &["--sim-chunk-per-step"]);
             });
             println!();
         }

@@ -1,0 +1,74 @@
+"""The runner's client CPU per 1k output tokens against bench_serving.py's, side by side.
+
+Usage: ratio.py RUNNER_JSONL BENCH_SERVING_COALESCED_ROWS BENCH_SERVING_PER_STEP_ROWS
+
+RUNNER_JSONL: the lines `cargo bench -p runner --bench client` appends with
+CLIENT_BENCH_JSON set (one or more runs; the median of each point is taken). The rows files:
+`target/bench-serving{,-per-step}/rows.jsonl` from bench/bench_serving_compare.sh.
+Prints a markdown table (ratio = bench_serving's CPU per token / the runner's) and the floor.
+"""
+import json
+import statistics
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv):
+    if len(argv) != 4:
+        sys.exit(__doc__)
+    runner = load(argv[1])
+    bs = {"coalesced": load(argv[2]), "per-step": load(argv[3])}
+    streams = ("per-step", "coalesced")
+
+    def runner_point(stream, c):
+        xs = [r for r in runner
+              if r["part"] == "overhead" and r["stream"] == stream and r["concurrency"] == c]
+        if not xs:
+            return None, None, 0
+        return (statistics.median(r["client_cpu_s_per_1k"] for r in xs),
+                statistics.median(r["client_us_per_chunk"] for r in xs), len(xs))
+
+    def bs_point(stream, c):
+        xs = [r["client_cpu_s_per_1k"] for r in bs[stream] if r["concurrency"] == c]
+        return xs[-1] if xs else None
+
+    concs = sorted({r["concurrency"] for r in runner if r["part"] == "overhead"}
+                   | {r["concurrency"] for s in streams for r in bs[s]})
+    head = "| concurrency |"
+    rule = "|---|"
+    for s in streams:
+        head += f" {s}: runner | {s}: bench_serving | ratio |"
+        rule += "---|---|---|"
+    print("Client CPU-s per 1k output tokens (runner: median of its runs, µs per chunk in "
+          "brackets); ratio = bench_serving ÷ runner.\n")
+    print(head)
+    print(rule)
+    for c in concs:
+        row = f"| {c} |"
+        for s in streams:
+            r, us, n = runner_point(s, c)
+            b = bs_point(s, c)
+            row += f" {r:.5f} ({us:.1f}) |" if r is not None else " – |"
+            row += f" {b:.4f} |" if b is not None else " – |"
+            row += f" {b / r:.1f}× |" if r and b else " – |"
+        print(row)
+    floors = [r for r in runner if r["part"] == "floor"]
+    if floors:
+        print()
+        for s in ("coalesced", "per-step"):
+            xs = [r["client_cpu_s_per_1k"] for r in floors if r["stream"] == s]
+            if xs:
+                b = bs_point(s, 1)
+                tail = f"; bench_serving ÷ floor {b / max(xs):.1f}–{b / min(xs):.1f}×" if b else ""
+                print(f"Floor at concurrency 1, {s}: {min(xs):.5f}–{max(xs):.5f} CPU-s per 1k "
+                      f"tokens over {len(xs)} run(s){tail}.")
+    n_runs = max((runner_point(s, c)[2] for s in streams for c in concs), default=0)
+    print(f"\nRunner runs per point: {n_runs}.")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
