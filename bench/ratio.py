@@ -3,8 +3,9 @@
 Usage: ratio.py RUNNER_JSONL BENCH_SERVING_COALESCED_ROWS BENCH_SERVING_PER_STEP_ROWS
 
 RUNNER_JSONL: the lines `cargo bench -p runner --bench client` appends with
-CLIENT_BENCH_JSON set (one or more runs; the median of each point is taken). The rows files:
-`target/bench-serving{,-per-step}/rows.jsonl` from bench/bench_serving_compare.sh.
+CLIENT_BENCH_JSON set. The rows files: `target/bench-serving{,-per-step}/rows.jsonl` from
+bench/bench_serving_compare.sh, or several runs' rows concatenated. Each point is the median of
+the runs that measured it, for either client.
 Prints a markdown table (ratio = bench_serving's CPU per token / the runner's) and the floor.
 """
 import json
@@ -34,7 +35,7 @@ def main(argv):
 
     def bs_point(stream, c):
         xs = [r["client_cpu_s_per_1k"] for r in bs[stream] if r["concurrency"] == c]
-        return xs[-1] if xs else None
+        return statistics.median(xs) if xs else None
 
     concs = sorted({r["concurrency"] for r in runner if r["part"] == "overhead"}
                    | {r["concurrency"] for s in streams for r in bs[s]})
@@ -43,8 +44,8 @@ def main(argv):
     for s in streams:
         head += f" {s}: runner | {s}: bench_serving | ratio |"
         rule += "---|---|---|"
-    print("Client CPU-s per 1k output tokens (runner: median of its runs, µs per chunk in "
-          "brackets); ratio = bench_serving ÷ runner.\n")
+    print("Client CPU-s per 1k output tokens, each the median of its runs (the runner's µs "
+          "per chunk in brackets); ratio = bench_serving ÷ runner.\n")
     print(head)
     print(rule)
     for c in concs:
@@ -67,7 +68,9 @@ def main(argv):
                 print(f"Floor at concurrency 1, {s}: {min(xs):.5f}–{max(xs):.5f} CPU-s per 1k "
                       f"tokens over {len(xs)} run(s){tail}.")
     n_runs = max((runner_point(s, c)[2] for s in streams for c in concs), default=0)
-    print(f"\nRunner runs per point: {n_runs}.")
+    n_bs = max((sum(r["concurrency"] == c for r in bs[s]) for s in streams for c in concs),
+               default=0)
+    print(f"\nRuns per point: runner {n_runs}, bench_serving {n_bs}.")
 
 
 if __name__ == "__main__":
