@@ -494,6 +494,30 @@ pub fn prompt_caveat(man: &Manifest) -> Option<String> {
         })
 }
 
+/// A warning for each `none` cell whose server reused cached tokens all the same (an attached
+/// server started without `--disable-radix-cache`): its figures are not those of no reuse.
+pub fn cache_not_off<'a>(cells: impl Iterator<Item = &'a CellSummary>) -> Option<String> {
+    let bad: Vec<String> = cells
+        .filter(|c| c.cache_not_off())
+        .map(|c| {
+            format!(
+                "concurrency {} ({} cached tokens)",
+                c.concurrency,
+                c.cached_tokens_total.unwrap_or(0)
+            )
+        })
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "Cache mode none did not run without reuse here: the server reported cached tokens \
+             in {} — its radix cache was on (an attached server must be started with \
+             --disable-radix-cache). These rows are not a no-reuse baseline, and are left out of \
+             the best configuration.",
+            bad.join(", ")
+        )
+    })
+}
+
 /// Page file names of GPU labels (in site order): `gpu-<sanitized>.html`, a numeric suffix
 /// telling apart labels that sanitize alike.
 pub fn gpu_hrefs(labels: &[String]) -> Vec<String> {
@@ -1054,7 +1078,10 @@ fn measured_section(
             .into_iter()
             .map(|(k, v)| (k, v.to_string()))
             .collect(),
-        warnings: prompt_caveat(&m.manifest).into_iter().collect(),
+        warnings: prompt_caveat(&m.manifest)
+            .into_iter()
+            .chain(cache_not_off(cells.iter().map(|c| &c.summary)))
+            .collect(),
         charts: charts_out,
     }
 }

@@ -10,7 +10,9 @@
 use crate::client::Client;
 use crate::plan::{BackendChoice, Plan};
 use anyhow::{bail, Context as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A running (or attached) server for one GPU.
@@ -113,12 +115,16 @@ impl Server {
                     "server-gpu{gpu}-{}.log",
                     if radix { "radix" } else { "no-radix" }
                 ));
-                let launched = Launched::spawn(&argv, gpu, &log)?;
                 let host = if plan.host == "0.0.0.0" {
                     "127.0.0.1"
                 } else {
                     &plan.host
                 };
+                // Whatever already listens there would answer the readiness probe and be
+                // measured in place of the server launched here (a previous run's server that
+                // outlived a killed runner, say).
+                port_free(&plan.host, port)?;
+                let launched = Launched::spawn(&argv, gpu, &log, api_key)?;
                 let url = format!("http://{host}:{port}");
                 let client = Client::new(&url, api_key.map(String::from));
                 let timeout = Duration::from_secs_f64(plan.launch_timeout_s);
@@ -208,20 +214,30 @@ pub fn launch_argv(
     argv
 }
 
-/// Replace the value of `--api-key`-like flags with `***`.
+/// Replace the value of `--api-key`-like flags with `***`. A placeholder (`{api_key}`, as in a
+/// plan's command template) is not a secret and stays, so a resumed run fills it again.
 pub fn mask_secrets(argv: &[String]) -> Vec<String> {
+    let placeholder = |v: &str| v.len() > 2 && v.starts_with('{') && v.ends_with('}');
     let mut out = Vec::with_capacity(argv.len());
     let mut mask_next = false;
     for a in argv {
         if mask_next {
-            out.push("***".into());
+            out.push(if placeholder(a) {
+                a.clone()
+            } else {
+                "***".into()
+            });
             mask_next = false;
             continue;
         }
         let flag = a.split('=').next().unwrap_or("");
         if crate::client::is_secret_key(&flag.trim_start_matches('-').replace('-', "_")) {
-            if a.contains('=') {
-                out.push(format!("{flag}=***"));
+            if let Some((_, value)) = a.split_once('=') {
+                out.push(if placeholder(value) {
+                    a.clone()
+                } else {
+                    format!("{flag}=***")
+                });
             } else {
                 out.push(a.clone());
                 mask_next = true;
@@ -233,34 +249,82 @@ pub fn mask_secrets(argv: &[String]) -> Vec<String> {
     out
 }
 
+/// An error unless `port` on `host` is free to listen on.
+fn port_free(host: &str, port: u16) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind((host, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "port {port} on {host} is already in use: another server listens there (one left \
+             running by an earlier run?); stop it, or move the plan's port_base"
+        ),
+        // Another failure (an address of another machine, say) is the server's to report.
+        Err(_) => Ok(()),
+    }
+}
+
 /// A spawned server process group.
 struct Launched {
     child: tokio::process::Child,
     pgid: Option<rustix::process::Pid>,
     log: PathBuf,
+    /// The thread copying the server's output into its log, when it masks a key.
+    scrubber: Option<std::thread::JoinHandle<()>>,
     stopped: bool,
 }
 
 impl Launched {
-    fn spawn(argv: &[String], gpu: &str, log: &Path) -> anyhow::Result<Launched> {
-        let out = std::fs::OpenOptions::new()
+    fn spawn(
+        argv: &[String],
+        gpu: &str,
+        log: &Path,
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Launched> {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("opening {}", log.display()))?;
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env("CUDA_VISIBLE_DEVICES", gpu)
-            .stdin(std::process::Stdio::null())
+        // SGLang logs its arguments at startup, API key included (`server_args=…`): with a
+        // key, the output reaches the log through a pipe that masks it.
+        let ctx = || format!("logging to {}", log.display());
+        let (out, err, scrubber) = match api_key.filter(|k| !k.is_empty()) {
+            Some(key) => {
+                let (w, h) = scrubbed_log(file, key.as_bytes().to_vec()).with_context(ctx)?;
+                let w2 = w.try_clone().with_context(ctx)?;
+                (Stdio::from(w), Stdio::from(w2), Some(h))
+            }
+            None => {
+                let f2 = file.try_clone().with_context(ctx)?;
+                (Stdio::from(file), Stdio::from(f2), None)
+            }
+        };
+        // With util-linux's `setpriv`, the server is sent SIGTERM when the runner dies, even
+        // by SIGKILL (the parent-death signal; without it such a server outlives the runner,
+        // holding its GPU and port). The runner spawns servers from its main thread (the
+        // sweep runs in `block_on`), whose end is the process's.
+        let mut cmd = match which_setpriv() {
+            // (A command that is not there is reported here, not by `setpriv` in the log.)
+            Some(setpriv) if find_program(&argv[0]).is_some() => {
+                let mut c = tokio::process::Command::new(setpriv);
+                c.args(["--pdeathsig", "TERM", "--"]).args(argv);
+                c
+            }
+            _ => {
+                let mut c = tokio::process::Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        cmd.env("CUDA_VISIBLE_DEVICES", gpu)
+            .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0);
         let child = cmd
             .spawn()
             .with_context(|| format!("launch_command: cannot start {:?}", argv[0]))?;
+        // The pipe's writing ends are now the server's alone (so its exit ends the copying).
+        drop(cmd);
         let pgid = child
             .id()
             .and_then(|id| rustix::process::Pid::from_raw(id as i32));
@@ -273,29 +337,39 @@ impl Launched {
             child,
             pgid,
             log: log.to_path_buf(),
+            scrubber,
             stopped: false,
         })
+    }
+
+    /// Let the log catch up with the server's last output (for its tail), a second at most
+    /// (a process of the group may still hold the pipe open).
+    async fn log_written(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self
+            .scrubber
+            .as_ref()
+            .is_some_and(|h| !h.is_finished() && Instant::now() < deadline)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn wait_ready(&mut self, client: &Client, timeout: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.stopped = true;
-                bail!(
-                    "the launched server exited ({status}) before it was ready; log {}:\n{}",
-                    self.log.display(),
-                    log_tail(&self.log, 30)
-                );
-            }
-            if client
-                .is_ready("/health_generate", Duration::from_secs(30))
-                .await
-            {
+            self.check_alive().await?;
+            // One probe never outlasts launch_timeout_s (nor 30 s).
+            let left = timeout.saturating_sub(start.elapsed());
+            let probe = left.clamp(Duration::from_secs(1), Duration::from_secs(30));
+            if client.is_ready("/health_generate", probe).await {
+                // The answer was this server's only if it is still running.
+                self.check_alive().await?;
                 return Ok(());
             }
             if start.elapsed() > timeout {
                 self.stop().await;
+                self.log_written().await;
                 bail!(
                     "the launched server was not ready after {:.0} s (launch_timeout_s); log {}:\n{}",
                     timeout.as_secs_f64(),
@@ -305,6 +379,21 @@ impl Launched {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// An error (with the log's tail) when the server has exited.
+    async fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            self.stopped = true;
+            self.signal(rustix::process::Signal::KILL);
+            self.log_written().await;
+            bail!(
+                "the launched server exited ({status}) before it was ready; log {}:\n{}",
+                self.log.display(),
+                log_tail(&self.log, 30)
+            );
+        }
+        Ok(())
     }
 
     fn signal(&self, sig: rustix::process::Signal) {
@@ -349,6 +438,89 @@ impl Drop for Launched {
     }
 }
 
+/// A pipe whose bytes a thread copies into `file` with every `key` in them replaced by
+/// `***`; the writing end is returned.
+fn scrubbed_log(
+    mut file: std::fs::File,
+    key: Vec<u8>,
+) -> std::io::Result<(std::io::PipeWriter, std::thread::JoinHandle<()>)> {
+    let (mut reader, writer) = std::io::pipe()?;
+    let copy = move || {
+        let find = memchr::memmem::Finder::new(&key);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            pending = mask(&pending, &find);
+            // What could begin a key split across two reads waits for the next one.
+            let keep = (key.len() - 1).min(pending.len());
+            let ready = pending.len() - keep;
+            if file.write_all(&pending[..ready]).is_err() {
+                break;
+            }
+            pending.drain(..ready);
+        }
+        let _ = file.write_all(&pending);
+    };
+    let handle = std::thread::Builder::new()
+        .name("server-log".into())
+        .spawn(copy)?;
+    Ok((writer, handle))
+}
+
+/// `bytes` with every match of `find` replaced by `***`.
+fn mask(bytes: &[u8], find: &memchr::memmem::Finder<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    for i in find.find_iter(bytes) {
+        if i >= at {
+            out.extend_from_slice(&bytes[at..i]);
+            out.extend_from_slice(b"***");
+            at = i + find.needle().len();
+        }
+    }
+    out.extend_from_slice(&bytes[at..]);
+    out
+}
+
+/// Where a command's program is: itself when it names a path, else the first `PATH` entry
+/// holding it.
+fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Path::new(name).is_file().then(|| name.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// util-linux's `setpriv`, when it is installed and sets a parent-death signal.
+fn which_setpriv() -> Option<&'static Path> {
+    static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let exe = find_program("setpriv")?;
+            // Old versions lack --pdeathsig: try it.
+            std::process::Command::new(&exe)
+                .args(["--pdeathsig", "TERM", "--", "true"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .ok()?
+                .success()
+                .then_some(exe)
+        })
+        .as_deref()
+}
+
 /// The last `n` lines of a log file.
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
@@ -377,5 +549,9 @@ mod tests {
                 "1"
             ]
         );
+        let t: Vec<String> = ["x", "--api-key", "{api_key}", "--admin-api-key={api_key}"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(mask_secrets(&t), t);
     }
 }

@@ -710,10 +710,9 @@ impl StreamState {
         }
     }
 
+    /// The turn failed: its end is when the failure was noticed (now), not the last data.
     fn fail(&mut self, msg: String) {
-        if self.timing.end < self.timing.send {
-            self.timing.end = Instant::now();
-        }
+        self.timing.end = self.timing.end.max(Instant::now());
         self.error.get_or_insert(msg);
     }
 

@@ -37,15 +37,29 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         dir.display(),
         turnbench_schema::files::MANIFEST
     );
-    let name = dir
+    let abs_dir = dir
         .canonicalize()
-        .with_context(|| format!("reading {}", dir.display()))?
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let name = abs_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .context("the run directory has no name")?;
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("{name}.tar.gz")));
+    // Written into the run directory, the bundle would replace a result (`-o ID/turns.jsonl`)
+    // or be packed into the next bundle.
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if let Ok(p) = parent.canonicalize() {
+        anyhow::ensure!(
+            !p.starts_with(&abs_dir),
+            "-o {}: inside the run directory it packs; write the bundle elsewhere",
+            out.display()
+        );
+    }
     let tmp = out.with_extension("tmp");
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

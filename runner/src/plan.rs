@@ -134,7 +134,7 @@ fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Err
 }
 
 /// Every plan key, as read from TOML and as flags. `None` = not given here.
-#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PlanKeys {
     /// Where servers come from: the simulated engine (default), launched processes, or

@@ -90,6 +90,27 @@ struct Setup {
 
 fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
     if let Some(id) = &args.resume {
+        // The run finishes as it started: its manifest's plan, nothing else.
+        let mut given = args.keys.clone();
+        given.out = None;
+        let given: Vec<String> = match serde_json::to_value(&given) {
+            Ok(Value::Object(m)) => m
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+                .collect(),
+            _ => vec![],
+        };
+        if args.plan.is_some() || !given.is_empty() {
+            let mut flags = given;
+            if args.plan.is_some() {
+                flags.insert(0, "--plan".into());
+            }
+            bail!(
+                "--resume {id} finishes the run with the plan in its manifest; drop {}",
+                flags.join(", ")
+            );
+        }
         let out = args.keys.out.clone().unwrap_or_else(|| "results".into());
         let dir = out.join(id);
         let mpath = dir.join(files::MANIFEST);
@@ -99,6 +120,18 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
             .with_context(|| format!("--resume {id}: parsing {}", mpath.display()))?;
         let plan = Plan::from_manifest(&manifest.plan)
             .with_context(|| format!("--resume {id}: the plan in {}", mpath.display()))?;
+        if plan.backend == BackendChoice::Launch
+            && plan
+                .launch_command
+                .iter()
+                .any(|a| a == "***" || a.ends_with("=***"))
+        {
+            bail!(
+                "--resume {id}: the plan's launch_command held an API key, which the manifest does \
+                 not keep; give keys as {{api_key}} in the command and with --api-key (or \
+                 TURNBENCH_API_KEY)"
+            );
+        }
         let existing = record::read_turns(&dir)?;
         return Ok(Setup {
             plan,
@@ -205,6 +238,9 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     let logs = dir.join(files::LOGS_DIR);
 
+    // From here on, Ctrl-C, SIGTERM and SIGHUP stop the servers this run launched (dropping
+    // them does) and end the run resumably, also while servers start.
+    let mut stop = Stop::install()?;
     // First server of every GPU, in parallel.
     let first_radix =
         |g: &str| plan.cells_of(g).first().map(|c| c.cache_mode) != Some(CacheMode::None);
@@ -212,12 +248,12 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
         .gpus
         .iter()
         .map(|g| Server::start(&plan, g, first_radix(g), &logs, api_key.as_deref()));
+    let started = tokio::select! {
+        r = futures::future::join_all(starts) => r,
+        sig = stop.recv() => bail!("interrupted ({sig}) while servers started: nothing was run"),
+    };
     let mut servers = Vec::new();
-    for (g, r) in plan
-        .gpus
-        .iter()
-        .zip(futures::future::join_all(starts).await)
-    {
+    for (g, r) in plan.gpus.iter().zip(started) {
         match r {
             Ok(s) => servers.push(s),
             Err(e) => {
@@ -266,6 +302,18 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let turn_counts: Vec<usize> = wl.trajectories.iter().map(|t| t.turns.len()).collect();
     let cells = plan.cells();
     let todo = record::todo(&cells, &turn_counts, &existing);
+    // Where each cell's clock stopped in the interrupted run, if it had started.
+    let mut resumed_at: BTreeMap<CellId, f64> = BTreeMap::new();
+    for r in &existing {
+        let cell = CellId {
+            gpu: r.gpu.clone(),
+            cache_mode: r.cache_mode,
+            concurrency: r.concurrency,
+        };
+        let t = resumed_at.entry(cell).or_insert(0.0);
+        *t = t.max(r.t_end);
+    }
+    let resumed_at = Arc::new(resumed_at);
     let recorded_lens = if plan.output_len == OutputLen::Recorded {
         Some(Arc::new(
             recorded_lengths(&servers[0].url, api_key.clone(), &wl).await?,
@@ -346,12 +394,13 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
                 nonce: nonce.clone(),
                 recorded_lens: recorded_lens.clone(),
                 template: template.clone(),
+                resumed_at: resumed_at.clone(),
             })
         });
     let result = tokio::select! {
         r = futures::future::join_all(gpu_runs) => r.into_iter().collect::<anyhow::Result<Vec<()>>>().map(|_| ()),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!(
-            "interrupted: servers stopped; finish the run with --resume {run_id}"
+        sig = stop.recv() => Err(anyhow::anyhow!(
+            "interrupted ({sig}): servers stopped; finish the run with --resume {run_id}"
         )),
     };
     ticker.abort();
@@ -362,6 +411,35 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
     println!("{}", console::tables(&summary));
     println!("results: {}", dir.display());
     Ok(())
+}
+
+/// The signals that end a sweep early: Ctrl-C, SIGTERM, SIGHUP. Once installed they no
+/// longer kill the process outright, so what the run launched is stopped on the way out.
+struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> anyhow::Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let ctx = "installing the signal handlers";
+        Ok(Stop {
+            int: signal(SignalKind::interrupt()).context(ctx)?,
+            term: signal(SignalKind::terminate()).context(ctx)?,
+            hup: signal(SignalKind::hangup()).context(ctx)?,
+        })
+    }
+
+    /// The name of the next signal received.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
 }
 
 struct GpuRun<'a> {
@@ -379,6 +457,8 @@ struct GpuRun<'a> {
     nonce: String,
     recorded_lens: Option<Arc<Vec<Vec<Option<u32>>>>>,
     template: ChatTemplate,
+    /// Per cell, the latest `t_end` of the interrupted run being finished.
+    resumed_at: Arc<BTreeMap<CellId, f64>>,
 }
 
 /// One GPU's cells, one after another. The server restarts when the radix cache must change.
@@ -398,6 +478,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         nonce,
         recorded_lens,
         template,
+        resumed_at,
     } = r;
     let gpu = server.gpu.clone();
     let mut warned_none = false;
@@ -460,6 +541,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             recorder: recorder.clone(),
             progress: progress.clone(),
             nonce: nonce.clone(),
+            t_base: resumed_at.get(&cell).copied().unwrap_or(0.0),
         });
         run_cell(ctx, todo).await.with_context(|| {
             format!(

@@ -91,6 +91,12 @@ impl CellSummary {
             _ => None,
         }
     }
+
+    /// A `none` (no reuse) cell in which the server reported cached tokens all the same: its
+    /// radix cache was on (an attached server started without `--disable-radix-cache`).
+    pub fn cache_not_off(&self) -> bool {
+        self.cache_mode == CacheMode::None && self.cached_tokens_total.unwrap_or(0) > 0
+    }
 }
 
 /// Summarize the records of one cell. Records of superseded attempts must already be
@@ -188,7 +194,8 @@ pub fn summarize(records: &[TurnRecord]) -> Vec<CellSummary> {
 }
 
 /// The best cell per GPU, per (GPU, cache mode), by each criterion. Higher is better except
-/// for `avg_traj_time_s`. Cells where every trajectory failed are not candidates.
+/// for `avg_traj_time_s`. Cells where every trajectory failed are not candidates, nor `none`
+/// cells whose server reused cache all the same ([`CellSummary::cache_not_off`]).
 pub fn best_cells(cells: &[CellSummary]) -> Vec<BestCell> {
     let mut out = Vec::new();
     let mut gpus: Vec<&str> = cells.iter().map(|c| c.gpu.as_str()).collect();
@@ -207,7 +214,7 @@ pub fn best_cells(cells: &[CellSummary]) -> Vec<BestCell> {
                 let best = cells
                     .iter()
                     .filter(|c| c.gpu == gpu && scope.is_none_or(|m| c.cache_mode == m))
-                    .filter(|c| c.trajectories_ok > 0)
+                    .filter(|c| c.trajectories_ok > 0 && !c.cache_not_off())
                     .filter_map(|c| c.criterion(crit).map(|v| (c, v)))
                     .reduce(|a, b| {
                         let better = if lower_is_better {

@@ -400,6 +400,9 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    // As SGLang does at startup (`logger.info(f"{server_args=}")`), API key and all: whoever
+    // keeps this log (the runner's `launch` backend) must mask the key.
+    tracing::info!("server_args={args:?}");
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if args.sim_workers > 0 {
         rt.worker_threads(args.sim_workers);

@@ -92,10 +92,15 @@ fn launches_serve_sim_per_gpu_and_stops_it() {
         "turns.jsonl",
         "summary.json",
         "telemetry.jsonl",
+        // serve-sim logs its arguments at startup, key included, as SGLang does.
+        "logs/server-gpu0-radix.log",
+        "logs/server-gpu0-no-radix.log",
     ] {
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
         assert!(!text.contains("sekrit-key"), "API key leaked into {f}");
     }
+    let log = std::fs::read_to_string(dir.join("logs/server-gpu0-radix.log")).unwrap();
+    assert!(log.contains("api_key: Some(\"***\")"), "{log}");
     let telemetry = std::fs::read_to_string(dir.join("telemetry.jsonl")).unwrap();
     assert!(
         telemetry.contains("\"source\":\"metrics\""),
@@ -194,4 +199,174 @@ fn ctrl_c_stops_the_launched_servers() {
     // What was finished is kept, and the summary covers it.
     let run = Run::load(&tmp.path().join("interrupted"));
     assert!(!run.raw.is_empty() && !run.summary.cells.is_empty());
+}
+
+/// Spawn a sweep; returns it once `turns.jsonl` has `lines` lines.
+fn spawn_until(args: &[String], turns: &Path, lines: usize) -> std::process::Child {
+    let mut child = runner()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(turns).map_or(0, |s| s.lines().count()) < lines {
+        assert!(start.elapsed().as_secs() < 60, "no turns recorded");
+        assert!(child.try_wait().unwrap().is_none(), "sweep ended too soon");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// True once nothing listens on `port` (within 10 s).
+fn port_closes(port: u16) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs() < 10 {
+        if TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sigterm_then_resume_finishes_a_launched_run_with_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = serve_sim(&[]);
+    let i = cmd.iter().position(|a| *a == "1000").unwrap();
+    cmd[i] = "20"; // slow enough to interrupt
+    let p = plan(tmp.path(), port, &cmd, "");
+    let mut args = small_with(
+        tmp.path(),
+        "termed",
+        &[
+            ("--gpus", "0"),
+            ("--think-time", "replay"),
+            ("--plan", p.to_str().unwrap()),
+        ],
+    );
+    args.extend(["--api-key".into(), "sekrit-key".into()]);
+    let turns = tmp.path().join("termed").join("turns.jsonl");
+    let child = spawn_until(&args, &turns, 2);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("interrupted (SIGTERM)"),
+        "{err}"
+    );
+    assert!(port_closes(port), "SIGTERM stops the launched server");
+    // The manifest keeps the command's `{api_key}` placeholder (not the key, not `***`), so
+    // the resumed run launches its server with the key given again.
+    let manifest = std::fs::read_to_string(tmp.path().join("termed/manifest.json")).unwrap();
+    assert!(manifest.contains("{api_key}") && !manifest.contains("sekrit-key"));
+    let out = run_ok(
+        &[
+            "sweep",
+            "--quiet",
+            "--out",
+            tmp.path().to_str().unwrap(),
+            "--resume",
+            "termed",
+            "--api-key",
+            "sekrit-key",
+        ]
+        .map(String::from),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("401"), "{err}");
+    let run = Run::load(&tmp.path().join("termed"));
+    run.assert_complete(&[4, 4]);
+    assert!(run.turns().iter().all(|r| r.error.is_none()));
+    assert!(port_closes(port));
+}
+
+#[test]
+fn a_port_already_in_use_is_an_error_not_a_benchmark_of_its_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let p = plan(tmp.path(), port, &serve_sim(&[]), "");
+    let mut args = small_with(tmp.path(), "busy", &[("--gpus", "0")]);
+    args.extend(["--plan".into(), p.display().to_string()]);
+    let err = run_err(&args);
+    assert!(
+        err.contains(&format!("port {port}")) && err.contains("already in use"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("busy/turns.jsonl").exists());
+}
+
+#[test]
+fn a_killed_runner_takes_its_launched_server_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = serve_sim(&[]);
+    let i = cmd.iter().position(|a| *a == "1000").unwrap();
+    cmd[i] = "20";
+    let p = plan(tmp.path(), port, &cmd, "");
+    let args = small_with(
+        tmp.path(),
+        "killed",
+        &[
+            ("--gpus", "0"),
+            ("--think-time", "replay"),
+            ("--plan", p.to_str().unwrap()),
+        ],
+    );
+    let turns = tmp.path().join("killed").join("turns.jsonl");
+    let mut child = spawn_until(&args, &turns, 2);
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+    assert!(
+        port_closes(port),
+        "the server got its parent-death signal (util-linux setpriv)"
+    );
+}
+
+#[test]
+fn ctrl_c_while_a_server_starts_stops_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pidfile = tmp.path().join("server.pid");
+    let script = format!("echo $$ > {}; exec sleep 300", pidfile.display());
+    let p = plan(tmp.path(), port, &["sh", "-c", &script, "{port}"], "");
+    let args = small_with(
+        tmp.path(),
+        "early",
+        &[("--gpus", "0"), ("--plan", p.to_str().unwrap())],
+    );
+    let child = runner()
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let server = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(start.elapsed().as_secs() < 20, "server never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted (SIGINT)"), "{err}");
+    // Gone (or a zombie waiting for a reaper: not running).
+    let state = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap_or_default();
+    let running = state
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .is_some_and(|s| s != "Z");
+    assert!(!running, "the starting server was stopped: {state}");
 }

@@ -62,4 +62,17 @@ fn pack_is_reproducible_and_holds_the_run() {
     }
     let err = run_err(&["pack".into(), tmp.path().display().to_string()]);
     assert!(err.contains("not a run directory"), "{err}");
+    // A bundle written into the run would replace a result or be packed next time.
+    let turns = std::fs::read(dir.join("turns.jsonl")).unwrap();
+    for inside in ["turns.jsonl", "logs/bundle.tar.gz"] {
+        let err = run_err(&[
+            "pack".into(),
+            dir.display().to_string(),
+            "-o".into(),
+            dir.join(inside).display().to_string(),
+        ]);
+        assert!(err.contains("inside the run directory"), "{err}");
+    }
+    assert_eq!(std::fs::read(dir.join("turns.jsonl")).unwrap(), turns);
+    assert!(!dir.join("logs/bundle.tar.gz").exists());
 }

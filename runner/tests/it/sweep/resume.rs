@@ -65,7 +65,43 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         serde_json::from_str(&text).unwrap()
     };
     let before = read_manifest().servers;
+    // Where each cell's clock stood when the run was killed.
+    let stopped: std::collections::BTreeMap<(String, u32), f64> = {
+        let text = std::fs::read_to_string(&turns).unwrap();
+        let mut m = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let Ok(r) = serde_json::from_str::<turnbench_schema::TurnRecord>(line) else {
+                continue;
+            };
+            let t = m
+                .entry((r.cache_mode.to_string(), r.concurrency))
+                .or_insert(0.0f64);
+            *t = t.max(r.t_end);
+        }
+        m
+    };
+    // The whole lines (the torn one is dropped by the resume).
+    let lines_before = std::fs::read_to_string(&turns)
+        .unwrap()
+        .lines()
+        .filter(|l| serde_json::from_str::<turnbench_schema::TurnRecord>(l).is_ok())
+        .count();
 
+    // The run finishes with its own plan: a changed key is refused, not ignored.
+    let err = run_err(
+        &[
+            "sweep",
+            "--quiet",
+            "--out",
+            tmp.path().to_str().unwrap(),
+            "--resume",
+            "killed",
+            "--trajectories",
+            "99",
+        ]
+        .map(String::from),
+    );
+    assert!(err.contains("drop --trajectories"), "{err}");
     run_ok(
         &[
             "sweep",
@@ -93,6 +129,25 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         "each (cell, trajectory, turn) once"
     );
     assert!(run.raw.len() >= total);
+    // The resumed run's turns go on from where each cell's clock stopped, so a cell's
+    // makespan (and its throughput) counts the time of both runs, never their overlap.
+    for r in &run.raw[lines_before..] {
+        let at = stopped
+            .get(&(r.cache_mode.to_string(), r.concurrency))
+            .copied()
+            .unwrap_or(0.0);
+        assert!(
+            r.t_send >= at,
+            "{r:?} sent before {at}, where the cell stopped"
+        );
+    }
+    for c in &run.summary.cells {
+        let at = stopped
+            .get(&(c.cache_mode.to_string(), c.concurrency))
+            .copied()
+            .unwrap_or(0.0);
+        assert!(c.total_time_s >= at, "{c:?}");
+    }
     let resumed = run.raw.iter().filter(|r| r.attempt > 0).count();
     let superseded = run.raw.len() - total;
     assert!(
