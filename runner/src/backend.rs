@@ -79,6 +79,8 @@ impl Server {
                 if plan.metrics {
                     argv.push("--enable-metrics".into());
                 }
+                // Cached tokens in OpenAI usage too, as the default launch command asks.
+                argv.push("--enable-cache-report".into());
                 if !radix {
                     argv.push("--disable-radix-cache".into());
                 }
@@ -127,7 +129,8 @@ impl Server {
                 let launched = Launched::spawn(&argv, gpu, &log, api_key)?;
                 let url = format!("http://{host}:{port}");
                 let client = Client::new(&url, api_key.map(String::from));
-                let timeout = Duration::from_secs_f64(plan.launch_timeout_s);
+                let timeout =
+                    Duration::try_from_secs_f64(plan.launch_timeout_s).unwrap_or(Duration::MAX);
                 let mut launched = launched;
                 launched.wait_ready(&client, timeout).await?;
                 Ok(Server {

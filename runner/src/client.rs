@@ -212,6 +212,9 @@ pub struct Client {
     pub total_timeout: Duration,
     /// `model` field of OpenAI requests.
     pub model: String,
+    /// The server fills OpenAI `usage.prompt_tokens_details` whenever tokens were cached
+    /// (SGLang's `--enable-cache-report`), so a usage without it means 0 cached, not unknown.
+    pub cache_report: bool,
 }
 
 impl Client {
@@ -231,6 +234,7 @@ impl Client {
             idle_timeout: Duration::from_secs(120),
             total_timeout: Duration::from_secs(3600),
             model: "default".into(),
+            cache_report: false,
         }
     }
 
@@ -357,6 +361,7 @@ impl Client {
                 return st.finish();
             }
         };
+        st.cache_report = self.cache_report && api == Api::Openai;
         let fut = self.stream(path, body, api, &mut st);
         if tokio::time::timeout(self.total_timeout, fut).await.is_err() {
             st.fail(format!(
@@ -683,6 +688,8 @@ struct StreamState {
     raw_ids: String,
     /// Reused for each native chunk without what it repeats ([`lean_native`]).
     scratch: String,
+    /// See [`Client::cache_report`].
+    cache_report: bool,
 }
 
 impl StreamState {
@@ -707,6 +714,7 @@ impl StreamState {
             raw_text: String::new(),
             raw_ids: String::new(),
             scratch: String::new(),
+            cache_report: false,
         }
     }
 
@@ -950,12 +958,18 @@ impl StreamState {
     }
 
     fn finish(self) -> Outcome {
+        // A usage arrived (it carries the prompt's count) without cached tokens, from a server
+        // that reports them whenever there are some: none were.
+        let cached_tokens = match self.cached_tokens {
+            None if self.cache_report && self.prompt_tokens.is_some() => Some(0),
+            c => c,
+        };
         Outcome {
             timing: self.timing,
             text: self.text,
             id: self.id,
             prompt_tokens: self.prompt_tokens,
-            cached_tokens: self.cached_tokens,
+            cached_tokens,
             completion_tokens: self.completion_tokens,
             finish_reason: self.finish_reason,
             error: self.error,

@@ -78,7 +78,8 @@ impl GpuProgress {
 
     /// The live window in wall time: 10 engine seconds, at least 1 wall second.
     fn window_wall(&self) -> Duration {
-        Duration::from_secs_f64((WINDOW_ENGINE_S / self.scale()).max(WINDOW_MIN_WALL_S))
+        // (Capped at an hour: a time scale near 0 would not fit a Duration.)
+        Duration::from_secs_f64((WINDOW_ENGINE_S / self.scale()).clamp(WINDOW_MIN_WALL_S, 3600.0))
     }
 
     pub fn trajectory_done(&self) {

@@ -43,7 +43,9 @@ pub fn think_sleep(engine_s: f64, time_scale: f64) -> Duration {
     if engine_s <= 0.0 || !engine_s.is_finite() {
         return Duration::ZERO;
     }
-    Duration::from_secs_f64(engine_s / time_scale)
+    // A tool time beyond what a Duration holds (1e308 s in a dataset, say) sleeps the most
+    // one can, rather than panic.
+    Duration::try_from_secs_f64(engine_s / time_scale).unwrap_or(Duration::MAX)
 }
 
 /// Everything a cell's workers share.
@@ -74,11 +76,14 @@ pub struct CellCtx {
 /// Run one cell to completion. Only a failure to write results, or a chat template that fails
 /// to render (or, in session mode, is not prefix-stable), is an error.
 pub async fn run_cell(ctx: Arc<CellCtx>, todo: Todo) -> anyhow::Result<()> {
+    // No more workers than trajectories to run (a concurrency of a million with ten
+    // trajectories is ten workers, not a million idle tasks).
+    let workers_n = (ctx.cell.concurrency as usize).min(todo.len());
     let schedule = Arc::new(Mutex::new(ClosedLoop::new(todo)));
     let in_flight = Arc::new(AtomicU32::new(0));
     let t0 = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..ctx.cell.concurrency {
+    for _ in 0..workers_n {
         let (ctx, schedule, in_flight) = (ctx.clone(), schedule.clone(), in_flight.clone());
         workers.spawn(async move {
             loop {
@@ -180,6 +185,9 @@ async fn run_turns(
         {
             sampling.max_new_tokens = len.max(1);
             sampling.ignore_eos = true;
+            // `ignore_eos` does not stop SGLang from ending at a stop string (which the
+            // answer may well produce, `<|im_end|>` say): the length is fixed only without.
+            sampling.stop.clear();
         }
         // The prompt borrows these (declared here, set by the arm that needs them).
         let (text, sess);
@@ -316,6 +324,8 @@ mod tests {
     fn think_time_is_engine_time_divided_by_the_scale() {
         assert_eq!(think_sleep(2.0, 100.0), Duration::from_millis(20));
         assert_eq!(think_sleep(0.0, 1.0), Duration::ZERO);
+        // No panic where a dataset's tool time does not fit a Duration.
+        assert_eq!(think_sleep(1e308, 1.0), Duration::MAX);
         assert_eq!(ThinkTime::Scale(0.5).of(4.0), 2.0);
         assert_eq!(ThinkTime::Off.of(4.0), 0.0);
     }

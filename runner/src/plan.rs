@@ -332,10 +332,27 @@ impl PlanKeys {
             path: path.to_path_buf(),
             source: e,
         })?;
-        toml::from_str(&text).map_err(|e| PlanError::Toml {
+        let mut keys: PlanKeys = toml::from_str(&text).map_err(|e| PlanError::Toml {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        // A plan's input files are named relative to the plan (so a plan and its template
+        // travel together, and run from anywhere); `out` and flags are relative to the
+        // current directory.
+        let base = path.parent().unwrap_or(Path::new(""));
+        for p in [
+            &mut keys.chat_template,
+            &mut keys.dataset,
+            &mut keys.prompts,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(keys)
     }
 }
 
@@ -379,6 +396,8 @@ pub fn default_launch_command() -> Vec<String> {
         "--tp-size",
         "1",
         "--enable-metrics",
+        // Cached tokens in OpenAI usage (`--api openai`); the native API has them anyway.
+        "--enable-cache-report",
     ]
     .map(String::from)
     .to_vec()
@@ -570,12 +589,13 @@ impl Plan {
         }
         let seconds = |key: &str, v: Option<f64>, d: f64| -> Result<f64, PlanError> {
             let v = v.unwrap_or(d);
-            if v.is_finite() && v > 0.0 {
+            // (At most ~30 years: a timer further out overflows the clock.)
+            if v.is_finite() && v > 0.0 && v <= 1e9 {
                 Ok(v)
             } else {
                 Err(key_err(
                     key,
-                    format!("{v}: must be a positive number of seconds"),
+                    format!("{v}: must be a positive number of seconds, at most 1e9"),
                 ))
             }
         };
@@ -797,6 +817,26 @@ mod tests {
             .map(|g| seed.port_base as u32 + seed.port_step as u32 * g.parse::<u32>().unwrap())
             .collect();
         assert_eq!(ports, [30010, 30020, 30030]);
+        // The seed never slept the tool time, and templated its base model's prompts with
+        // SGLang's frontend fallback ("ROLE:" + content + newline).
+        assert_eq!(seed.think_time, ThinkTime::Off);
+        assert_eq!(seed.model_path, "Qwen/Qwen2.5-14B");
+        let tpl = plans.join("sglang-default.jinja");
+        assert_eq!(seed.chat_template.as_deref(), Some(tpl.as_path()));
+        let ChatTemplate::Jinja(t) = ChatTemplate::load(&tpl).unwrap() else {
+            panic!("a Jinja template");
+        };
+        use crate::workload::{Message, Role};
+        let msgs = [
+            Message::new(Role::System, "sys"),
+            Message::new(Role::User, "task"),
+            Message::new(Role::Assistant, "look"),
+            Message::new(Role::User, "obs"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "SYSTEM:sys\nUSER:task\nASSISTANT:look\nUSER:obs\nASSISTANT:"
+        );
     }
 
     #[test]

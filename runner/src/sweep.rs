@@ -193,6 +193,15 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
     {
         bail!("plan key `history`: recorded, but the dataset records no assistant messages");
     }
+    if plan.output_len == OutputLen::Recorded
+        && wl.trajectories.iter().all(|t| {
+            t.turns
+                .iter()
+                .all(|u| u.recorded.as_deref().unwrap_or("").is_empty())
+        })
+    {
+        bail!("plan key `output_len`: recorded, but the dataset records no assistant messages");
+    }
     let template = plan.load_chat_template()?;
     if matches!(template, ChatTemplate::Jinja(_)) {
         let session = plan.cache_modes.contains(&CacheMode::Session);
@@ -513,15 +522,18 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             s.cell = Some(format!("{}/{}", cell.cache_mode, cell.concurrency));
         }
         let mut client = Client::new(&server.url, api_key.clone());
-        client.idle_timeout = Duration::from_secs_f64(plan.stall_timeout_s);
-        client.total_timeout = Duration::from_secs_f64(plan.request_timeout_s);
+        client.idle_timeout =
+            Duration::try_from_secs_f64(plan.stall_timeout_s).unwrap_or(Duration::MAX);
+        client.total_timeout =
+            Duration::try_from_secs_f64(plan.request_timeout_s).unwrap_or(Duration::MAX);
         client.model = plan.model_path.clone();
         if plan.flush_cache {
             if let Err(e) = client.flush_cache().await {
                 tracing::warn!("GPU {gpu}: {e:#}");
             }
         }
-        let scale = server_scale(&client).await;
+        let (scale, cache_report) = server_traits(&client).await;
+        client.cache_report = cache_report;
         let ctx = Arc::new(CellCtx {
             cell: cell.clone(),
             client,
@@ -589,14 +601,18 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Engine seconds per wall second of the server behind `client` (1 for real servers).
-async fn server_scale(client: &Client) -> f64 {
+/// Engine seconds per wall second of the server behind `client` (1 for real servers), and
+/// whether it reports cached tokens in OpenAI usage (`enable_cache_report`).
+async fn server_traits(client: &Client) -> (f64, bool) {
     match client
         .get_json("/get_server_info", Duration::from_secs(10))
         .await
     {
-        Ok(v) => sim_info(&v).map_or(1.0, |s| s.time_scale),
-        Err(_) => 1.0,
+        Ok(v) => (
+            sim_info(&v).map_or(1.0, |s| s.time_scale),
+            v.get("enable_cache_report").and_then(Value::as_bool) == Some(true),
+        ),
+        Err(_) => (1.0, false),
     }
 }
 
@@ -762,7 +778,9 @@ async fn recorded_lengths(
     for t in &wl.trajectories {
         let mut lens = Vec::new();
         for turn in &t.turns {
-            let Some(text) = &turn.recorded else {
+            // An empty recorded answer (a tool call without text, say) has no length to
+            // fix: that turn's length is the engine's.
+            let Some(text) = turn.recorded.as_ref().filter(|t| !t.is_empty()) else {
                 lens.push(None);
                 continue;
             };

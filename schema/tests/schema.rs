@@ -125,6 +125,36 @@ fn best_cells_pick_per_criterion() {
 }
 
 #[test]
+fn a_none_cell_whose_server_reused_cache_is_flagged_and_never_best() {
+    // `none` on an attached server started with the radix cache on: it reports cached tokens,
+    // and its (faster) figures must not pass for the best configuration.
+    let mut none = rec(0, 0, 0.0, 0.5, 1000, None);
+    none.cache_mode = CacheMode::None;
+    let prefix = rec(0, 0, 0.0, 1.0, 1000, None);
+    let cells = summarize(&[none.clone(), prefix]);
+    let flagged: Vec<CacheMode> = cells
+        .iter()
+        .filter(|c| c.cache_not_off())
+        .map(|c| c.cache_mode)
+        .collect();
+    assert_eq!(flagged, [CacheMode::None]);
+    let overall = best_cells(&cells)
+        .into_iter()
+        .find(|b| b.cache_mode.is_none() && b.criterion == "output_tok_per_s")
+        .unwrap();
+    assert_eq!(overall.best_cache_mode, CacheMode::Prefix);
+    // Without cached tokens the none cell is a true baseline, and may be best.
+    none.cached_tokens = Some(0);
+    let cells = summarize(&[none, rec(0, 0, 0.0, 1.0, 1000, None)]);
+    assert!(cells.iter().all(|c| !c.cache_not_off()));
+    let overall = best_cells(&cells)
+        .into_iter()
+        .find(|b| b.cache_mode.is_none() && b.criterion == "output_tok_per_s")
+        .unwrap();
+    assert_eq!(overall.best_cache_mode, CacheMode::None);
+}
+
+#[test]
 fn latest_attempt_supersedes_partial_lines() {
     let mut old = rec(0, 0, 0.0, 1.0, 10, None);
     old.attempt = 0;

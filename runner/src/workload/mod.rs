@@ -284,13 +284,13 @@ pub(crate) fn read_jsonl<T>(
     let mut reader = open(path)?;
     let mut out = Vec::new();
     let mut skipped = 0u64;
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut lineno = 0usize;
     while out.len() < want {
         line.clear();
         lineno += 1;
         let n = reader
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .map_err(|e| WorkloadError::Line {
                 path: path.to_path_buf(),
                 line: lineno,
@@ -299,11 +299,19 @@ pub(crate) fn read_jsonl<T>(
         if n == 0 {
             break;
         }
-        let text = line.trim();
-        if text.is_empty() || text.starts_with('#') {
-            continue;
-        }
-        match parse(text, lineno) {
+        // A line that is not UTF-8 is a bad line like any other (skipped with skip_bad_lines).
+        let parsed = match std::str::from_utf8(&line) {
+            Ok(text) => {
+                // (A byte-order mark may open the file.)
+                let text = text.trim_start_matches('\u{feff}').trim();
+                if text.is_empty() || text.starts_with('#') {
+                    continue;
+                }
+                parse(text, lineno)
+            }
+            Err(e) => Err(format!("not UTF-8 text ({e})")),
+        };
+        match parsed {
             Ok(Some(t)) => out.push(t),
             Ok(None) => {}
             Err(message) if skip => {
@@ -320,4 +328,30 @@ pub(crate) fn read_jsonl<T>(
         }
     }
     Ok((out, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(bytes: &[u8], skip: bool) -> Result<(Vec<String>, u64), WorkloadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, bytes).unwrap();
+        read_jsonl(&path, usize::MAX, skip, |text, _| {
+            serde_json::from_str::<String>(text)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_a_bad_line_and_a_bom_is_ignored() {
+        let data = b"\xef\xbb\xbf\"a\"\n\xff\xfe junk\n\"b\"\n";
+        let (got, skipped) = lines(data, true).unwrap();
+        assert_eq!(got, ["a", "b"]);
+        assert_eq!(skipped, 1);
+        let err = lines(data, false).unwrap_err().to_string();
+        assert!(err.contains("d.jsonl:2") && err.contains("UTF-8"), "{err}");
+    }
 }

@@ -85,7 +85,18 @@ fn openai_messages_through_the_openai_api() {
     for r in run.turns() {
         assert!(r.error.is_none(), "{r:?}");
         assert!(r.prompt_tokens.unwrap() > 0 && r.completion_tokens.unwrap() > 0);
+        // The server runs with --enable-cache-report, which leaves `prompt_tokens_details`
+        // null when nothing was cached: that is 0 cached, not unknown.
+        assert!(r.cached_tokens.is_some(), "{r:?}");
     }
+    // Later turns of the conversation reuse the cache (prefix mode).
+    assert!(run.turns().iter().any(|r| r.cached_tokens.unwrap() > 0));
+    assert!(run.turns().iter().any(|r| r.cached_tokens == Some(0)));
+    assert!(run
+        .summary
+        .cells
+        .iter()
+        .all(|c| c.cache_hit_ratio.is_some()));
 }
 
 #[test]
@@ -149,6 +160,10 @@ fn output_len_recorded_fixes_each_turns_length() {
             "4",
             "--cache-modes",
             "prefix,none",
+            // A stop string every answer soon produces: a fixed length must not end there
+            // (SGLang, like serve-sim, still stops at stop strings under ignore_eos).
+            "--stop",
+            "e",
         ],
     ));
     let run = Run::load(&tmp.path().join("fixed"));
