@@ -461,7 +461,20 @@ impl Plan {
     pub fn resolve(k: PlanKeys) -> Result<Plan, PlanError> {
         let backend = k.backend.unwrap_or(BackendChoice::Sim);
         let api = k.api.unwrap_or(Api::Native);
+        let stop = k
+            .stop
+            .unwrap_or_else(|| vec!["<|im_end|>".into(), "\n\nUSER:".into()]);
+        if let Some(i) = stop.iter().position(String::is_empty) {
+            // SGLang matches an empty stop string at once: every answer would be one token.
+            return Err(key_err(format!("stop[{i}]"), "an empty stop string"));
+        }
         let urls = k.urls.unwrap_or_default();
+        if backend == BackendChoice::Attach && urls.is_empty() {
+            return Err(key_err(
+                "urls",
+                "attach needs one server URL per GPU (--url)",
+            ));
+        }
         let gpus = match (k.gpus, backend) {
             (Some(g), _) => g,
             (None, BackendChoice::Attach) => (0..urls.len()).map(|i| i.to_string()).collect(),
@@ -687,9 +700,7 @@ impl Plan {
             skip_bad_lines: k.skip_bad_lines.unwrap_or(false),
             max_new_tokens,
             temperature,
-            stop: k
-                .stop
-                .unwrap_or_else(|| vec!["<|im_end|>".into(), "\n\nUSER:".into()]),
+            stop,
             think_time,
             out: k.out.unwrap_or_else(|| "results".into()),
             run_id,
@@ -872,5 +883,15 @@ mod tests {
             ..Default::default()
         })
         .contains("`batch_sizes.nope`"));
+        assert!(bad(PlanKeys {
+            backend: Some(BackendChoice::Attach),
+            ..Default::default()
+        })
+        .contains("`urls`"));
+        assert!(bad(PlanKeys {
+            stop: Some(vec!["x".into(), String::new()]),
+            ..Default::default()
+        })
+        .contains("`stop[1]`"));
     }
 }

@@ -301,7 +301,14 @@ async fn run(args: SweepArgs) -> anyhow::Result<()> {
             m
         }
         None => {
-            let m = build_manifest(&plan, &run_id, &wl, &infos, simulated, &template);
+            let inventory = if simulated {
+                BTreeMap::new()
+            } else {
+                telemetry::gpu_inventory().await
+            };
+            let m = build_manifest(
+                &plan, &run_id, &wl, &infos, simulated, &template, &inventory,
+            );
             record::write_json_atomic(&dir.join(files::MANIFEST), &m)?;
             m
         }
@@ -685,6 +692,7 @@ fn build_manifest(
     infos: &[(ServerInfo, Option<SimInfo>)],
     simulated: bool,
     template: &ChatTemplate,
+    inventory: &BTreeMap<u32, (String, u64)>,
 ) -> Manifest {
     let sim = infos.iter().find_map(|i| i.1.clone());
     let gpus = infos
@@ -693,14 +701,20 @@ fn build_manifest(
             let prof = sim
                 .as_ref()
                 .and_then(|s| crate::sim::cost::GpuProfile::builtin(&s.gpu_profile));
+            let index = match plan.backend {
+                BackendChoice::Launch => si.gpu.parse().ok(),
+                _ => None,
+            };
+            // A real device: as nvidia-smi names it.
+            let device = index.and_then(|i| inventory.get(&i));
             GpuInfo {
                 label: si.gpu.clone(),
-                index: match plan.backend {
-                    BackendChoice::Launch => si.gpu.parse().ok(),
-                    _ => None,
+                index,
+                name: match sim {
+                    Some(s) => Some(format!("simulated {}", s.gpu_profile)),
+                    None => device.map(|d| d.0.clone()),
                 },
-                name: sim.as_ref().map(|s| format!("simulated {}", s.gpu_profile)),
-                memory_bytes: prof.map(|p| p.mem_bytes),
+                memory_bytes: prof.map(|p| p.mem_bytes).or(device.map(|d| d.1)),
             }
         })
         .collect();
@@ -748,7 +762,7 @@ fn build_manifest(
             os: std::env::consts::OS.into(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         },
-        limits: limits(plan, wl, infos),
+        limits: limits(plan, wl, infos, inventory),
         cells: plan.cells(),
     }
 }
@@ -812,11 +826,13 @@ async fn recorded_lengths(
 }
 
 /// Roofline bounds per GPU, from the simulator's cost model, for GPUs whose profile is known
-/// (simulated GPUs, or labels naming a profile) and a built-in model shape.
+/// (simulated GPUs, launched GPUs nvidia-smi names, or labels naming a profile) and a
+/// built-in model shape.
 fn limits(
     plan: &Plan,
     wl: &Workload,
     infos: &[(ServerInfo, Option<SimInfo>)],
+    inventory: &BTreeMap<u32, (String, u64)>,
 ) -> Vec<turnbench_schema::PhysicalLimits> {
     use crate::sim::cost::{self, GpuProfile, ModelProfile};
     // Mean prompt length over every turn of the workload, in characters, then tokens at the
@@ -850,9 +866,16 @@ fn limits(
     infos
         .iter()
         .filter_map(|(si, sim)| {
-            let profile = sim
-                .as_ref()
-                .map_or(si.gpu.as_str(), |s| s.gpu_profile.as_str());
+            let device = (plan.backend == BackendChoice::Launch)
+                .then(|| si.gpu.parse::<u32>().ok())
+                .flatten()
+                .and_then(|i| inventory.get(&i))
+                .and_then(|(name, mem)| telemetry::profile_of(name, *mem));
+            let profile = match (sim, device) {
+                (Some(s), _) => s.gpu_profile.as_str(),
+                (None, Some(d)) => d,
+                (None, None) => si.gpu.as_str(),
+            };
             let gpu = GpuProfile::builtin(profile)?;
             let sizes = plan.batch_sizes.get(&si.gpu)?;
             Some(turnbench_schema::PhysicalLimits {

@@ -67,6 +67,55 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// The devices nvidia-smi lists, by index: (name, memory in bytes); empty when it is absent.
+pub async fn gpu_inventory() -> BTreeMap<u32, (String, u64)> {
+    let out = tokio::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,name,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        return BTreeMap::new();
+    };
+    parse_inventory(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `index, name, memory.total (MiB)` lines.
+fn parse_inventory(text: &str) -> BTreeMap<u32, (String, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [index, name, mib] = f[..] else {
+                return None;
+            };
+            let mib: u64 = mib.parse().ok()?;
+            Some((index.parse().ok()?, (name.to_string(), mib << 20)))
+        })
+        .collect()
+}
+
+/// The cost model's profile for a device name as nvidia-smi gives it (e.g.
+/// `NVIDIA A100-SXM4-80GB`, `NVIDIA H100 80GB HBM3`), if it has one.
+pub fn profile_of(name: &str, mem_bytes: u64) -> Option<&'static str> {
+    let n = name.to_ascii_uppercase();
+    if n.contains("H200") {
+        Some("h200")
+    } else if n.contains("H100") {
+        Some("h100")
+    } else if n.contains("A100") {
+        Some(if mem_bytes > 60 << 30 {
+            "a100-80gb"
+        } else {
+            "a100-40gb"
+        })
+    } else {
+        None
+    }
+}
+
 /// nvidia-smi's memory, utilization and power per device index, or `None` when it is absent.
 async fn nvidia_smi() -> Option<BTreeMap<u32, BTreeMap<String, f64>>> {
     let out = tokio::process::Command::new("nvidia-smi")
@@ -175,6 +224,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvidia_smi_inventory_names_the_profiles() {
+        let inv = parse_inventory(
+            "0, NVIDIA A100-SXM4-80GB, 81920\n1, NVIDIA A100-PCIE-40GB, 40960\n\
+             2, NVIDIA H100 80GB HBM3, 81559\n3, Tesla T4, 15360\nbad line\n",
+        );
+        assert_eq!(inv.len(), 4);
+        assert_eq!(inv[&0], ("NVIDIA A100-SXM4-80GB".into(), 81920 << 20));
+        let prof: Vec<Option<&str>> = inv.values().map(|(n, m)| profile_of(n, *m)).collect();
+        assert_eq!(
+            prof,
+            [Some("a100-80gb"), Some("a100-40gb"), Some("h100"), None]
+        );
+    }
 
     #[test]
     fn parses_sglang_series() {

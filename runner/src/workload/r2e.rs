@@ -56,6 +56,31 @@ fn prompts(path: &Path) -> Result<Prompts, WorkloadError> {
     Ok(p)
 }
 
+/// The first user message as the seed made it, with Python's `str.format`: the
+/// problem statement for `{problem_statement}`, `{` for `{{` and `}` for `}}` (any other
+/// `{…}`, which would have failed there, stays as it is).
+pub fn instance_message(template: &str, problem_statement: &str) -> String {
+    const FIELD: &str = "{problem_statement}";
+    let mut out = String::with_capacity(template.len() + problem_statement.len());
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if rest.starts_with(FIELD) {
+            out.push_str(problem_statement);
+            rest = &rest[FIELD.len()..];
+        } else if rest.starts_with("{{") || rest.starts_with("}}") {
+            out.push_str(&rest[..1]);
+            rest = &rest[2..];
+        } else {
+            out.push_str(&rest[..1]);
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The observation message as the seed formatted it.
 pub fn observation(obs: &str, env_exec_time: f64) -> String {
     format!("{obs}\n\n[Environment execution time: {env_exec_time:.4}s]")
@@ -85,15 +110,16 @@ pub fn read(
             Message::new(Role::System, p.system_prompt.clone()),
             Message::new(
                 Role::User,
-                p.instance_prompt
-                    .replace("{problem_statement}", &line.problem_statement),
+                instance_message(&p.instance_prompt, &line.problem_statement),
             ),
         ];
         let turns = line
             .trajectory_steps
             .into_iter()
             .map(|s| {
-                let think = s.env_exec_time.unwrap_or(0.0).max(0.0);
+                // Shown as recorded (the seed printed it as it was); slept only when positive.
+                let shown = s.env_exec_time.unwrap_or(0.0);
+                let think = shown.max(0.0);
                 let recorded = match (s.thought.trim().is_empty(), s.action.trim().is_empty()) {
                     (true, _) => s.action,
                     (false, true) => s.thought,
@@ -101,11 +127,31 @@ pub fn read(
                 };
                 Turn {
                     recorded: Some(recorded),
-                    after: vec![Message::new(Role::User, observation(&s.observation, think))],
+                    after: vec![Message::new(Role::User, observation(&s.observation, shown))],
                     think_time: think,
                 }
             })
             .collect();
         Ok(Some(Trajectory { id, prelude, turns }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instance_prompt_is_formatted_as_python_str_format_does() {
+        assert_eq!(
+            instance_message(
+                "Fix:\n{problem_statement}\nJSON: {{\"a\": 1}} {other}",
+                "bug {x}"
+            ),
+            "Fix:\nbug {x}\nJSON: {\"a\": 1} {other}"
+        );
+        assert_eq!(
+            observation("out", -0.25),
+            "out\n\n[Environment execution time: -0.2500s]"
+        );
+    }
 }

@@ -40,6 +40,7 @@ fn parse_entry(v: serde_json::Value, n: usize) -> Result<Option<Trajectory>, Str
 const ENOUGH: &str = "turnbench: enough trajectories";
 
 struct Take<'a> {
+    path: &'a Path,
     want: usize,
     skip: bool,
     out: &'a mut Vec<Trajectory>,
@@ -69,7 +70,7 @@ impl<'de> Visitor<'de> for Take<'_> {
                 Ok(Some(t)) => self.out.push(t),
                 Ok(None) => {}
                 Err(m) if self.skip => {
-                    tracing::warn!("ShareGPT element {n} skipped: {m}");
+                    tracing::warn!("{}: ShareGPT element {n} skipped: {m}", self.path.display());
                     *self.skipped += 1;
                 }
                 Err(m) => return Err(serde::de::Error::custom(format!("element {n}: {m}"))),
@@ -81,6 +82,14 @@ impl<'de> Visitor<'de> for Take<'_> {
 
 pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u64), WorkloadError> {
     let mut reader = super::open(path)?;
+    // (A byte-order mark may open the file.)
+    if reader
+        .fill_buf()
+        .map_err(|e| super::io_err(path, e))?
+        .starts_with(b"\xef\xbb\xbf")
+    {
+        reader.consume(3);
+    }
     let starts_with_bracket = loop {
         let buf = reader.fill_buf().map_err(|e| super::io_err(path, e))?;
         match buf.iter().position(|b| !b.is_ascii_whitespace()) {
@@ -106,6 +115,7 @@ pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u6
     let mut skipped = 0;
     let mut de = serde_json::Deserializer::from_reader(reader);
     let take = Take {
+        path,
         want,
         skip,
         out: &mut out,
