@@ -109,7 +109,8 @@ pub struct TurnRecord {
     /// trajectory with a higher attempt, and readers keep only the highest attempt.
     #[serde(default)]
     pub attempt: u32,
-    /// Request sent (seconds since cell start).
+    /// Request sent (seconds since cell start; when a resumed run finishes a cell, its clock
+    /// runs on from the latest `t_end` the interrupted run recorded in it).
     pub t_send: f64,
     /// First content chunk received; `None` if none arrived.
     pub t_first_token: Option<f64>,
