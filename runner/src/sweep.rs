@@ -145,15 +145,41 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
         Some(p) => PlanKeys::from_file(p)?,
         None => PlanKeys::default(),
     };
-    let plan = Plan::resolve(args.keys.clone().over(file))?;
-    let run_id = plan.run_id.clone().unwrap_or_else(default_run_id);
-    let dir = plan.out.join(&run_id);
-    if dir.join(files::MANIFEST).exists() {
-        bail!(
-            "{} already holds a run; pick another run_id, or finish it with --resume {run_id}",
-            dir.display()
-        );
-    }
+    let mut plan = Plan::resolve(args.keys.clone().over(file))?;
+    std::fs::create_dir_all(&plan.out)
+        .with_context(|| format!("creating {}", plan.out.display()))?;
+    // The run's directory is claimed by creating it, so two sweeps started at once never
+    // share one; a run id from the clock (one-second resolution) takes the next free suffix.
+    let (run_id, dir) = match plan.run_id.clone() {
+        Some(id) => {
+            let dir = plan.out.join(&id);
+            if dir.join(files::MANIFEST).exists() {
+                bail!(
+                    "{} already holds a run; pick another run_id, or finish it with --resume {id}",
+                    dir.display()
+                );
+            }
+            (id, dir)
+        }
+        None => {
+            let base = default_run_id();
+            let mut n = 1;
+            loop {
+                let id = if n == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                };
+                let dir = plan.out.join(&id);
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => break (id, dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                    Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+                }
+            }
+        }
+    };
+    plan.run_id = Some(run_id.clone());
     Ok(Setup {
         plan,
         run_id,
@@ -164,13 +190,26 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
 }
 
 async fn run(args: SweepArgs) -> anyhow::Result<()> {
+    let setup = setup(&args)?;
+    let dir = setup.dir.clone();
+    let r = run_setup(args, setup).await;
+    if r.is_err() && !dir.join(files::MANIFEST).exists() {
+        // Rejected before it started: no run directory is left behind (unless it holds a
+        // server's log, which tells why).
+        let _ = std::fs::remove_dir(dir.join(files::LOGS_DIR));
+        let _ = std::fs::remove_dir(&dir);
+    }
+    r
+}
+
+async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let Setup {
         plan,
         run_id,
         dir,
         existing,
         manifest: old_manifest,
-    } = setup(&args)?;
+    } = setup;
     let api_key = args.api_key.clone();
     let source = workload::Source {
         format: plan.dataset_format,

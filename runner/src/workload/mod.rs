@@ -92,7 +92,10 @@ impl Trajectory {
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     Synthetic,
+    // (The names the `--dataset-format` flag also takes, so a plan file may use them too.)
+    #[serde(alias = "r2e")]
     R2eGym,
+    #[serde(alias = "openai-messages")]
     Openai,
     Sharegpt,
 }

@@ -155,3 +155,38 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         "superseded lines come only from re-run trajectories"
     );
 }
+
+#[test]
+fn two_sweeps_started_together_get_a_run_each() {
+    // Run ids come from the clock, to the second: started together, the second sweep takes
+    // the next free id instead of writing into (or failing on) the first one's directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = small(tmp.path(), "unused");
+    args.retain(|a| !a.starts_with("--run-id"));
+    let spawn = || {
+        runner()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for c in [a, b] {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut runs: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    runs.sort();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for r in &runs {
+        Run::load(&tmp.path().join(r)).assert_complete(&[4, 4]);
+    }
+}
