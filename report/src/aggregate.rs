@@ -6,7 +6,7 @@
 use crate::load::MeasuredRun;
 use std::collections::BTreeMap;
 use turnbench_schema::stats::{mean, percentile_sorted};
-use turnbench_schema::summary::{best_cells, summarize_cell};
+use turnbench_schema::summary::{best_cells, summarize_cell_with};
 use turnbench_schema::{BestCell, CacheMode, CellSummary, Summary, TelemetrySample, TurnRecord};
 
 /// Points of every time series.
@@ -110,7 +110,11 @@ pub fn aggregate(run: &MeasuredRun) -> RunAggregate {
             .or_default()
             .push(r);
     }
-    let cells: Vec<CellSeries> = groups.values().filter_map(|g| cell_series(g)).collect();
+    let turns = &run.manifest.dataset.turns_per_trajectory;
+    let cells: Vec<CellSeries> = groups
+        .values()
+        .filter_map(|g| cell_series(g, turns))
+        .collect();
     let summaries: Vec<CellSummary> = cells.iter().map(|c| c.summary.clone()).collect();
     RunAggregate {
         best: best_cells(&summaries),
@@ -130,8 +134,9 @@ fn grid(end: f64) -> impl Iterator<Item = f64> {
     (1..=TIME_POINTS).map(move |i| end * i as f64 / TIME_POINTS as f64)
 }
 
-pub fn cell_series(records: &[&TurnRecord]) -> Option<CellSeries> {
-    let summary = summarize_cell(records)?;
+/// One cell's figures and series; `turns_per_traj` as in [`summarize_cell_with`].
+pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<CellSeries> {
+    let summary = summarize_cell_with(records, turns_per_traj)?;
     let mut per_turn: BTreeMap<u32, TurnAcc> = BTreeMap::new();
     let mut ends: Vec<(f64, u64)> = Vec::with_capacity(records.len());
     let mut spans: BTreeMap<u32, (f64, f64)> = BTreeMap::new();

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use turnbench_schema::manifest::CellId;
-use turnbench_schema::summary::{best_cells, summarize_cell};
+use turnbench_schema::summary::{best_cells, summarize_cell_with};
 use turnbench_schema::{
     files, jsonl, BackendInfo, BackendKind, CacheMode, DatasetInfo, GpuInfo, HistorySource,
     HostInfo, ItlSummary, Manifest, PhysicalLimits, ServerInfo, SimInfo, Summary, TelemetrySample,
@@ -118,7 +118,8 @@ pub fn write_run(parent: &Path, dir_name: &str, spec: &FixtureSpec) -> anyhow::R
             jsonl::write_line(&mut turns, r)?;
         }
         let refs: Vec<&TurnRecord> = records.iter().collect();
-        let summary = summarize_cell(&refs).expect("a generated cell has records");
+        let summary = summarize_cell_with(&refs, &manifest.dataset.turns_per_trajectory)
+            .expect("a generated cell has records");
         let start = run_clock.entry(cell.gpu.clone()).or_insert(0.0);
         for s in telemetry(cell, &records, *start, summary.total_time_s) {
             jsonl::write_line(&mut tele, &s)?;
@@ -249,6 +250,7 @@ pub fn manifest(spec: &FixtureSpec) -> Manifest {
             turns: u64::from(spec.trajectories) * u64::from(spec.turns),
             history: HistorySource::Generated,
             skipped_lines: 0,
+            turns_per_trajectory: vec![spec.turns; spec.trajectories as usize],
         },
         host: HostInfo {
             hostname: Some("fixture-host".into()),

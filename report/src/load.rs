@@ -231,7 +231,53 @@ pub fn load_all(inputs: &[Input]) -> Loaded {
             }),
         }
     }
+    dedupe_ids(&mut loaded);
     loaded
+}
+
+/// Run ids are unique on the site. The same run given twice (a directory and its bundle) is
+/// used once; different runs that share an id (shards of several hosts run with one
+/// `--run-id`) are told apart as `ID (2)`, `ID (3)`…
+fn dedupe_ids(loaded: &mut Loaded) {
+    let mut kept: Vec<Run> = Vec::new();
+    for mut run in std::mem::take(&mut loaded.runs) {
+        if let Some(first) = kept
+            .iter()
+            .find(|k| k.id() == run.id() && same_run(k, &run))
+        {
+            loaded.skipped.push(Skipped {
+                source: run.source.clone(),
+                reason: format!(
+                    "the same run as {} (run id {}), used once",
+                    first.source,
+                    run.id()
+                ),
+            });
+            continue;
+        }
+        let base = run.id().to_string();
+        let mut n = 1;
+        while kept.iter().any(|k| k.id() == run.id()) {
+            n += 1;
+            let id = format!("{base} ({n})");
+            match &mut run.data {
+                RunData::Measured(m) => m.manifest.run_id = id,
+                RunData::Legacy(l) => l.id = id,
+            }
+        }
+        kept.push(run);
+    }
+    loaded.runs = kept;
+}
+
+fn same_run(a: &Run, b: &Run) -> bool {
+    match (&a.data, &b.data) {
+        (RunData::Measured(x), RunData::Measured(y)) => {
+            x.manifest == y.manifest && x.records == y.records
+        }
+        (RunData::Legacy(x), RunData::Legacy(y)) => x.gpu == y.gpu && x.rows == y.rows,
+        _ => false,
+    }
 }
 
 /// Loads `manifest.json`, `turns.jsonl` and (if present) `telemetry.jsonl` of a run directory.

@@ -431,7 +431,7 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
             man.tool
                 .git_commit
                 .as_deref()
-                .map(|c| format!(" ({})", &c[..c.len().min(12)]))
+                .map(|c| format!(" ({})", prefix(c, 12)))
                 .unwrap_or_default()
         ),
         gpus,
@@ -441,13 +441,18 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
     }
 }
 
+/// The first `n` characters of `s` (a hash or commit, shortened; any text is safe).
+fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
 /// The dataset as the run pages describe it: kind, source, size, history source, lines skipped
 /// and content hash.
 fn dataset_line(d: &turnbench_schema::DatasetInfo) -> String {
     let hash = d
         .content_hash
         .as_deref()
-        .map(|h| format!(", sha256 {}", &h[..h.len().min(12)]))
+        .map(|h| format!(", sha256 {}", prefix(h, 12)))
         .unwrap_or_default();
     let skipped = match d.skipped_lines {
         0 => String::new(),
@@ -514,6 +519,55 @@ pub fn cache_not_off<'a>(cells: impl Iterator<Item = &'a CellSummary>) -> Option
              --disable-radix-cache). These rows are not a no-reuse baseline, and are left out of \
              the best configuration.",
             bad.join(", ")
+        )
+    })
+}
+
+/// A warning naming the cells of `gpu` an interrupted run left part-way or never started:
+/// their figures are not those of the whole cell.
+pub fn unfinished<'a>(
+    man: &Manifest,
+    gpu: &str,
+    cells: impl Iterator<Item = &'a CellSummary>,
+) -> Option<String> {
+    let cells: Vec<&CellSummary> = cells.collect();
+    let mut parts: Vec<String> = cells
+        .iter()
+        .filter(|c| c.complete == Some(false))
+        .map(|c| {
+            // A failed turn ends its trajectory: failed trajectories = failed turns.
+            let finished = (c.trajectories_ok + c.failed_turns).min(c.trajectories);
+            format!(
+                "{} at concurrency {} finished {} of {} trajectories",
+                c.cache_mode,
+                c.concurrency,
+                finished,
+                c.trajectories_planned.unwrap_or(0)
+            )
+        })
+        .collect();
+    let never: Vec<String> = man
+        .cells
+        .iter()
+        .filter(|id| id.gpu == gpu)
+        .filter(|id| {
+            !cells
+                .iter()
+                .any(|c| c.cache_mode == id.cache_mode && c.concurrency == id.concurrency)
+        })
+        .map(|id| format!("{} at concurrency {}", id.cache_mode, id.concurrency))
+        .collect();
+    if !never.is_empty() {
+        parts.push(format!("{} never started", never.join(", ")));
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "Unfinished run: {}. The figures of a cell left part-way cover only the turns it \
+             ran (trajectories still running count neither as successes nor in the time per \
+             trajectory), and it is left out of the best configuration. Finish the run with \
+             runner sweep --resume {}.",
+            parts.join("; "),
+            man.run_id
         )
     })
 }
@@ -683,10 +737,17 @@ fn index_page(
                         .filter(|m| cells.iter().any(|c| c.cache_mode == *m))
                         .collect();
                     if modes.len() >= 2 {
-                        let base = if modes.contains(&CacheMode::None) {
+                        // `none` is the baseline only where it really ran without reuse.
+                        let none_ok = cells.iter().any(|c| c.cache_mode == CacheMode::None)
+                            && !cells.iter().any(|c| c.cache_not_off());
+                        let base = if none_ok {
                             CacheMode::None
                         } else {
-                            modes[0]
+                            modes
+                                .iter()
+                                .copied()
+                                .find(|m| *m != CacheMode::None)
+                                .unwrap_or(modes[0])
                         };
                         baselines.insert(base.to_string());
                         let mut per_mode: BTreeMap<CacheMode, Vec<(u32, f64)>> = BTreeMap::new();
@@ -781,7 +842,13 @@ fn index_page(
     let order = |m: &String| CacheMode::ALL.iter().position(|c| c.as_str() == m);
     let mut speedup_modes: Vec<String> = speedup_modes.into_iter().collect();
     speedup_modes.sort_by_key(order);
+    // Every row has a cell under every column (a run without a mode gets a dash there).
     for row in &mut speedups {
+        for m in &speedup_modes {
+            if !row.modes.iter().any(|r| &r.0 == m) {
+                row.modes.push((m.clone(), "—".into(), "—".into()));
+            }
+        }
         row.modes.sort_by_key(|m| order(&m.0));
     }
     IndexPage {
@@ -1081,6 +1148,11 @@ fn measured_section(
         warnings: prompt_caveat(&m.manifest)
             .into_iter()
             .chain(cache_not_off(cells.iter().map(|c| &c.summary)))
+            .chain(unfinished(
+                &m.manifest,
+                gpu,
+                cells.iter().map(|c| &c.summary),
+            ))
             .collect(),
         charts: charts_out,
     }

@@ -10,7 +10,7 @@ use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use turnbench_schema::manifest::CellId;
-use turnbench_schema::summary::{best_cells, summarize};
+use turnbench_schema::summary::{best_cells, summarize_with};
 use turnbench_schema::turn::latest_attempts;
 use turnbench_schema::{files, jsonl, Summary, TelemetrySample, TurnRecord, SCHEMA_VERSION};
 
@@ -28,6 +28,8 @@ pub struct Recorder {
     pub dir: PathBuf,
     run_id: String,
     simulated: bool,
+    /// Turns of each trajectory (the summary tells finished trajectories from cut ones).
+    turns_per_traj: Vec<u32>,
     turns: Mutex<(File, Vec<TurnRecord>)>,
     telemetry: Mutex<File>,
     /// GPUs finish cells concurrently: one summary write at a time (they share the temp file).
@@ -49,6 +51,7 @@ impl Recorder {
         run_id: &str,
         simulated: bool,
         existing: Vec<TurnRecord>,
+        turns_per_traj: Vec<u32>,
     ) -> anyhow::Result<Recorder> {
         std::fs::create_dir_all(dir.join(files::LOGS_DIR))
             .with_context(|| format!("creating {}", dir.display()))?;
@@ -56,6 +59,7 @@ impl Recorder {
             dir: dir.to_path_buf(),
             run_id: run_id.to_string(),
             simulated,
+            turns_per_traj,
             turns: Mutex::new((append_file(&dir.join(files::TURNS))?, existing)),
             telemetry: Mutex::new(append_file(&dir.join(files::TELEMETRY))?),
             summary_write: Mutex::new(()),
@@ -89,7 +93,7 @@ impl Recorder {
 
     /// The summary of everything recorded so far.
     pub fn summary(&self) -> Summary {
-        let cells = summarize(&self.records());
+        let cells = summarize_with(&self.records(), &self.turns_per_traj);
         Summary {
             schema_version: SCHEMA_VERSION,
             run_id: self.run_id.clone(),

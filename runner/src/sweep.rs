@@ -353,8 +353,14 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         }
     };
     let manifest = Arc::new(Mutex::new(manifest));
-    let recorder = Arc::new(Recorder::open(&dir, &run_id, simulated, existing.clone())?);
     let turn_counts: Vec<usize> = wl.trajectories.iter().map(|t| t.turns.len()).collect();
+    let recorder = Arc::new(Recorder::open(
+        &dir,
+        &run_id,
+        simulated,
+        existing.clone(),
+        turn_counts.iter().map(|&n| n as u32).collect(),
+    )?);
     let cells = plan.cells();
     let todo = record::todo(&cells, &turn_counts, &existing);
     // Where each cell's clock stopped in the interrupted run, if it had started.
@@ -792,6 +798,11 @@ fn build_manifest(
             turns: wl.total_turns(),
             history: plan.history,
             skipped_lines: wl.skipped_lines,
+            turns_per_trajectory: wl
+                .trajectories
+                .iter()
+                .map(|t| t.turns.len() as u32)
+                .collect(),
         },
         host: HostInfo {
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")

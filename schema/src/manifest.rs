@@ -151,6 +151,11 @@ pub struct DatasetInfo {
     /// Lines skipped under `--skip-bad-lines`.
     #[serde(default)]
     pub skipped_lines: u64,
+    /// Turns of each trajectory, in dataset order (what a cell runs of each), so readers can
+    /// tell a finished trajectory from one an interrupted run left part-way. Empty in runs
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns_per_trajectory: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

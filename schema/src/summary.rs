@@ -4,8 +4,9 @@
 //! The seed's columns, with their definitions here:
 //! - **Total Time (s)** `total_time_s`: the cell's makespan, from cell start (time 0) to the
 //!   last response's end (`max t_end`).
-//! - **Avg/Traj (s)** `avg_traj_time_s`: mean over trajectories of (last `t_end` − first
-//!   `t_send`), think time included.
+//! - **Avg/Traj (s)** `avg_traj_time_s`: mean over the trajectories that succeeded (ran to
+//!   their end without a failed turn) of (last `t_end` − first `t_send`), think time included.
+//!   A failed trajectory ends early, so it is left out, as the seed's total ÷ processed did.
 //! - **Traj Throughput** `traj_per_s`: trajectories that finished without error / total time.
 //! - **Token Throughput** `output_tok_per_s`: server-counted generated tokens / total time.
 //! - **Total Tokens** `total_output_tokens`: Σ server `completion_tokens`.
@@ -64,6 +65,14 @@ pub struct CellSummary {
     pub cache_hit_ratio: Option<f64>,
     /// Failure messages and how often each occurred (first 80 chars of the message).
     pub errors: BTreeMap<String, u64>,
+    /// Trajectories the cell was to run (the dataset's), when the run's manifest lists their
+    /// turn counts (`dataset.turns_per_trajectory`); else unknown.
+    #[serde(default)]
+    pub trajectories_planned: Option<u64>,
+    /// Every planned trajectory finished (all its turns, or a failed turn that ended it);
+    /// `Some(false)` for a cell an interrupted run left part-way. Unknown without turn counts.
+    #[serde(default)]
+    pub complete: Option<bool>,
 }
 
 /// Criteria by which a best cell is chosen.
@@ -102,8 +111,18 @@ impl CellSummary {
 /// Summarize the records of one cell. Records of superseded attempts must already be
 /// dropped ([`crate::turn::latest_attempts`]). Returns `None` for an empty slice.
 pub fn summarize_cell(records: &[&TurnRecord]) -> Option<CellSummary> {
+    summarize_cell_with(records, &[])
+}
+
+/// [`summarize_cell`] knowing how many turns each trajectory has (`turns_per_traj[t]`, the
+/// manifest's `dataset.turns_per_trajectory`; empty when unknown): a trajectory then counts
+/// as finished only when it has all its turns or ended in a failure, so an interrupted cell's
+/// trajectories that were still running are neither successes nor in the mean time per
+/// trajectory, and the cell says it is not `complete`.
+pub fn summarize_cell_with(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<CellSummary> {
     let first = records.first()?;
     let mut by_traj: BTreeMap<u32, (f64, f64, bool)> = BTreeMap::new();
+    let mut turns_seen: BTreeMap<u32, u32> = BTreeMap::new();
     let mut total_time: f64 = 0.0;
     let (mut ttft, mut e2e, mut tpot, mut itl) = (vec![], vec![], vec![], vec![]);
     let mut out_tokens = 0u64;
@@ -117,6 +136,7 @@ pub fn summarize_cell(records: &[&TurnRecord]) -> Option<CellSummary> {
         let e = by_traj.entry(r.traj).or_insert((r.t_send, r.t_end, true));
         e.0 = e.0.min(r.t_send);
         e.1 = e.1.max(r.t_end);
+        *turns_seen.entry(r.traj).or_default() += 1;
         if let Some(c) = r.completion_tokens {
             out_tokens += c;
             counted_turns += 1;
@@ -144,8 +164,27 @@ pub fn summarize_cell(records: &[&TurnRecord]) -> Option<CellSummary> {
             }
         }
     }
-    let trajectories_ok = by_traj.values().filter(|t| t.2).count() as u64;
-    let durations: Vec<f64> = by_traj.values().map(|t| t.1 - t.0).collect();
+    let known = !turns_per_traj.is_empty();
+    // Finished: all its turns recorded, or ended by a failure (unknowable without counts).
+    let finished = |t: u32, ok: bool| {
+        !known
+            || !ok
+            || turns_per_traj
+                .get(t as usize)
+                .is_some_and(|&n| turns_seen.get(&t).copied().unwrap_or(0) >= n)
+    };
+    let succeeded: Vec<(f64, f64)> = by_traj
+        .iter()
+        .filter(|(t, v)| v.2 && finished(**t, v.2))
+        .map(|(_, v)| (v.0, v.1))
+        .collect();
+    let trajectories_ok = succeeded.len() as u64;
+    // The mean time of the trajectories that ran to their end without failing (a failure
+    // ends a trajectory early, so counting it would make failing cells look fast).
+    let durations: Vec<f64> = succeeded.iter().map(|t| t.1 - t.0).collect();
+    let complete = known.then(|| {
+        (0..turns_per_traj.len() as u32).all(|t| by_traj.get(&t).is_some_and(|v| finished(t, v.2)))
+    });
     let rate = |x: f64| {
         if total_time > 0.0 {
             x / total_time
@@ -178,11 +217,18 @@ pub fn summarize_cell(records: &[&TurnRecord]) -> Option<CellSummary> {
         cache_hit_ratio: (any_cached && both_prompt > 0)
             .then(|| cached_total as f64 / both_prompt as f64),
         errors,
+        trajectories_planned: known.then_some(turns_per_traj.len() as u64),
+        complete,
     })
 }
 
 /// Group records by cell (gpu, cache mode, concurrency) and summarize each, in cell order.
 pub fn summarize(records: &[TurnRecord]) -> Vec<CellSummary> {
+    summarize_with(records, &[])
+}
+
+/// [`summarize`] knowing each trajectory's turn count ([`summarize_cell_with`]).
+pub fn summarize_with(records: &[TurnRecord], turns_per_traj: &[u32]) -> Vec<CellSummary> {
     let mut cells: BTreeMap<(&str, CacheMode, u32), Vec<&TurnRecord>> = BTreeMap::new();
     for r in records {
         cells
@@ -190,12 +236,17 @@ pub fn summarize(records: &[TurnRecord]) -> Vec<CellSummary> {
             .or_default()
             .push(r);
     }
-    cells.values().filter_map(|v| summarize_cell(v)).collect()
+    cells
+        .values()
+        .filter_map(|v| summarize_cell_with(v, turns_per_traj))
+        .collect()
 }
 
 /// The best cell per GPU, per (GPU, cache mode), by each criterion. Higher is better except
-/// for `avg_traj_time_s`. Cells where every trajectory failed are not candidates, nor `none`
-/// cells whose server reused cache all the same ([`CellSummary::cache_not_off`]).
+/// for `avg_traj_time_s`. Not candidates: cells where every trajectory failed, cells an
+/// interrupted run left part-way (`complete == Some(false)`), `none` cells whose server reused
+/// cache all the same ([`CellSummary::cache_not_off`]); and where some candidates ran without
+/// any failure, only those (failures end trajectories early, which can flatter a cell).
 pub fn best_cells(cells: &[CellSummary]) -> Vec<BestCell> {
     let mut out = Vec::new();
     let mut gpus: Vec<&str> = cells.iter().map(|c| c.gpu.as_str()).collect();
@@ -211,10 +262,17 @@ pub fn best_cells(cells: &[CellSummary]) -> Vec<BestCell> {
         for scope in scopes {
             for crit in CRITERIA {
                 let lower_is_better = crit == "avg_traj_time_s";
-                let best = cells
+                let candidates: Vec<&CellSummary> = cells
                     .iter()
                     .filter(|c| c.gpu == gpu && scope.is_none_or(|m| c.cache_mode == m))
-                    .filter(|c| c.trajectories_ok > 0 && !c.cache_not_off())
+                    .filter(|c| {
+                        c.trajectories_ok > 0 && c.complete != Some(false) && !c.cache_not_off()
+                    })
+                    .collect();
+                let clean = candidates.iter().any(|c| c.failed_turns == 0);
+                let best = candidates
+                    .into_iter()
+                    .filter(|c| !clean || c.failed_turns == 0)
                     .filter_map(|c| c.criterion(crit).map(|v| (c, v)))
                     .reduce(|a, b| {
                         let better = if lower_is_better {

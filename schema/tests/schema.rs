@@ -80,8 +80,8 @@ fn summary_matches_hand_computation() {
     assert_eq!(c.total_output_tokens, 60);
     assert_eq!(c.output_tok_per_s, 15.0);
     assert_eq!(c.traj_per_s, 0.25);
-    // traj 0: 0..3, traj 1: 0..4
-    assert_eq!(c.avg_traj_time_s, Some(3.5));
+    // Over the trajectories that succeeded: traj 0, 0..3 (traj 1 failed, early).
+    assert_eq!(c.avg_traj_time_s, Some(3.0));
     assert_eq!(c.tokens_per_turn, Some(15.0));
     assert_eq!(c.prompt_tokens_total, 400);
     assert_eq!(c.cached_tokens_total, Some(160));
@@ -184,4 +184,28 @@ fn backend_chat_template_is_optional_for_older_manifests() {
     assert!(
         serde_json::from_str::<BackendInfo>(&new.replace("chat_template", "template")).is_err()
     );
+}
+
+#[test]
+fn with_turn_counts_a_cut_trajectory_is_no_success_and_the_cell_is_incomplete() {
+    use turnbench_schema::summary::summarize_with;
+    // Trajectory 0: both turns. Trajectory 1: failed at turn 0 (ended). Trajectory 2: one of
+    // its two turns (the run was killed). Trajectory 3: never started.
+    let recs = vec![
+        rec(0, 0, 0.0, 1.0, 10, None),
+        rec(0, 1, 1.0, 2.0, 10, None),
+        rec(1, 0, 0.0, 0.2, 0, Some("HTTP 500")),
+        rec(2, 0, 0.0, 1.5, 10, None),
+    ];
+    let c = &summarize_with(&recs, &[2, 2, 2])[0];
+    assert_eq!(c.trajectories, 3);
+    assert_eq!(c.trajectories_ok, 1, "only trajectory 0 ran to its end");
+    assert_eq!(c.avg_traj_time_s, Some(2.0), "the mean over successes only");
+    assert_eq!(c.trajectories_planned, Some(3));
+    assert_eq!(c.complete, Some(false));
+    let c = &summarize_with(&recs[..3], &[2, 2])[0];
+    assert_eq!(c.complete, Some(true), "a failure ends a trajectory");
+    // Without counts: unknown, and every trajectory without a failed turn is a success.
+    let c = &summarize(&recs)[0];
+    assert_eq!((c.complete, c.trajectories_ok), (None, 2));
 }

@@ -46,7 +46,7 @@ fn throughput_windows_and_in_flight() {
         record(1, 0, 2.0, 8.0, 50, 1000, 0),
     ];
     let refs: Vec<&TurnRecord> = records.iter().collect();
-    let s = cell_series(&refs).unwrap();
+    let s = cell_series(&refs, &[]).unwrap();
     assert_eq!(s.summary.total_time_s, 20.0);
     assert_eq!(s.throughput.len(), TIME_POINTS);
     let at = |t: f64| {

@@ -69,3 +69,28 @@ fn bundles_with_unsafe_paths_are_rejected() {
         assert!(!tmp.path().join("evil.txt").exists() && !Path::new("/tmp/evil.txt").exists());
     }
 }
+
+#[test]
+fn one_run_given_twice_is_used_once_and_runs_sharing_an_id_are_told_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "r1", &tiny_spec("shard"));
+    let bundle = tmp.path().join("r1.tar.gz");
+    pack(&run, "r1", &bundle);
+    // Another host's shard, run with the same --run-id: other records.
+    let mut other = tiny_spec("shard");
+    other.seed = 99;
+    let run2 = write_run(tmp.path(), "r2", &other);
+    let site = tmp.path().join("site");
+    let report = build(&[run.clone(), bundle, run2], &site, None);
+    assert_eq!(report.runs, 2, "{:?}", report.skipped);
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.reason.contains("the same run as")),
+        "{:?}",
+        report.skipped
+    );
+    let index = std::fs::read_to_string(site.join("index.html")).unwrap();
+    assert!(index.contains("shard (2)"), "both shards on the site");
+}

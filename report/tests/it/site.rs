@@ -304,3 +304,88 @@ fn turns_csv_splits_into_linked_parts() {
     assert_eq!(links(&split), want);
     assert_eq!(links(&whole), ["data/turns.csv", "data/summary.csv"]);
 }
+
+#[test]
+fn a_cell_an_interrupted_run_left_part_way_is_flagged_and_never_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "cut", &tiny_spec("cut"));
+    // Killed while trajectory 0 of prefix c=2 was on its last turn: that line is missing,
+    // and no summary.json was written.
+    let turns_path = run.join("turns.jsonl");
+    let text = std::fs::read_to_string(&turns_path).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
+            !(r.cache_mode == turnbench_schema::CacheMode::Prefix
+                && r.concurrency == 2
+                && r.traj == 0
+                && r.turn == 2)
+        })
+        .collect();
+    assert_eq!(kept.len() + 1, text.lines().count());
+    std::fs::write(&turns_path, kept.join("\n") + "\n").unwrap();
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let site = tmp.path().join("site");
+    build(&[run.clone()], &site, None);
+    let page = std::fs::read_to_string(site.join("gpu-h100.html")).unwrap();
+    assert!(
+        page.contains("Unfinished run: prefix at concurrency 2 finished 2 of 3 trajectories"),
+        "the cut cell is named"
+    );
+    // Its figures (shorter, so faster-looking) are never the best configuration.
+    let loaded = report::load::load_dir(&run).unwrap();
+    let agg = report::aggregate::aggregate(&loaded);
+    let cut = agg
+        .cells
+        .iter()
+        .map(|c| &c.summary)
+        .find(|c| c.cache_mode == turnbench_schema::CacheMode::Prefix && c.concurrency == 2)
+        .unwrap();
+    assert_eq!(cut.complete, Some(false));
+    assert_eq!(
+        cut.trajectories_ok, 2,
+        "the cut trajectory is not a success"
+    );
+    assert!(agg.best.iter().all(
+        |b| !(b.best_cache_mode == turnbench_schema::CacheMode::Prefix && b.best_concurrency == 2)
+    ));
+    assert!(agg
+        .cells
+        .iter()
+        .filter(|c| c.summary.concurrency != 2 || c.summary.cache_mode != cut.cache_mode)
+        .all(|c| c.summary.complete == Some(true)));
+}
+
+#[test]
+fn the_speedup_table_keeps_each_mode_in_its_column_across_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = write_run(tmp.path(), "a", &tiny_spec("two-modes")); // prefix, none
+    let mut spec = tiny_spec("three-modes");
+    spec.modes = vec![
+        turnbench_schema::CacheMode::Prefix,
+        turnbench_schema::CacheMode::Session,
+        turnbench_schema::CacheMode::None,
+    ];
+    let b = write_run(tmp.path(), "b", &spec);
+    let site = tmp.path().join("site");
+    build(&[a, b], &site, None);
+    let index = read(&site.join("index.html"));
+    let table = &index[index.find("<table id=\"speedup\">").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let head = &table[..table.find("</thead>").unwrap()];
+    assert!(head.contains("<th>prefix (tok/s)</th><th>session (tok/s)</th><th>none (tok/s)</th>"));
+    let columns = head.matches("<th>").count() + head.matches("<th ").count();
+    let mut rows = 0;
+    for row in table.split("<tr>").skip(2) {
+        assert_eq!(row.matches("<td").count(), columns, "{row}");
+        if row.contains("two-modes") {
+            // Its session cell is a dash; none (its baseline) is ×1.00 in the last column.
+            let cells: Vec<&str> = row.split("<td>").collect();
+            assert!(cells[cells.len() - 2].starts_with("— (—)"), "{row}");
+            assert!(cells[cells.len() - 1].contains("(×1.00)"), "{row}");
+        }
+        rows += 1;
+    }
+    assert!(rows >= 4, "{table}");
+}

@@ -91,7 +91,13 @@ pub fn recompute_seed(turns: &Path) -> BTreeMap<(String, String, u32), SeedNumbe
         .into_iter()
         .map(|(k, a)| {
             let ok = a.trajs.values().filter(|t| t.2).count() as f64;
-            let durations: Vec<f64> = a.trajs.values().map(|t| t.1 - t.0).collect();
+            // Over the trajectories that succeeded (the fixture's run to their end).
+            let durations: Vec<f64> = a
+                .trajs
+                .values()
+                .filter(|t| t.2)
+                .map(|t| t.1 - t.0)
+                .collect();
             let n = SeedNumbers {
                 total_time: a.end,
                 avg_traj: durations.iter().sum::<f64>() / durations.len() as f64,

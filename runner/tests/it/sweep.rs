@@ -13,7 +13,7 @@ mod session_wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use turnbench_schema::summary::summarize;
+use turnbench_schema::summary::summarize_with;
 use turnbench_schema::turn::latest_attempts;
 use turnbench_schema::{files, jsonl, Manifest, Summary, TurnRecord};
 
@@ -160,7 +160,16 @@ impl Run {
                 assert_eq!(idx, want, "cell {c:?} trajectory {t}: turns recorded");
             }
         }
-        let recomputed = serde_json::to_value(summarize(&turns)).unwrap();
+        let planned = &self.manifest.dataset.turns_per_trajectory;
+        assert_eq!(
+            planned, turns_per_traj,
+            "the manifest lists each trajectory's turns"
+        );
+        let recomputed = serde_json::to_value(summarize_with(&turns, planned)).unwrap();
+        assert!(
+            self.summary.cells.iter().all(|c| c.complete == Some(true)),
+            "every cell finished"
+        );
         let written = serde_json::to_value(&self.summary.cells).unwrap();
         assert!(
             same(&written, &recomputed),
