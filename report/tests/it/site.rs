@@ -327,7 +327,7 @@ fn a_cell_an_interrupted_run_left_part_way_is_flagged_and_never_best() {
     std::fs::write(&turns_path, kept.join("\n") + "\n").unwrap();
     std::fs::remove_file(run.join("summary.json")).unwrap();
     let site = tmp.path().join("site");
-    build(&[run.clone()], &site, None);
+    build(std::slice::from_ref(&run), &site, None);
     let page = std::fs::read_to_string(site.join("gpu-h100.html")).unwrap();
     assert!(
         page.contains("Unfinished run: prefix at concurrency 2 finished 2 of 3 trajectories"),
