@@ -205,6 +205,9 @@
     $("view-skipped").textContent = skipped + " skipped (" + view.skipped_error + " failed, " +
       view.skipped_missing + " without " + view.metric + ") of " + view.matched +
       " matching records; " + view.used + " aggregated.";
+    if (view.matched === 0) {
+      $("view-skipped").textContent = "No records match these filters.";
+    }
     $("view-skipped").setAttribute("data-skipped", String(skipped));
   }
 
@@ -232,8 +235,28 @@
   }
 
   var MARKER_LIMIT = 1000;
+  // A trace per series: beyond this many, plotly takes minutes (and a shared link would
+  // freeze whoever opens it), so the chart gives way to the table and the CSV.
+  // (A property of the page's API, so tests can lower it.)
+  api.seriesLimit = 50;
+
+  function chartMessage(text) {
+    var el = $("view-chart");
+    if (typeof Plotly !== "undefined" && el.data) Plotly.purge(el);
+    el.textContent = text;
+  }
 
   function renderChart(view) {
+    if (view.length === 0) {
+      chartMessage("No records match these filters.");
+      return;
+    }
+    var series = seriesOf(view);
+    if (series.length > api.seriesLimit) {
+      chartMessage("Not drawn: " + series.length + " series (at most " + api.seriesLimit +
+        " are drawn). Split by fewer values, or filter; the table and the CSV have every row.");
+      return;
+    }
     var numeric = NUMERIC_DIMS[view.group] === 1;
     var step = view.group_codes.step;
     var c = view.cols, g = c.g;
@@ -245,7 +268,8 @@
     var traces = [];
     // plotly's default colours, so a series' box and its median marker share one.
     var palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-    seriesOf(view).forEach(function (s, si) {
+    if (!$("view-chart").data) $("view-chart").textContent = "";
+    series.forEach(function (s, si) {
       var color = palette[si % palette.length];
       var name = plotlyText(s.label);
       // A point's customdata is its row's index in the view.
@@ -280,7 +304,8 @@
     var layout = {
       margin: { t: 30, r: 20, b: 50, l: 70 },
       barmode: "group",
-      scattermode: "group",
+      // Side by side for box and bar charts only: lines keep each point at its true x.
+      scattermode: view.chart === "box" ? "group" : "overlay",
       xaxis: { title: { text: plotlyText(view.group_label) }, type: numeric ? "linear" : "category" },
       yaxis: { title: { text: plotlyText(view.chart === "box" ? view.metric_label : view.agg + " of " + view.metric_label) } },
       showlegend: traces.length > 1,
@@ -418,6 +443,13 @@
       view = runQuery(hash);
     } catch (e) {
       setStatus("This view link does not work: " + errorText(e), true);
+      // Nothing of the previous view stays on screen under the new controls.
+      api.view = null;
+      $("view-table").textContent = "";
+      tableNote().hidden = true;
+      $("view-skipped").textContent = "";
+      chartMessage("");
+      $("download-csv").disabled = true;
       return;
     }
     timings.last_query_ms = performance.now() - t;
@@ -425,7 +457,7 @@
     setStatus(options.rows + " records loaded.", false);
     renderTable(view);
     renderChart(view);
-    $("download-csv").disabled = false;
+    $("download-csv").disabled = view.length === 0;
     if (timings.first_chart_ms === undefined) timings.first_chart_ms = performance.now();
     api.renderedHash = hash;
   }

@@ -439,8 +439,90 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
         assert_ne!(status_class, "error");
         assert!(charts > 0, "the viewer drew no chart");
     } else {
+        chart_limits_and_empty_views(browser, &page).await;
         let errors = browser.errors().await.unwrap();
         assert!(errors.is_empty(), "console errors: {errors:?}");
+    }
+}
+
+/// Lines keep their points at their true x; too many series are not drawn (the table stays);
+/// an empty view says so; a broken link leaves nothing of the previous view on screen.
+async fn chart_limits_and_empty_views(browser: &Browser, page: &Path) {
+    let landing = "metric=ttft&agg=p50&group=turn&series=cache_mode";
+    open_view(browser, page, landing).await;
+    let mode: String = browser
+        .eval("return document.getElementById('view-chart').layout.scattermode")
+        .await
+        .unwrap();
+    assert_eq!(mode, "overlay", "line points are not shifted off their x");
+    let box_view = "metric=ttft&agg=p50&group=turn&series=cache_mode&chart=box";
+    open_view(browser, page, box_view).await;
+    let mode: String = browser
+        .eval("return document.getElementById('view-chart').layout.scattermode")
+        .await
+        .unwrap();
+    assert_eq!(mode, "group", "boxes side by side");
+
+    // 16 trajectories (and the hostile run's), against a limit lowered to 5.
+    let many = "metric=ttft&agg=mean&group=turn&series=traj";
+    browser
+        .eval::<Value>("window.TURNBENCH_VIEWER.seriesLimit = 5; return null")
+        .await
+        .unwrap();
+    browser
+        .eval::<Value>(&format!("location.hash = '{many}'; return null"))
+        .await
+        .unwrap();
+    let rows = wait_for_table(browser, many).await;
+    assert!(rows.len() > 5, "the table keeps every row");
+    let (text, traces): (String, usize) = browser
+        .eval(
+            "var el = document.getElementById('view-chart');
+             return [el.textContent, el.querySelectorAll('.trace').length];",
+        )
+        .await
+        .unwrap();
+    assert!(
+        text.starts_with("Not drawn: ") && text.contains("at most 5"),
+        "{text}"
+    );
+    assert_eq!(traces, 0);
+
+    let empty = "metric=ttft&agg=p50&group=turn&turn=900";
+    let rows = open_view(browser, page, empty).await;
+    assert!(rows.is_empty());
+    let (skipped, chart, csv_off): (String, String, bool) = browser
+        .eval(
+            "return [document.getElementById('view-skipped').textContent,
+                     document.getElementById('view-chart').textContent,
+                     document.getElementById('download-csv').disabled];",
+        )
+        .await
+        .unwrap();
+    assert_eq!(skipped, "No records match these filters.");
+    assert_eq!(chart, "No records match these filters.");
+    assert!(csv_off);
+
+    open_view(browser, page, landing).await;
+    browser
+        .eval::<Value>("location.hash = 'metric=bogus'; return null")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (rows, status): (usize, String) = browser
+            .eval(
+                "return [document.querySelectorAll('#view-table tr').length,
+                         document.getElementById('viewer-status').textContent];",
+            )
+            .await
+            .unwrap();
+        if status.contains("does not work") {
+            assert_eq!(rows, 0, "the previous view's table is gone");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
