@@ -394,10 +394,8 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         man.backend.access, man.backend.api
     );
     if let Some(sim) = &man.backend.sim {
-        engine.push_str(&format!(
-            "; GPU profile {}, time scale ×{}",
-            sim.gpu_profile, sim.time_scale
-        ));
+        // (Each GPU's own profile is in the GPUs line: a run may simulate several.)
+        engine.push_str(&format!("; time scale ×{}", sim.time_scale));
     }
     let launch = joined(
         man.servers
@@ -407,7 +405,26 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
             .iter()
             .map(String::as_str),
     );
-    let gpus = joined(man.gpus.iter().map(|g| g.label.as_str()));
+    // Each GPU with its hardware (nvidia-smi's name, or the simulated profile) and memory.
+    let gpus = man
+        .gpus
+        .iter()
+        .map(|g| {
+            let mut hw: Vec<String> = Vec::new();
+            if let Some(n) = g.name.as_deref().filter(|n| *n != g.label) {
+                hw.push(n.to_string());
+            }
+            if let Some(b) = g.memory_bytes {
+                hw.push(format!("{:.0} GiB", b as f64 / f64::from(1u32 << 30)));
+            }
+            if hw.is_empty() {
+                g.label.clone()
+            } else {
+                format!("{} ({})", g.label, hw.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut notes = Vec::new();
     if m.truncated_tail {
         notes.push(
@@ -572,6 +589,29 @@ pub fn unfinished<'a>(
     })
 }
 
+/// A note naming the cells of `gpu` in which a resumed run re-ran trajectories an
+/// interrupted one had left part-way (records of a later attempt).
+fn resumed(records: &[turnbench_schema::TurnRecord], gpu: &str) -> Option<String> {
+    let cells: BTreeSet<(CacheMode, u32)> = records
+        .iter()
+        .filter(|r| r.gpu == gpu && r.attempt > 0)
+        .map(|r| (r.cache_mode, r.concurrency))
+        .collect();
+    (!cells.is_empty()).then(|| {
+        let names: Vec<String> = cells
+            .iter()
+            .map(|(m, c)| format!("{m} at concurrency {c}"))
+            .collect();
+        format!(
+            "Resumed: {} ran in two parts (an interrupted run and its --resume). Their total \
+             time is the time of both parts, the pause excluded, and it includes the work of \
+             the trajectories that were cut and re-run, so their throughput reads lower than \
+             an uninterrupted run's.",
+            names.join(", ")
+        )
+    })
+}
+
 /// Page file names of GPU labels (in site order): `gpu-<sanitized>.html`, a numeric suffix
 /// telling apart labels that sanitize alike.
 pub fn gpu_hrefs(labels: &[String]) -> Vec<String> {
@@ -670,13 +710,23 @@ fn index_page(
     let mut tradeoff_groups: Vec<(charts::Group, Vec<&CellSummary>)> = Vec::new();
     let mut baselines = BTreeSet::new();
     let mut speedup_modes = BTreeSet::new();
+    // On a site mixing real and simulated runs, the cross-GPU charts say which is which.
+    let mixed = runs.iter().any(|r| r.simulated()) && runs.iter().any(|r| !r.simulated());
     for (run, agg) in runs.iter().zip(aggregates) {
         let group_of = |gpu: &str, index: usize| charts::Group {
-            title: if several_runs {
-                format!("{gpu} · {}", run.id())
-            } else {
-                gpu.to_string()
-            },
+            title: format!(
+                "{}{}",
+                if several_runs {
+                    format!("{gpu} · {}", run.id())
+                } else {
+                    gpu.to_string()
+                },
+                if mixed && run.simulated() {
+                    " (simulated)"
+                } else {
+                    ""
+                }
+            ),
             index,
         };
         match (&run.data, agg) {
@@ -1153,6 +1203,7 @@ fn measured_section(
                 gpu,
                 cells.iter().map(|c| &c.summary),
             ))
+            .chain(resumed(&m.records, gpu))
             .collect(),
         charts: charts_out,
     }

@@ -326,8 +326,15 @@ impl Column {
         Column::F32(values.into_iter().map(|x| x as f32).collect())
     }
 
-    /// Integers in the narrowest width that keeps the maximum free as the missing marker.
+    /// Integers in the narrowest width that keeps the maximum free as the missing marker. A
+    /// value no u32 holds (4 billion tokens: a corrupted record) reads as missing, so one bad
+    /// line does not take the whole viewer down.
     fn ints(field: Field, values: &[Option<u64>]) -> Result<Column, TableError> {
+        let values: Vec<Option<u64>> = values
+            .iter()
+            .map(|v| v.filter(|&x| x < u32::MAX as u64))
+            .collect();
+        let values = &values[..];
         let max = values.iter().flatten().copied().max().unwrap_or(0);
         Ok(if max < u8::MAX as u64 {
             Column::U8(

@@ -812,3 +812,15 @@ fn native_bench() {
         );
     }
 }
+
+#[test]
+fn a_token_count_no_u32_holds_reads_as_missing_instead_of_failing_the_table() {
+    let mut a = record("1", CacheMode::Prefix, 1, 0, 0, 1);
+    a.completion_tokens = Some(5_000_000_000); // a corrupted record
+    let mut b = record("1", CacheMode::Prefix, 1, 0, 1, 2);
+    b.completion_tokens = Some(40);
+    let t = table(&[a, b]);
+    let v = t.column(Field::CompletionTokens).values();
+    assert!(v[0].is_nan(), "{v:?}");
+    assert_eq!(v[1], 40.0);
+}

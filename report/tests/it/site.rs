@@ -389,3 +389,31 @@ fn the_speedup_table_keeps_each_mode_in_its_column_across_runs() {
     }
     assert!(rows >= 4, "{table}");
 }
+
+#[test]
+fn cells_a_resumed_run_finished_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "res", &tiny_spec("res"));
+    // Trajectory 1 of none c=1 was cut and re-run by --resume: its lines are attempt 1.
+    let turns_path = run.join("turns.jsonl");
+    let text = std::fs::read_to_string(&turns_path).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
+            if r.cache_mode == turnbench_schema::CacheMode::None
+                && r.concurrency == 1
+                && r.traj == 1
+            {
+                r.attempt = 1;
+            }
+            serde_json::to_string(&r).unwrap()
+        })
+        .collect();
+    std::fs::write(&turns_path, lines.join("\n") + "\n").unwrap();
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let page = read(&site.join("gpu-h100.html"));
+    assert!(page.contains("Resumed: none at concurrency 1 ran in two parts"));
+    assert!(!page.contains("prefix at concurrency 1 ran in two parts"));
+}
