@@ -695,7 +695,14 @@ async fn server_info(s: &Server, api_key: Option<String>) -> (ServerInfo, Option
     let t = Duration::from_secs(10);
     let mut info = match c.get_json("/get_server_info", t).await {
         Ok(v) => v,
-        Err(_) => c.get_json("/server_info", t).await.unwrap_or(Value::Null),
+        Err(e) => match c.get_json("/server_info", t).await {
+            Ok(v) => v,
+            Err(_) => {
+                // (A 401 here means the server wants another API key: every turn would fail.)
+                tracing::warn!("GPU {}: reading the server's info: {e:#}", s.gpu);
+                Value::Null
+            }
+        },
     };
     let mut model = match c.get_json("/get_model_info", t).await {
         Ok(v) => v,
