@@ -154,23 +154,30 @@ fn a_server_exiting_mid_sweep_fails_turns_not_the_sweep() {
     assert!(run.raw.iter().filter(|r| r.error.is_none()).count() >= 5);
 }
 
-#[test]
-fn ctrl_c_stops_the_launched_servers() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A port and the flags of a sweep that launches serve-sim there, slow enough (engine time
+/// 20× wall, tool time replayed) to be interrupted midway.
+fn slow_launch(tmp: &Path, id: &str) -> (u16, Vec<String>) {
     let port = free_port();
     let mut cmd = serve_sim(&[]);
     let i = cmd.iter().position(|a| *a == "1000").unwrap();
-    cmd[i] = "20"; // slow enough to interrupt
-    let p = plan(tmp.path(), port, &cmd, "");
+    cmd[i] = "20";
+    let p = plan(tmp, port, &cmd, "");
     let args = small_with(
-        tmp.path(),
-        "interrupted",
+        tmp,
+        id,
         &[
             ("--gpus", "0"),
             ("--think-time", "replay"),
             ("--plan", p.to_str().unwrap()),
         ],
     );
+    (port, args)
+}
+
+#[test]
+fn ctrl_c_stops_the_launched_servers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, args) = slow_launch(tmp.path(), "interrupted");
     let child = runner()
         .args(&args)
         .stdout(std::process::Stdio::piped())
@@ -233,20 +240,7 @@ fn port_closes(port: u16) -> bool {
 #[test]
 fn sigterm_then_resume_finishes_a_launched_run_with_its_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = serve_sim(&[]);
-    let i = cmd.iter().position(|a| *a == "1000").unwrap();
-    cmd[i] = "20"; // slow enough to interrupt
-    let p = plan(tmp.path(), port, &cmd, "");
-    let mut args = small_with(
-        tmp.path(),
-        "termed",
-        &[
-            ("--gpus", "0"),
-            ("--think-time", "replay"),
-            ("--plan", p.to_str().unwrap()),
-        ],
-    );
+    let (port, mut args) = slow_launch(tmp.path(), "termed");
     args.extend(["--api-key".into(), "sekrit-key".into()]);
     let turns = tmp.path().join("termed").join("turns.jsonl");
     let child = spawn_until(&args, &turns, 2);
@@ -303,20 +297,7 @@ fn a_port_already_in_use_is_an_error_not_a_benchmark_of_its_listener() {
 #[test]
 fn a_killed_runner_takes_its_launched_server_with_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = serve_sim(&[]);
-    let i = cmd.iter().position(|a| *a == "1000").unwrap();
-    cmd[i] = "20";
-    let p = plan(tmp.path(), port, &cmd, "");
-    let args = small_with(
-        tmp.path(),
-        "killed",
-        &[
-            ("--gpus", "0"),
-            ("--think-time", "replay"),
-            ("--plan", p.to_str().unwrap()),
-        ],
-    );
+    let (port, args) = slow_launch(tmp.path(), "killed");
     let turns = tmp.path().join("killed").join("turns.jsonl");
     let mut child = spawn_until(&args, &turns, 2);
     child.kill().unwrap(); // SIGKILL: no handler runs
