@@ -470,6 +470,12 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let summary = recorder.write_summary()?;
     result?;
     println!("{}", console::tables(&summary));
+    if wl.skipped_lines > 0 {
+        println!(
+            "dataset: {} malformed line(s) skipped (--skip-bad-lines; each named in the log above)",
+            wl.skipped_lines
+        );
+    }
     println!("results: {}", dir.display());
     Ok(())
 }

@@ -101,13 +101,19 @@
       el.value = p.has(key) ? p.get(key) : DEFAULTS[key];
       if (el.selectedIndex < 0) el.value = DEFAULTS[key];
     });
+    // Filter values of the link that the data does not have (they match nothing).
+    var unknown = [];
     MULTI.forEach(function (key) {
       var want = p.getAll(key);
+      var have = [];
       Array.prototype.forEach.call($("ctl-" + key).options, function (o) {
         o.selected = want.indexOf(o.value) >= 0;
+        have.push(o.value);
       });
+      want.forEach(function (v) { if (have.indexOf(v) < 0) unknown.push(key + "=" + v); });
     });
     RANGES.forEach(function (key) { $("ctl-" + key).value = p.getAll(key).join(", "); });
+    return unknown;
   }
 
   function currentHash() {
@@ -436,7 +442,7 @@
 
   function render() {
     var hash = currentHash();
-    syncControls(hash);
+    var unknown = syncControls(hash);
     var t = performance.now();
     var view;
     try {
@@ -454,7 +460,12 @@
     }
     timings.last_query_ms = performance.now() - t;
     api.view = view;
-    setStatus(options.rows + " records loaded.", false);
+    if (unknown.length > 0) {
+      setStatus(options.rows + " records loaded. This link filters on values the data does not have: " +
+        unknown.join(", ") + ".", true);
+    } else {
+      setStatus(options.rows + " records loaded.", false);
+    }
     renderTable(view);
     renderChart(view);
     $("download-csv").disabled = view.length === 0;

@@ -503,6 +503,19 @@ async fn chart_limits_and_empty_views(browser: &Browser, page: &Path) {
     assert_eq!(chart, "No records match these filters.");
     assert!(csv_off);
 
+    // A link filtering on a value the data lacks says which.
+    let unknown = "metric=ttft&agg=mean&group=concurrency&gpu=H100X";
+    let rows = open_view(browser, page, unknown).await;
+    assert!(rows.is_empty());
+    let status: String = browser
+        .eval("return document.getElementById('viewer-status').textContent")
+        .await
+        .unwrap();
+    assert!(
+        status.contains("values the data does not have: gpu=H100X."),
+        "{status}"
+    );
+
     open_view(browser, page, landing).await;
     browser
         .eval::<Value>("location.hash = 'metric=bogus'; return null")

@@ -122,7 +122,7 @@ fn malformed_lines_name_file_and_line_or_are_counted() {
         &["--prompts", &prompts, "--trajectories", "3"],
     ));
     assert!(err.contains("r2e-bad.jsonl:2:"), "{err}");
-    run_ok(&dataset_args(
+    let out = run_ok(&dataset_args(
         tmp.path(),
         "skip",
         "r2e-bad.jsonl",
@@ -134,6 +134,11 @@ fn malformed_lines_name_file_and_line_or_are_counted() {
             "--skip-bad-lines",
         ],
     ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("dataset: 1 malformed line(s) skipped"),
+        "{stdout}"
+    );
     let run = Run::load(&tmp.path().join("skip"));
     assert_eq!(run.manifest.dataset.skipped_lines, 1);
     assert_eq!(run.manifest.dataset.trajectories, 2);
