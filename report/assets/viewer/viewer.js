@@ -98,7 +98,8 @@
     var p = new URLSearchParams(hash);
     SINGLE.forEach(function (key) {
       var el = $("ctl-" + key);
-      el.value = p.has(key) ? p.get(key) : DEFAULTS[key];
+      // The last of a repeated key, as the engine reads it (`Query::parse`).
+      el.value = p.has(key) ? p.getAll(key).pop() : DEFAULTS[key];
       if (el.selectedIndex < 0) el.value = DEFAULTS[key];
     });
     // Filter values of the link that the data does not have (they match nothing).

@@ -503,6 +503,15 @@ async fn chart_limits_and_empty_views(browser: &Browser, page: &Path) {
     assert_eq!(chart, "No records match these filters.");
     assert!(csv_off);
 
+    // A repeated key: the controls show the value the engine used (the last).
+    let twice = "metric=ttft&metric=e2e&agg=mean&group=concurrency";
+    open_view(browser, page, twice).await;
+    let shown: String = browser
+        .eval("return document.getElementById('ctl-metric').value")
+        .await
+        .unwrap();
+    assert_eq!(shown, "e2e");
+
     // A link filtering on a value the data lacks says which.
     let unknown = "metric=ttft&agg=mean&group=concurrency&gpu=H100X";
     let rows = open_view(browser, page, unknown).await;
