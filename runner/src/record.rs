@@ -151,11 +151,7 @@ pub fn todo(cells: &[CellId], turns: &[usize], existing: &[TurnRecord]) -> BTree
     // (cell, traj) → (latest attempt, turns seen in it, failed in it)
     let mut seen: BTreeMap<(CellId, usize), (u32, Vec<u32>, bool)> = BTreeMap::new();
     for r in existing {
-        let cell = CellId {
-            gpu: r.gpu.clone(),
-            cache_mode: r.cache_mode,
-            concurrency: r.concurrency,
-        };
+        let cell = r.cell();
         let e = seen
             .entry((cell, r.traj as usize))
             .or_insert((r.attempt, vec![], false));

@@ -366,12 +366,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     // Where each cell's clock stopped in the interrupted run, if it had started.
     let mut resumed_at: BTreeMap<CellId, f64> = BTreeMap::new();
     for r in &existing {
-        let cell = CellId {
-            gpu: r.gpu.clone(),
-            cache_mode: r.cache_mode,
-            concurrency: r.concurrency,
-        };
-        let t = resumed_at.entry(cell).or_insert(0.0);
+        let t = resumed_at.entry(r.cell()).or_insert(0.0);
         *t = t.max(r.t_end);
     }
     let resumed_at = Arc::new(resumed_at);

@@ -139,6 +139,15 @@ pub struct TurnRecord {
 }
 
 impl TurnRecord {
+    /// The cell (GPU, cache mode, concurrency) this turn belongs to.
+    pub fn cell(&self) -> crate::manifest::CellId {
+        crate::manifest::CellId {
+            gpu: self.gpu.clone(),
+            cache_mode: self.cache_mode,
+            concurrency: self.concurrency,
+        }
+    }
+
     /// Time per output token after the first: `(e2e - ttft) / (completion_tokens - 1)`.
     pub fn tpot(&self) -> Option<f64> {
         let n = self.completion_tokens?;
