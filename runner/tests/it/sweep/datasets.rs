@@ -100,6 +100,42 @@ fn openai_messages_through_the_openai_api() {
 }
 
 #[test]
+fn recorded_tool_calls_are_replayed_and_counted() {
+    // Assistant messages that are only tool calls (content null or empty): their recorded
+    // answer is the call, so `--output-len recorded` fixes the turn to the call's length.
+    for api in ["openai", "native"] {
+        let tmp = tempfile::tempdir().unwrap();
+        run_ok(&dataset_args(
+            tmp.path(),
+            "tools",
+            "openai-tools.jsonl",
+            &[
+                "--api",
+                api,
+                "--history",
+                "recorded",
+                "--output-len",
+                "recorded",
+                "--max-new-tokens",
+                "4",
+            ],
+        ));
+        let run = Run::load(&tmp.path().join("tools"));
+        // Two calls then a final turn; one call then a final turn.
+        run.assert_complete(&[3, 2]);
+        for r in run
+            .turns()
+            .iter()
+            .filter(|r| r.turn + 1 < [3, 2][r.traj as usize])
+        {
+            assert_eq!(r.finish_reason.as_deref(), Some("length"), "{api}: {r:?}");
+            // A call like `{"name": "bash", "arguments": {...}}` is well over 4 tokens.
+            assert!(r.completion_tokens.unwrap() > 8, "{api}: {r:?}");
+        }
+    }
+}
+
+#[test]
 fn sharegpt_array_is_streamed() {
     let tmp = tempfile::tempdir().unwrap();
     run_ok(&dataset_args(tmp.path(), "sg", "sharegpt.json", &[]));
