@@ -154,7 +154,8 @@ pub struct PlanKeys {
     #[arg(long = "url", value_delimiter = ',')]
     pub urls: Option<Vec<String>>,
     /// GPU labels: device indices for `launch` (CUDA_VISIBLE_DEVICES), simulated GPU profiles
-    /// (`a100-80gb`, `h100`, …) for `sim`, any name for `attach`.
+    /// (`a100-80gb`, `h100`, …) for `sim`, any name for `attach`. Given alone on the command
+    /// line, it picks GPUs out of a plan file's per-GPU `batch_sizes`.
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "labels")]
     pub gpus: Option<Vec<String>>,
@@ -279,12 +280,17 @@ fn parse_history(s: &str) -> Result<HistorySource, String> {
 }
 
 impl PlanKeys {
-    /// `self` over `base`: keys set here win.
+    /// `self` over `base`: keys set here win. `gpus` given here alone picks GPUs out of the
+    /// base's per-GPU `batch_sizes` (`--gpus 1` on the seed's plan runs GPU 1 with its list).
     pub fn over(self, base: PlanKeys) -> PlanKeys {
+        let pick = match (&self.gpus, &self.batch_sizes) {
+            (Some(g), None) => Some(g.clone()),
+            _ => None,
+        };
         macro_rules! merge {
             ($($f:ident),*) => { PlanKeys { $($f: self.$f.or(base.$f)),* } };
         }
-        merge!(
+        let mut merged = merge!(
             backend,
             api,
             chat_template,
@@ -323,7 +329,11 @@ impl PlanKeys {
             sim_args,
             metrics,
             flush_cache
-        )
+        );
+        if let (Some(gpus), Some(BatchSizes::PerGpu(m))) = (pick, &mut merged.batch_sizes) {
+            m.retain(|g, _| gpus.contains(g));
+        }
+        merged
     }
 
     /// Read a plan file. Unknown keys and bad values are errors naming the file, line and key.
@@ -828,6 +838,25 @@ mod tests {
             .map(|g| seed.port_base as u32 + seed.port_step as u32 * g.parse::<u32>().unwrap())
             .collect();
         assert_eq!(ports, [30010, 30020, 30030]);
+        // `--gpus` picks GPUs out of the plan's per-GPU lists; an unknown one is still named.
+        let pick = |gpus: &[&str]| {
+            Plan::resolve(
+                PlanKeys {
+                    gpus: Some(gpus.iter().map(|g| g.to_string()).collect()),
+                    ..Default::default()
+                }
+                .over(PlanKeys::from_file(&plans.join("seed-a100.toml")).unwrap()),
+            )
+        };
+        let one = pick(&["3", "1"]).unwrap();
+        assert_eq!(one.gpus, ["3", "1"]);
+        assert_eq!(one.batch_sizes.len(), 2);
+        assert_eq!(
+            (&one.batch_sizes["1"], &one.batch_sizes["3"]),
+            (&vec![3, 4], &vec![12, 16])
+        );
+        let err = pick(&["1", "4"]).unwrap_err().to_string();
+        assert!(err.contains("`batch_sizes.4`"), "{err}");
         // The seed never slept the tool time, and templated its base model's prompts with
         // SGLang's frontend fallback ("ROLE:" + content + newline).
         assert_eq!(seed.think_time, ThinkTime::Off);
