@@ -6,8 +6,10 @@
 use super::{Message, Trajectory, WorkloadError};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
-use std::io::BufRead;
+use std::cell::Cell;
+use std::io::{BufRead, Read};
 use std::path::Path;
+use std::rc::Rc;
 
 #[derive(Debug, Deserialize)]
 struct Entry {
@@ -45,6 +47,41 @@ struct Take<'a> {
     skip: bool,
     out: &'a mut Vec<Trajectory>,
     skipped: &'a mut u64,
+    /// Newlines the parser has read so far (plus those before the array).
+    newlines: Rc<Cell<u64>>,
+    /// The line a rejected element starts on.
+    bad_line: &'a mut Option<u64>,
+}
+
+/// A reader that counts the newlines read through it. serde_json reads a byte at a time and
+/// peeks one ahead, so when it starts on an array element, the count is the lines before the
+/// element's first byte.
+struct Counting<R> {
+    inner: R,
+    newlines: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let lines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        self.newlines.set(self.newlines.get() + lines);
+        Ok(n)
+    }
+}
+
+/// One array element, noting the line it starts on.
+struct Element<'a> {
+    newlines: &'a Cell<u64>,
+    start: &'a mut u64,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_> {
+    type Value = serde_json::Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<serde_json::Value, D::Error> {
+        *self.start = self.newlines.get() + 1;
+        serde_json::Value::deserialize(d)
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Take<'_> {
@@ -62,7 +99,12 @@ impl<'de> Visitor<'de> for Take<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut n = 0usize;
         while self.out.len() < self.want {
-            let Some(v) = seq.next_element::<serde_json::Value>()? else {
+            let mut start = 0;
+            let element = Element {
+                newlines: &self.newlines,
+                start: &mut start,
+            };
+            let Some(v) = seq.next_element_seed(element)? else {
                 return Ok(());
             };
             n += 1;
@@ -70,10 +112,16 @@ impl<'de> Visitor<'de> for Take<'_> {
                 Ok(Some(t)) => self.out.push(t),
                 Ok(None) => {}
                 Err(m) if self.skip => {
-                    tracing::warn!("{}: ShareGPT element {n} skipped: {m}", self.path.display());
+                    tracing::warn!(
+                        "{}:{start}: ShareGPT element {n} skipped: {m}",
+                        self.path.display()
+                    );
                     *self.skipped += 1;
                 }
-                Err(m) => return Err(serde::de::Error::custom(format!("element {n}: {m}"))),
+                Err(m) => {
+                    *self.bad_line = Some(start);
+                    return Err(serde::de::Error::custom(format!("element {n}: {m}")));
+                }
             }
         }
         Err(serde::de::Error::custom(ENOUGH))
@@ -90,19 +138,19 @@ pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u6
     {
         reader.consume(3);
     }
+    let mut lines_before = 0;
     let starts_with_bracket = loop {
         let buf = reader.fill_buf().map_err(|e| super::io_err(path, e))?;
-        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-            Some(i) => {
-                let c = buf[i];
-                reader.consume(i);
-                break c == b'[';
-            }
-            None if buf.is_empty() => break false,
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-            }
+        let (ws, first) = match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => (i, Some(buf[i])),
+            None => (buf.len(), None),
+        };
+        lines_before += buf[..ws].iter().filter(|&&b| b == b'\n').count() as u64;
+        reader.consume(ws);
+        match first {
+            Some(c) => break c == b'[',
+            None if ws == 0 => break false,
+            None => {}
         }
     };
     if !starts_with_bracket {
@@ -113,24 +161,78 @@ pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u6
     }
     let mut out = Vec::new();
     let mut skipped = 0;
-    let mut de = serde_json::Deserializer::from_reader(reader);
+    let newlines = Rc::new(Cell::new(lines_before));
+    let mut bad_line = None;
+    let mut de = serde_json::Deserializer::from_reader(Counting {
+        inner: reader,
+        newlines: newlines.clone(),
+    });
     let take = Take {
         path,
         want,
         skip,
         out: &mut out,
         skipped: &mut skipped,
+        newlines,
+        bad_line: &mut bad_line,
     };
     match take.deserialize(&mut de) {
         Ok(()) => {}
         Err(e) if e.to_string().starts_with(ENOUGH) => {}
         Err(e) => {
+            // A rejected element is named by the line it starts on; a syntax error by its own.
+            let message = e.to_string();
+            let message = match (bad_line, message.rfind(" at line ")) {
+                (Some(_), Some(i)) => message[..i].to_string(),
+                _ => message,
+            };
             return Err(WorkloadError::Line {
                 path: path.to_path_buf(),
-                line: e.line(),
-                message: e.to_string(),
-            })
+                line: bad_line.unwrap_or(e.line() as u64) as usize,
+                message,
+            });
         }
     }
     Ok((out, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_str(text: &str, skip: bool) -> Result<(Vec<Trajectory>, u64), WorkloadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sg.json");
+        std::fs::write(&path, text).unwrap();
+        read(&path, 10, skip)
+    }
+
+    #[test]
+    fn a_bad_element_is_named_by_the_line_it_starts_on() {
+        let good = r#"{"id": "a", "conversations": [{"from": "human", "value": "hi"},
+  {"from": "gpt", "value": "hello"}]}"#;
+        // Element 2 starts on line 6 and ends on line 10; its bad role is on line 8.
+        let text = format!(
+            "\n\n[\n  {good},\n  {{\"id\": \"b\", \"conversations\": [\n    {{\"from\": \"human\", \"value\": \"q\"}},\n    {{\"from\": \"robot\", \"value\": \"x\"}}\n  ]\n}}\n]\n"
+        );
+        match read_str(&text, false) {
+            Err(WorkloadError::Line { line, message, .. }) => {
+                assert_eq!(line, 6, "{message}");
+                assert!(
+                    message.contains("element 2") && message.contains("robot"),
+                    "{message}"
+                );
+                assert!(!message.contains("column"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (trajs, skipped) = read_str(&text, true).unwrap();
+        assert_eq!((trajs.len(), skipped), (1, 1));
+        // A syntax error is named by its own line.
+        let broken = format!("[\n{good},\n{{\"id\": \"c\",\n \"conversations\": [}}\n]");
+        match read_str(&broken, false) {
+            Err(WorkloadError::Line { line, .. }) => assert_eq!(line, 5),
+            other => panic!("{other:?}"),
+        }
+    }
 }
