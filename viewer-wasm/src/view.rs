@@ -1,7 +1,8 @@
 //! Running a [`Query`] over a [`Table`]: filter, group (and split), aggregate.
 //!
 //! Aggregates skip records that failed (`error` set) or that lack the metric (e.g.
-//! `cached_tokens` not reported), and every group says how many it skipped. Percentiles are
+//! `cached_tokens` not reported), and every group says how many it skipped; a view of failed
+//! turns only (`error=true`) aggregates those, so `count` there counts failures. Percentiles are
 //! [`turnbench_schema::stats`]'s single definition, so a p90 here equals the report's p90 of
 //! the same records (up to the `f32` storage of times, see [`crate::table`]).
 
@@ -643,8 +644,13 @@ impl Table {
         if let Some(s) = query.series {
             self.dim_codes_into(s, series_lut, start, &mut b.scodes[..len]);
         }
-        self.column(Field::Error)
-            .map_into(start, &mut b.errors[..len], |c| c != 0);
+        if query.filters.error == Some(true) {
+            // A view of failed turns only aggregates them (what they measured before failing).
+            b.errors[..len].fill(false);
+        } else {
+            self.column(Field::Error)
+                .map_into(start, &mut b.errors[..len], |c| c != 0);
+        }
         self.metric_into(query.metric, start, &mut b.values[..len], &mut b.tmp[..len]);
         true
     }

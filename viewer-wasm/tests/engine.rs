@@ -213,6 +213,28 @@ fn failed_and_missing_records_are_skipped_and_counted() {
     assert_eq!(view.skipped_missing, 1, "the record without latencies");
     assert_eq!(view.used + view.skipped(), view.matched);
 
+    // A view of failed turns only aggregates them: `count` counts failures per group, and
+    // their other figures are what they measured before failing.
+    let view = t.view(&Query::parse("metric=e2e&agg=count&group=gpu&error=true").unwrap());
+    assert_eq!((view.matched, view.skipped_error), (failed, 0));
+    for row in &view.rows {
+        let want = records
+            .iter()
+            .filter(|r| r.error.is_some() && r.gpu == row.group)
+            .count() as f64;
+        assert!(want > 0.0, "failures on GPU {}", row.group);
+        assert_eq!(row.value, Some(want), "GPU {}", row.group);
+    }
+    let view = t.view(&Query::parse("metric=e2e&agg=max&group=gpu&error=true").unwrap());
+    for row in &view.rows {
+        let want = records
+            .iter()
+            .filter(|r| r.error.is_some() && r.gpu == row.group)
+            .filter_map(|r| r.e2e.map(f32r))
+            .reduce(f64::max);
+        assert_eq!(row.value, want, "GPU {}", row.group);
+    }
+
     // cached_tokens is null for cache mode `none`: all of them are skipped, none is a zero.
     let view = t.view(&Query::parse("metric=cached_tokens&agg=mean&group=cache_mode").unwrap());
     let none = view.rows.iter().find(|r| r.group == "none").unwrap();

@@ -102,6 +102,8 @@
       el.value = p.has(key) ? p.getAll(key).pop() : DEFAULTS[key];
       if (el.selectedIndex < 0) el.value = DEFAULTS[key];
     });
+    // A series equal to the grouping is no split (`Query::parse` drops it).
+    if ($("ctl-series").value === $("ctl-group").value) $("ctl-series").value = "";
     // Filter values of the link that the data does not have (they match nothing).
     var unknown = [];
     MULTI.forEach(function (key) {

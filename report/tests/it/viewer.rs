@@ -511,6 +511,14 @@ async fn chart_limits_and_empty_views(browser: &Browser, page: &Path) {
         .await
         .unwrap();
     assert_eq!(shown, "e2e");
+    // A series equal to the grouping: no split, in the engine and in its control.
+    let same = "metric=ttft&agg=mean&group=concurrency&series=concurrency";
+    open_view(browser, page, same).await;
+    let shown: String = browser
+        .eval("return document.getElementById('ctl-series').value")
+        .await
+        .unwrap();
+    assert_eq!(shown, "");
 
     // A link filtering on a value the data lacks says which.
     let unknown = "metric=ttft&agg=mean&group=concurrency&gpu=H100X";
