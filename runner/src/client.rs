@@ -109,6 +109,20 @@ pub struct Session {
     /// Prepend the parent's prompt only (used with recorded history: the recorded answer
     /// replaces the generated one).
     pub drop_previous_output: bool,
+    /// SGLang's `offset`: keep the parent's tokens up to this index (Python slicing, so `-1`
+    /// drops the last: the stop token a finished parent holds past its text).
+    pub offset: Option<i64>,
+}
+
+/// What ended a native generation that finished with `stop` (`finish_reason.matched`). The
+/// server keeps the matched tokens in the request's output (a session's next request sees
+/// them), while its text leaves them out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMatch {
+    /// A stop token id (EOS): one token past the text.
+    Token,
+    /// A stop string: the tokens that spelled it (some may also hold text past it).
+    Text,
 }
 
 /// What to send.
@@ -182,6 +196,8 @@ pub struct Outcome {
     pub cached_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub finish_reason: Option<String>,
+    /// What a `stop` finish matched, when the server says (native API).
+    pub stop_match: Option<StopMatch>,
     pub error: Option<String>,
     /// The server's own end-to-end latency (`meta_info.e2e_latency`, native API), seconds of
     /// engine time; used to check the client's timing accuracy.
@@ -404,6 +420,7 @@ impl Client {
                         id: &s.id,
                         rid: s.rid.as_deref(),
                         drop_previous_output: s.drop_previous_output,
+                        offset: s.offset,
                     }),
                 }),
                 Api::Native,
@@ -632,6 +649,8 @@ struct SessionParams<'a> {
     rid: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     drop_previous_output: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<i64>,
 }
 
 /// An OpenAI `/v1/chat/completions` request.
@@ -672,6 +691,7 @@ struct StreamState {
     cached_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     finish_reason: Option<String>,
+    stop_match: Option<StopMatch>,
     error: Option<String>,
     server_e2e: Option<f64>,
     server_sent: Option<(f64, f64)>,
@@ -704,6 +724,7 @@ impl StreamState {
             cached_tokens: None,
             completion_tokens: None,
             finish_reason: None,
+            stop_match: None,
             error: None,
             server_e2e: None,
             server_sent: None,
@@ -887,6 +908,11 @@ impl StreamState {
                 .and_then(Scalar::as_str)
                 .unwrap_or("unknown");
             self.finish_reason = Some(kind.to_string());
+            self.stop_match = match &fr.matched {
+                Some(Scalar::N(_)) if kind == "stop" => Some(StopMatch::Token),
+                Some(Scalar::S(_)) if kind == "stop" => Some(StopMatch::Text),
+                _ => None,
+            };
             if kind == "abort" {
                 let msg = fr.message.as_ref().and_then(Scalar::as_str).unwrap_or("");
                 self.error
@@ -972,6 +998,7 @@ impl StreamState {
             cached_tokens,
             completion_tokens: self.completion_tokens,
             finish_reason: self.finish_reason,
+            stop_match: self.stop_match,
             error: self.error,
             server_e2e: self.server_e2e,
             server_sent: self.server_sent,
@@ -1188,6 +1215,9 @@ struct FinishReason<'a> {
     kind: Option<Scalar<'a>>,
     #[serde(borrow)]
     message: Option<Scalar<'a>>,
+    /// The stop token id (a number) or stop string (a string) of a `stop` finish.
+    #[serde(borrow)]
+    matched: Option<Scalar<'a>>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1547,6 +1577,7 @@ mod tests {
             id: "s-1".into(),
             rid: None,
             drop_previous_output: false,
+            offset: None,
         };
         let prompt = Prompt::Text {
             text: "new",
@@ -1559,6 +1590,7 @@ mod tests {
             id: "s-1".into(),
             rid: Some("r-2".into()),
             drop_previous_output: true,
+            offset: None,
         };
         let prompt = Prompt::Text {
             text: "newer",

@@ -135,13 +135,15 @@ impl Conversation {
     }
 
     /// Record the answer to the current turn and the messages that follow it.
-    /// `generated`: the answer is what the server just generated (so a session's parent
-    /// already holds it); otherwise it is the dataset's recorded answer (and the session
-    /// drops the generated output). Fails only when a Jinja template fails to render.
+    /// `held`: a session's parent already holds the answer (the server generated it, and
+    /// holds nothing past it once a matched stop token is cut off with `offset`); otherwise
+    /// the session drops the parent's output and the answer is sent as new text (a recorded
+    /// answer, or a generated one that ended in a stop string, whose tokens the parent holds).
+    /// Fails only when a Jinja template fails to render.
     pub fn advance(
         &mut self,
         answer: &str,
-        generated: bool,
+        held: bool,
         after: &[Message],
     ) -> Result<(), TemplateError> {
         self.messages.push(Message::new(Role::Assistant, answer));
@@ -152,7 +154,7 @@ impl Conversation {
                 rendered.push_str(answer);
                 rendered.push_str(END);
                 unsent.clear();
-                if !generated {
+                if !held {
                     unsent.push_str(answer);
                 }
                 unsent.push_str(END);
@@ -164,13 +166,13 @@ impl Conversation {
             Text::Jinja {
                 template,
                 full,
-                held,
+                held: held_text,
                 turns,
             } => {
                 let next = template.render(&self.messages, true)?;
-                *held = std::mem::replace(full, next);
-                if generated {
-                    held.push_str(answer);
+                *held_text = std::mem::replace(full, next);
+                if held {
+                    held_text.push_str(answer);
                 }
                 *turns += 1;
             }

@@ -5,7 +5,7 @@
 //! A failed turn is recorded and ends its trajectory; the worker takes the next one.
 
 use crate::chat_template::ChatTemplate;
-use crate::client::{Api, Client, Outcome, Prompt, Sampling, Session};
+use crate::client::{Api, Client, Outcome, Prompt, Sampling, Session, StopMatch};
 use crate::console::GpuProgress;
 use crate::conversation::Conversation;
 use crate::plan::ThinkTime;
@@ -170,7 +170,9 @@ async fn run_turns(
     let traj = &ctx.workload.trajectories[t];
     let mode = ctx.cell.cache_mode;
     let mut parent: Option<String> = None;
-    let mut parent_generated = true;
+    // Whether the parent holds the answer the conversation has, and the `offset` that cuts
+    // what it holds past the answer (see `after_answer`).
+    let mut parent_holds: (bool, Option<i64>) = (true, None);
     let n = traj.turns.len();
     for (k, turn) in traj.turns.iter().enumerate() {
         let rid = format!(
@@ -200,7 +202,8 @@ async fn run_turns(
                 sess = Session {
                     id: id.to_string(),
                     rid: parent.clone(),
-                    drop_previous_output: parent.is_some() && !parent_generated,
+                    drop_previous_output: parent.is_some() && !parent_holds.0,
+                    offset: parent.as_ref().and(parent_holds.1),
                 };
                 Prompt::Text {
                     text: &text,
@@ -235,13 +238,30 @@ async fn run_turns(
             (Some(r), HistorySource::Recorded) => (r.as_str(), false),
             _ => (out.text.as_str(), true),
         };
-        conv.advance(answer, generated, &turn.after)
+        parent_holds = after_answer(generated, &out);
+        conv.advance(answer, parent_holds.0, &turn.after)
             .with_context(|| format!("trajectory {:?}, after turn {k}", traj.id))?;
         parent = Some(out.id.clone().unwrap_or(rid));
-        parent_generated = generated;
         tokio::time::sleep(think_sleep(think, ctx.time_scale)).await;
     }
     Ok(())
+}
+
+/// Session mode: whether a finished turn's request holds the answer the conversation goes on
+/// with, and the `offset` that cuts off what it holds past it. SGLang's session appends the
+/// next request to the parent's prompt + output tokens, and the output keeps what the text
+/// leaves out: the matched stop token (EOS, e.g. Qwen's `<|im_end|>`, which the template then
+/// writes again) or the tokens of a matched stop string (e.g. the seed's `\n\nUSER:`). A stop
+/// token is cut with `offset = -1`; after a stop string (or a stop the server does not
+/// describe) the parent's output is dropped and the answer sent again as text (the radix
+/// cache still holds its KV). A recorded answer is never held.
+fn after_answer(generated: bool, out: &Outcome) -> (bool, Option<i64>) {
+    match (generated, out.finish_reason.as_deref(), out.stop_match) {
+        (false, ..) => (false, None),
+        (true, Some("stop"), Some(StopMatch::Token)) => (true, Some(-1)),
+        (true, Some("stop"), _) => (false, None),
+        (true, ..) => (true, None),
+    }
 }
 
 fn failed_outcome(at: Instant, error: String) -> Outcome {
@@ -259,6 +279,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
         cached_tokens: None,
         completion_tokens: None,
         finish_reason: None,
+        stop_match: None,
         error: Some(error),
         server_e2e: None,
         server_sent: None,

@@ -63,10 +63,15 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
     r
 }
 
-#[test]
-fn session_sends_only_new_text_and_prefix_resends_everything() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (sim, proxy_url, seen) = rt.block_on(async {
+/// serve-sim behind a recording proxy: (server, proxy URL, what the proxy saw).
+fn proxied_sim(
+    rt: &tokio::runtime::Runtime,
+) -> (
+    runner::sim::server::SimHandle,
+    String,
+    Arc<Mutex<Vec<Seen>>>,
+) {
+    rt.block_on(async {
         let argv: Vec<String> = ["--port", "0", "--sim-time-scale", "1000"]
             .map(String::from)
             .to_vec();
@@ -84,7 +89,13 @@ fn session_sends_only_new_text_and_prefix_resends_everything() {
         let url = format!("http://{}", l.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
         (sim, url, seen)
-    });
+    })
+}
+
+#[test]
+fn session_sends_only_new_text_and_prefix_resends_everything() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (sim, proxy_url, seen) = proxied_sim(&rt);
     let tmp = tempfile::tempdir().unwrap();
     let args = small_with(
         tmp.path(),
@@ -156,4 +167,96 @@ fn session_sends_only_new_text_and_prefix_resends_everything() {
         "server saw the whole prompt: {session_turns:?}"
     );
     rt.block_on(sim.shutdown());
+}
+
+/// SGLang's session appends the next request to the parent's prompt + output *tokens*, which
+/// keep the matched stop token (EOS) or the stop string's tokens that the text leaves out. The
+/// session must then hold exactly the conversation prefix mode resends: at temperature 0
+/// (serve-sim's answers then depend on the prompt's tokens only) both cells see the same
+/// prompt, token for token, at every turn.
+#[test]
+fn session_and_prefix_see_the_same_prompt_after_stop_tokens_and_stop_strings() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Long enough for answers to end with EOS; a stop string most answers soon produce.
+    for (name, stop) in [("eos", None), ("stop-string", Some(" e"))] {
+        let (sim, proxy_url, seen) = proxied_sim(&rt);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut over = vec![
+            ("--backend", "attach"),
+            ("--url", proxy_url.as_str()),
+            ("--gpus", "sim"),
+            ("--cache-modes", "session,prefix"),
+            ("--batch-sizes", "1"),
+            ("--trajectories", "2"),
+            ("--turns", "6"),
+            ("--temperature", "0"),
+            ("--max-new-tokens", "1000"),
+        ];
+        if let Some(s) = stop {
+            over.push(("--stop", s));
+        }
+        run_ok(&small_with(tmp.path(), name, &over));
+        let run = Run::load(&tmp.path().join(name));
+        run.assert_complete(&[6, 6]);
+        let turns = run.turns();
+        let finish = |fr: &str| {
+            turns
+                .iter()
+                .filter(|r| r.finish_reason.as_deref() == Some(fr))
+                .count()
+        };
+        assert!(
+            finish("stop") >= 8,
+            "{name}: answers end on a stop: {turns:?}"
+        );
+        for r in turns
+            .iter()
+            .filter(|r| r.cache_mode == turnbench_schema::CacheMode::Session)
+        {
+            let twin = turns
+                .iter()
+                .find(|o| o.cache_mode != r.cache_mode && o.traj == r.traj && o.turn == r.turn)
+                .unwrap();
+            assert_eq!(
+                (r.prompt_tokens, r.completion_tokens),
+                (twin.prompt_tokens, twin.completion_tokens),
+                "{name}: trajectory {} turn {}",
+                r.traj,
+                r.turn
+            );
+        }
+        // On the wire: after an EOS, the parent's last token is cut (`offset: -1`); after a
+        // stop string, its output is dropped and the answer sent again as text.
+        let seen = seen.lock().unwrap().clone();
+        let sessions: Vec<&Seen> = seen
+            .iter()
+            .filter(|(p, b, _)| p == "/generate" && b.get("session_params").is_some())
+            .collect();
+        let mut checked = 0;
+        for w in sessions.windows(2) {
+            let (parent, child) = (w[0], w[1]);
+            let sp = &child.1["session_params"];
+            if sp["rid"].is_null() {
+                continue;
+            }
+            let meta = &parent.2.as_ref().unwrap()["meta_info"];
+            assert_eq!(sp["rid"], meta["id"]);
+            let matched = &meta["finish_reason"]["matched"];
+            let text = child.1["text"].as_str().unwrap();
+            if matched.is_u64() {
+                assert_eq!(sp["offset"], -1, "{name}: {sp}");
+                assert!(sp.get("drop_previous_output").is_none());
+                checked += 1;
+            } else if matched.is_string() {
+                assert_eq!(sp["drop_previous_output"], true, "{name}: {sp}");
+                let answer = parent.2.as_ref().unwrap()["text"].as_str().unwrap();
+                assert!(text.starts_with(answer), "{name}: the answer is sent again");
+                checked += 1;
+            } else {
+                assert!(sp.get("offset").is_none() && sp.get("drop_previous_output").is_none());
+            }
+        }
+        assert!(checked >= 4, "{name}: {checked} turns after a stop");
+        rt.block_on(sim.shutdown());
+    }
 }
