@@ -231,6 +231,9 @@ pub struct Client {
     /// The server fills OpenAI `usage.prompt_tokens_details` whenever tokens were cached
     /// (SGLang's `--enable-cache-report`), so a usage without it means 0 cached, not unknown.
     pub cache_report: bool,
+    /// The server streams native output as deltas (SGLang's `--incremental-streaming-output`,
+    /// `--stream-output` in 0.4) instead of the whole text so far.
+    pub incremental: bool,
 }
 
 impl Client {
@@ -251,6 +254,7 @@ impl Client {
             total_timeout: Duration::from_secs(3600),
             model: "default".into(),
             cache_report: false,
+            incremental: false,
         }
     }
 
@@ -378,6 +382,7 @@ impl Client {
             }
         };
         st.cache_report = self.cache_report && api == Api::Openai;
+        st.incremental = self.incremental;
         let fut = self.stream(path, body, api, &mut st);
         if tokio::time::timeout(self.total_timeout, fut).await.is_err() {
             st.fail(format!(
@@ -710,6 +715,8 @@ struct StreamState {
     scratch: String,
     /// See [`Client::cache_report`].
     cache_report: bool,
+    /// See [`Client::incremental`].
+    incremental: bool,
 }
 
 impl StreamState {
@@ -736,6 +743,7 @@ impl StreamState {
             raw_ids: String::new(),
             scratch: String::new(),
             cache_report: false,
+            incremental: false,
         }
     }
 
@@ -760,7 +768,9 @@ impl StreamState {
         match api {
             Api::Native => {
                 let mut buf = std::mem::take(&mut self.scratch);
-                let lean = lean_native(data, &self.raw_text, &self.raw_ids, &mut buf);
+                // (A delta's text is not cut: it does not repeat the previous one.)
+                let seen_text = if self.incremental { "" } else { &self.raw_text };
+                let lean = lean_native(data, seen_text, &self.raw_ids, &mut buf);
                 let parsed = match serde_json::from_str::<NativeChunk<'_>>(lean.payload) {
                     Ok(c) => Ok((c, lean.text)),
                     // Malformed: the error names a position in the payload as it came.
@@ -844,6 +854,7 @@ impl StreamState {
         let delta = match cut {
             // The text after the part already read.
             Text::Cut => text,
+            Text::Whole if self.incremental => text,
             // Cumulative text → delta.
             Text::Whole
                 if text.len() >= self.native_len && text.is_char_boundary(self.native_len) =>

@@ -585,8 +585,10 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 tracing::warn!("GPU {gpu}: {e:#}");
             }
         }
-        let (scale, cache_report) = server_traits(&client).await;
-        client.cache_report = cache_report;
+        let traits = server_traits(&client).await;
+        let scale = traits.time_scale;
+        client.cache_report = traits.cache_report;
+        client.incremental = traits.incremental;
         let ctx = Arc::new(CellCtx {
             cell: cell.clone(),
             client,
@@ -654,18 +656,35 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Engine seconds per wall second of the server behind `client` (1 for real servers), and
-/// whether it reports cached tokens in OpenAI usage (`enable_cache_report`).
-async fn server_traits(client: &Client) -> (f64, bool) {
-    match client
-        .get_json("/get_server_info", Duration::from_secs(10))
-        .await
-    {
-        Ok(v) => (
-            sim_info(&v).map_or(1.0, |s| s.time_scale),
-            v.get("enable_cache_report").and_then(Value::as_bool) == Some(true),
-        ),
-        Err(_) => (1.0, false),
+/// What the client needs to know of the server it measures.
+struct ServerTraits {
+    /// Engine seconds per wall second (1 for real servers).
+    time_scale: f64,
+    /// OpenAI usage reports cached tokens (`enable_cache_report`).
+    cache_report: bool,
+    /// Native output streams as deltas (`incremental_streaming_output`, or `stream_output`
+    /// in SGLang 0.4).
+    incremental: bool,
+}
+
+async fn server_traits(client: &Client) -> ServerTraits {
+    let t = Duration::from_secs(10);
+    let info = match client.get_json("/get_server_info", t).await {
+        Ok(v) => Ok(v),
+        Err(_) => client.get_json("/server_info", t).await,
+    };
+    let flag = |v: &Value, k: &str| v.get(k).and_then(Value::as_bool) == Some(true);
+    match info {
+        Ok(v) => ServerTraits {
+            time_scale: sim_info(&v).map_or(1.0, |s| s.time_scale),
+            cache_report: flag(&v, "enable_cache_report"),
+            incremental: flag(&v, "incremental_streaming_output") || flag(&v, "stream_output"),
+        },
+        Err(_) => ServerTraits {
+            time_scale: 1.0,
+            cache_report: false,
+            incremental: false,
+        },
     }
 }
 

@@ -81,6 +81,10 @@ pub struct SimArgs {
     /// Fill OpenAI `usage.prompt_tokens_details.cached_tokens`.
     #[arg(long)]
     pub enable_cache_report: bool,
+    /// Stream native `/generate` output as deltas: each chunk's `text` and `output_ids` hold
+    /// only what is new (SGLang's default is cumulative; `--stream-output` in SGLang 0.4).
+    #[arg(long, alias = "stream-output")]
+    pub incremental_streaming_output: bool,
     /// Serve Prometheus `/metrics`.
     #[arg(long)]
     pub enable_metrics: bool,

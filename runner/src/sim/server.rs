@@ -706,15 +706,23 @@ impl Running {
     }
 
     /// The native body / chunk for the current state.
-    fn native_json(&self, index: Option<usize>) -> Vec<u8> {
+    /// The native response or chunk; `from`: (text bytes, token ids) already streamed, which
+    /// `--incremental-streaming-output` leaves out (`text` and `output_ids` are then deltas).
+    fn native_json(&self, index: Option<usize>, from: Option<(usize, usize)>) -> Vec<u8> {
+        let text = self.text();
+        let ids = &self.plan.ids[..self.completion as usize];
+        let (text, ids) = match from {
+            Some((t, i)) => (&text[t.min(text.len())..], &ids[i.min(ids.len())..]),
+            None => (text, ids),
+        };
         let finish_reason = match (&self.aborted, self.finished_at) {
             (Some(m), _) => Some(p::abort_reason(m, None)),
             (None, Some(_)) => Some(p::finish_reason(&self.plan.finish)),
             _ => None,
         };
         let out = GenerateOut {
-            text: (!self.st.cfg.args.skip_tokenizer_init).then(|| self.text()),
-            output_ids: &self.plan.ids[..self.completion as usize],
+            text: (!self.st.cfg.args.skip_tokenizer_init).then_some(text),
+            output_ids: ids,
             meta_info: MetaInfo {
                 id: &self.rid,
                 finish_reason,
@@ -820,8 +828,11 @@ struct SseJob {
     faults: FaultPlan,
     /// Chunks sent so far.
     sent: usize,
-    /// Bytes of text already sent as OpenAI deltas.
+    /// Bytes of text already sent as deltas (OpenAI, or native with
+    /// `--incremental-streaming-output`).
     text_sent: usize,
+    /// Token ids already sent (native with `--incremental-streaming-output`).
+    ids_sent: usize,
     /// The first engine output was already received (OpenAI routes wait for it).
     primed: bool,
     tail_done: bool,
@@ -919,7 +930,13 @@ impl SseJob {
     fn chunk(&mut self, out: BytesMut) -> BytesMut {
         let r = &self.running;
         match &self.route {
-            Route::Native { index } => sse(out, &r.native_json(*index)),
+            Route::Native { index } if r.st.cfg.args.incremental_streaming_output => {
+                let body = r.native_json(*index, Some((self.text_sent, self.ids_sent)));
+                self.text_sent = r.text().len();
+                self.ids_sent = r.completion as usize;
+                sse(out, &body)
+            }
+            Route::Native { index } => sse(out, &r.native_json(*index, None)),
             Route::Chat {
                 id, model, created, ..
             } => {
@@ -1188,6 +1205,7 @@ async fn generate(
                 },
                 sent: 0,
                 text_sent: 0,
+                ids_sent: 0,
                 primed: false,
                 tail_done: false,
                 done_marker: false,
@@ -1217,7 +1235,7 @@ async fn generate(
         if let Some(m) = &r.aborted {
             return ApiError::native(StatusCode::INTERNAL_SERVER_ERROR, m.clone()).into_response();
         }
-        bodies.push(r.native_json(None));
+        bodies.push(r.native_json(None, None));
     }
     let body = if batch {
         let mut v = b"[".to_vec();
@@ -1420,6 +1438,7 @@ async fn openai(st: St, call: OpenAiCall) -> Response {
             faults,
             sent: 0,
             text_sent: 0,
+            ids_sent: 0,
             primed: true,
             tail_done: false,
             done_marker: true,

@@ -260,3 +260,52 @@ fn session_and_prefix_see_the_same_prompt_after_stop_tokens_and_stop_strings() {
         rt.block_on(sim.shutdown());
     }
 }
+
+/// A server that streams native output as deltas (`--incremental-streaming-output`, seen in
+/// `/get_server_info`) gives the same answers, so the same next prompts, as the default
+/// cumulative stream: at temperature 0, every turn's counts are those of a cumulative run.
+#[test]
+fn incremental_streaming_output_is_read_as_deltas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for (id, extra) in [
+        ("cumulative", None),
+        (
+            "incremental",
+            Some("--sim-args=--incremental-streaming-output"),
+        ),
+    ] {
+        let mut args = small_with(
+            tmp.path(),
+            id,
+            &[
+                ("--cache-modes", "prefix"),
+                ("--batch-sizes", "1"),
+                ("--turns", "5"),
+                ("--temperature", "0"),
+                ("--max-new-tokens", "300"),
+            ],
+        );
+        args.extend(extra.map(String::from));
+        run_ok(&args);
+        let run = Run::load(&tmp.path().join(id));
+        run.assert_complete(&[5, 5]);
+        let mut turns: Vec<_> = run
+            .turns()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.traj,
+                    r.turn,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.error,
+                )
+            })
+            .collect();
+        turns.sort_by_key(|t| (t.0, t.1));
+        runs.push(turns);
+    }
+    assert!(runs[0].iter().all(|t| t.4.is_none()));
+    assert_eq!(runs[0], runs[1]);
+}
