@@ -638,7 +638,10 @@ impl Core {
         }
         self.radix.release(req.private);
         req.private = 0;
-        self.radix.insert(&req.tokens);
+        // As SGLang's `cache_finished_req`: prompt + output but the last token, whose KV was
+        // never computed (it was sampled, not fed back).
+        self.radix
+            .insert(&req.tokens[..req.tokens.len().saturating_sub(1)]);
         if let Some(m) = req.prefix.take() {
             self.radix.unlock(m);
         }
@@ -761,7 +764,8 @@ mod tests {
             turn2.input_ids.extend(6000..6200);
             core.submit(2, turn2);
             let ev = run(&mut core);
-            let expect = if disabled { 0 } else { 1100 };
+            // Prompt + output but the output's last token (SGLang caches no KV for it).
+            let expect = if disabled { 0 } else { 1099 };
             assert_eq!(first(&ev[&2]).0, expect, "disabled={disabled}");
             let stats = core.stats();
             assert_eq!(stats.prefill_cache_tokens_total, expect as u64);

@@ -602,7 +602,8 @@ mod tests {
             EngineEvent::First {
                 cached_tokens, at, ..
             } => {
-                assert_eq!(cached_tokens, 2050);
+                // Turn 1's prompt + output but its last token (SGLang caches no KV for it).
+                assert_eq!(cached_tokens, 2049);
                 assert!(at > received && at < received + 0.5, "{at} {received}");
             }
             e => panic!("{e:?}"),
