@@ -301,6 +301,20 @@ impl Client {
         Ok(body)
     }
 
+    /// The status `GET path` answers with (any answer: a server is there).
+    pub async fn status_of(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::StatusCode, reqwest::Error> {
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .timeout(timeout)
+            .send()
+            .await?;
+        Ok(resp.status())
+    }
+
     /// True when `GET path` answers 200 within `timeout`.
     pub async fn is_ready(&self, path: &str, timeout: Duration) -> bool {
         matches!(
@@ -715,6 +729,8 @@ struct StreamState {
     scratch: String,
     /// See [`Client::cache_report`].
     cache_report: bool,
+    /// The OpenAI stream's final usage chunk arrived.
+    final_usage: bool,
     /// See [`Client::incremental`].
     incremental: bool,
 }
@@ -743,6 +759,7 @@ impl StreamState {
             raw_ids: String::new(),
             scratch: String::new(),
             cache_report: false,
+            final_usage: false,
             incremental: false,
         }
     }
@@ -875,11 +892,19 @@ impl StreamState {
                 self.raw_text.push_str(r.unwrap_or(""));
             }
         }
-        let tokens = meta
-            .completion_tokens
-            .as_ref()
-            .and_then(Num::as_u64)
-            .ok_or("no meta_info.completion_tokens")?;
+        // An abort may come without counts (SGLang 0.4's scheduler aborts: queue full,
+        // timeout): it is the turn's error, not a malformed chunk.
+        let aborted = meta.finish_reason.as_ref().is_some_and(|f| {
+            f.0.as_ref()
+                .and_then(|f| f.kind.as_ref())
+                .and_then(Scalar::as_str)
+                == Some("abort")
+        });
+        let tokens = match meta.completion_tokens.as_ref().and_then(Num::as_u64) {
+            Some(t) => t,
+            None if aborted => self.last_tokens,
+            None => return Err("no meta_info.completion_tokens".into()),
+        };
         let n = tokens.saturating_sub(self.last_tokens);
         if !delta.is_empty() || n > 0 {
             self.content(now, n);
@@ -940,6 +965,11 @@ impl StreamState {
         self.set_id(c.id.as_ref());
         let usage = c.usage.and_then(|u| u.0);
         let choices = c.choices.filter(|c| c.is_array).ok_or("no choices")?;
+        // The final usage chunk (`choices: []`): the one that carries cached tokens (with
+        // `continuous_usage_stats`, SGLang's per-chunk usages never do).
+        if usage.is_some() && choices.first.is_none() {
+            self.final_usage = true;
+        }
         if let Some(ch) = choices.first.map(|c| c.0.unwrap_or_default()) {
             let delta = ch
                 .delta
@@ -995,10 +1025,10 @@ impl StreamState {
     }
 
     fn finish(self) -> Outcome {
-        // A usage arrived (it carries the prompt's count) without cached tokens, from a server
-        // that reports them whenever there are some: none were.
+        // The final usage arrived without cached tokens, from a server that reports them
+        // whenever there are some: none were. (A stream cut before it says nothing.)
         let cached_tokens = match self.cached_tokens {
-            None if self.cache_report && self.prompt_tokens.is_some() => Some(0),
+            None if self.cache_report && self.final_usage => Some(0),
             c => c,
         };
         Outcome {
@@ -1504,7 +1534,7 @@ pub fn snippet(s: &str) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -1761,6 +1791,25 @@ mod tests {
             Some("aborted by server: out of memory")
         );
         assert_eq!(st.finish_reason.as_deref(), Some("abort"));
+        // A scheduler abort (SGLang 0.4) carries no counts and no text: still the abort.
+        let mut st = StreamState::new(t0);
+        st.chunk(
+            r#"{"meta_info": {"id": "r9", "finish_reason": {"type": "abort", "message": "The request queue is full."}}}"#,
+            Api::Native,
+            t0,
+        )
+        .unwrap();
+        assert_eq!(
+            st.error.as_deref(),
+            Some("aborted by server: The request queue is full.")
+        );
+        assert_eq!(st.completion_tokens, Some(0));
+        // Without an abort, missing counts are malformed.
+        let mut st = StreamState::new(t0);
+        let e = st
+            .chunk(r#"{"meta_info": {"id": "r9"}}"#, Api::Native, t0)
+            .unwrap_err();
+        assert_eq!(e, "no meta_info.completion_tokens");
     }
 
     #[test]
@@ -1788,6 +1837,24 @@ mod tests {
         assert_eq!(o.finish_reason.as_deref(), Some("length"));
         assert_eq!(o.timing.first, Some(ms(1)));
         assert_eq!(o.timing.chunks, vec![(ms(2), 2)]);
+
+        // From a server that reports cached tokens whenever there are some: a final usage
+        // without them means 0; a stream cut before it (its per-chunk usages never carry
+        // them) says nothing.
+        for (upto, cached) in [(5, Some(0)), (3, None)] {
+            let mut st = StreamState::new(t0);
+            st.cache_report = true;
+            let last = r#"{"id":"ab12","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":null}}"#;
+            for c in chunks[..4].iter().chain([&last]).take(upto) {
+                st.chunk(c, Api::Openai, t0).unwrap();
+            }
+            let o = st.finish();
+            assert_eq!(
+                (o.prompt_tokens, o.cached_tokens),
+                (Some(12), cached),
+                "{upto}"
+            );
+        }
     }
 
     /// `cargo test -p runner --release --lib client::tests::parse_cost -- --ignored --nocapture`

@@ -276,10 +276,9 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let wl = Arc::new(wl);
     if plan.backend == BackendChoice::Attach {
         for (i, u) in plan.urls.iter().enumerate() {
-            let c = Client::new(u, api_key.clone());
-            if let Err(e) = c.get_json("/get_model_info", Duration::from_secs(10)).await {
-                bail!("plan key `urls[{i}]`: {u} is unreachable: {e:#}");
-            }
+            check_attached(&Client::new(u, api_key.clone()))
+                .await
+                .with_context(|| format!("plan key `urls[{i}]`: {u}"))?;
         }
     }
     std::fs::create_dir_all(dir.join(files::LOGS_DIR))
@@ -653,6 +652,32 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     }
     state.lock().unwrap_or_else(|e| e.into_inner()).cell = None;
     server.stop().await;
+    Ok(())
+}
+
+/// An attached server answers, and accepts the API key: SGLang's model info (or its newer
+/// name), else an OpenAI-compatible server's model list. One that answers none of them (404)
+/// is let through: its generations will say what is wrong.
+async fn check_attached(c: &Client) -> anyhow::Result<()> {
+    let mut answers = Vec::new();
+    for path in ["/get_model_info", "/model_info", "/v1/models"] {
+        match c.status_of(path, Duration::from_secs(10)).await {
+            Ok(s) if s.is_success() => return Ok(()),
+            Ok(s)
+                if s == reqwest::StatusCode::UNAUTHORIZED
+                    || s == reqwest::StatusCode::FORBIDDEN =>
+            {
+                bail!("refuses the API key (GET {path}: HTTP {s}): give the server's key with --api-key")
+            }
+            Ok(s) => answers.push(format!("GET {path}: HTTP {s}")),
+            Err(e) => bail!("is unreachable: {}", crate::client::error_chain(&e)),
+        }
+    }
+    tracing::warn!(
+        "{}: answers but is neither SGLang nor OpenAI-compatible as far as it shows ({})",
+        c.base_url(),
+        answers.join(", ")
+    );
     Ok(())
 }
 

@@ -309,3 +309,42 @@ fn incremental_streaming_output_is_read_as_deltas() {
     assert!(runs[0].iter().all(|t| t.4.is_none()));
     assert_eq!(runs[0], runs[1]);
 }
+
+/// An attached server that wants an API key the plan does not give is named as such before
+/// anything starts (not "unreachable", not a run of failed turns).
+#[test]
+fn attach_without_the_servers_api_key_says_so() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt.block_on(async {
+        let argv: Vec<String> = [
+            "--port",
+            "0",
+            "--api-key",
+            "k-123",
+            "--sim-time-scale",
+            "1000",
+        ]
+        .map(String::from)
+        .to_vec();
+        runner::sim::server::start(SimArgs::parse(&argv).unwrap().0)
+            .await
+            .unwrap()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let url = sim.base_url();
+    let args = small_with(
+        tmp.path(),
+        "nokey",
+        &[("--backend", "attach"), ("--url", &url), ("--gpus", "sim")],
+    );
+    let err = run_err(&args);
+    assert!(
+        err.contains("urls[0]") && err.contains("refuses the API key") && err.contains("--api-key"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("nokey").exists(), "nothing written");
+    let mut args = args;
+    args.extend(["--api-key".to_string(), "k-123".to_string()]);
+    run_ok(&args);
+    rt.block_on(sim.shutdown());
+}
