@@ -14,6 +14,11 @@
 //! `assistant`, `tool` passed through), `add_generation_prompt`, `bos_token`, `eos_token`
 //! (undefined when the config has none) and `tools` = `documents` = none.
 //!
+//! A render that begins with `bos_token` is sent without it: SGLang's `/generate` tokenizes
+//! text with the tokenizer's special tokens (`add_special_tokens`), which puts the BOS first
+//! itself (a template that writes it too, as Llama 3's does, would give two), unless the config
+//! says `"add_bos_token": false`.
+//!
 //! `strftime_now` reads the clock once, when the template is loaded: every prompt of a run
 //! renders the same date, so a run that crosses midnight keeps byte-identical prefixes.
 
@@ -118,6 +123,8 @@ pub struct JinjaTemplate {
     env: Environment<'static>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// The BOS the server's tokenizer adds, cut from the start of every render.
+    added_bos: Option<String>,
 }
 
 impl std::fmt::Debug for JinjaTemplate {
@@ -136,6 +143,8 @@ struct Parts {
     source: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// `add_bos_token` of the config, when it says.
+    add_bos_token: Option<bool>,
 }
 
 impl JinjaTemplate {
@@ -162,6 +171,7 @@ impl JinjaTemplate {
                 source: text,
                 bos_token: None,
                 eos_token: None,
+                add_bos_token: None,
             }
         };
         JinjaTemplate::compile(path, sha256, parts, jiff::ZonedDateTime::now())
@@ -203,6 +213,10 @@ impl JinjaTemplate {
             path: path.to_path_buf(),
             sha256,
             env,
+            added_bos: parts
+                .bos_token
+                .clone()
+                .filter(|b| !b.is_empty() && parts.add_bos_token != Some(false)),
             bos_token: parts.bos_token,
             eos_token: parts.eos_token,
         })
@@ -253,10 +267,15 @@ impl JinjaTemplate {
         if let Some(t) = &self.eos_token {
             ctx.insert("eos_token", Value::from(t.as_str()));
         }
-        self.env
+        let text = self
+            .env
             .get_template(NAME)
             .and_then(|t| t.render(Value::from(ctx)))
-            .map_err(render_err)
+            .map_err(render_err)?;
+        Ok(match &self.added_bos {
+            Some(b) if text.starts_with(b.as_str()) => text[b.len()..].to_string(),
+            _ => text,
+        })
     }
 }
 
@@ -344,6 +363,9 @@ fn parse_config(path: &Path, text: &str) -> Result<Parts, TemplateError> {
         source,
         bos_token: special_token(obj, "bos_token").map_err(config_err)?,
         eos_token: special_token(obj, "eos_token").map_err(config_err)?,
+        add_bos_token: obj
+            .get("add_bos_token")
+            .and_then(serde_json::Value::as_bool),
     })
 }
 
@@ -576,6 +598,7 @@ mod tests {
                 source: source.into(),
                 bos_token: Some("<s>".into()),
                 eos_token: Some("</s>".into()),
+                add_bos_token: None,
             },
             now,
         )
@@ -681,6 +704,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rendered_bos_is_left_to_the_servers_tokenizer() {
+        let with = |add_bos_token| {
+            JinjaTemplate::compile(
+                Path::new("x.json"),
+                "0".repeat(64),
+                Parts {
+                    source: "{{ bos_token }}[{{ bos_token }}]".into(),
+                    bos_token: Some("<s>".into()),
+                    eos_token: None,
+                    add_bos_token,
+                },
+                jiff::ZonedDateTime::now(),
+            )
+            .unwrap()
+            .render(&[], true)
+            .unwrap()
+        };
+        // Only the leading one, and not when the config says the tokenizer adds none.
+        assert_eq!(with(None), "[<s>]");
+        assert_eq!(with(Some(true)), "[<s>]");
+        assert_eq!(with(Some(false)), "<s>[<s>]");
+    }
+
+    #[test]
     fn undefined_special_tokens_render_empty_and_tools_is_none() {
         let t = JinjaTemplate::compile(
             Path::new("x.jinja"),
@@ -689,6 +736,7 @@ mod tests {
                 source: "[{{ bos_token }}]{% if tools is not none %}tools{% endif %}".into(),
                 bos_token: None,
                 eos_token: None,
+                add_bos_token: None,
             },
             jiff::ZonedDateTime::now(),
         )

@@ -396,10 +396,11 @@ mod tests {
             Conversation::with_template(&t, &[m(Role::System, "sys"), m(Role::User, " fix it \n")])
                 .unwrap();
         // bos and eos come from the config's {content} objects; the "default" entry of the
-        // template list is used; content is trimmed; tool messages become `ipython`.
+        // template list is used; content is trimmed; tool messages become `ipython`. The
+        // rendered `<|begin_of_text|>` is cut: the server's tokenizer puts it first itself.
         assert_eq!(
             c.full_text(),
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nsys<|eot_id|>\
+            "<|start_header_id|>system<|end_header_id|>\n\nsys<|eot_id|>\
              <|start_header_id|>user<|end_header_id|>\n\nfix it<|eot_id|>\
              <|start_header_id|>assistant<|end_header_id|>\n\n"
         );
