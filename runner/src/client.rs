@@ -324,21 +324,28 @@ impl Client {
     }
 
     /// `POST /flush_cache`, retried while the server reports requests still running.
+    /// `POST /flush_cache`, retried for up to a minute while the server refuses because
+    /// requests are still running (SGLang answers 400 then; requests a client gave up on run
+    /// until they end). A refusal that waiting cannot change (401/403: an admin key; 404: no
+    /// such endpoint) fails at once.
     pub async fn flush_cache(&self) -> anyhow::Result<()> {
-        let mut last = String::new();
-        for _ in 0..50 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
             let resp = self
                 .req(reqwest::Method::POST, "/flush_cache")
                 .timeout(Duration::from_secs(30))
                 .send()
                 .await?;
-            if resp.status().is_success() {
+            let status = resp.status();
+            if status.is_success() {
                 return Ok(());
             }
-            last = format!("HTTP {}: {}", resp.status(), snippet(&resp.text().await?));
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let last = format!("HTTP {status}: {}", snippet(&resp.text().await?));
+            if matches!(status.as_u16(), 401 | 403 | 404) || Instant::now() >= deadline {
+                anyhow::bail!("POST /flush_cache failed: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        anyhow::bail!("POST /flush_cache kept failing: {last}")
     }
 
     pub async fn open_session(&self) -> anyhow::Result<String> {

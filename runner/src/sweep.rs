@@ -581,7 +581,12 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         client.model = plan.model_path.clone();
         if plan.flush_cache {
             if let Err(e) = client.flush_cache().await {
-                tracing::warn!("GPU {gpu}: {e:#}");
+                tracing::warn!(
+                    "GPU {gpu}: cell {}/{} starts without a cache flush (cached tokens from \
+                     earlier cells may count): {e:#}",
+                    cell.cache_mode,
+                    cell.concurrency
+                );
             }
         }
         let traits = server_traits(&client).await;
