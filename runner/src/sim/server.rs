@@ -399,6 +399,9 @@ fn prepare(
     let unregister = |st: &St| {
         st.in_flight.lock().expect("in-flight set").remove(&rid);
     };
+    // What the request itself carries: the tokenizer manager's length checks see only this
+    // (a session request's history is joined later, in the scheduler).
+    let n_new = new_ids.len() as u64;
     let (input_ids, sid) = match session.filter(|s| s.id.is_some()) {
         Some(sp) => {
             let r = st
@@ -431,29 +434,48 @@ fn prepare(
     if n == 0 {
         return fail(st, "The input is empty: the prompt has no tokens.".into());
     }
-    if n >= ctx {
+    let checked = if sid.is_some() { n_new } else { n };
+    if checked >= ctx {
         return fail(
             st,
             format!(
-                "The input ({n} tokens) is longer than the model's context length ({ctx} tokens)."
+                "The input ({checked} tokens) is longer than the model's context length ({ctx} \
+                 tokens)."
             ),
         );
     }
-    let max_new = sp
+    let mut max_new = sp
         .max_new_tokens
         .or(max_new_default)
-        .unwrap_or((ctx - n - 1) as u32);
-    if n + u64::from(max_new) >= ctx {
+        .unwrap_or_else(|| ctx.saturating_sub(checked + 1) as u32);
+    if checked + u64::from(max_new) >= ctx {
         return fail(
             st,
             format!(
                 "Requested token count exceeds the model's maximum context length of {ctx} \
-                 tokens. You requested a total of {} tokens: {n} tokens from the input messages \
-                 and {max_new} tokens for the completion. Please reduce the number of tokens in \
-                 the input messages or the completion to fit within the limit.",
-                n + u64::from(max_new)
+                 tokens. You requested a total of {} tokens: {checked} tokens from the input \
+                 messages and {max_new} tokens for the completion. Please reduce the number of \
+                 tokens in the input messages or the completion to fit within the limit.",
+                checked + u64::from(max_new)
             ),
         );
+    }
+    if sid.is_some() {
+        // SGLang's scheduler on the joined session input: too long is refused, else the
+        // output is clipped to what the context has left (`init_req_max_new_tokens`).
+        let max_req_len = (ctx - 1).min(st.cfg.max_total_tokens.saturating_sub(1));
+        let max_req_input_len = max_req_len.saturating_sub(5);
+        if n >= max_req_input_len {
+            return fail(
+                st,
+                format!(
+                    "Input length ({n} tokens) exceeds the maximum allowed length \
+                     ({max_req_input_len} tokens). Use a shorter input or enable \
+                     --allow-auto-truncate."
+                ),
+            );
+        }
+        max_new = max_new.min((max_req_len - n - 1) as u32);
     }
     let greedy = sp.temperature.unwrap_or(1.0) < 1e-6;
     let nonce = if greedy {

@@ -183,3 +183,61 @@ async fn session_requests_send_only_the_new_text_and_still_hit_the_cache() {
     assert_eq!(r.text().await.unwrap(), "");
     h.shutdown().await;
 }
+
+/// Near the context limit a session request is checked as SGLang checks it: the tokenizer
+/// manager's limits see only the new text; the scheduler then refuses a joined input that is
+/// too long, and otherwise clips the output to what the context has left.
+#[tokio::test]
+async fn a_session_near_the_context_limit_is_clipped_then_refused() {
+    let h = server(&["--context-length", "400"]).await;
+    let (_, sid) = post(&h, "/open_session", json!({"capacity_of_str_len": 10000})).await;
+    let sid = sid.as_str().unwrap().to_string();
+    let ignore = |n: u32| json!({"max_new_tokens": n, "ignore_eos": true, "temperature": 0});
+    let (status, t1) = post(
+        &h,
+        "/generate",
+        json!({"text": "word ".repeat(100), "sampling_params": ignore(100),
+               "session_params": {"id": sid}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{t1}");
+    let n1 = u(&t1, "/meta_info/prompt_tokens") + u(&t1, "/meta_info/completion_tokens");
+    assert!((250..350).contains(&n1), "{t1}");
+    // New text + max_new_tokens fit, the joined input + max_new_tokens does not: clipped.
+    let (status, t2) = post(
+        &h,
+        "/generate",
+        json!({"text": "word ".repeat(25), "sampling_params": ignore(300),
+               "session_params": {"id": sid, "rid": t1["meta_info"]["id"]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{t2}");
+    let (p2, c2) = (
+        u(&t2, "/meta_info/prompt_tokens"),
+        u(&t2, "/meta_info/completion_tokens"),
+    );
+    assert!(p2 > n1 && p2 < 390, "{t2}");
+    assert_eq!(
+        p2 + c2,
+        399 - 1,
+        "clipped to the context's max_req_len (399) − 1: {t2}"
+    );
+    assert_eq!(t2["meta_info"]["finish_reason"]["type"], "length");
+    // The joined input alone reaches the limit: refused.
+    let (status, t3) = post(
+        &h,
+        "/generate",
+        json!({"text": "word ".repeat(25), "sampling_params": ignore(10),
+               "session_params": {"id": sid, "rid": t2["meta_info"]["id"]}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{t3}");
+    assert!(
+        t3["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the maximum allowed length"),
+        "{t3}"
+    );
+    h.shutdown().await;
+}
