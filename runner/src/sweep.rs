@@ -86,6 +86,25 @@ struct Setup {
     dir: PathBuf,
     existing: Vec<turnbench_schema::TurnRecord>,
     manifest: Option<Manifest>,
+    /// The run directory, locked for this process (see [`lock_run`]).
+    _lock: std::fs::File,
+}
+
+/// Lock a run's directory for this process (an exclusive `flock` on the directory itself,
+/// released when the process ends, however it ends): a second sweep or `--resume` of the same
+/// run is refused instead of writing the same records twice.
+fn lock_run(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another sweep (running, or resuming it); wait for it to end",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", dir.display()))
+        }
+    }
 }
 
 fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
@@ -114,6 +133,11 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
         let out = args.keys.out.clone().unwrap_or_else(|| "results".into());
         let dir = out.join(id);
         let mpath = dir.join(files::MANIFEST);
+        let lock = if dir.is_dir() {
+            lock_run(&dir).with_context(|| format!("--resume {id}"))?
+        } else {
+            bail!("--resume {id}: no run directory {}", dir.display());
+        };
         let text = std::fs::read_to_string(&mpath)
             .with_context(|| format!("--resume {id}: reading {}", mpath.display()))?;
         let manifest: Manifest = serde_json::from_str(&text)
@@ -139,6 +163,7 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
             dir,
             existing,
             manifest: Some(manifest),
+            _lock: lock,
         });
     }
     let file = match &args.plan {
@@ -150,16 +175,26 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
         .with_context(|| format!("creating {}", plan.out.display()))?;
     // The run's directory is claimed by creating it, so two sweeps started at once never
     // share one; a run id from the clock (one-second resolution) takes the next free suffix.
-    let (run_id, dir) = match plan.run_id.clone() {
+    let (run_id, dir, lock) = match plan.run_id.clone() {
         Some(id) => {
             let dir = plan.out.join(&id);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            // Locked before it is looked at: two sweeps given the same id never both start.
+            let lock = lock_run(&dir)?;
             if dir.join(files::MANIFEST).exists() {
                 bail!(
                     "{} already holds a run; pick another run_id, or finish it with --resume {id}",
                     dir.display()
                 );
             }
-            (id, dir)
+            if dir.join(files::TURNS).exists() {
+                bail!(
+                    "{} holds per-turn records but no manifest (a run whose manifest was lost); \
+                     pick another run_id, or move them away",
+                    dir.display()
+                );
+            }
+            (id, dir, lock)
         }
         None => {
             let base = default_run_id();
@@ -172,7 +207,10 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
                 };
                 let dir = plan.out.join(&id);
                 match std::fs::create_dir(&dir) {
-                    Ok(()) => break (id, dir),
+                    Ok(()) => {
+                        let lock = lock_run(&dir)?;
+                        break (id, dir, lock);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
                     Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
                 }
@@ -186,6 +224,7 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
         dir,
         existing: vec![],
         manifest: None,
+        _lock: lock,
     })
 }
 
@@ -209,6 +248,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         dir,
         existing,
         manifest: old_manifest,
+        _lock: _run_lock,
     } = setup;
     let api_key = args.api_key.clone();
     let source = workload::Source {

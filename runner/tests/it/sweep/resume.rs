@@ -190,3 +190,48 @@ fn two_sweeps_started_together_get_a_run_each() {
         Run::load(&tmp.path().join(r)).assert_complete(&[4, 4]);
     }
 }
+
+#[test]
+fn a_run_in_use_is_refused_to_a_second_sweep() {
+    // A running sweep holds its run: a `--resume` of it, or another sweep given its id, is
+    // refused (both would write the same records again); a directory holding records but no
+    // manifest is not written into either.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = small(tmp.path(), "busy");
+    args.extend(["--sim-time-scale", "5", "--turns", "6"].map(String::from));
+    let mut child = runner()
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let manifest = tmp.path().join("busy").join("manifest.json");
+    let start = Instant::now();
+    while !manifest.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the sweep did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = tmp.path().display().to_string();
+    let err = run_err(&["sweep", "--out", &out, "--resume", "busy"].map(String::from));
+    assert!(err.contains("in use by another sweep"), "{err}");
+    let err = run_err(&args);
+    assert!(err.contains("in use by another sweep"), "{err}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Once it is gone, the run can be resumed.
+    run_ok(&["sweep", "--quiet", "--out", &out, "--resume", "busy"].map(String::from));
+    Run::load(&tmp.path().join("busy")).assert_complete(&[6, 6]);
+
+    let orphan = tmp.path().join("orphan");
+    std::fs::create_dir(&orphan).unwrap();
+    std::fs::write(orphan.join("turns.jsonl"), "{}\n").unwrap();
+    let err = run_err(&small(tmp.path(), "orphan"));
+    assert!(err.contains("no manifest"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(orphan.join("turns.jsonl")).unwrap(),
+        "{}\n"
+    );
+}
