@@ -509,7 +509,18 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => return st.fail(format!("bad request: {e}")),
             };
-            match conn.send(req).await {
+            // The response's head comes at once from a server that is working (SGLang sends
+            // it before the first token): a server silent past the stall timeout is hung.
+            let sent = match tokio::time::timeout(self.idle_timeout, conn.send(req)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return st.fail(format!(
+                        "stalled: no response for {:.0} s",
+                        self.idle_timeout.as_secs_f64()
+                    ))
+                }
+            };
+            match sent {
                 Ok(r) => break (conn, r),
                 Err(wire::SendError::NotSent(_)) if conn.reused && attempt == 1 => continue,
                 Err(e) => return st.fail(format!("connection error: {}", error_chain(&e))),
@@ -528,9 +539,13 @@ impl Client {
         if !status.is_success() {
             let mut text = Vec::new();
             let mut frames = conn.body(resp.into_body());
-            while let Some(Ok(b)) = frames.next().await {
-                text.extend_from_slice(&b);
-            }
+            let read = async {
+                while let Some(Ok(b)) = frames.next().await {
+                    text.extend_from_slice(&b);
+                }
+            };
+            // (An error body that stalls is cut where it stalled.)
+            let _ = tokio::time::timeout(self.idle_timeout, read).await;
             st.timing.end = Instant::now();
             let text = String::from_utf8_lossy(&text);
             return st.fail(format!("HTTP {}: {}", status.as_u16(), snippet(&text)));

@@ -239,7 +239,8 @@ pub struct PlanKeys {
     /// Longest a request may take, seconds (wall).
     #[arg(long)]
     pub request_timeout_s: Option<f64>,
-    /// Longest silence inside a stream before the turn fails, seconds (wall).
+    /// Longest silence before the turn fails, seconds (wall): waiting for the response, for
+    /// its first token, or between its chunks.
     #[arg(long)]
     pub stall_timeout_s: Option<f64>,
     /// Simulated engine seconds per wall second (`sim` backend).

@@ -66,3 +66,44 @@ fn injected_faults_are_recorded_and_the_sweep_goes_on() {
         assert_eq!(c.errors.values().sum::<u64>(), c.failed_turns);
     }
 }
+
+#[test]
+fn a_server_silent_before_its_response_fails_the_turn_at_the_stall_timeout() {
+    // An OpenAI stream's head waits for the first token (as SGLang's does): a server that
+    // never sends it fails the turn after `stall_timeout_s`, not `request_timeout_s`.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = small_with(
+        tmp.path(),
+        "hung",
+        &[
+            ("--api", "openai"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "2"),
+        ],
+    );
+    args.extend(
+        [
+            "--stall-timeout-s",
+            "0.5",
+            "--request-timeout-s",
+            "600",
+            "--sim-args=--sim-fault=stall=3000@before",
+        ]
+        .map(String::from),
+    );
+    let t0 = std::time::Instant::now();
+    run_ok(&args);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+    let run = Run::load(&tmp.path().join("hung"));
+    let turns = run.turns();
+    assert_eq!(turns.len(), 2, "each trajectory ends at its first turn");
+    for r in &turns {
+        let e = r.error.as_deref().unwrap();
+        assert!(e.starts_with("stalled: no response"), "{e}");
+        let e2e = r.e2e.unwrap() / 1000.0; // engine time at --sim-time-scale 1000
+        assert!(
+            (0.5..2.5).contains(&e2e),
+            "failed at the stall timeout: {e2e} s"
+        );
+    }
+}
