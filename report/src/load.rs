@@ -493,12 +493,31 @@ fn parse_chunk(bytes: &[u8]) -> ChunkResult {
     })
 }
 
+/// Telemetry is a side channel: a line that does not parse (a write torn by a full disk and
+/// appended to by a resume) is skipped with a warning rather than losing the run.
 fn read_telemetry(reader: impl BufRead, path: &Path) -> Result<Vec<TelemetrySample>, LoadError> {
-    jsonl::read_all(reader).map_err(|e| LoadError::Parse {
-        path: path.display().to_string(),
-        line: e.line,
-        message: line_message(&e.message),
-    })
+    let mut out = Vec::new();
+    let mut bad: Option<(usize, String)> = None;
+    let mut skipped = 0usize;
+    for r in jsonl::read(reader) {
+        match r {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                skipped += 1;
+                bad.get_or_insert((e.line, line_message(&e.message)));
+                if skipped > 100_000 {
+                    break; // (a read error that repeats)
+                }
+            }
+        }
+    }
+    if let Some((line, message)) = bad {
+        eprintln!(
+            "report: {}: skipped {skipped} unreadable telemetry line(s) (line {line}: {message})",
+            path.display()
+        );
+    }
+    Ok(out)
 }
 
 /// Checks a bundle entry's path: relative, no `..`, no root or drive prefix.

@@ -19,7 +19,10 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> anyhow:
     let tmp = path.with_extension("json.tmp");
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Err(e) = std::fs::write(&tmp, &bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
@@ -34,6 +37,19 @@ pub struct Recorder {
     telemetry: Mutex<File>,
     /// GPUs finish cells concurrently: one summary write at a time (they share the temp file).
     summary_write: Mutex<()>,
+}
+
+/// Append `line` whole or not at all: a write that fails part way (a full disk) is cut back,
+/// so no fragment is left for the next line to be glued onto.
+fn append_whole(f: &mut File, line: &[u8]) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    match f.write_all(line) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = f.set_len(len);
+            Err(e)
+        }
+    }
 }
 
 fn append_file(path: &Path) -> anyhow::Result<File> {
@@ -71,8 +87,7 @@ impl Recorder {
         let mut g = self.turns.lock().unwrap_or_else(|e| e.into_inner());
         let mut line = serde_json::to_vec(&rec)?;
         line.push(b'\n');
-        g.0.write_all(&line)
-            .and_then(|_| g.0.flush())
+        append_whole(&mut g.0, &line)
             .with_context(|| format!("appending to {}", self.dir.join(files::TURNS).display()))?;
         g.1.push(rec);
         Ok(())
@@ -80,8 +95,9 @@ impl Recorder {
 
     pub fn telemetry(&self, s: &TelemetrySample) -> anyhow::Result<()> {
         let mut f = self.telemetry.lock().unwrap_or_else(|e| e.into_inner());
-        jsonl::write_line(&mut *f, s)
-            .and_then(|_| f.flush())
+        let mut line = Vec::new();
+        jsonl::write_line(&mut line, s)?;
+        append_whole(&mut f, &line)
             .with_context(|| format!("appending to {}", self.dir.join(files::TELEMETRY).display()))
     }
 
@@ -119,7 +135,16 @@ pub fn read_turns(dir: &Path) -> anyhow::Result<Vec<TurnRecord>> {
     if !path.exists() {
         return Ok(vec![]);
     }
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    cut_torn_tail(&path, &mut bytes)?;
+    jsonl::read(BufReader::new(&bytes[..]))
+        .collect::<Result<Vec<TurnRecord>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Drop a JSONL file's torn last line (a write a crash cut short), on disk and from `bytes`
+/// (its content), so that what is appended next starts a line of its own.
+fn cut_torn_tail(path: &Path, bytes: &mut Vec<u8>) -> anyhow::Result<()> {
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     if keep < bytes.len() {
         tracing::warn!(
@@ -129,14 +154,23 @@ pub fn read_turns(dir: &Path) -> anyhow::Result<Vec<TurnRecord>> {
         );
         let f = OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         f.set_len(keep as u64)
             .with_context(|| format!("truncating {}", path.display()))?;
+        bytes.truncate(keep);
     }
-    jsonl::read(BufReader::new(&bytes[..keep]))
-        .collect::<Result<Vec<TurnRecord>, _>>()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Ok(())
+}
+
+/// Before a resume appends to `telemetry.jsonl`: drop its torn last line, if any.
+pub fn repair_telemetry(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(files::TELEMETRY);
+    match std::fs::read(&path) {
+        Ok(mut bytes) => cut_torn_tail(&path, &mut bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// What remains of a cell: (trajectory index, attempt number) to run.

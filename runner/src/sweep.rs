@@ -157,6 +157,7 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
             );
         }
         let existing = record::read_turns(&dir)?;
+        record::repair_telemetry(&dir)?;
         return Ok(Setup {
             plan,
             run_id: id.clone(),
@@ -501,8 +502,15 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     ticker.abort();
     sampler.abort();
     display.finish();
-    let summary = recorder.write_summary()?;
-    result?;
+    let written = recorder.write_summary();
+    if let Err(e) = result {
+        // What stopped the run comes first (a full disk fails the summary too).
+        if let Err(w) = written {
+            tracing::warn!("{w:#}");
+        }
+        return Err(e);
+    }
+    let summary = written?;
     println!("{}", console::tables(&summary));
     if wl.skipped_lines > 0 {
         println!(

@@ -48,3 +48,25 @@ fn a_bad_line_deep_in_the_file_is_named() {
     // The blank line inserted above shifts the bad line by one.
     assert!(err.starts_with("some/turns.jsonl:15001: "), "{err}");
 }
+
+#[test]
+fn an_unreadable_telemetry_line_is_skipped_not_the_run() {
+    // A telemetry line torn by a full disk, then appended to by a resume, sits mid-file.
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = FixtureSpec::with_records("tele", 200);
+    let dir = report::fixture::write_run(tmp.path(), "r", &spec).unwrap();
+    let path = dir.join("telemetry.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let n = text.lines().count();
+    assert!(n >= 2, "the fixture has telemetry");
+    let torn = text.replacen('\n', "{\"t\": 1.5, \"gp\n", 1);
+    std::fs::write(&path, torn).unwrap();
+    let run = report::load::load_dir(&dir).unwrap();
+    assert_eq!(
+        run.telemetry.len(),
+        n - 1,
+        "the line the fragment was glued to is lost"
+    );
+    let turns = std::fs::read_to_string(dir.join("turns.jsonl")).unwrap();
+    assert_eq!(run.records.len(), turns.lines().count());
+}

@@ -60,6 +60,15 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         .unwrap();
     std::io::Write::write_all(&mut f, b"{\"gpu\":\"h10").unwrap();
     drop(f);
+    // And in the telemetry.
+    let telemetry = tmp.path().join("killed").join("telemetry.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&telemetry)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"t\":1.2,\"gp").unwrap();
+    drop(f);
     let read_manifest = || -> turnbench_schema::Manifest {
         let text = std::fs::read_to_string(tmp.path().join("killed/manifest.json")).unwrap();
         serde_json::from_str(&text).unwrap()
@@ -115,6 +124,12 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
     );
     let run = Run::load(&tmp.path().join("killed"));
     run.assert_complete(&[6, 6, 6, 6]);
+    // The resume's telemetry starts a line of its own: every line reads.
+    let text = std::fs::read_to_string(&telemetry).unwrap();
+    assert!(text.lines().count() > 1);
+    for l in text.lines() {
+        serde_json::from_str::<turnbench_schema::TelemetrySample>(l).expect(l);
+    }
     // The manifest keeps the server that started the run and adds the one that finished it
     // (a fresh simulated server, on a new port).
     let after = &run.manifest.servers;
