@@ -60,6 +60,9 @@ pub struct CellCtx {
     pub think: ThinkTime,
     /// Engine seconds per wall second: recorded times are wall × this.
     pub time_scale: f64,
+    /// Think time is slept for `think / think_scale` wall seconds (infinite for a simulated
+    /// engine that does not wait at all).
+    pub think_scale: f64,
     /// Recorded answer lengths in tokens per (trajectory, turn), for `output_len = recorded`.
     pub recorded_lens: Option<Arc<Vec<Vec<Option<u32>>>>>,
     pub workload: Arc<Workload>,
@@ -242,7 +245,7 @@ async fn run_turns(
         conv.advance(answer, parent_holds.0, &turn.after)
             .with_context(|| format!("trajectory {:?}, after turn {k}", traj.id))?;
         parent = Some(out.id.clone().unwrap_or(rid));
-        tokio::time::sleep(think_sleep(think, ctx.time_scale)).await;
+        tokio::time::sleep(think_sleep(think, ctx.think_scale)).await;
     }
     Ok(())
 }

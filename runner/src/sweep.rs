@@ -67,6 +67,51 @@ pub fn main(args: SweepArgs) -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+/// Raise the soft limit on open files to the hard one (a stream is a socket, two with the
+/// in-process simulated server), and check the plan's concurrency fits in it: past the limit,
+/// connections fail with EMFILE and the simulated server stops accepting. The limit, or
+/// `None` when unlimited.
+fn open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current.is_some() && lim.current != lim.maximum {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return lim.maximum;
+        }
+    }
+    lim.current
+}
+
+fn check_open_files(plan: &Plan) -> anyhow::Result<()> {
+    let per_stream = if plan.backend == BackendChoice::Sim {
+        2
+    } else {
+        1
+    };
+    // GPUs run at once; each at its largest concurrency at worst.
+    let streams: u64 = plan
+        .gpus
+        .iter()
+        .map(|g| u64::from(plan.batch_sizes[g].iter().copied().max().unwrap_or(1)))
+        .sum();
+    let need = streams.min(plan.trajectories as u64 * plan.gpus.len() as u64) * per_stream + 256;
+    match open_files_limit() {
+        Some(limit) if need > limit => {
+            bail!(
+            "plan key `batch_sizes`: {streams} concurrent streams need about {need} open files \
+             ({per_stream} per stream{}), more than this process may open ({limit}); raise \
+             the limit (ulimit -n) or lower the concurrency",
+            if per_stream == 2 { ", with the in-process simulated server" } else { "" }
+        )
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Turns of every trajectory rendered before a sweep with a Jinja chat template starts.
 const PROBE_TURNS: usize = 4;
 
@@ -315,6 +360,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         }
     }
     let wl = Arc::new(wl);
+    check_open_files(&plan)?;
     if plan.backend == BackendChoice::Attach {
         for (i, u) in plan.urls.iter().enumerate() {
             check_attached(&Client::new(u, api_key.clone()))
@@ -655,6 +701,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             history: plan.history,
             think: plan.think_time,
             time_scale: scale,
+            think_scale: traits.think_scale,
             recorded_lens: recorded_lens.clone(),
             workload: workload.clone(),
             recorder: recorder.clone(),
@@ -738,6 +785,10 @@ async fn check_attached(c: &Client) -> anyhow::Result<()> {
 struct ServerTraits {
     /// Engine seconds per wall second (1 for real servers).
     time_scale: f64,
+    /// What think time is divided by to sleep: the time scale, or infinity (no sleeping) for
+    /// a simulated engine that does not wait at all (`inf`, whose times are recorded in wall
+    /// time).
+    think_scale: f64,
     /// OpenAI usage reports cached tokens (`enable_cache_report`).
     cache_report: bool,
     /// Native output streams as deltas (`incremental_streaming_output`, or `stream_output`
@@ -755,11 +806,16 @@ async fn server_traits(client: &Client) -> ServerTraits {
     match info {
         Ok(v) => ServerTraits {
             time_scale: sim_info(&v).map_or(1.0, |s| s.time_scale),
+            think_scale: match v.pointer("/sim/time_scale") {
+                Some(Value::String(s)) if s == "inf" => f64::INFINITY,
+                _ => sim_info(&v).map_or(1.0, |s| s.time_scale),
+            },
             cache_report: flag(&v, "enable_cache_report"),
             incremental: flag(&v, "incremental_streaming_output") || flag(&v, "stream_output"),
         },
         Err(_) => ServerTraits {
             time_scale: 1.0,
+            think_scale: 1.0,
             cache_report: false,
             incremental: false,
         },

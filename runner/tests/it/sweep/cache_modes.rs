@@ -144,3 +144,56 @@ fn bad_plans_are_rejected_before_anything_starts() {
         "nothing written for a rejected plan"
     );
 }
+
+#[test]
+fn an_engine_that_never_waits_does_not_sleep_think_time_either() {
+    // `--sim-time-scale inf`: no engine time passes, so the replayed tool time is recorded
+    // but not slept (it used to be slept in full, in wall seconds).
+    let tmp = tempfile::tempdir().unwrap();
+    let args = small_with(
+        tmp.path(),
+        "inf",
+        &[
+            ("--sim-time-scale", "inf"),
+            ("--think-time", "replay"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    run_ok(&args);
+    let wall = t0.elapsed().as_secs_f64();
+    let run = Run::load(&tmp.path().join("inf"));
+    run.assert_complete(&[4, 4]);
+    let think: f64 = run.turns().iter().map(|r| r.think_time).sum();
+    assert!(think > 2.0, "the workload has tool time to replay: {think}");
+    assert!(
+        wall < think / 2.0,
+        "{wall} s of wall time for {think} s of think time"
+    );
+}
+
+#[test]
+fn a_concurrency_past_the_open_files_limit_is_refused_up_front() {
+    // 1024 streams to the in-process simulated server need ~2 files each: with a limit of
+    // 400 the sweep would fail connections with EMFILE (and used to hang); it is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let args = small_with(
+        tmp.path(),
+        "fds",
+        &[("--batch-sizes", "1024"), ("--trajectories", "1024")],
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 400 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .args(&args);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`batch_sizes`") && err.contains("open files") && err.contains("(400)"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("fds").exists(), "nothing written");
+}
