@@ -551,6 +551,12 @@ pub fn unfinished<'a>(
     let mut parts: Vec<String> = cells
         .iter()
         .filter(|c| c.complete == Some(false))
+        // Every trajectory finished, under different attempts: a cell resumed in parts
+        // (named by `resumed`), not an unfinished one.
+        .filter(|c| {
+            (c.trajectories_ok + c.failed_turns).min(c.trajectories)
+                < c.trajectories_planned.unwrap_or(u64::MAX)
+        })
         .map(|c| {
             // A failed turn ends its trajectory: failed trajectories = failed turns.
             let finished = (c.trajectories_ok + c.failed_turns).min(c.trajectories);
@@ -589,27 +595,48 @@ pub fn unfinished<'a>(
     })
 }
 
-/// A note naming the cells of `gpu` in which a resumed run re-ran trajectories an
-/// interrupted one had left part-way (records of a later attempt).
+/// A note naming the cells of `gpu` that a resume ran again (records of a later attempt):
+/// whole, from their start (the runner re-runs a cell it finds unfinished), or, in runs of
+/// earlier runners, only their cut trajectories (two parts under different attempts).
 fn resumed(records: &[turnbench_schema::TurnRecord], gpu: &str) -> Option<String> {
-    let cells: BTreeSet<(CacheMode, u32)> = records
+    let mut attempts: BTreeMap<(CacheMode, u32), BTreeSet<u32>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.gpu == gpu) {
+        attempts
+            .entry((r.cache_mode, r.concurrency))
+            .or_default()
+            .insert(r.attempt);
+    }
+    let name = |(m, c): &(CacheMode, u32)| format!("{m} at concurrency {c}");
+    let whole: Vec<String> = attempts
         .iter()
-        .filter(|r| r.gpu == gpu && r.attempt > 0)
-        .map(|r| (r.cache_mode, r.concurrency))
+        .filter(|(_, a)| a.len() == 1 && a.iter().all(|&x| x > 0))
+        .map(|(k, _)| name(k))
         .collect();
-    (!cells.is_empty()).then(|| {
-        let names: Vec<String> = cells
-            .iter()
-            .map(|(m, c)| format!("{m} at concurrency {c}"))
-            .collect();
-        format!(
-            "Resumed: {} ran in two parts (an interrupted run and its --resume). Their total \
-             time is the time of both parts, the pause excluded, and it includes the work of \
-             the trajectories that were cut and re-run, so their throughput reads lower than \
-             an uninterrupted run's.",
-            names.join(", ")
-        )
-    })
+    let parts: Vec<String> = attempts
+        .iter()
+        .filter(|(_, a)| a.len() > 1)
+        .map(|(k, _)| name(k))
+        .collect();
+    let mut notes = Vec::new();
+    if !whole.is_empty() {
+        notes.push(format!(
+            "Re-run: {} {} stopped part-way (an interrupted run, or a server that stopped \
+             answering) and ran again from the start; the figures are those of the whole \
+             re-run.",
+            whole.join(", "),
+            if whole.len() == 1 { "was" } else { "were" }
+        ));
+    }
+    if !parts.is_empty() {
+        notes.push(format!(
+            "Resumed in parts: {} ran in two parts (an interrupted run, and a --resume that \
+             re-ran only the trajectories it had cut). Their total time is the time of both \
+             parts, the pause excluded, and the re-run trajectories ran after the others, so \
+             the throughput is not the cell's; they are left out of the best configuration.",
+            parts.join(", ")
+        ));
+    }
+    (!notes.is_empty()).then(|| notes.join(" "))
 }
 
 /// Page file names of GPU labels (in site order): `gpu-<sanitized>.html`, a numeric suffix

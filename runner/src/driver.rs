@@ -70,10 +70,6 @@ pub struct CellCtx {
     pub progress: Arc<GpuProgress>,
     /// Unique per run, so request ids never collide across runs on a shared server.
     pub nonce: String,
-    /// Where the cell's clock starts (engine seconds): 0, or, when a resumed run finishes the
-    /// cell, the latest `t_end` recorded in it before, so the cell's time runs on from there
-    /// (its makespan is then the time spent in it by both runs, the pause excluded).
-    pub t_base: f64,
 }
 
 /// Run one cell to completion. Only a failure to write results, or a chat template that fails
@@ -304,7 +300,7 @@ fn record(
     think_time: f64,
 ) -> TurnRecord {
     let s = ctx.time_scale;
-    let off = |i: Instant| ctx.t_base + i.saturating_duration_since(t0).as_secs_f64() * s;
+    let off = |i: Instant| i.saturating_duration_since(t0).as_secs_f64() * s;
     let tm = &out.timing;
     let itl: Vec<f64> = tm.itl().into_iter().map(|g| g * s).collect();
     TurnRecord {

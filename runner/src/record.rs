@@ -177,44 +177,51 @@ pub fn repair_telemetry(dir: &Path) -> anyhow::Result<()> {
 pub type Todo = Vec<(usize, u32)>;
 
 /// Decide, for every cell, which trajectories still have to run and with which attempt.
-/// A trajectory is done when its latest attempt has every turn (`0..turns[t]`), or ends in a
-/// failed turn (a failure ends a trajectory and is a result). Anything else (no records, or
-/// an unfinished run of successful turns) is (re)run with the next attempt number, so readers
-/// drop the partial lines through [`latest_attempts`].
+/// A cell is done when every trajectory has a finished run (every turn `0..turns[t]`, or
+/// ended by a failed turn, which is a result) under the cell's latest attempt number. A cell
+/// never started runs every trajectory as attempt 0. A cell started but not done (the run was
+/// stopped in it, or its server died) runs again from its start, every trajectory under the
+/// next attempt number, so readers drop all its earlier lines ([`latest_attempts`]): finishing
+/// only its unfinished trajectories would run them at a lower concurrency than the cell's,
+/// after the others, and its throughput would not be the cell's.
 pub fn todo(cells: &[CellId], turns: &[usize], existing: &[TurnRecord]) -> BTreeMap<CellId, Todo> {
-    // (cell, traj) → (latest attempt, turns seen in it, failed in it)
-    let mut seen: BTreeMap<(CellId, usize), (u32, Vec<u32>, bool)> = BTreeMap::new();
+    // cell → (latest attempt, per trajectory under it: turns seen, failed)
+    type Seen = (u32, BTreeMap<usize, (Vec<u32>, bool)>);
+    let mut seen: BTreeMap<CellId, Seen> = BTreeMap::new();
     for r in existing {
-        let cell = r.cell();
-        let e = seen
-            .entry((cell, r.traj as usize))
-            .or_insert((r.attempt, vec![], false));
+        let e = seen.entry(r.cell()).or_insert((r.attempt, BTreeMap::new()));
         if r.attempt > e.0 {
-            *e = (r.attempt, vec![], false);
+            *e = (r.attempt, BTreeMap::new());
         }
         if r.attempt == e.0 {
-            e.1.push(r.turn);
-            e.2 |= r.error.is_some();
+            let t = e.1.entry(r.traj as usize).or_default();
+            t.0.push(r.turn);
+            t.1 |= r.error.is_some();
         }
     }
     cells
         .iter()
         .map(|c| {
-            let list = turns
-                .iter()
-                .enumerate()
-                .filter_map(|(t, &n)| match seen.get(&(c.clone(), t)) {
-                    None => Some((t, 0)),
-                    Some((a, got, failed)) => {
-                        let mut got = got.clone();
-                        got.sort_unstable();
-                        got.dedup();
-                        let contiguous = got.iter().enumerate().all(|(i, &x)| i as u32 == x);
-                        let done = contiguous && (*failed || got.len() >= n);
-                        (!done).then_some((t, a + 1))
+            let all = |attempt: u32| (0..turns.len()).map(|t| (t, attempt)).collect();
+            let list = match seen.get(c) {
+                None => all(0),
+                Some((a, trajs)) => {
+                    let finished = |t: usize, n: usize| {
+                        trajs.get(&t).is_some_and(|(got, failed)| {
+                            let mut got = got.clone();
+                            got.sort_unstable();
+                            got.dedup();
+                            let contiguous = got.iter().enumerate().all(|(i, &x)| i as u32 == x);
+                            contiguous && (*failed || got.len() >= n)
+                        })
+                    };
+                    if turns.iter().enumerate().all(|(t, &n)| finished(t, n)) {
+                        vec![]
+                    } else {
+                        all(a + 1)
                     }
-                })
-                .collect();
+                }
+            };
             (c.clone(), list)
         })
         .collect()
@@ -251,23 +258,46 @@ mod tests {
     }
 
     #[test]
-    fn resume_reruns_partial_trajectories_with_the_next_attempt() {
-        let cell = CellId {
+    fn resume_reruns_an_unfinished_cell_from_its_start_with_the_next_attempt() {
+        let cell = |concurrency| CellId {
             gpu: "g".into(),
             cache_mode: CacheMode::Prefix,
-            concurrency: 2,
+            concurrency,
+        };
+        let at = |c: u32, r: TurnRecord| TurnRecord {
+            concurrency: c,
+            ..r
         };
         let existing = vec![
+            // Concurrency 2: trajectory 1 partial, 3 partial again under attempt 1.
             rec(0, 0, 0, false),
             rec(0, 1, 0, false),
             rec(0, 2, 0, false), // complete
             rec(1, 0, 0, false), // partial
             rec(2, 0, 0, false),
-            rec(2, 1, 0, true), // ended by a failure: done
+            rec(2, 1, 0, true), // ended by a failure
             rec(3, 0, 0, false),
-            rec(3, 0, 1, false), // partial again, attempt 1
+            rec(3, 0, 1, false),
+            // Concurrency 4: done (a failure ends trajectory 1), all under attempt 2.
+            at(4, rec(0, 0, 2, false)),
+            at(4, rec(0, 1, 2, false)),
+            at(4, rec(0, 2, 2, false)),
+            at(4, rec(1, 0, 2, true)),
+            // Concurrency 8: trajectory 1's only run is under an older attempt.
+            at(8, rec(0, 0, 1, false)),
+            at(8, rec(0, 1, 1, false)),
+            at(8, rec(0, 2, 1, false)),
+            at(8, rec(1, 0, 0, true)),
         ];
-        let t = todo(std::slice::from_ref(&cell), &[3, 3, 3, 3, 3], &existing);
-        assert_eq!(t[&cell], vec![(1, 1), (3, 2), (4, 0)]);
+        let cells = [cell(2), cell(4), cell(8), cell(16)];
+        let t = todo(&cells, &[3, 3], &existing);
+        assert_eq!(
+            t[&cell(2)],
+            vec![(0, 2), (1, 2)],
+            "from its start, next attempt"
+        );
+        assert_eq!(t[&cell(4)], vec![]);
+        assert_eq!(t[&cell(8)], vec![(0, 2), (1, 2)]);
+        assert_eq!(t[&cell(16)], vec![(0, 0), (1, 0)], "never started");
     }
 }

@@ -449,13 +449,6 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     )?);
     let cells = plan.cells();
     let todo = record::todo(&cells, &turn_counts, &existing);
-    // Where each cell's clock stopped in the interrupted run, if it had started.
-    let mut resumed_at: BTreeMap<CellId, f64> = BTreeMap::new();
-    for r in &existing {
-        let t = resumed_at.entry(r.cell()).or_insert(0.0);
-        *t = t.max(r.t_end);
-    }
-    let resumed_at = Arc::new(resumed_at);
     let recorded_lens = if plan.output_len == OutputLen::Recorded {
         Some(Arc::new(
             recorded_lengths(&servers[0].url, api_key.clone(), &wl).await?,
@@ -536,7 +529,6 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
                 nonce: nonce.clone(),
                 recorded_lens: recorded_lens.clone(),
                 template: template.clone(),
-                resumed_at: resumed_at.clone(),
             })
         });
     let result = tokio::select! {
@@ -612,8 +604,6 @@ struct GpuRun<'a> {
     nonce: String,
     recorded_lens: Option<Arc<Vec<Vec<Option<u32>>>>>,
     template: ChatTemplate,
-    /// Per cell, the latest `t_end` of the interrupted run being finished.
-    resumed_at: Arc<BTreeMap<CellId, f64>>,
 }
 
 /// One GPU's cells, one after another. The server restarts when the radix cache must change.
@@ -633,7 +623,6 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         nonce,
         recorded_lens,
         template,
-        resumed_at,
     } = r;
     let gpu = server.gpu.clone();
     let mut warned_none = false;
@@ -707,7 +696,6 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             recorder: recorder.clone(),
             progress: progress.clone(),
             nonce: nonce.clone(),
-            t_base: resumed_at.get(&cell).copied().unwrap_or(0.0),
         });
         run_cell(ctx, todo).await.with_context(|| {
             format!(

@@ -182,8 +182,13 @@ pub fn summarize_cell_with(records: &[&TurnRecord], turns_per_traj: &[u32]) -> O
     // The mean time of the trajectories that ran to their end without failing (a failure
     // ends a trajectory early, so counting it would make failing cells look fast).
     let durations: Vec<f64> = succeeded.iter().map(|t| t.1 - t.0).collect();
+    // A cell is run whole under one attempt number (a resume runs an unfinished cell again
+    // from its start): trajectories from different attempts are a run that was cut again.
+    let one_attempt = records.iter().all(|r| r.attempt == first.attempt);
     let complete = known.then(|| {
-        (0..turns_per_traj.len() as u32).all(|t| by_traj.get(&t).is_some_and(|v| finished(t, v.2)))
+        one_attempt
+            && (0..turns_per_traj.len() as u32)
+                .all(|t| by_traj.get(&t).is_some_and(|v| finished(t, v.2)))
     });
     let rate = |x: f64| {
         if total_time > 0.0 {

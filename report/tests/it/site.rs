@@ -414,6 +414,28 @@ fn cells_a_resumed_run_finished_are_named() {
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
     let page = read(&site.join("gpu-h100.html"));
-    assert!(page.contains("Resumed: none at concurrency 1 ran in two parts"));
+    assert!(page.contains("Resumed in parts: none at concurrency 1 ran in two parts"));
     assert!(!page.contains("prefix at concurrency 1 ran in two parts"));
+    assert!(
+        !page.contains("Unfinished run"),
+        "every trajectory finished"
+    );
+
+    // A cell a resume ran again from its start: every line under attempt 1.
+    let lines: Vec<String> = std::fs::read_to_string(&turns_path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
+            if r.cache_mode == turnbench_schema::CacheMode::None && r.concurrency == 1 {
+                r.attempt = 1;
+            }
+            serde_json::to_string(&r).unwrap()
+        })
+        .collect();
+    std::fs::write(&turns_path, lines.join("\n") + "\n").unwrap();
+    build(std::slice::from_ref(&run), &site, None);
+    let page = read(&site.join("gpu-h100.html"));
+    assert!(page.contains("Re-run: none at concurrency 1 was stopped part-way"));
+    assert!(!page.contains("Resumed in parts"));
 }

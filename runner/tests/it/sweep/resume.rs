@@ -89,12 +89,6 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         }
         m
     };
-    // The whole lines (the torn one is dropped by the resume).
-    let lines_before = std::fs::read_to_string(&turns)
-        .unwrap()
-        .lines()
-        .filter(|l| serde_json::from_str::<turnbench_schema::TurnRecord>(l).is_ok())
-        .count();
 
     // The run finishes with its own plan: a changed key is refused, not ignored.
     let err = run_err(
@@ -144,24 +138,35 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
         "each (cell, trajectory, turn) once"
     );
     assert!(run.raw.len() >= total);
-    // The resumed run's turns go on from where each cell's clock stopped, so a cell's
-    // makespan (and its throughput) counts the time of both runs, never their overlap.
-    for r in &run.raw[lines_before..] {
-        let at = stopped
-            .get(&(r.cache_mode.to_string(), r.concurrency))
-            .copied()
-            .unwrap_or(0.0);
-        assert!(
-            r.t_send >= at,
-            "{r:?} sent before {at}, where the cell stopped"
-        );
+    // A cell the kill cut runs again from its start, every trajectory under one new attempt
+    // (finishing only its cut trajectories would run them after the others, at a lower
+    // concurrency than the cell's); cells finished before the kill are kept as they were.
+    let mut attempts: std::collections::BTreeMap<(String, u32), std::collections::BTreeSet<u32>> =
+        Default::default();
+    for r in run.turns() {
+        attempts
+            .entry((r.cache_mode.to_string(), r.concurrency))
+            .or_default()
+            .insert(r.attempt);
     }
+    assert!(attempts.values().all(|a| a.len() == 1), "{attempts:?}");
+    assert!(
+        attempts.values().any(|a| a.contains(&1)),
+        "the cut cell re-ran: {attempts:?}"
+    );
     for c in &run.summary.cells {
-        let at = stopped
-            .get(&(c.cache_mode.to_string(), c.concurrency))
-            .copied()
-            .unwrap_or(0.0);
-        assert!(c.total_time_s >= at, "{c:?}");
+        assert_eq!(c.complete, Some(true), "{c:?}");
+        // Its clock starts again: its time is the re-run's, not both runs'.
+        let cut = attempts[&(c.cache_mode.to_string(), c.concurrency)].contains(&1);
+        if let (true, Some(&at)) = (cut, stopped.get(&(c.cache_mode.to_string(), c.concurrency))) {
+            let first = run
+                .turns()
+                .iter()
+                .filter(|r| r.cache_mode == c.cache_mode && r.concurrency == c.concurrency)
+                .map(|r| r.t_send)
+                .fold(f64::MAX, f64::min);
+            assert!(first < at, "{first} {at}");
+        }
     }
     let resumed = run.raw.iter().filter(|r| r.attempt > 0).count();
     let superseded = run.raw.len() - total;
