@@ -315,6 +315,25 @@ impl Client {
         Ok(resp.status())
     }
 
+    /// Whether the server answers at all: any HTTP status to `GET /health` within 3 s, tried
+    /// three times half a second apart. (A server that is down refuses the connection; one
+    /// that hangs accepts it and says nothing.)
+    pub async fn answers(&self) -> bool {
+        for i in 0..3 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if self
+                .status_of("/health", Duration::from_secs(3))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// True when `GET path` answers 200 within `timeout`.
     pub async fn is_ready(&self, path: &str, timeout: Duration) -> bool {
         matches!(

@@ -72,6 +72,41 @@ pub struct CellCtx {
     pub nonce: String,
 }
 
+/// The cell's server stopped answering: a turn lost its connection and the server no longer
+/// answers at all. That is not a result of the cell (the turns in flight are not recorded):
+/// the cell stops, to be run again once the server is back ([`crate::sweep`]).
+#[derive(Debug)]
+pub struct ServerDown(pub String);
+
+impl std::fmt::Display for ServerDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server stopped answering ({})", self.0)
+    }
+}
+
+impl std::error::Error for ServerDown {}
+
+/// A turn's failure that may be the server's death rather than its answer: then the server
+/// is asked whether it is still there.
+fn lost_connection(error: &str) -> bool {
+    [
+        "connection error",
+        "stream dropped",
+        "stalled",
+        "open_session",
+    ]
+    .iter()
+    .any(|p| error.starts_with(p))
+}
+
+/// `Err(ServerDown)` when `error` came from a server that no longer answers.
+async fn check_server(ctx: &CellCtx, error: &str) -> anyhow::Result<()> {
+    if lost_connection(error) && !ctx.client.answers().await {
+        return Err(ServerDown(error.to_string()).into());
+    }
+    Ok(())
+}
+
 /// Run one cell to completion. Only a failure to write results, or a chat template that fails
 /// to render (or, in session mode, is not prefix-stable), is an error.
 pub async fn run_cell(ctx: Arc<CellCtx>, todo: Todo) -> anyhow::Result<()> {
@@ -122,6 +157,7 @@ async fn run_trajectory(
             Ok(id) => session = Some(id),
             Err(e) => {
                 let out = failed_outcome(sent, format!("open_session: {e:#}"));
+                check_server(ctx, out.error.as_deref().unwrap_or("")).await?;
                 let rec = record(
                     ctx,
                     t,
@@ -219,6 +255,9 @@ async fn run_turns(
         };
         let active = in_flight.load(Ordering::SeqCst);
         let out = ctx.client.generate(prompt, &sampling, &rid).await;
+        if let Some(e) = &out.error {
+            check_server(ctx, e).await?;
+        }
         let failed = out.error.is_some();
         let last = k + 1 == n;
         let think = if failed || last {

@@ -101,6 +101,10 @@ impl Recorder {
             .with_context(|| format!("appending to {}", self.dir.join(files::TELEMETRY).display()))
     }
 
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
     /// Every record so far, superseded attempts dropped.
     pub fn records(&self) -> Vec<TurnRecord> {
         let g = self.turns.lock().unwrap_or_else(|e| e.into_inner());

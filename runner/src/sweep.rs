@@ -8,7 +8,7 @@ use crate::chat_template::ChatTemplate;
 use crate::client::{scrub, Api, Client, Sampling};
 use crate::console::{self, GpuProgress};
 use crate::conversation;
-use crate::driver::{run_cell, CellCtx};
+use crate::driver::{run_cell, CellCtx, ServerDown};
 use crate::plan::{BackendChoice, OutputLen, Plan, PlanKeys};
 use crate::record::{self, Recorder};
 use crate::telemetry::{self, GpuState};
@@ -627,82 +627,145 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     let gpu = server.gpu.clone();
     let mut warned_none = false;
     let mut warned_lag = false;
-    for (cell, todo) in cells {
+    let turn_counts: Vec<usize> = workload
+        .trajectories
+        .iter()
+        .map(|t| t.turns.len())
+        .collect();
+    for (cell, mut todo) in cells {
         if todo.is_empty() {
             continue;
         }
         let radix = cell.cache_mode != CacheMode::None;
-        if radix != server.radix && plan.backend != BackendChoice::Attach {
-            server.stop().await;
-            server = Server::start(plan, &gpu, radix, logs, api_key.as_deref())
-                .await
-                .with_context(|| {
-                    format!("GPU {gpu}: restarting the server for {}", cell.cache_mode)
-                })?;
-            let (info, _) = server_info(&server, api_key.clone()).await;
-            let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
-            m.servers.push(info);
-            record::write_json_atomic(&dir.join(files::MANIFEST), &*m)?;
-        }
-        if !radix && plan.backend == BackendChoice::Attach && !warned_none {
-            warned_none = true;
-            tracing::warn!(
-                "GPU {gpu}: cache mode none on an attached server cannot be guaranteed \
-                 (start it with --disable-radix-cache); checking cached_tokens"
-            );
-        }
-        {
-            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-            s.url = Some(server.url.clone());
-            s.cell = Some(format!("{}/{}", cell.cache_mode, cell.concurrency));
-        }
-        let mut client = Client::new(&server.url, api_key.clone());
-        client.idle_timeout =
-            Duration::try_from_secs_f64(plan.stall_timeout_s).unwrap_or(Duration::MAX);
-        client.total_timeout =
-            Duration::try_from_secs_f64(plan.request_timeout_s).unwrap_or(Duration::MAX);
-        client.model = plan.model_path.clone();
-        if plan.flush_cache {
-            if let Err(e) = client.flush_cache().await {
+        // A server that stops answering mid-cell is brought back (launched again, or waited
+        // for) and the cell runs again from its start; this many times per cell.
+        let mut recoveries = 2;
+        loop {
+            if radix != server.radix && plan.backend != BackendChoice::Attach {
+                server.stop().await;
+                server = Server::start(plan, &gpu, radix, logs, api_key.as_deref())
+                    .await
+                    .with_context(|| {
+                        format!("GPU {gpu}: restarting the server for {}", cell.cache_mode)
+                    })?;
+                let (info, _) = server_info(&server, api_key.clone()).await;
+                let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
+                m.servers.push(info);
+                record::write_json_atomic(&dir.join(files::MANIFEST), &*m)?;
+            }
+            if !radix && plan.backend == BackendChoice::Attach && !warned_none {
+                warned_none = true;
                 tracing::warn!(
-                    "GPU {gpu}: cell {}/{} starts without a cache flush (cached tokens from \
-                     earlier cells may count): {e:#}",
-                    cell.cache_mode,
-                    cell.concurrency
+                    "GPU {gpu}: cache mode none on an attached server cannot be guaranteed \
+                 (start it with --disable-radix-cache); checking cached_tokens"
                 );
             }
-        }
-        let traits = server_traits(&client).await;
-        let scale = traits.time_scale;
-        client.cache_report = traits.cache_report;
-        client.incremental = traits.incremental;
-        let ctx = Arc::new(CellCtx {
-            cell: cell.clone(),
-            client,
-            api: plan.api,
-            template: template.clone(),
-            sampling: Sampling {
-                max_new_tokens: plan.max_new_tokens,
-                temperature: plan.temperature,
-                stop: plan.stop.clone(),
-                ignore_eos: false,
-            },
-            history: plan.history,
-            think: plan.think_time,
-            time_scale: scale,
-            think_scale: traits.think_scale,
-            recorded_lens: recorded_lens.clone(),
-            workload: workload.clone(),
-            recorder: recorder.clone(),
-            progress: progress.clone(),
-            nonce: nonce.clone(),
-        });
-        run_cell(ctx, todo).await.with_context(|| {
-            format!(
+            {
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.url = Some(server.url.clone());
+                s.cell = Some(format!("{}/{}", cell.cache_mode, cell.concurrency));
+            }
+            let mut client = Client::new(&server.url, api_key.clone());
+            client.idle_timeout =
+                Duration::try_from_secs_f64(plan.stall_timeout_s).unwrap_or(Duration::MAX);
+            client.total_timeout =
+                Duration::try_from_secs_f64(plan.request_timeout_s).unwrap_or(Duration::MAX);
+            client.model = plan.model_path.clone();
+            if plan.flush_cache {
+                if let Err(e) = client.flush_cache().await {
+                    tracing::warn!(
+                        "GPU {gpu}: cell {}/{} starts without a cache flush (cached tokens from \
+                     earlier cells may count): {e:#}",
+                        cell.cache_mode,
+                        cell.concurrency
+                    );
+                }
+            }
+            let traits = server_traits(&client).await;
+            let scale = traits.time_scale;
+            client.cache_report = traits.cache_report;
+            client.incremental = traits.incremental;
+            let ctx = Arc::new(CellCtx {
+                cell: cell.clone(),
+                client,
+                api: plan.api,
+                template: template.clone(),
+                sampling: Sampling {
+                    max_new_tokens: plan.max_new_tokens,
+                    temperature: plan.temperature,
+                    stop: plan.stop.clone(),
+                    ignore_eos: false,
+                },
+                history: plan.history,
+                think: plan.think_time,
+                time_scale: scale,
+                think_scale: traits.think_scale,
+                recorded_lens: recorded_lens.clone(),
+                workload: workload.clone(),
+                recorder: recorder.clone(),
+                progress: progress.clone(),
+                nonce: nonce.clone(),
+            });
+            let cell_name = format!(
                 "GPU {gpu}, cache mode {}, concurrency {}",
                 cell.cache_mode, cell.concurrency
-            )
-        })?;
+            );
+            match run_cell(ctx, todo.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let Some(down) = e.downcast_ref::<ServerDown>() else {
+                        return Err(e.context(cell_name));
+                    };
+                    let resume = format!(
+                        "completed records are kept; finish the run with --resume {}",
+                        recorder.run_id()
+                    );
+                    if recoveries == 0 {
+                        bail!("{cell_name}: {down}, again; {resume}");
+                    }
+                    recoveries -= 1;
+                    tracing::warn!("{cell_name}: {down}");
+                    if plan.backend == BackendChoice::Attach {
+                        let wait = Duration::try_from_secs_f64(plan.launch_timeout_s)
+                            .unwrap_or(Duration::MAX);
+                        tracing::warn!(
+                            "GPU {gpu}: waiting up to {:.0} s for {} to answer again \
+                         (Ctrl-C stops the run, resumably)",
+                            wait.as_secs_f64(),
+                            server.url
+                        );
+                        let client = Client::new(&server.url, api_key.clone());
+                        let t0 = std::time::Instant::now();
+                        while !client.answers().await {
+                            if t0.elapsed() >= wait {
+                                bail!("{cell_name}: {down}; {resume}");
+                            }
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                    } else {
+                        server.stop().await;
+                        server = Server::start(plan, &gpu, radix, logs, api_key.as_deref())
+                            .await
+                            .with_context(|| format!("{cell_name}: launching its server again"))
+                            .with_context(|| resume.clone())?;
+                        let (info, _) = server_info(&server, api_key.clone()).await;
+                        let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
+                        m.servers.push(info);
+                        record::write_json_atomic(&dir.join(files::MANIFEST), &*m)?;
+                    }
+                    tracing::warn!(
+                        "{cell_name}: the server answers again; the cell runs again from its start"
+                    );
+                    todo = record::todo(
+                        std::slice::from_ref(&cell),
+                        &turn_counts,
+                        &recorder.records(),
+                    )
+                    .remove(&cell)
+                    .unwrap_or_default();
+                }
+            }
+        }
         let summary = recorder.write_summary()?;
         if let Ok(info) = Client::new(&server.url, api_key.clone())
             .get_json("/get_server_info", Duration::from_secs(10))
