@@ -19,7 +19,13 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> anyhow:
     let tmp = path.with_extension("json.tmp");
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
-    if let Err(e) = std::fs::write(&tmp, &bytes) {
+    // On disk before the rename, so a host crash leaves the old file or the new, never an
+    // empty one.
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(&bytes)?;
+        f.sync_data()
+    });
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", tmp.display()));
     }
@@ -126,6 +132,13 @@ impl Recorder {
     /// Rewrite `summary.json` atomically.
     pub fn write_summary(&self) -> anyhow::Result<Summary> {
         let _one_at_a_time = self.summary_write.lock().unwrap_or_else(|e| e.into_inner());
+        // The cell's records reach the disk with its summary (a host crash loses at most the
+        // cell being run, which a resume runs again).
+        {
+            let g = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            g.0.sync_data()
+                .with_context(|| format!("syncing {}", self.dir.join(files::TURNS).display()))?;
+        }
         let s = self.summary();
         write_json_atomic(&self.dir.join(files::SUMMARY), &s)?;
         Ok(s)
