@@ -403,6 +403,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         infos.push(server_info(s, api_key.clone()).await);
     }
     let simulated = infos.iter().any(|i| i.1.is_some());
+    warn_context(&plan, &wl, &infos);
     let scales: BTreeMap<String, f64> = infos
         .iter()
         .map(|(si, sim)| (si.gpu.clone(), sim.as_ref().map_or(1.0, |s| s.time_scale)))
@@ -1085,6 +1086,53 @@ async fn recorded_lengths(
         out.push(lens);
     }
     Ok(out)
+}
+
+/// Warn when trajectories will outgrow a server's input limit (`max_req_input_len`, else its
+/// context length) before their last turn: those turns fail ("longer than the model's
+/// context length"), and the cells' figures then cover shorter conversations. Prompt lengths
+/// are estimated at ~4 characters per token (answers at `max_new_tokens` where the history is
+/// generated).
+fn warn_context(plan: &Plan, wl: &Workload, infos: &[(ServerInfo, Option<SimInfo>)]) {
+    let limit = infos
+        .iter()
+        .filter_map(|(i, _)| {
+            i.raw
+                .get("max_req_input_len")
+                .and_then(Value::as_u64)
+                .or(i.context_length)
+        })
+        .min();
+    let Some(limit) = limit else { return };
+    let mut over = 0usize;
+    let mut first_turn = usize::MAX;
+    for t in &wl.trajectories {
+        let mut chars: usize = t.prelude.iter().map(|m| m.content.len() + 20).sum();
+        for (k, turn) in t.turns.iter().enumerate() {
+            if (chars / 4) as u64 + u64::from(plan.max_new_tokens) >= limit {
+                over += 1;
+                first_turn = first_turn.min(k);
+                break;
+            }
+            chars += match (&turn.recorded, plan.history) {
+                (Some(r), turnbench_schema::HistorySource::Recorded) => r.len(),
+                _ => plan.max_new_tokens as usize * 4,
+            };
+            chars += turn
+                .after
+                .iter()
+                .map(|m| m.content.len() + 20)
+                .sum::<usize>();
+        }
+    }
+    if over > 0 {
+        tracing::warn!(
+            "about {over} of {} trajectories outgrow the server's input limit ({limit} tokens) \
+             before their last turn (from turn ~{first_turn}, estimated at ~4 characters per \
+             token): those turns will fail; lower `turns` or serve a longer context",
+            wl.trajectories.len()
+        );
+    }
 }
 
 /// Roofline bounds per GPU, from the simulator's cost model, for GPUs whose profile is known

@@ -197,3 +197,27 @@ fn a_concurrency_past_the_open_files_limit_is_refused_up_front() {
     );
     assert!(!tmp.path().join("fds").exists(), "nothing written");
 }
+
+#[test]
+fn trajectories_that_will_outgrow_the_context_are_announced() {
+    // Synthetic prompts grow ~1k tokens a turn: with a 6k context, 8 turns do not fit.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = small_with(
+        tmp.path(),
+        "long",
+        &[
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "2"),
+            ("--turns", "8"),
+        ],
+    );
+    args.push("--sim-args=--context-length=6000".into());
+    let out = run_ok(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("outgrow the server's input limit"), "{err}");
+    let run = Run::load(&tmp.path().join("long"));
+    assert!(run.turns().iter().any(|r| r
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("context length"))));
+}
