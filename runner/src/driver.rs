@@ -70,6 +70,9 @@ pub struct CellCtx {
     pub progress: Arc<GpuProgress>,
     /// Unique per run, so request ids never collide across runs on a shared server.
     pub nonce: String,
+    /// (client TTFT, server TTFT) of the cell's successful turns that had both, engine
+    /// seconds: their difference is what the harness adds (network, HTTP, the client).
+    pub ttft_pairs: Mutex<Vec<(f64, f64)>>,
 }
 
 /// The cell's server stopped answering: a turn lost its connection and the server no longer
@@ -266,6 +269,12 @@ async fn run_turns(
             ctx.think.of(turn.think_time)
         };
         let rec = record(ctx, t, attempt, k as u32, &out, t0, active, think);
+        if let (None, Some(c), Some(s)) = (&rec.error, rec.ttft, out.server_ttft) {
+            ctx.ttft_pairs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((c, s));
+        }
         ctx.progress
             .turn_done(out.completion_tokens.unwrap_or(0), failed);
         ctx.recorder.turn(rec)?;

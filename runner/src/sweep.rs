@@ -628,6 +628,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     let gpu = server.gpu.clone();
     let mut warned_none = false;
     let mut warned_lag = false;
+    let mut warned_harness = false;
     let turn_counts: Vec<usize> = workload
         .trajectories
         .iter()
@@ -706,13 +707,19 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 recorder: recorder.clone(),
                 progress: progress.clone(),
                 nonce: nonce.clone(),
+                ttft_pairs: Mutex::new(Vec::new()),
             });
             let cell_name = format!(
                 "GPU {gpu}, cache mode {}, concurrency {}",
                 cell.cache_mode, cell.concurrency
             );
-            match run_cell(ctx, todo.clone()).await {
-                Ok(()) => break,
+            match run_cell(ctx.clone(), todo.clone()).await {
+                Ok(()) => {
+                    if scale > 1.0 && !warned_harness {
+                        warned_harness = warn_harness(&gpu, scale, &ctx);
+                    }
+                    break;
+                }
                 Err(e) => {
                     let Some(down) = e.downcast_ref::<ServerDown>() else {
                         return Err(e.context(cell_name));
@@ -805,6 +812,35 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     state.lock().unwrap_or_else(|e| e.into_inner()).cell = None;
     server.stop().await;
     Ok(())
+}
+
+/// A simulated engine's times are wall time × the time scale, so the harness's own latency
+/// (sending, HTTP, receiving: wall time) is scaled up too. Warn (once; true when warned) when
+/// it makes a noticeable share of the cell's TTFT: the client's TTFT against the engine's own
+/// (`prefill_finished_time − request_received_ts`, medians).
+fn warn_harness(gpu: &str, scale: f64, ctx: &CellCtx) -> bool {
+    let pairs = ctx.ttft_pairs.lock().unwrap_or_else(|e| e.into_inner());
+    let client: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+    let added: Vec<f64> = pairs.iter().map(|p| p.0 - p.1).collect();
+    let (Some(c), Some(a)) = (
+        turnbench_schema::stats::percentile(&client, 50.0),
+        turnbench_schema::stats::percentile(&added, 50.0),
+    ) else {
+        return false;
+    };
+    if c > 0.0 && a / c > 0.05 {
+        tracing::warn!(
+            "GPU {gpu}: simulated times are wall time × {scale}, the harness's own latency \
+             included: between client and simulator alone ~{:.2} ms a request, {:.0} % of the \
+             median TTFT ({:.3} s engine time; the simulator's own request handling adds \
+             more); a lower sim_time_scale gives more exact simulated TTFTs (slower)",
+            a / scale * 1e3,
+            a / c * 100.0,
+            c
+        );
+        return true;
+    }
+    false
 }
 
 /// An attached server answers, and accepts the API key: SGLang's model info (or its newer

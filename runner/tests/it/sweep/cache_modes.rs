@@ -221,3 +221,22 @@ fn trajectories_that_will_outgrow_the_context_are_announced() {
         .as_deref()
         .is_some_and(|e| e.contains("context length"))));
 }
+
+#[test]
+fn a_time_scale_that_magnifies_the_harness_is_announced() {
+    // At 5000 engine seconds per wall second, the client ↔ simulator round trip (a fraction
+    // of a millisecond) is a large share of every simulated TTFT.
+    let tmp = tempfile::tempdir().unwrap();
+    let args = small_with(
+        tmp.path(),
+        "fast",
+        &[
+            ("--sim-time-scale", "5000"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+        ],
+    );
+    let out = run_ok(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the harness's own latency"), "{err}");
+}
