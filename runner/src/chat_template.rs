@@ -491,7 +491,7 @@ fn dump<T: serde::Serialize + ?Sized>(
 }
 
 /// Python's `json.dumps` separators without an indent: `, ` and `: `.
-struct PythonSeparators;
+pub(crate) struct PythonSeparators;
 
 /// `, ` before every item but the first.
 fn item_separator<W: ?Sized + std::io::Write>(w: &mut W, first: bool) -> std::io::Result<()> {

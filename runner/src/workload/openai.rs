@@ -130,41 +130,9 @@ fn tool_call_json(call: Call<'_>) -> Result<String, String> {
 /// templates' `tojson` does).
 fn python_json(json: &str, out: &mut Vec<u8>) -> Result<(), String> {
     let mut de = serde_json::Deserializer::from_str(json);
-    let mut ser = serde_json::Serializer::with_formatter(out, PythonJson);
+    let mut ser =
+        serde_json::Serializer::with_formatter(out, crate::chat_template::PythonSeparators);
     serde_transcode::transcode(&mut de, &mut ser).map_err(|e| e.to_string())
-}
-
-/// Python's `json.dumps` spacing (`", "` and `": "`); keys keep their order.
-struct PythonJson;
-
-impl serde_json::ser::Formatter for PythonJson {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b": ")
-    }
 }
 
 fn content_text(v: Option<serde_json::Value>) -> Result<String, String> {
