@@ -40,6 +40,15 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     let abs_dir = dir
         .canonicalize()
         .with_context(|| format!("reading {}", dir.display()))?;
+    // A sweep writing the run holds its lock (`sweep::lock_run`): its files are still growing.
+    let lock =
+        std::fs::File::open(&abs_dir).with_context(|| format!("opening {}", dir.display()))?;
+    if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock_shared() {
+        anyhow::bail!(
+            "{} is in use by a sweep (running, or resuming it); pack it when that ends",
+            dir.display()
+        );
+    }
     let name = abs_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -73,16 +82,21 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
             continue;
         }
         let abs = dir.join(&rel);
-        let data = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+        // Streamed: a run's turns.jsonl can be gigabytes.
+        let f = std::fs::File::open(&abs).with_context(|| format!("reading {}", abs.display()))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading {}", abs.display()))?
+            .len();
         let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
+        h.set_size(len);
         h.set_mode(0o644);
         h.set_mtime(0);
         h.set_uid(0);
         h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
         let path = Path::new(&name).join(&rel);
-        tar.append_data(&mut h, &path, data.as_slice())
+        tar.append_data(&mut h, &path, std::io::Read::take(f, len))
             .with_context(|| format!("adding {}", abs.display()))?;
     }
     let gz = tar.into_inner().context("finishing the tar stream")?;

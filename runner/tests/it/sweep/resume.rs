@@ -238,12 +238,18 @@ fn a_run_in_use_is_refused_to_a_second_sweep() {
     assert!(err.contains("in use by another sweep"), "{err}");
     let err = run_err(&args);
     assert!(err.contains("in use by another sweep"), "{err}");
+    // Nor is it packed while its files grow.
+    let bundle = tmp.path().join("busy.tar.gz").display().to_string();
+    let run_dir = tmp.path().join("busy").display().to_string();
+    let err = run_err(&["pack".into(), run_dir.clone(), "-o".into(), bundle.clone()]);
+    assert!(err.contains("in use by a sweep"), "{err}");
     assert!(child.try_wait().unwrap().is_none(), "still running");
     child.kill().unwrap();
     child.wait().unwrap();
     // Once it is gone, the run can be resumed.
     run_ok(&["sweep", "--quiet", "--out", &out, "--resume", "busy"].map(String::from));
     Run::load(&tmp.path().join("busy")).assert_complete(&[6, 6]);
+    run_ok(&["pack".into(), run_dir, "-o".into(), bundle]);
 
     let orphan = tmp.path().join("orphan");
     std::fs::create_dir(&orphan).unwrap();
