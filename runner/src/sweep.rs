@@ -361,6 +361,27 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     }
     let wl = Arc::new(wl);
     check_open_files(&plan)?;
+    if let Some(m) = &old_manifest {
+        // A resume of a finished run: nothing to start (no server, no manifest entry).
+        let counts: Vec<usize> = wl.trajectories.iter().map(|t| t.turns.len()).collect();
+        if record::todo(&plan.cells(), &counts, &existing)
+            .values()
+            .all(|t| t.is_empty())
+        {
+            let recorder = Recorder::open(
+                &dir,
+                &run_id,
+                m.simulated,
+                existing,
+                counts.iter().map(|&n| n as u32).collect(),
+            )?;
+            let summary = recorder.write_summary()?;
+            println!("{}", console::tables(&summary));
+            println!("--resume {run_id}: every cell is finished; nothing left to run");
+            println!("results: {}", dir.display());
+            return Ok(());
+        }
+    }
     if plan.backend == BackendChoice::Attach {
         for (i, u) in plan.urls.iter().enumerate() {
             check_attached(&Client::new(u, api_key.clone()))

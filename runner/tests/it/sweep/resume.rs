@@ -248,8 +248,16 @@ fn a_run_in_use_is_refused_to_a_second_sweep() {
     child.wait().unwrap();
     // Once it is gone, the run can be resumed.
     run_ok(&["sweep", "--quiet", "--out", &out, "--resume", "busy"].map(String::from));
-    Run::load(&tmp.path().join("busy")).assert_complete(&[6, 6]);
+    let done = Run::load(&tmp.path().join("busy"));
+    done.assert_complete(&[6, 6]);
     run_ok(&["pack".into(), run_dir, "-o".into(), bundle]);
+    // Resuming a finished run starts nothing and changes nothing.
+    let again = run_ok(&["sweep", "--out", &out, "--resume", "busy"].map(String::from));
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.contains("nothing left to run"), "{said}");
+    let after = Run::load(&tmp.path().join("busy"));
+    assert_eq!(after.manifest.servers.len(), done.manifest.servers.len());
+    assert_eq!(after.raw.len(), done.raw.len());
 
     let orphan = tmp.path().join("orphan");
     std::fs::create_dir(&orphan).unwrap();
