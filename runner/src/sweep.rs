@@ -157,11 +157,16 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
         // The run finishes as it started: its manifest's plan, nothing else.
         let mut given = args.keys.clone();
         given.out = None;
+        // An attached run may be finished against servers that moved (one URL per GPU).
+        let moved = given.urls.take();
         let given: Vec<String> = match serde_json::to_value(&given) {
             Ok(Value::Object(m)) => m
                 .into_iter()
                 .filter(|(_, v)| !v.is_null())
-                .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+                .map(|(k, _)| match k.as_str() {
+                    "urls" => "--url".to_string(),
+                    k => format!("--{}", k.replace('_', "-")),
+                })
                 .collect(),
             _ => vec![],
         };
@@ -187,8 +192,20 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
             .with_context(|| format!("--resume {id}: reading {}", mpath.display()))?;
         let manifest: Manifest = serde_json::from_str(&text)
             .with_context(|| format!("--resume {id}: parsing {}", mpath.display()))?;
-        let plan = Plan::from_manifest(&manifest.plan)
+        let mut plan = Plan::from_manifest(&manifest.plan)
             .with_context(|| format!("--resume {id}: the plan in {}", mpath.display()))?;
+        if let Some(urls) = moved {
+            if plan.backend != BackendChoice::Attach {
+                bail!("--resume {id}: --url is for a run on attached servers; drop it");
+            }
+            if urls.len() != plan.urls.len() {
+                bail!(
+                    "--resume {id}: the run attached {} server(s), one per GPU; give as many --url",
+                    plan.urls.len()
+                );
+            }
+            plan.urls = urls;
+        }
         if plan.backend == BackendChoice::Launch
             && plan
                 .launch_command

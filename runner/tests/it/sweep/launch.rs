@@ -422,3 +422,78 @@ fn ctrl_c_while_a_server_starts_stops_it() {
         .is_some_and(|s| s != "Z");
     assert!(!running, "the starting server was stopped: {state}");
 }
+
+#[test]
+fn an_attached_run_is_finished_against_servers_that_moved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args([
+                "serve-sim",
+                "--port",
+                &port.to_string(),
+                "--sim-time-scale",
+                "20",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait = |port: u16| {
+        let start = std::time::Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed().as_secs() < 20, "serve-sim did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let (p1, p2) = (free_port(), free_port());
+    let mut first = sim(p1);
+    wait(p1);
+    let url1 = format!("http://127.0.0.1:{p1}");
+    let args = small_with(
+        tmp.path(),
+        "moved",
+        &[
+            ("--backend", "attach"),
+            ("--url", &url1),
+            ("--gpus", "sim"),
+            ("--cache-modes", "prefix"),
+            ("--think-time", "replay"),
+        ],
+    );
+    let mut sweep = runner()
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let turns = tmp.path().join("moved").join("turns.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&turns).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 60, "no turns recorded");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sweep.kill().unwrap();
+    sweep.wait().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = sim(p2);
+    wait(p2);
+    let out = tmp.path().display().to_string();
+    let url2 = format!("http://127.0.0.1:{p2}");
+    let resume = |extra: &[&str]| {
+        let mut a: Vec<String> = ["sweep", "--quiet", "--out", &out, "--resume", "moved"]
+            .map(String::from)
+            .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let err = run_err(&resume(&["--url", &url2, "--url", &url2]));
+    assert!(err.contains("give as many --url"), "{err}");
+    run_ok(&resume(&["--url", &url2]));
+    let _ = second.kill();
+    let _ = second.wait();
+    let run = Run::load(&tmp.path().join("moved"));
+    run.assert_complete(&[4, 4]);
+    assert_eq!(run.manifest.servers.last().unwrap().url, url2);
+}
