@@ -12,6 +12,29 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `runner serve-sim` on `port` in a process of its own (to attach to), and once it listens.
+fn spawn_sim(port: u16, scale: &str, extra: &[&str]) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "serve-sim",
+            "--port",
+            &port.to_string(),
+            "--sim-time-scale",
+            scale,
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed().as_secs() < 20, "serve-sim did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
 fn plan(tmp: &Path, port: u16, command: &[&str], extra: &str) -> PathBuf {
     let cmd: Vec<String> = command.iter().map(|s| format!("{s:?}")).collect();
     let text = format!(
@@ -176,34 +199,14 @@ fn a_launched_server_that_dies_is_launched_again_and_its_cell_rerun() {
 fn an_attached_server_that_dies_is_waited_for_and_its_cell_rerun() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let sim = move |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args([
-                "serve-sim",
-                "--port",
-                &port.to_string(),
-                "--sim-time-scale",
-                "1000",
-            ])
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = sim(&["--sim-fault", "exit-after=5"]);
+    let mut first = spawn_sim(port, "1000", &["--sim-fault", "exit-after=5"]);
     let url = format!("http://127.0.0.1:{port}");
-    let start = std::time::Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed().as_secs() < 20, "serve-sim did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     // Brought back on the same port 4 s after it died (after the runner has found it gone:
     // it asks for ~1.5 s).
     let restarter = std::thread::spawn(move || {
         first.wait().unwrap();
         std::thread::sleep(std::time::Duration::from_secs(4));
-        sim(&[])
+        spawn_sim(port, "1000", &[])
     });
     let args = small_with(
         tmp.path(),
@@ -426,30 +429,8 @@ fn ctrl_c_while_a_server_starts_stops_it() {
 #[test]
 fn an_attached_run_is_finished_against_servers_that_moved() {
     let tmp = tempfile::tempdir().unwrap();
-    let sim = |port: u16| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args([
-                "serve-sim",
-                "--port",
-                &port.to_string(),
-                "--sim-time-scale",
-                "20",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let wait = |port: u16| {
-        let start = std::time::Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed().as_secs() < 20, "serve-sim did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
     let (p1, p2) = (free_port(), free_port());
-    let mut first = sim(p1);
-    wait(p1);
+    let mut first = spawn_sim(p1, "20", &[]);
     let url1 = format!("http://127.0.0.1:{p1}");
     let args = small_with(
         tmp.path(),
@@ -477,8 +458,7 @@ fn an_attached_run_is_finished_against_servers_that_moved() {
     sweep.wait().unwrap();
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut second = sim(p2);
-    wait(p2);
+    let mut second = spawn_sim(p2, "20", &[]);
     let out = tmp.path().display().to_string();
     let url2 = format!("http://127.0.0.1:{p2}");
     let resume = |extra: &[&str]| {
