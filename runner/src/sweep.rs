@@ -813,10 +813,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             }
         }
         let summary = recorder.write_summary()?;
-        if let Ok(info) = Client::new(&server.url, api_key.clone())
-            .get_json("/get_server_info", Duration::from_secs(10))
-            .await
-        {
+        if let Ok(info) = get_server_info(&Client::new(&server.url, api_key.clone())).await {
             let lag = info
                 .pointer("/sim/engine_lag_seconds")
                 .and_then(Value::as_f64)
@@ -922,12 +919,18 @@ struct ServerTraits {
     incremental: bool,
 }
 
-async fn server_traits(client: &Client) -> ServerTraits {
+/// SGLang's `/get_server_info` (`/server_info` in newer versions); the first one's error when
+/// neither answers.
+async fn get_server_info(client: &Client) -> anyhow::Result<Value> {
     let t = Duration::from_secs(10);
-    let info = match client.get_json("/get_server_info", t).await {
+    match client.get_json("/get_server_info", t).await {
         Ok(v) => Ok(v),
-        Err(_) => client.get_json("/server_info", t).await,
-    };
+        Err(e) => client.get_json("/server_info", t).await.map_err(|_| e),
+    }
+}
+
+async fn server_traits(client: &Client) -> ServerTraits {
+    let info = get_server_info(client).await;
     let flag = |v: &Value, k: &str| v.get(k).and_then(Value::as_bool) == Some(true);
     match info {
         Ok(v) => ServerTraits {
@@ -973,16 +976,13 @@ fn sim_info(v: &Value) -> Option<SimInfo> {
 async fn server_info(s: &Server, api_key: Option<String>) -> (ServerInfo, Option<SimInfo>) {
     let c = Client::new(&s.url, api_key);
     let t = Duration::from_secs(10);
-    let mut info = match c.get_json("/get_server_info", t).await {
+    let mut info = match get_server_info(&c).await {
         Ok(v) => v,
-        Err(e) => match c.get_json("/server_info", t).await {
-            Ok(v) => v,
-            Err(_) => {
-                // (A 401 here means the server wants another API key: every turn would fail.)
-                tracing::warn!("GPU {}: reading the server's info: {e:#}", s.gpu);
-                Value::Null
-            }
-        },
+        Err(e) => {
+            // (A 401 here means the server wants another API key: every turn would fail.)
+            tracing::warn!("GPU {}: reading the server's info: {e:#}", s.gpu);
+            Value::Null
+        }
     };
     let mut model = match c.get_json("/get_model_info", t).await {
         Ok(v) => v,
@@ -1181,22 +1181,11 @@ fn warn_context(plan: &Plan, wl: &Workload, infos: &[(ServerInfo, Option<SimInfo
     let mut over = 0usize;
     let mut first_turn = usize::MAX;
     for t in &wl.trajectories {
-        let mut chars: usize = t.prelude.iter().map(|m| m.content.len() + 20).sum();
-        for (k, turn) in t.turns.iter().enumerate() {
-            if (chars / 4) as u64 + u64::from(plan.max_new_tokens) >= limit {
-                over += 1;
-                first_turn = first_turn.min(k);
-                break;
-            }
-            chars += match (&turn.recorded, plan.history) {
-                (Some(r), turnbench_schema::HistorySource::Recorded) => r.len(),
-                _ => plan.max_new_tokens as usize * 4,
-            };
-            chars += turn
-                .after
-                .iter()
-                .map(|m| m.content.len() + 20)
-                .sum::<usize>();
+        let outgrown = prompt_chars(plan, t)
+            .position(|chars| (chars / 4) as u64 + u64::from(plan.max_new_tokens) >= limit);
+        if let Some(k) = outgrown {
+            over += 1;
+            first_turn = first_turn.min(k);
         }
     }
     if over > 0 {
@@ -1207,6 +1196,25 @@ fn warn_context(plan: &Plan, wl: &Workload, infos: &[(ServerInfo, Option<SimInfo
             wl.trajectories.len()
         );
     }
+}
+
+/// Estimated prompt length of each turn of `t`, in characters: the messages so far (plus a
+/// few characters of template each), answers at their recorded length when the history is
+/// recorded, else at `max_new_tokens` (~4 characters a token).
+fn prompt_chars<'a>(
+    plan: &'a Plan,
+    t: &'a workload::Trajectory,
+) -> impl Iterator<Item = usize> + 'a {
+    let msgs = |m: &[workload::Message]| m.iter().map(|m| m.content.len() + 20).sum::<usize>();
+    t.turns.iter().scan(msgs(&t.prelude), move |chars, turn| {
+        let now = *chars;
+        *chars += match (&turn.recorded, plan.history) {
+            (Some(r), turnbench_schema::HistorySource::Recorded) => r.len(),
+            _ => plan.max_new_tokens as usize * 4,
+        };
+        *chars += msgs(&turn.after);
+        Some(now)
+    })
 }
 
 /// Roofline bounds per GPU, from the simulator's cost model, for GPUs whose profile is known
@@ -1220,23 +1228,12 @@ fn limits(
 ) -> Vec<turnbench_schema::PhysicalLimits> {
     use crate::sim::cost::{self, GpuProfile, ModelProfile};
     // Mean prompt length over every turn of the workload, in characters, then tokens at the
-    // built-in tokenizer's ~4 characters per token (answers counted at their recorded length,
-    // or max_new_tokens when none is recorded).
+    // built-in tokenizer's ~4 characters per token.
     let (mut chars, mut n) = (0f64, 0f64);
     for t in &wl.trajectories {
-        let mut len: usize = t.prelude.iter().map(|m| m.content.len() + 20).sum();
-        for turn in &t.turns {
+        for len in prompt_chars(plan, t) {
             chars += len as f64;
             n += 1.0;
-            len += turn
-                .recorded
-                .as_ref()
-                .map_or(plan.max_new_tokens as usize * 4, |r| r.len());
-            len += turn
-                .after
-                .iter()
-                .map(|m| m.content.len() + 20)
-                .sum::<usize>();
         }
     }
     let context = ((chars / n.max(1.0)) / 4.0).round().max(1.0) as u64;
