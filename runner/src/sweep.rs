@@ -542,7 +542,9 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     ));
     let nonce = format!("{:08x}", rand::random::<u32>());
 
-    // Every GPU's cells, GPUs in parallel.
+    // Every GPU's cells, GPUs in parallel. A GPU that stops says so at once (the others go
+    // on, and the run ends with its error): not only when the last GPU is done, hours later.
+    let n_gpus = servers.len();
     let gpu_runs = servers
         .into_iter()
         .zip(progress.iter().cloned())
@@ -553,7 +555,8 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
                 .filter(|c| c.gpu == server.gpu)
                 .map(|c| (c.clone(), todo.get(c).cloned().unwrap_or_default()))
                 .collect();
-            run_gpu(GpuRun {
+            let gpu = server.gpu.clone();
+            let run = run_gpu(GpuRun {
                 plan: &plan,
                 server,
                 cells: gpu_cells,
@@ -568,10 +571,25 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
                 nonce: nonce.clone(),
                 recorded_lens: recorded_lens.clone(),
                 template: template.clone(),
-            })
+            });
+            async move {
+                let r = run.await.map_err(|e| {
+                    if e.to_string().starts_with("GPU ") {
+                        e
+                    } else {
+                        e.context(format!("GPU {gpu}"))
+                    }
+                });
+                if let (Err(e), true) = (&r, n_gpus > 1) {
+                    tracing::error!(
+                        "GPU {gpu} stopped: {e:#}. The other GPUs go on; the run ends with this error"
+                    );
+                }
+                r
+            }
         });
     let result = tokio::select! {
-        r = futures::future::join_all(gpu_runs) => r.into_iter().collect::<anyhow::Result<Vec<()>>>().map(|_| ()),
+        r = futures::future::join_all(gpu_runs) => gpu_errors(r.into_iter().filter_map(Result::err).collect()),
         sig = stop.recv() => Err(anyhow::anyhow!(
             "interrupted ({sig}): servers stopped; finish the run with --resume {run_id}"
         )),
@@ -597,6 +615,21 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     }
     println!("results: {}", dir.display());
     Ok(())
+}
+
+/// The errors that stopped GPUs, every one of them (not only the first).
+fn gpu_errors(mut errs: Vec<anyhow::Error>) -> anyhow::Result<()> {
+    match errs.len() {
+        0 => Ok(()),
+        1 => Err(errs.remove(0)),
+        n => Err(anyhow::anyhow!(
+            "{n} GPUs stopped:\n{}",
+            errs.iter()
+                .map(|e| format!("  {e:#}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )),
+    }
 }
 
 /// The signals that end a sweep early: Ctrl-C, SIGTERM, SIGHUP. Once installed they no
@@ -1280,4 +1313,25 @@ fn limits(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_gpu_that_stopped_is_named_in_the_runs_error() {
+        assert!(gpu_errors(vec![]).is_ok());
+        let one = gpu_errors(vec![anyhow::anyhow!("GPU 1: disk full")]).unwrap_err();
+        assert_eq!(format!("{one:#}"), "GPU 1: disk full");
+        let two = gpu_errors(vec![
+            anyhow::anyhow!("GPU 0: launch failed"),
+            anyhow::anyhow!("GPU 2: disk full").context("cell x"),
+        ])
+        .unwrap_err();
+        let text = format!("{two:#}");
+        assert!(text.starts_with("2 GPUs stopped"), "{text}");
+        assert!(text.contains("GPU 0: launch failed"), "{text}");
+        assert!(text.contains("cell x: GPU 2: disk full"), "{text}");
+    }
 }

@@ -196,6 +196,68 @@ fn a_launched_server_that_dies_is_launched_again_and_its_cell_rerun() {
 }
 
 #[test]
+fn a_gpu_that_stops_says_so_at_once_and_the_others_finish() {
+    // GPU 1's server dies after 3 answers at every launch (so its cell fails after the
+    // relaunches it is allowed); GPU 0's is slow and well. The runner says GPU 1 stopped
+    // while GPU 0 still runs, GPU 0 finishes its cells, and the run ends with GPU 1's error.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script = "if [ \"$CUDA_VISIBLE_DEVICES\" = 1 ]; then \
+                  exec \"$@\" --sim-time-scale 20 --sim-fault exit-after=3; \
+                  else exec \"$@\" --sim-time-scale 3; fi";
+    let mut cmd: Vec<&str> = vec!["sh", "-c", script, "sh"];
+    let mut sim = serve_sim(&[]);
+    let i = sim.iter().position(|a| *a == "1000").unwrap();
+    sim.drain(i - 1..=i);
+    cmd.extend(sim);
+    let p = plan(tmp.path(), port, &cmd, "");
+    let mut args = small_with(
+        tmp.path(),
+        "one-stops",
+        &[
+            ("--gpus", "0,1"),
+            ("--cache-modes", "prefix"),
+            ("--think-time", "replay"),
+        ],
+    );
+    args.extend(["--plan".into(), p.display().to_string()]);
+    let mut child = runner()
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the run ended without saying GPU 1 stopped:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("GPU 1 stopped") {
+            break;
+        }
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "said while GPU 0 still runs:\n{seen}"
+    );
+    assert!(seen.contains("The other GPUs go on"), "{seen}");
+    std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{seen}");
+    let tail = seen.lines().last().unwrap_or_default();
+    assert!(
+        tail.contains("GPU 1") && tail.contains("--resume one-stops"),
+        "{seen}"
+    );
+    let run = Run::load(&tmp.path().join("one-stops"));
+    let gpu0: Vec<_> = run.turns().into_iter().filter(|r| r.gpu == "0").collect();
+    assert_eq!(gpu0.len(), 2 * 2 * 4, "GPU 0's two cells, whole");
+    assert!(gpu0.iter().all(|r| r.error.is_none()));
+}
+
+#[test]
 fn an_attached_server_that_dies_is_waited_for_and_its_cell_rerun() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
