@@ -120,6 +120,8 @@ pub struct BestRow {
     pub tok_s: String,
     pub traj_s: String,
     pub avg_traj: String,
+    /// The cell's failed turns (its figures cover the trajectories that did not fail).
+    pub failed: String,
     /// The best cell of the GPU by the seed's other two criteria, `mode · c=N (value)`.
     pub best_traj_s: String,
     pub best_avg_traj: String,
@@ -163,6 +165,8 @@ pub struct SeedRow {
     pub tok_turn: String,
     pub failed_turns: String,
     pub best: bool,
+    /// See [`partial`].
+    pub partial: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,6 +181,8 @@ pub struct SeedTable {
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyRow {
     pub concurrency: String,
+    /// See [`partial`].
+    pub partial: Option<&'static str>,
     /// TTFT, ITL (per-turn mean), E2E: p50, p90, p99 each, in ms.
     pub values: Vec<String>,
     pub cache_hit: String,
@@ -516,6 +522,23 @@ pub fn prompt_caveat(man: &Manifest) -> Option<String> {
         })
 }
 
+/// What keeps a cell's figures from being those of one whole measured cell, if anything: an
+/// interrupted run left it part-way ("unfinished"), or an earlier runner resumed it in two
+/// parts ("in parts"; see [`resumed`]). Such cells are marked in the tables and left out of
+/// the charts that compare cells, the speed-ups and the best configuration.
+pub fn partial(c: &CellSummary) -> Option<&'static str> {
+    if c.complete != Some(false) {
+        return None;
+    }
+    // A failed turn ends its trajectory: failed trajectories = failed turns.
+    let finished = (c.trajectories_ok + c.failed_turns).min(c.trajectories);
+    Some(if finished < c.trajectories_planned.unwrap_or(u64::MAX) {
+        "unfinished"
+    } else {
+        "in parts"
+    })
+}
+
 /// A warning for each `none` cell whose server reused cached tokens all the same (an attached
 /// server started without `--disable-radix-cache`): its figures are not those of no reuse.
 pub fn cache_not_off<'a>(cells: impl Iterator<Item = &'a CellSummary>) -> Option<String> {
@@ -761,7 +784,12 @@ fn index_page(
                 for gpu in a.gpus() {
                     let group = group_of(gpu, groups);
                     groups += 1;
-                    let cells: Vec<&CellSummary> = a.cells_of(gpu).map(|c| &c.summary).collect();
+                    // Cells left part-way are not compared (marked on the GPU page).
+                    let cells: Vec<&CellSummary> = a
+                        .cells_of(gpu)
+                        .map(|c| &c.summary)
+                        .filter(|c| partial(c).is_none())
+                        .collect();
                     tradeoff_groups.push((group.clone(), cells.clone()));
                     if let Some(b) = overall_best(&a.best, gpu, "output_tok_per_s") {
                         if let Some(c) = cells.iter().find(|c| {
@@ -778,8 +806,16 @@ fn index_page(
                                 tok_s: num(c.output_tok_per_s, 1),
                                 traj_s: num(c.traj_per_s, 4),
                                 avg_traj: opt(c.avg_traj_time_s, 2),
-                                best_traj_s: best_by(&a.best, gpu, "traj_per_s", 4, ""),
-                                best_avg_traj: best_by(&a.best, gpu, "avg_traj_time_s", 2, " s"),
+                                failed: c.failed_turns.to_string(),
+                                best_traj_s: best_by(&a.best, &cells, gpu, "traj_per_s", 4, ""),
+                                best_avg_traj: best_by(
+                                    &a.best,
+                                    &cells,
+                                    gpu,
+                                    "avg_traj_time_s",
+                                    2,
+                                    " s",
+                                ),
                             });
                         }
                     }
@@ -886,6 +922,7 @@ fn index_page(
                         tok_s: format!("{} words/s", opt(row.tok_per_s, 1)),
                         traj_s: opt(row.traj_per_s, 4),
                         avg_traj: opt(row.avg_traj_time_s, 2),
+                        failed: "—".into(),
                         best_traj_s: "—".into(),
                         best_avg_traj: "—".into(),
                     });
@@ -1006,9 +1043,11 @@ fn overall_best<'a>(
         .find(|b| b.gpu == gpu && b.cache_mode.is_none() && b.criterion == criterion)
 }
 
-/// [`overall_best`] as `mode · c=N (value)`.
+/// [`overall_best`] as `mode · c=N (value)`, with the cell's failed turns if it had any
+/// (its figures then cover the trajectories that did not fail).
 fn best_by(
     best: &[turnbench_schema::BestCell],
+    cells: &[&CellSummary],
     gpu: &str,
     criterion: &str,
     decimals: usize,
@@ -1017,14 +1056,28 @@ fn best_by(
     overall_best(best, gpu, criterion).map_or_else(
         || "—".into(),
         |b| {
+            let failed = cells
+                .iter()
+                .find(|c| c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency)
+                .map_or(0, |c| c.failed_turns);
             format!(
-                "{} · c={} ({}{unit})",
+                "{} · c={} ({}{unit}){}",
                 b.best_cache_mode,
                 b.best_concurrency,
-                num(b.value, decimals)
+                num(b.value, decimals),
+                failed_note(failed)
             )
         },
     )
+}
+
+/// `, N failed turn(s)` when N > 0.
+fn failed_note(failed: u64) -> String {
+    match failed {
+        0 => String::new(),
+        1 => ", 1 failed turn".into(),
+        n => format!(", {n} failed turns"),
+    }
 }
 
 fn legacy_best(rows: &[LegacyRow]) -> Option<&LegacyRow> {
@@ -1070,6 +1123,7 @@ fn seed_row(c: &CellSummary, best: bool) -> SeedRow {
         tok_turn: opt(c.tokens_per_turn, 1),
         failed_turns: c.failed_turns.to_string(),
         best,
+        partial: partial(c),
     }
 }
 
@@ -1137,6 +1191,7 @@ fn measured_section(
                     values.extend(pct3(&s.e2e));
                     LatencyRow {
                         concurrency: s.concurrency.to_string(),
+                        partial: partial(s),
                         values,
                         cache_hit: s
                             .cache_hit_ratio
@@ -1156,6 +1211,7 @@ fn measured_section(
             name: mode.to_string(),
             points: mc
                 .iter()
+                .filter(|c| partial(&c.summary).is_none())
                 .map(|c| (c.summary.concurrency, c.summary.output_tok_per_s))
                 .collect(),
             limit: false,
@@ -1177,7 +1233,11 @@ fn measured_section(
         "Token throughput vs concurrency",
         &lines,
     ));
-    let summaries: Vec<&CellSummary> = cells.iter().map(|c| &c.summary).collect();
+    let summaries: Vec<&CellSummary> = cells
+        .iter()
+        .map(|c| &c.summary)
+        .filter(|c| partial(c).is_none())
+        .collect();
     charts_out.extend(tradeoff_charts(
         ids,
         &[PER_TRAJECTORY, TTFT_P99],
@@ -1251,6 +1311,7 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
             tok_turn: opt(r.tokens_per_turn, 1),
             failed_turns: "—".into(),
             best: best == Some(r.batch_size),
+            partial: None,
         })
         .collect();
     let mut charts_out = Vec::new();

@@ -355,6 +355,85 @@ fn a_cell_an_interrupted_run_left_part_way_is_flagged_and_never_best() {
         .iter()
         .filter(|c| c.summary.concurrency != 2 || c.summary.cache_mode != cut.cache_mode)
         .all(|c| c.summary.complete == Some(true)));
+
+    // Its rows are marked, and it is not compared: no speed-up against it, no point of it in
+    // the charts that compare cells (here and on the index).
+    let prefix_table = &page[page.find("data-cache-mode=\"prefix\"").unwrap()..];
+    let prefix_table = &prefix_table[..prefix_table.find("</table>").unwrap()];
+    assert!(
+        prefix_table.contains(
+            "<td data-col=\"concurrency\">2 <span class=\"badge partial\">unfinished</span>"
+        ),
+        "{prefix_table}"
+    );
+    assert!(!prefix_table.contains("1 <span class=\"badge partial\">"));
+    let index = read(&site.join("index.html"));
+    let table = &index[index.find("<table id=\"speedup\">").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let rows: Vec<&str> = table.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let row_of = |c: &str| {
+        *rows
+            .iter()
+            .find(|r| r.contains(&format!("<td>{c}</td><td class=\"text\">none</td>")))
+            .unwrap()
+    };
+    assert!(row_of("2").contains("<td>— (—)</td>"), "{table}");
+    assert!(!row_of("1").contains("—"), "{table}");
+    let runs = vec![report::load::Run {
+        source: "cut".into(),
+        data: report::load::RunData::Measured(Box::new(loaded)),
+    }];
+    let gpus = report::pages::gpu_links(&runs);
+    let s = report::pages::site("t", &runs, &[Some(agg)], gpus, &[], 1000);
+    let charts = s
+        .index
+        .charts
+        .iter()
+        .chain(&s.gpu_pages[0].sections[0].charts);
+    let mut compared = 0;
+    for chart in charts {
+        if !(chart.title.contains("vs concurrency")
+            || chart.title.contains("speed-up")
+            || chart.title.contains(" vs "))
+        {
+            continue;
+        }
+        for trace in &chart.data {
+            let name = trace["name"].as_str().unwrap_or_default();
+            if !name.starts_with("prefix") {
+                continue;
+            }
+            compared += 1;
+            // Concurrency is the x of a line against concurrency, `c=N` in the x of the
+            // speed-up bars and in the labels of a throughput-vs-latency line.
+            let values = |k: &str| trace[k].as_array().cloned().unwrap_or_default();
+            let mut points: Vec<String> = values("x")
+                .iter()
+                .chain(&values("text"))
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if chart.title.contains("vs concurrency") {
+                points.extend(
+                    values("x")
+                        .iter()
+                        .filter_map(|v| v.as_f64())
+                        .map(|x| format!("c={x}")),
+                );
+            }
+            assert!(
+                !points.iter().any(|p| p == "c=2"),
+                "{}: {name} {points:?}",
+                chart.title
+            );
+            assert!(
+                points.iter().any(|p| p == "c=1"),
+                "{}: {name} {points:?}",
+                chart.title
+            );
+        }
+    }
+    assert!(compared >= 3, "{compared}");
 }
 
 #[test]
@@ -438,4 +517,59 @@ fn cells_a_resumed_run_finished_are_named() {
     let page = read(&site.join("gpu-h100.html"));
     assert!(page.contains("Re-run: none at concurrency 1 was stopped part-way"));
     assert!(!page.contains("Resumed in parts"));
+}
+
+#[test]
+fn the_index_says_when_a_best_cell_had_failed_turns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = tiny_spec("faulty");
+    spec.error_rate = 0.25;
+    spec.trajectories = 6;
+    let run = write_run(tmp.path(), "faulty", &spec);
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let agg = report::aggregate::aggregate(&report::load::load_dir(&run).unwrap());
+    let failed_of = |criterion: &str| {
+        let b = agg
+            .best
+            .iter()
+            .find(|b| b.cache_mode.is_none() && b.criterion == criterion)
+            .unwrap();
+        agg.cells
+            .iter()
+            .map(|c| &c.summary)
+            .find(|c| c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency)
+            .unwrap()
+            .failed_turns
+    };
+    let index = read(&site.join("index.html"));
+    let table = &index[index.find("<table id=\"best\">").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    assert!(table.contains("<th>Failed turns</th>"), "{table}");
+    let row = table.split("<tr>").nth(2).unwrap();
+    let cells: Vec<&str> = row.split("<td").collect();
+    // GPU, run, mode, concurrency, tok/s, traj/s, avg/traj, failed turns, best by traj/s, …
+    assert!(
+        cells[8].starts_with(&format!(">{}<", failed_of("output_tok_per_s"))),
+        "{row}"
+    );
+    for (criterion, cell) in [("traj_per_s", cells[9]), ("avg_traj_time_s", cells[10])] {
+        let n = failed_of(criterion);
+        assert_eq!(
+            cell.contains("failed turn"),
+            n > 0,
+            "{criterion}: {n} failed: {row}"
+        );
+        if n > 1 {
+            assert!(
+                cell.contains(&format!(", {n} failed turns)"))
+                    || cell.contains(&format!(", {n} failed turns<")),
+                "{row}"
+            );
+        }
+    }
+    assert!(
+        agg.cells.iter().any(|c| c.summary.failed_turns > 0),
+        "the fixture has failures"
+    );
 }
