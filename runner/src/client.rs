@@ -211,6 +211,10 @@ pub struct Outcome {
     /// `prefill_finished_time` (Unix seconds on the server's engine clock): when the first
     /// token was ready.
     pub server_first_ready: Option<f64>,
+    /// Chunks held several tokens the stream did not count (an OpenAI stream without
+    /// per-chunk usage, `stream_options.continuous_usage_stats`): each content chunk was then
+    /// taken for one token, so the inter-token gaps are per chunk, not per token.
+    pub itl_per_chunk: bool,
 }
 
 /// A connection to one server.
@@ -759,6 +763,8 @@ struct StreamState {
     server_first_ready: Option<f64>,
     done: bool,
     saw_usage_per_chunk: bool,
+    /// A content chunk without a token count was taken for one token.
+    guessed_tokens: bool,
     /// The last native chunk's `text` as it was sent (the JSON string's inside, escapes and
     /// all), which the next chunk's cumulative `text` begins with ([`lean_native`]); empty
     /// when unknown.
@@ -796,6 +802,7 @@ impl StreamState {
             server_first_ready: None,
             done: false,
             saw_usage_per_chunk: false,
+            guessed_tokens: false,
             raw_text: String::new(),
             raw_ids: String::new(),
             scratch: String::new(),
@@ -1032,6 +1039,7 @@ impl StreamState {
                         n
                     }
                     None => {
+                        self.guessed_tokens = true;
                         self.last_tokens += 1;
                         1
                     }
@@ -1072,6 +1080,11 @@ impl StreamState {
             None if self.cache_report && self.final_usage => Some(0),
             c => c,
         };
+        // One token counted for the first content chunk and for each later one.
+        let itl_per_chunk = self.guessed_tokens
+            && self
+                .completion_tokens
+                .is_some_and(|n| n > 1 + self.timing.chunks.len() as u64);
         Outcome {
             timing: self.timing,
             text: self.text,
@@ -1086,6 +1099,7 @@ impl StreamState {
             server_sent: self.server_sent,
             server_ttft: self.server_ttft,
             server_first_ready: self.server_first_ready,
+            itl_per_chunk,
         }
     }
 }
@@ -1896,6 +1910,62 @@ mod tests {
                 "{upto}"
             );
         }
+    }
+
+    #[test]
+    fn openai_chunks_without_counts_are_flagged_when_they_held_several_tokens() {
+        let t0 = Instant::now();
+        let chunk = |text: &str, usage: &str| {
+            format!(
+                r#"{{"id":"a","choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":null}}],"usage":{usage}}}"#
+            )
+        };
+        let last = |n: u64| {
+            format!(
+                r#"{{"id":"a","choices":[],"usage":{{"prompt_tokens":5,"completion_tokens":{n}}}}}"#
+            )
+        };
+        // (chunks, final count, per chunk?): one token per chunk is exact; more tokens than
+        // chunks without per-chunk usage is not; with per-chunk usage it is counted.
+        let cases = [
+            (
+                vec![chunk("a", "null"), chunk("b", "null"), chunk("c", "null")],
+                3,
+                false,
+            ),
+            (vec![chunk("a b", "null"), chunk("c d e", "null")], 5, true),
+            (
+                vec![
+                    chunk("a b", r#"{"prompt_tokens":5,"completion_tokens":2}"#),
+                    chunk("c d e", r#"{"prompt_tokens":5,"completion_tokens":5}"#),
+                ],
+                5,
+                false,
+            ),
+        ];
+        for (chunks, n, per_chunk) in cases {
+            let mut st = StreamState::new(t0);
+            for (i, c) in chunks.iter().chain([&last(n)]).enumerate() {
+                st.chunk(c, Api::Openai, t0 + Duration::from_millis(i as u64))
+                    .unwrap();
+            }
+            let o = st.finish();
+            assert_eq!(o.completion_tokens, Some(n));
+            assert_eq!(o.itl_per_chunk, per_chunk, "{chunks:?}");
+        }
+        // Native chunks always count their tokens.
+        let mut st = StreamState::new(t0);
+        for (i, c) in [
+            native_chunk_json("a b", 2, "null"),
+            native_chunk_json("a b c d", 4, r#"{"type": "length", "length": 4}"#),
+        ]
+        .iter()
+        .enumerate()
+        {
+            st.chunk(c, Api::Native, t0 + Duration::from_millis(i as u64))
+                .unwrap();
+        }
+        assert!(!st.finish().itl_per_chunk);
     }
 
     /// `cargo test -p runner --release --lib client::tests::parse_cost -- --ignored --nocapture`

@@ -73,6 +73,8 @@ pub struct CellCtx {
     /// (client TTFT, server TTFT) of the cell's successful turns that had both, engine
     /// seconds: their difference is what the harness adds (network, HTTP, the client).
     pub ttft_pairs: Mutex<Vec<(f64, f64)>>,
+    /// Turns whose inter-token gaps are per chunk ([`crate::client::Outcome::itl_per_chunk`]).
+    pub itl_per_chunk: std::sync::atomic::AtomicU64,
 }
 
 /// The cell's server stopped answering: a turn lost its connection and the server no longer
@@ -275,6 +277,9 @@ async fn run_turns(
                 .unwrap_or_else(|e| e.into_inner())
                 .push((c, s));
         }
+        if out.itl_per_chunk {
+            ctx.itl_per_chunk.fetch_add(1, Ordering::Relaxed);
+        }
         ctx.progress
             .turn_done(out.completion_tokens.unwrap_or(0), failed);
         ctx.recorder.turn(rec)?;
@@ -332,6 +337,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
         server_sent: None,
         server_ttft: None,
         server_first_ready: None,
+        itl_per_chunk: false,
     }
 }
 

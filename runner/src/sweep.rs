@@ -700,6 +700,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     let mut warned_none = false;
     let mut warned_lag = false;
     let mut warned_harness = false;
+    let mut warned_per_chunk = false;
     let turn_counts: Vec<usize> = workload
         .trajectories
         .iter()
@@ -779,6 +780,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 progress: progress.clone(),
                 nonce: nonce.clone(),
                 ttft_pairs: Mutex::new(Vec::new()),
+                itl_per_chunk: Default::default(),
             });
             let cell_name = format!(
                 "GPU {gpu}, cache mode {}, concurrency {}",
@@ -788,6 +790,17 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 Ok(()) => {
                     if scale > 1.0 && !warned_harness {
                         warned_harness = warn_harness(&gpu, scale, &ctx);
+                    }
+                    let per_chunk = ctx.itl_per_chunk.load(std::sync::atomic::Ordering::Relaxed);
+                    if per_chunk > 0 && !warned_per_chunk {
+                        warned_per_chunk = true;
+                        tracing::warn!(
+                            "{cell_name}: in {per_chunk} turn(s) the server sent several tokens in \
+                             one chunk without saying how many (it ignores \
+                             stream_options.continuous_usage_stats): their inter-token latency \
+                             is per chunk, not per token (TTFT, E2E and token counts are not \
+                             affected; --api native counts tokens in every chunk)"
+                        );
                     }
                     break;
                 }

@@ -11,7 +11,10 @@
 //! - inter-token latency (`itl`): for each content chunk after the first, the gap since the
 //!   previous content chunk divided evenly over the tokens it added (the change in the server's
 //!   `completion_tokens`), as SGLang's `bench_serving.py` does; chunks that add no token are
-//!   skipped. `itl` summarizes those per-token gaps for this turn.
+//!   skipped. `itl` summarizes those per-token gaps for this turn. OpenAI streams give the
+//!   count per chunk when asked (`stream_options.continuous_usage_stats`, which the runner
+//!   sends); from a server that ignores it each content chunk counts as one token, so a chunk
+//!   holding several makes that turn's gaps per chunk (the sweep warns when that happened).
 //! - a chunk's time is when its bytes reached the client machine: the kernel's receive time of
 //!   the TCP segment that completed it (`SO_TIMESTAMPNS`), put on the monotonic clock, so the
 //!   client's own scheduling delay is not counted; the time it was read when the kernel gives

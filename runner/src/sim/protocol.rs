@@ -70,6 +70,19 @@ pub struct SessionParams {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
+    /// With `include_usage`: a usage object (prompt and completion counts so far, never cached
+    /// tokens) on every content chunk, as SGLang's `should_include_usage`.
+    #[serde(default)]
+    pub continuous_usage_stats: bool,
+}
+
+impl StreamOptions {
+    /// (include_usage, continuous usage) of a request's `stream_options`.
+    pub fn usage(o: Option<&StreamOptions>) -> (bool, bool) {
+        o.map_or((false, false), |o| {
+            (o.include_usage, o.include_usage && o.continuous_usage_stats)
+        })
+    }
 }
 
 /// `POST /v1/chat/completions` body.

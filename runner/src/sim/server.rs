@@ -789,6 +789,15 @@ impl Running {
         }
     }
 
+    /// The usage SGLang puts on each content chunk with `continuous_usage_stats`: the counts
+    /// so far, never cached tokens.
+    fn running_usage(&self) -> Usage {
+        Usage {
+            prompt_tokens_details: None,
+            ..self.usage()
+        }
+    }
+
     fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_tokens,
@@ -826,12 +835,14 @@ enum Route {
         model: String,
         created: u64,
         include_usage: bool,
+        continuous_usage: bool,
     },
     Completion {
         id: String,
         model: String,
         created: u64,
         include_usage: bool,
+        continuous_usage: bool,
     },
 }
 
@@ -960,7 +971,11 @@ impl SseJob {
             }
             Route::Native { index } => sse(out, &r.native_json(*index, None)),
             Route::Chat {
-                id, model, created, ..
+                id,
+                model,
+                created,
+                continuous_usage,
+                ..
             } => {
                 if r.aborted.is_some() {
                     return out;
@@ -987,13 +1002,17 @@ impl SseJob {
                         finish_reason: None,
                         matched_stop: Value::Null,
                     }],
-                    usage: None,
+                    usage: continuous_usage.then(|| r.running_usage()),
                 };
                 self.text_sent = text.len();
                 sse(out, &serde_json::to_vec(&chunk).expect("chunk"))
             }
             Route::Completion {
-                id, model, created, ..
+                id,
+                model,
+                created,
+                continuous_usage,
+                ..
             } => {
                 if r.aborted.is_some() {
                     return out;
@@ -1018,7 +1037,7 @@ impl SseJob {
                         finish_reason: finish,
                         matched_stop: matched,
                     }],
-                    usage: None,
+                    usage: continuous_usage.then(|| r.running_usage()),
                 };
                 self.text_sent = text.len();
                 sse(out, &serde_json::to_vec(&chunk).expect("chunk"))
@@ -1037,6 +1056,7 @@ impl SseJob {
                 model,
                 created,
                 include_usage,
+                ..
             } => {
                 if let Some(m) = aborted {
                     let e = ApiError::openai(StatusCode::INTERNAL_SERVER_ERROR, m);
@@ -1084,6 +1104,7 @@ impl SseJob {
                 model,
                 created,
                 include_usage,
+                ..
             } => {
                 if let Some(m) = aborted {
                     let e = ApiError::openai(StatusCode::INTERNAL_SERVER_ERROR, m);
@@ -1323,6 +1344,8 @@ struct OpenAiCall {
     model: String,
     stream: bool,
     include_usage: bool,
+    /// `stream_options.continuous_usage_stats` (with include_usage).
+    continuous_usage: bool,
     chat: bool,
 }
 
@@ -1358,7 +1381,8 @@ async fn chat_completions(State(st): State<St>, headers: HeaderMap, body: Bytes)
         rid: req.rid,
         model: req.model.unwrap_or_else(|| "default".into()),
         stream: req.stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        include_usage: p::StreamOptions::usage(req.stream_options.as_ref()).0,
+        continuous_usage: p::StreamOptions::usage(req.stream_options.as_ref()).1,
         chat: true,
     };
     openai(st, call).await
@@ -1407,7 +1431,8 @@ async fn completions(State(st): State<St>, headers: HeaderMap, body: Bytes) -> R
         rid: req.rid,
         model: req.model.unwrap_or_else(|| "default".into()),
         stream: req.stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        include_usage: p::StreamOptions::usage(req.stream_options.as_ref()).0,
+        continuous_usage: p::StreamOptions::usage(req.stream_options.as_ref()).1,
         chat: false,
     };
     openai(st, call).await
@@ -1445,6 +1470,7 @@ async fn openai(st: St, call: OpenAiCall) -> Response {
                 model: call.model,
                 created,
                 include_usage: call.include_usage,
+                continuous_usage: call.continuous_usage,
             }
         } else {
             Route::Completion {
@@ -1452,6 +1478,7 @@ async fn openai(st: St, call: OpenAiCall) -> Response {
                 model: call.model,
                 created,
                 include_usage: call.include_usage,
+                continuous_usage: call.continuous_usage,
             }
         };
         return sse_response(sse_stream(SseJob {

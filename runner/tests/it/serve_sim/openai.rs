@@ -150,3 +150,73 @@ async fn completions_stream_carries_finish_on_the_last_content_chunk() {
     assert_eq!(u(&v, "/usage/prompt_tokens"), 3);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn continuous_usage_stats_put_the_counts_so_far_on_every_content_chunk() {
+    // `--enable-cache-report` and a prompt sent twice: the final usage has cached tokens,
+    // the per-chunk usages never do (SGLang's calculate_token_usage).
+    let h = server(&["--sim-time-scale", "inf", "--enable-cache-report"]).await;
+    let messages = json!([{"role": "user", "content": "Tell me a long story about a cat."}]);
+    for _ in 0..2 {
+        let (status, data) = stream(
+            &h,
+            "/v1/chat/completions",
+            json!({"messages": messages, "stream": true, "temperature": 0, "max_tokens": 64,
+                   "ignore_eos": true,
+                   "stream_options": {"include_usage": true, "continuous_usage_stats": true}}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let chunks = chunks(&data);
+        let n = chunks.len();
+        assert!(chunks[0]["usage"].is_null(), "the role chunk has none");
+        assert!(
+            chunks[n - 2]["usage"].is_null(),
+            "the finish chunk has none"
+        );
+        let mut last = 0;
+        let mut text = 0;
+        for c in &chunks[1..n - 2] {
+            let usage = &c["usage"];
+            let done = u(usage, "/completion_tokens");
+            assert!(done > last, "counts grow with each chunk: {data:?}");
+            last = done;
+            text += c["choices"][0]["delta"]["content"].as_str().unwrap().len();
+            assert!(usage["prompt_tokens_details"].is_null(), "{usage}");
+            assert_eq!(u(usage, "/total_tokens"), u(usage, "/prompt_tokens") + done);
+        }
+        assert!(text > 0);
+        let fin = &chunks[n - 1]["usage"];
+        assert_eq!(last, u(fin, "/completion_tokens"));
+        assert_eq!(last, 64);
+    }
+    // Without include_usage, continuous_usage_stats alone adds nothing (as SGLang).
+    let (_, data) = stream(
+        &h,
+        "/v1/completions",
+        json!({"prompt": "Once", "stream": true, "max_tokens": 8,
+               "stream_options": {"continuous_usage_stats": true}}),
+    )
+    .await;
+    assert!(
+        chunks(&data).iter().all(|c| c["usage"].is_null()),
+        "{data:?}"
+    );
+    // /v1/completions content chunks carry them too.
+    let (_, data) = stream(
+        &h,
+        "/v1/completions",
+        json!({"prompt": "Once", "stream": true, "max_tokens": 8,
+               "stream_options": {"include_usage": true, "continuous_usage_stats": true}}),
+    )
+    .await;
+    let chunks = chunks(&data);
+    let n = chunks.len();
+    assert!(
+        chunks[..n - 1]
+            .iter()
+            .all(|c| c["usage"]["completion_tokens"].as_u64().is_some()),
+        "{data:?}"
+    );
+    h.shutdown().await;
+}

@@ -348,3 +348,39 @@ fn attach_without_the_servers_api_key_says_so() {
     run_ok(&args);
     rt.block_on(sim.shutdown());
 }
+
+#[test]
+fn openai_streams_split_a_multi_token_chunk_by_its_tokens() {
+    // At a high time scale serve-sim (as SGLang for a lagging client) puts several tokens in
+    // one chat chunk. With `continuous_usage_stats` each chunk says how many tokens it holds,
+    // so the inter-token latency is per token, as on /generate: its mean over a turn matches
+    // the turn's time per output token, for both APIs.
+    let tmp = tempfile::tempdir().unwrap();
+    for api in ["openai", "native"] {
+        run_ok(&small_with(
+            tmp.path(),
+            api,
+            &[
+                ("--api", api),
+                ("--sim-time-scale", "1000"),
+                ("--max-new-tokens", "64"),
+                ("--cache-modes", "prefix"),
+                ("--batch-sizes", "2"),
+            ],
+        ));
+        let run = Run::load(&tmp.path().join(api));
+        let mut ratios: Vec<f64> = run
+            .turns()
+            .iter()
+            .filter(|r| r.completion_tokens.unwrap_or(0) >= 16)
+            .filter_map(|r| Some(r.itl.as_ref()?.mean / r.tpot()?))
+            .collect();
+        assert!(ratios.len() >= 4, "{api}: {ratios:?}");
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        assert!(
+            (0.8..1.25).contains(&median),
+            "{api}: ITL ÷ TPOT {ratios:?}"
+        );
+    }
+}
