@@ -74,13 +74,16 @@ pub struct CellSeries {
     pub itl_quantiles: Vec<f64>,
 }
 
-/// One telemetry series: (gpu, source, key) → points.
+/// One telemetry series: (gpu, source, key) → points, one list per session of the run.
+/// A resumed run's telemetry is its sessions one after another, each timed from its own
+/// start; here each later session's times go on from the end of the one before (the time the
+/// run was stopped is not on this axis).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TelemetrySeries {
     pub gpu: String,
     pub source: String,
     pub key: String,
-    pub points: Vec<(f64, f64)>,
+    pub sessions: Vec<Vec<(f64, f64)>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -251,29 +254,55 @@ struct TurnAcc {
 }
 
 fn telemetry_series(samples: &[TelemetrySample]) -> Vec<TelemetrySeries> {
-    // (gpu, source, key) → points.
+    // (gpu, source, key) → session → points. Samples are in the order written, and one
+    // GPU's samples from one source a second apart: a session (the first run, then each
+    // resume) starts where that stream's time goes back.
     type Key<'a> = (&'a str, &'a str, &'a str);
-    let mut series: BTreeMap<Key<'_>, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut series: BTreeMap<Key<'_>, BTreeMap<usize, Vec<(f64, f64)>>> = BTreeMap::new();
+    // (gpu, source) → (session, offset, last time, end of the sessions so far).
+    let mut streams: BTreeMap<(&str, &str), (usize, f64, f64, f64)> = BTreeMap::new();
     for s in samples {
+        if !s.t.is_finite() {
+            continue;
+        }
+        let (session, offset, last, end) = streams
+            .entry((s.gpu.as_str(), s.source.as_str()))
+            .or_insert((0, 0.0, f64::NEG_INFINITY, 0.0));
+        if s.t < *last {
+            *session += 1;
+            *offset = *end;
+        }
+        *last = s.t;
+        let t = s.t + *offset;
+        *end = end.max(t);
+        let session = *session;
         for (k, v) in &s.values {
             if v.is_finite() {
                 series
                     .entry((s.gpu.as_str(), s.source.as_str(), k.as_str()))
                     .or_default()
-                    .push((s.t, *v));
+                    .entry(session)
+                    .or_default()
+                    .push((t, *v));
             }
         }
     }
     series
         .into_iter()
-        .map(|((gpu, source, key), mut points)| {
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let step = points.len().div_ceil(TELEMETRY_POINTS).max(1);
+        .map(|((gpu, source, key), sessions)| {
+            let n: usize = sessions.values().map(Vec::len).sum();
+            let step = n.div_ceil(TELEMETRY_POINTS).max(1);
             TelemetrySeries {
                 gpu: gpu.to_string(),
                 source: source.to_string(),
                 key: key.to_string(),
-                points: points.into_iter().step_by(step).collect(),
+                sessions: sessions
+                    .into_values()
+                    .map(|mut points| {
+                        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                        points.into_iter().step_by(step).collect()
+                    })
+                    .collect(),
             }
         })
         .collect()

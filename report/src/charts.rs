@@ -414,16 +414,42 @@ pub fn latency_distribution(
 }
 
 pub fn telemetry(ids: &mut Ids, series: &TelemetrySeries) -> ChartSpec {
+    let resumed = series.sessions.len() > 1;
+    let data = series
+        .sessions
+        .iter()
+        .enumerate()
+        .map(|(i, points)| {
+            let name = if resumed {
+                format!("{} (session {})", plot_text(&series.key), i + 1)
+            } else {
+                plot_text(&series.key)
+            };
+            json!({"type": "scatter", "mode": "lines", "name": name,
+            "x": points.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
+            "y": points.iter().map(|p| r(p.1)).collect::<Vec<_>>()})
+        })
+        .collect();
     ChartSpec {
         id: ids.next_id(),
         title: format!("Telemetry: {} / {}", series.source, series.key),
-        note: "Sampled during the run; time is seconds since the run started.".into(),
-        data: vec![
-            json!({"type": "scatter", "mode": "lines", "name": plot_text(&series.key),
-            "x": series.points.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
-            "y": series.points.iter().map(|p| r(p.1)).collect::<Vec<_>>()}),
-        ],
-        layout: layout("time since run start (s)", &plot_text(&series.key)),
+        note: if resumed {
+            "Sampled during the run, which ran in several sessions (resumed): each session is a \
+             line of its own, timed from where the one before ended (the time between sessions \
+             is left out); a server counter starts again with the server each session launched."
+                .into()
+        } else {
+            "Sampled during the run; time is seconds since the run started.".into()
+        },
+        data,
+        layout: layout(
+            if resumed {
+                "run time, sessions end to end (s)"
+            } else {
+                "time since run start (s)"
+            },
+            &plot_text(&series.key),
+        ),
     }
 }
 

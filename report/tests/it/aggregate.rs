@@ -1,6 +1,8 @@
 //! Time series and per-turn statistics on hand-made records whose answers are known.
 
-use report::aggregate::{cell_series, TIME_POINTS};
+use crate::support::{tiny_spec, write_run};
+use report::aggregate::{self, cell_series, TIME_POINTS};
+use report::load;
 use turnbench_schema::{CacheMode, TurnRecord};
 
 fn record(
@@ -93,4 +95,59 @@ fn throughput_windows_and_in_flight() {
     // Quantile curves: 101 points from min to max.
     assert_eq!(s.e2e_quantiles.len(), 101);
     assert_eq!((s.e2e_quantiles[0], s.e2e_quantiles[100]), (5.0, 15.0));
+}
+
+#[test]
+fn a_resumed_runs_telemetry_is_its_sessions_end_to_end() {
+    // A resume appends telemetry timed from its own start: the second session's samples
+    // start again near 0. Each session is a series of its own, placed after the one before.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = write_run(tmp.path(), "tele", &tiny_spec("tele"));
+    let path = dir.join("telemetry.jsonl");
+    let first = std::fs::read_to_string(&path).unwrap();
+    let samples: Vec<turnbench_schema::TelemetrySample> = first
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let end = samples.iter().map(|s| s.t).fold(0.0, f64::max);
+    let mut text = first.clone();
+    for (i, v) in [7.0, 8.0, 9.0].into_iter().enumerate() {
+        let mut s = samples[0].clone();
+        s.t = 0.01 + i as f64;
+        s.values = [("num_running_reqs".to_string(), v)].into();
+        text.push_str(&serde_json::to_string(&s).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    let agg = aggregate::aggregate(&load::load_dir(&dir).unwrap());
+    let series: Vec<_> = agg
+        .telemetry
+        .iter()
+        .filter(|t| t.gpu == samples[0].gpu && t.key == "num_running_reqs")
+        .collect();
+    assert_eq!(series.len(), 1);
+    let sessions = &series[0].sessions;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let ys: Vec<f64> = sessions[1].iter().map(|p| p.1).collect();
+    assert_eq!(ys, [7.0, 8.0, 9.0]);
+    let first_end = sessions[0].iter().map(|p| p.0).fold(0.0, f64::max);
+    assert_eq!(first_end, end);
+    let xs: Vec<f64> = sessions[1].iter().map(|p| p.0).collect();
+    assert!(
+        xs[0] >= end && xs.windows(2).all(|w| w[0] < w[1]),
+        "{xs:?} after {end}"
+    );
+    // Each session's points in time order; no other series split.
+    for t in &agg.telemetry {
+        for s in &t.sessions {
+            assert!(s.windows(2).all(|w| w[0].0 <= w[1].0));
+        }
+        if t.gpu != samples[0].gpu || t.key != "num_running_reqs" {
+            assert_eq!(t.sessions.len(), 1, "{}: {:?}", t.key, t.sessions);
+        }
+    }
+    // The chart draws one line per session and says what its axis is.
+    let chart = report::charts::telemetry(&mut report::charts::Ids::default(), series[0]);
+    assert_eq!(chart.data.len(), 2);
+    assert!(chart.note.contains("several sessions"));
 }
