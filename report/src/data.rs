@@ -5,11 +5,25 @@
 //! GitHub refuses files over 100 MB (a million records make a 162 MB CSV), so past
 //! [`TURNS_CSV_PART_ROWS`] records the turns are split into `data/turns-000.csv`,
 //! `data/turns-001.csv`, …, each with the header; [`turns_csv_files`] names them.
+//!
+//! A text field that a spreadsheet would run as a formula (it begins with `=`, `+`, `-`, `@`,
+//! a tab or a carriage return: a run id, a dataset's trajectory id, a server's error message)
+//! is written with a leading `'`, which spreadsheets show as text.
 
 use crate::aggregate::RunAggregate;
 use crate::load::{Run, RunData};
 use anyhow::Context as _;
+use std::borrow::Cow;
 use std::path::Path;
+
+/// `text` as a spreadsheet shows it as text, not a formula (see the module's documentation).
+fn text(s: &str) -> Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{s}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
 
 /// Seconds rounded to the microsecond, so the CSV stays readable and about a third smaller.
 fn us(t: f64) -> f64 {
@@ -18,13 +32,13 @@ fn us(t: f64) -> f64 {
 
 #[derive(serde::Serialize)]
 struct TurnRow<'a> {
-    run_id: &'a str,
+    run_id: Cow<'a, str>,
     simulated: bool,
-    gpu: &'a str,
+    gpu: Cow<'a, str>,
     cache_mode: &'a str,
     concurrency: u32,
     traj: u32,
-    traj_id: &'a str,
+    traj_id: Cow<'a, str>,
     turn: u32,
     attempt: u32,
     t_send: f64,
@@ -40,18 +54,18 @@ struct TurnRow<'a> {
     cached_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     think_time: f64,
-    finish_reason: Option<&'a str>,
-    error: Option<&'a str>,
+    finish_reason: Option<Cow<'a, str>>,
+    error: Option<Cow<'a, str>>,
     in_flight: u32,
 }
 
 #[derive(serde::Serialize)]
 struct SummaryRow<'a> {
-    run_id: &'a str,
+    run_id: Cow<'a, str>,
     simulated: bool,
     /// `measured` or `legacy (words, averaged times)`.
     source: &'a str,
-    gpu: &'a str,
+    gpu: Cow<'a, str>,
     cache_mode: &'a str,
     concurrency: u32,
     trajectories: Option<u64>,
@@ -134,13 +148,13 @@ pub fn write_turns(site: &Path, runs: &[Run], part_rows: usize) -> anyhow::Resul
                 }
                 in_part += 1;
                 w.serialize(TurnRow {
-                    run_id: &m.manifest.run_id,
+                    run_id: text(&m.manifest.run_id),
                     simulated: m.manifest.simulated,
-                    gpu: &r.gpu,
+                    gpu: text(&r.gpu),
                     cache_mode: r.cache_mode.as_str(),
                     concurrency: r.concurrency,
                     traj: r.traj,
-                    traj_id: &r.traj_id,
+                    traj_id: text(&r.traj_id),
                     turn: r.turn,
                     attempt: r.attempt,
                     t_send: us(r.t_send),
@@ -156,8 +170,8 @@ pub fn write_turns(site: &Path, runs: &[Run], part_rows: usize) -> anyhow::Resul
                     cached_tokens: r.cached_tokens,
                     completion_tokens: r.completion_tokens,
                     think_time: us(r.think_time),
-                    finish_reason: r.finish_reason.as_deref(),
-                    error: r.error.as_deref(),
+                    finish_reason: r.finish_reason.as_deref().map(text),
+                    error: r.error.as_deref().map(text),
                     in_flight: r.in_flight,
                 })
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -185,10 +199,10 @@ pub fn write_summary(
             (RunData::Measured(m), Some(a)) => {
                 for c in a.cells.iter().map(|c| &c.summary) {
                     w.serialize(SummaryRow {
-                        run_id: &m.manifest.run_id,
+                        run_id: text(&m.manifest.run_id),
                         simulated: m.manifest.simulated,
                         source: "measured",
-                        gpu: &c.gpu,
+                        gpu: text(&c.gpu),
                         cache_mode: c.cache_mode.as_str(),
                         concurrency: c.concurrency,
                         trajectories: Some(c.trajectories),
@@ -217,10 +231,10 @@ pub fn write_summary(
             (RunData::Legacy(l), _) => {
                 for r in &l.rows {
                     w.serialize(SummaryRow {
-                        run_id: &l.id,
+                        run_id: text(&l.id),
                         simulated: false,
                         source: "legacy (words, averaged times)",
-                        gpu: &l.gpu,
+                        gpu: text(&l.gpu),
                         cache_mode: "seed",
                         concurrency: r.batch_size,
                         trajectories: None,

