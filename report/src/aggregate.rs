@@ -151,8 +151,8 @@ pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<Ce
             acc.prompt.push(p as f64);
             if let Some(c) = r.cached_tokens {
                 acc.cached.push(c as f64);
-                acc.both_prompt += p;
-                acc.both_cached += c;
+                acc.both_prompt = acc.both_prompt.saturating_add(p);
+                acc.both_cached = acc.both_cached.saturating_add(c);
             }
         }
         if r.is_ok() {
@@ -194,7 +194,7 @@ pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<Ce
     let mut cum_tokens = Vec::with_capacity(ends.len() + 1);
     cum_tokens.push(0u64);
     for e in &ends {
-        cum_tokens.push(cum_tokens.last().copied().unwrap_or(0) + e.1);
+        cum_tokens.push(cum_tokens.last().copied().unwrap_or(0).saturating_add(e.1));
     }
     let done_by = |t: f64| cum_tokens[times.partition_point(|&x| x <= t)];
     let total = summary.total_time_s;
@@ -202,7 +202,7 @@ pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<Ce
         grid(total)
             .map(|t| {
                 let window = WINDOW_S.min(t);
-                let recent = done_by(t) - done_by(t - window);
+                let recent = done_by(t).saturating_sub(done_by(t - window));
                 ThroughputPoint {
                     t,
                     sliding: recent as f64 / window,

@@ -138,15 +138,15 @@ pub fn summarize_cell_with(records: &[&TurnRecord], turns_per_traj: &[u32]) -> O
         e.1 = e.1.max(r.t_end);
         *turns_seen.entry(r.traj).or_default() += 1;
         if let Some(c) = r.completion_tokens {
-            out_tokens += c;
+            out_tokens = out_tokens.saturating_add(c);
             counted_turns += 1;
         }
         if let Some(p) = r.prompt_tokens {
-            prompt_total += p;
+            prompt_total = prompt_total.saturating_add(p);
             if let Some(c) = r.cached_tokens {
                 any_cached = true;
-                cached_total += c;
-                both_prompt += p;
+                cached_total = cached_total.saturating_add(c);
+                both_prompt = both_prompt.saturating_add(p);
             }
         }
         match &r.error {

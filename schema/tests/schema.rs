@@ -209,3 +209,21 @@ fn with_turn_counts_a_cut_trajectory_is_no_success_and_the_cell_is_incomplete() 
     let c = &summarize(&recs)[0];
     assert_eq!((c.complete, c.trajectories_ok), (None, 2));
 }
+
+#[test]
+fn token_totals_past_u64_saturate_instead_of_wrapping() {
+    // Hand-edited or corrupt records: totals stay at the largest count, never wrap to a
+    // small one (nor panic).
+    let mut a = rec(0, 0, 0.0, 1.0, u64::MAX, None);
+    let mut b = rec(1, 0, 0.0, 1.0, u64::MAX, None);
+    for r in [&mut a, &mut b] {
+        r.prompt_tokens = Some(u64::MAX);
+        r.cached_tokens = Some(u64::MAX);
+    }
+    let s = summarize(&[a, b]);
+    let c = &s[0];
+    assert_eq!(c.total_output_tokens, u64::MAX);
+    assert_eq!(c.prompt_tokens_total, u64::MAX);
+    assert_eq!(c.cached_tokens_total, Some(u64::MAX));
+    assert_eq!(c.cache_hit_ratio, Some(1.0));
+}

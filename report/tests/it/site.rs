@@ -632,3 +632,30 @@ fn csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text() {
         "other text is left as it is"
     );
 }
+
+#[test]
+fn token_counts_past_u64_build_a_site_without_wrapping_or_panicking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "big", &tiny_spec("big"));
+    let turns_path = run.join("turns.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&turns_path)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
+            if i < 3 {
+                r.prompt_tokens = Some(u64::MAX);
+                r.cached_tokens = Some(u64::MAX);
+                r.completion_tokens = Some(u64::MAX);
+            }
+            serde_json::to_string(&r).unwrap()
+        })
+        .collect();
+    std::fs::write(&turns_path, lines.join("\n") + "\n").unwrap();
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let summary = read(&site.join("data/summary.csv"));
+    // The total saturates at u64::MAX (written as an f64), not a small wrapped sum.
+    assert!(summary.contains(",1.8446744073709552e19,"), "{summary}");
+}
