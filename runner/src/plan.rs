@@ -133,6 +133,36 @@ fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Err
     }))
 }
 
+/// `sim_time_scale` in the manifest's plan: JSON has no infinity, so `inf` is the string
+/// `"inf"` (TOML plans write the float `inf`; both are read).
+mod scale_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(x) if x.is_infinite() && *x > 0.0 => s.serialize_str("inf"),
+            v => v.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scale {
+            Num(f64),
+            Text(String),
+        }
+        match Option::<Scale>::deserialize(d)? {
+            None => Ok(None),
+            Some(Scale::Num(x)) => Ok(Some(x)),
+            Some(Scale::Text(t)) if t == "inf" => Ok(Some(f64::INFINITY)),
+            Some(Scale::Text(t)) => Err(serde::de::Error::custom(format!(
+                "sim_time_scale: expected a number or \"inf\", not {t:?}"
+            ))),
+        }
+    }
+}
+
 /// Every plan key, as read from TOML and as flags. `None` = not given here.
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +275,7 @@ pub struct PlanKeys {
     pub stall_timeout_s: Option<f64>,
     /// Simulated engine seconds per wall second (`sim` backend).
     #[arg(long)]
+    #[serde(default, with = "scale_json")]
     pub sim_time_scale: Option<f64>,
     /// Simulated GPU profile for GPU labels that are not profile names.
     #[arg(long)]
@@ -796,6 +827,33 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_infinite_time_scale_survives_the_manifest() {
+        // The manifest is JSON, which has no infinity: a resume must run at `inf` again, not
+        // at the default scale (cells of one run at two scales).
+        for scale in [f64::INFINITY, 20.0] {
+            let keys = PlanKeys {
+                sim_time_scale: Some(scale),
+                ..PlanKeys::default()
+            };
+            let json = serde_json::to_value(&keys).unwrap();
+            let back = Plan::from_manifest(&json).unwrap();
+            assert_eq!(back.sim_time_scale, scale, "{json}");
+        }
+        let json = serde_json::to_value(PlanKeys {
+            sim_time_scale: Some(f64::INFINITY),
+            ..PlanKeys::default()
+        })
+        .unwrap();
+        assert_eq!(json["sim_time_scale"], "inf");
+        // TOML plans write the float.
+        let keys: PlanKeys = toml::from_str("sim_time_scale = inf").unwrap();
+        assert_eq!(keys.sim_time_scale, Some(f64::INFINITY));
+        let keys: PlanKeys = toml::from_str("sim_time_scale = 5").unwrap();
+        assert_eq!(keys.sim_time_scale, Some(5.0));
+        assert!(toml::from_str::<PlanKeys>("sim_time_scale = \"fast\"").is_err());
+    }
 
     #[test]
     fn defaults_are_the_demo_plan() {
