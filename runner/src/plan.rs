@@ -689,6 +689,28 @@ impl Plan {
                             format!("{u:?} is not an http URL"),
                         ));
                     }
+                    // Credentials in a URL would be written into the results (the manifest
+                    // keeps the URLs); the API key is sent as a header and never written.
+                    let parsed = reqwest::Url::parse(u).map_err(|e| {
+                        key_err(format!("urls[{i}]"), format!("{u:?} is not a URL: {e}"))
+                    })?;
+                    if !parsed.username().is_empty() || parsed.password().is_some() {
+                        return Err(key_err(
+                            format!("urls[{i}]"),
+                            "holds a user name or password, which the results would keep: \
+                             give the server's key with --api-key (sent as a Bearer header, \
+                             never written) instead",
+                        ));
+                    }
+                    if let Some(j) = urls[..i].iter().position(|v| v == u) {
+                        return Err(key_err(
+                            format!("urls[{i}]"),
+                            format!(
+                                "{u:?} is also urls[{j}]: one server measured as two GPUs at \
+                                 once would share its capacity between them"
+                            ),
+                        ));
+                    }
                 }
             }
             _ if !urls.is_empty() => {
@@ -853,6 +875,28 @@ mod tests {
         let keys: PlanKeys = toml::from_str("sim_time_scale = 5").unwrap();
         assert_eq!(keys.sim_time_scale, Some(5.0));
         assert!(toml::from_str::<PlanKeys>("sim_time_scale = \"fast\"").is_err());
+    }
+
+    #[test]
+    fn attach_urls_with_credentials_or_twice_are_refused() {
+        let attach = |urls: &[&str]| {
+            Plan::resolve(PlanKeys {
+                backend: Some(BackendChoice::Attach),
+                gpus: Some((0..urls.len()).map(|i| format!("g{i}")).collect()),
+                urls: Some(urls.iter().map(|u| u.to_string()).collect()),
+                ..PlanKeys::default()
+            })
+        };
+        let err = attach(&["http://127.0.0.1:1", "http://user:s3cret@127.0.0.1:2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("urls[1]") && err.contains("--api-key"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = attach(&["http://127.0.0.1:1", "http://127.0.0.1:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("urls[1]") && err.contains("urls[0]"), "{err}");
+        assert!(attach(&["http://127.0.0.1:1", "http://127.0.0.1:2"]).is_ok());
     }
 
     #[test]
