@@ -54,6 +54,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     } else {
         opts.inputs.clone()
     };
+    guard_inputs(&inputs, &opts.out, opts.archive.as_deref())?;
     let (classified, mut skipped) = load::classify(&inputs);
     let loaded = load::load_all(&classified);
     skipped.extend(loaded.skipped);
@@ -214,6 +215,63 @@ fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {
         .prefix(".site-staging-")
         .tempdir_in(&parent)
         .with_context(|| format!("creating a staging directory in {}", parent.display()))
+}
+
+/// `path` made absolute with symlinks resolved, as far as it exists (a path not yet created
+/// is its existing parent's, resolved, plus the rest).
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            resolved(parent).join(name)
+        }
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    }
+}
+
+/// Refuses a build that would destroy its own inputs: the site replaces `out` whole, and the
+/// archive replaces its file.
+fn guard_inputs(inputs: &[PathBuf], out: &Path, archive: Option<&Path>) -> anyhow::Result<()> {
+    let out_abs = resolved(out);
+    let archive_abs = archive.map(resolved);
+    for input in inputs {
+        let inp = resolved(input);
+        if inp.starts_with(&out_abs) {
+            bail!(
+                "input {} is inside the output site {}, which the build replaces: write the site \
+                 elsewhere (--out) or move the results out of it",
+                input.display(),
+                out.display()
+            );
+        }
+        if let (Some(a), Some(archive)) = (&archive_abs, archive) {
+            if a.starts_with(&inp) {
+                bail!(
+                    "--archive {} would overwrite the input {} (or a file in it): name another file",
+                    archive.display(),
+                    input.display()
+                );
+            }
+        }
+    }
+    if let (Some(a), Some(archive)) = (&archive_abs, archive) {
+        if a.starts_with(&out_abs) {
+            bail!(
+                "--archive {} is inside the output site {}, which the build replaces: name a \
+                 file outside it",
+                archive.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Moves the staged site to `out`, replacing a previous site there (recognised by its

@@ -890,7 +890,10 @@ mod tests {
         let err = attach(&["http://127.0.0.1:1", "http://user:s3cret@127.0.0.1:2"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("urls[1]") && err.contains("--api-key"), "{err}");
+        assert!(
+            err.contains("urls[1]") && err.contains("--api-key"),
+            "{err}"
+        );
         assert!(!err.contains("s3cret"), "{err}");
         let err = attach(&["http://127.0.0.1:1", "http://127.0.0.1:1"])
             .unwrap_err()

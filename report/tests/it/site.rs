@@ -2,7 +2,7 @@
 
 use crate::support::{build, tiny_spec, write_run};
 use report::fixture::{FixtureSpec, HOSTILE_DATASET, HOSTILE_MODEL, HOSTILE_RUN_ID};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -658,4 +658,72 @@ fn token_counts_past_u64_build_a_site_without_wrapping_or_panicking() {
     let summary = read(&site.join("data/summary.csv"));
     // The total saturates at u64::MAX (written as an f64), not a small wrapped sum.
     assert!(summary.contains(",1.8446744073709552e19,"), "{summary}");
+}
+
+#[test]
+fn a_build_never_overwrites_its_own_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "keep", &tiny_spec("keep"));
+    let turns = std::fs::read(run.join("turns.jsonl")).unwrap();
+    let site = tmp.path().join("site");
+    let try_build = |inputs: &[PathBuf], out: &Path, archive: Option<&Path>| {
+        report::site::build(&report::site::BuildOptions {
+            inputs: inputs.to_vec(),
+            out: out.to_path_buf(),
+            archive: archive.map(Path::to_path_buf),
+            title: "t".into(),
+            dump_contexts: false,
+            csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
+        })
+    };
+    // The archive may not be an input, nor a file in one, nor inside the site.
+    for archive in [run.join("turns.jsonl"), run.clone(), site.join("s.tar.gz")] {
+        let err = try_build(std::slice::from_ref(&run), &site, Some(&archive))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--archive"), "{err}");
+    }
+    // A bundle given as input and as the archive.
+    let bundle = tmp.path().join("keep.tar.gz");
+    std::fs::write(&bundle, b"not really a bundle").unwrap();
+    let err = try_build(std::slice::from_ref(&bundle), &site, Some(&bundle))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("would overwrite the input"), "{err}");
+    assert_eq!(std::fs::read(&bundle).unwrap(), b"not really a bundle");
+    // An input inside the site the build replaces (also through `..`).
+    build(std::slice::from_ref(&run), &site, None);
+    let inside = site.join("results").join("keep");
+    std::fs::create_dir_all(site.join("results")).unwrap();
+    copy_dir(&run, &inside);
+    let err = try_build(&[site.join("x/../results/keep")], &site, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("inside the output site"), "{err}");
+    assert!(
+        inside.join("turns.jsonl").is_file(),
+        "the input is still there"
+    );
+    assert_eq!(std::fs::read(run.join("turns.jsonl")).unwrap(), turns);
+    // Elsewhere, the archive is written.
+    let ok = tmp.path().join("site.tar.gz");
+    try_build(
+        std::slice::from_ref(&run),
+        &tmp.path().join("site2"),
+        Some(&ok),
+    )
+    .unwrap();
+    assert!(ok.is_file());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
