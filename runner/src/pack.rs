@@ -68,10 +68,50 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
             "-o {}: inside the run directory it packs; write the bundle elsewhere",
             out.display()
         );
+        // Nor into another run's directory (`-o results/B/turns.jsonl`).
+        if let Some(run) = p
+            .ancestors()
+            .find(|a| a.join(turnbench_schema::files::MANIFEST).is_file())
+        {
+            anyhow::bail!(
+                "-o {}: inside the run directory {}; write the bundle elsewhere",
+                out.display(),
+                run.display()
+            );
+        }
+    }
+    // An existing file is replaced only when it is a bundle (gzip) already: packing again
+    // to the same name, not over someone's other file.
+    if let Ok(meta) = std::fs::symlink_metadata(&out) {
+        anyhow::ensure!(
+            meta.is_file(),
+            "-o {}: exists and is not a file",
+            out.display()
+        );
+        let mut magic = [0u8; 2];
+        let gzip = std::fs::File::open(&out)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && magic == [0x1f, 0x8b];
+        anyhow::ensure!(
+            gzip,
+            "-o {}: exists and is not a bundle (.tar.gz); refusing to overwrite it",
+            out.display()
+        );
     }
     let tmp = out.with_extension("tmp");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let written = write_bundle(dir, &name, &tmp);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
+/// The bundle of the run in `dir` (entries under `name/`) written to `tmp`.
+fn write_bundle(dir: &Path, name: &str, tmp: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let gz = GzBuilder::new()
         .mtime(0)
         .write(file, Compression::default());
@@ -95,12 +135,11 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         h.set_uid(0);
         h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
-        let path = Path::new(&name).join(&rel);
+        let path = Path::new(name).join(&rel);
         tar.append_data(&mut h, &path, std::io::Read::take(f, len))
             .with_context(|| format!("adding {}", abs.display()))?;
     }
     let gz = tar.into_inner().context("finishing the tar stream")?;
     gz.finish().context("finishing the gzip stream")?;
-    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
-    Ok(out)
+    Ok(())
 }

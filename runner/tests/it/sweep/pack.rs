@@ -76,3 +76,51 @@ fn pack_is_reproducible_and_holds_the_run() {
     assert_eq!(std::fs::read(dir.join("turns.jsonl")).unwrap(), turns);
     assert!(!dir.join("logs/bundle.tar.gz").exists());
 }
+
+#[test]
+fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    for id in ["a", "b"] {
+        run_ok(&small_with(
+            tmp.path(),
+            id,
+            &[("--cache-modes", "prefix"), ("--batch-sizes", "1")],
+        ));
+    }
+    let a = tmp.path().join("a");
+    let b_turns = tmp.path().join("b").join("turns.jsonl");
+    let before = std::fs::read(&b_turns).unwrap();
+    let pack = |out: &Path| {
+        runner()
+            .args(["pack", a.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Into another run's directory.
+    let o = pack(&b_turns);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("inside the run directory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&b_turns).unwrap(), before);
+    // Over an unrelated file, or a directory.
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let o = pack(&notes);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("not a bundle"), "{err}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+    let dir = tmp.path().join("adir");
+    std::fs::create_dir(&dir).unwrap();
+    assert!(!pack(&dir).status.success());
+    assert!(
+        !tmp.path().join("adir.tmp").exists(),
+        "no staging file left"
+    );
+    // Packing again over its own earlier bundle is fine.
+    let bundle = tmp.path().join("a.tar.gz");
+    assert!(pack(&bundle).status.success());
+    assert!(pack(&bundle).status.success());
+}
