@@ -163,6 +163,13 @@ mod scale_json {
     }
 }
 
+/// Most trajectories a plan may ask for (each is a worker's unit; a dataset has fewer).
+pub const MAX_TRAJECTORIES: usize = 1_000_000;
+/// Most turns per trajectory (the seed's are 50).
+pub const MAX_TURNS: usize = 10_000;
+/// Most synthetic turns in all (trajectories × turns), built in memory before the sweep.
+pub const MAX_SYNTHETIC_TURNS: usize = 1_000_000;
+
 /// Every plan key, as read from TOML and as flags. `None` = not given here.
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -593,7 +600,26 @@ impl Plan {
         };
         let trajectories = positive("trajectories", k.trajectories, 16)?;
         let turns = positive("turns", k.turns, 10)?;
+        if trajectories > MAX_TRAJECTORIES {
+            return Err(key_err(
+                "trajectories",
+                format!("{trajectories}: at most {MAX_TRAJECTORIES}"),
+            ));
+        }
+        if turns > MAX_TURNS {
+            return Err(key_err("turns", format!("{turns}: at most {MAX_TURNS}")));
+        }
         let synthetic = k.synthetic.unwrap_or(false) || k.dataset.is_none();
+        if synthetic && trajectories * turns > MAX_SYNTHETIC_TURNS {
+            return Err(key_err(
+                "trajectories",
+                format!(
+                    "{trajectories} trajectories × {turns} turns: synthetic trajectories are \
+                     built in memory before the sweep (~7 kB a turn), at most \
+                     {MAX_SYNTHETIC_TURNS} turns in all"
+                ),
+            ));
+        }
         let dataset = if synthetic { None } else { k.dataset };
         let dataset_format = match (&dataset, k.dataset_format) {
             (None, _) => Format::Synthetic,
@@ -900,6 +926,32 @@ mod tests {
             .to_string();
         assert!(err.contains("urls[1]") && err.contains("urls[0]"), "{err}");
         assert!(attach(&["http://127.0.0.1:1", "http://127.0.0.1:2"]).is_ok());
+    }
+
+    #[test]
+    fn sizes_past_what_memory_holds_are_plan_errors() {
+        let with = |trajectories: usize, turns: usize, dataset: bool| {
+            Plan::resolve(PlanKeys {
+                trajectories: Some(trajectories),
+                turns: Some(turns),
+                dataset: dataset.then(|| PathBuf::from("d.jsonl")),
+                ..PlanKeys::default()
+            })
+        };
+        for (t, n, key) in [
+            (usize::MAX, 2, "trajectories"),
+            (4_294_967_296, 2, "trajectories"),
+            (2, usize::MAX, "turns"),
+            (20_000, 100, "trajectories"),
+        ] {
+            let err = with(t, n, false).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{t}×{n}: {err}");
+        }
+        assert!(with(10_000, 100, false).is_ok());
+        // A dataset's trajectories are as many as it holds.
+        if let Err(e) = with(20_000, 100, true) {
+            assert!(!e.to_string().contains("`trajectories`"), "{e}");
+        }
     }
 
     #[test]

@@ -327,6 +327,28 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     if wl.trajectories.is_empty() {
         bail!("dataset: no trajectories to run");
     }
+    let have = wl.trajectories.len();
+    if have < plan.trajectories {
+        tracing::warn!(
+            "the dataset holds {have} trajectories (of the {} asked for): the sweep runs {have}",
+            plan.trajectories
+        );
+    }
+    // A cell runs at most as many trajectories at once as there are: a larger concurrency
+    // would be measured, and labelled, as one it never reached.
+    for (gpu, sizes) in plan
+        .batch_sizes
+        .iter()
+        .filter(|(g, _)| plan.gpus.contains(*g))
+    {
+        if let Some(c) = sizes.iter().find(|&&c| c as usize > have) {
+            bail!(
+                "plan key `batch_sizes`: concurrency {c} (GPU {gpu}) is more than the {have} \
+                 trajectories to run: at most {have} would run at once; raise `trajectories` \
+                 or lower the batch size"
+            );
+        }
+    }
     if plan.history == turnbench_schema::HistorySource::Recorded
         && wl
             .trajectories

@@ -139,6 +139,34 @@ fn bad_plans_are_rejected_before_anything_starts() {
         err.contains("urls[0]") && err.contains("unreachable"),
         "{err}"
     );
+    // A concurrency the trajectories cannot reach; sizes past what memory holds.
+    let err = run_err(
+        &[
+            "sweep",
+            "--out",
+            &out,
+            "--trajectories",
+            "2",
+            "--batch-sizes",
+            "1,2,8",
+            "--gpus",
+            "h100",
+        ]
+        .map(String::from),
+    );
+    assert!(
+        err.contains("`batch_sizes`") && err.contains("concurrency 8"),
+        "{err}"
+    );
+    for (flag, value) in [
+        ("--trajectories", "4294967296"),
+        ("--turns", "18446744073709551615"),
+    ] {
+        let err = run_err(&["sweep", "--out", &out, flag, value].map(String::from));
+        let key = flag.trim_start_matches("--");
+        assert!(err.contains(&format!("`{key}`")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
     assert!(
         std::fs::read_dir(tmp.path()).unwrap().next().is_none(),
         "nothing written for a rejected plan"
