@@ -267,7 +267,8 @@ pub struct PlanKeys {
     /// Server command for `launch`, with placeholders {model_path} {host} {port} {gpu}
     /// {mem_fraction_static} {max_total_tokens} {api_key} (the key is never recorded: write
     /// `--api-key {api_key}`, not the key itself). `--disable-radix-cache` is appended for the
-    /// `none` cache mode. Default: `python -m sglang.launch_server …`.
+    /// `none` cache mode. Default: `python -m sglang.launch_server …`. As a flag it takes
+    /// every argument after it: give it last.
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub launch_command: Option<Vec<String>>,
     /// Seconds to wait for a launched server's `/health_generate`.

@@ -44,8 +44,44 @@ pub struct SweepArgs {
     pub quiet: bool,
 }
 
+/// `--launch-command` takes every argument after it (the server's flags begin with `--`
+/// too), so a runner flag given after it would silently go to the server instead: refuse
+/// that, naming it. Flags SGLang's `launch_server` also takes are the server's.
+fn check_launch_command(cmd: &[String]) -> anyhow::Result<()> {
+    const SERVER_TOO: &[&str] = &[
+        "model-path",
+        "host",
+        "port",
+        "mem-fraction-static",
+        "max-total-tokens",
+        "api-key",
+        "chat-template",
+        "tp-size",
+    ];
+    let runner = <SweepArgs as clap::Args>::augment_args(clap::Command::new("sweep"));
+    for arg in cmd {
+        let Some(name) = arg.strip_prefix("--") else {
+            continue;
+        };
+        let name = name.split('=').next().unwrap_or(name);
+        if SERVER_TOO.contains(&name) {
+            continue;
+        }
+        if runner.get_arguments().any(|a| a.get_long() == Some(name)) {
+            bail!(
+                "--launch-command takes every argument after it, and {arg} is a runner flag \
+                 (it would go to the server): put --launch-command last"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of `runner sweep`.
 pub fn main(args: SweepArgs) -> anyhow::Result<()> {
+    if let Some(cmd) = &args.keys.launch_command {
+        check_launch_command(cmd)?;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -1353,6 +1389,29 @@ fn limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runner_flag_after_launch_command_is_refused() {
+        let cmd = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ok = cmd(&[
+            "python",
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            "{model_path}",
+            "--port",
+            "{port}",
+            "--host={host}",
+            "--enable-metrics",
+        ]);
+        assert!(check_launch_command(&ok).is_ok());
+        for flag in ["--run-id", "--out=x", "--quiet", "--trajectories"] {
+            let mut bad = ok.clone();
+            bad.push(flag.into());
+            let err = check_launch_command(&bad).unwrap_err().to_string();
+            assert!(err.contains(flag) && err.contains("last"), "{err}");
+        }
+    }
 
     #[test]
     fn every_gpu_that_stopped_is_named_in_the_runs_error() {
