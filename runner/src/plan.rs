@@ -82,11 +82,69 @@ impl std::fmt::Display for ThinkTime {
 }
 
 /// Concurrency levels: one list for every GPU, or a list per GPU label.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum BatchSizes {
     All(Vec<u32>),
     PerGpu(BTreeMap<String, Vec<u32>>),
+}
+
+/// Read by hand, so a wrong shape says what is wrong and where (`batch_sizes.h100`), not
+/// that no variant of an enum matched.
+impl<'de> Deserialize<'de> for BatchSizes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+        const LIST: &str = "a list of concurrency levels (positive integers) like [1, 2, 4]";
+        fn list<'de, A: SeqAccess<'de>>(mut a: A, key: &str) -> Result<Vec<u32>, A::Error> {
+            let mut v = Vec::new();
+            loop {
+                match a.next_element::<u32>() {
+                    Ok(Some(x)) => v.push(x),
+                    Ok(None) => return Ok(v),
+                    Err(e) => return Err(A::Error::custom(format!("{key}: expected {LIST}: {e}"))),
+                }
+            }
+        }
+        struct PerGpuList(String);
+        impl<'de> serde::de::DeserializeSeed<'de> for PerGpuList {
+            type Value = Vec<u32>;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u32>, D::Error> {
+                d.deserialize_any(ListOf(self.0))
+            }
+        }
+        struct ListOf(String);
+        impl<'de> Visitor<'de> for ListOf {
+            type Value = Vec<u32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "{LIST} for {}", self.0)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Vec<u32>, A::Error> {
+                list(a, &self.0)
+            }
+        }
+        struct Sizes;
+        impl<'de> Visitor<'de> for Sizes {
+            type Value = BatchSizes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "{LIST}, or a table of such lists by GPU label")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<BatchSizes, A::Error> {
+                list(a, "batch_sizes").map(BatchSizes::All)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<BatchSizes, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(gpu) = m.next_key::<String>()? {
+                    let key = format!("batch_sizes.{gpu}");
+                    let v = m.next_value_seed(PerGpuList(key.clone()))?;
+                    if out.insert(gpu, v).is_some() {
+                        return Err(A::Error::custom(format!("{key} is given twice")));
+                    }
+                }
+                Ok(BatchSizes::PerGpu(out))
+            }
+        }
+        d.deserialize_any(Sizes)
+    }
 }
 
 impl std::str::FromStr for BatchSizes {
@@ -100,15 +158,17 @@ impl std::str::FromStr for BatchSizes {
                 .collect()
         };
         if s.contains('=') {
-            s.split(';')
-                .map(|part| {
-                    let (gpu, v) = part
-                        .split_once('=')
-                        .ok_or_else(|| format!("{part:?}: expected GPU=N,N"))?;
-                    Ok((gpu.trim().to_string(), list(v)?))
-                })
-                .collect::<Result<_, String>>()
-                .map(BatchSizes::PerGpu)
+            let mut out = BTreeMap::new();
+            for part in s.split(';') {
+                let (gpu, v) = part
+                    .split_once('=')
+                    .ok_or_else(|| format!("{part:?}: expected GPU=N,N"))?;
+                let gpu = gpu.trim().to_string();
+                if out.insert(gpu.clone(), list(v)?).is_some() {
+                    return Err(format!("GPU {gpu:?} is given twice"));
+                }
+            }
+            Ok(BatchSizes::PerGpu(out))
         } else {
             list(s).map(BatchSizes::All)
         }
@@ -953,6 +1013,38 @@ mod tests {
         if let Err(e) = with(20_000, 100, true) {
             assert!(!e.to_string().contains("`trajectories`"), "{e}");
         }
+    }
+
+    #[test]
+    fn badly_shaped_batch_sizes_say_what_is_wrong_and_where() {
+        let err = |toml: &str| toml::from_str::<PlanKeys>(toml).unwrap_err().to_string();
+        let e = err("[batch_sizes]\nh100 = 4\n");
+        assert!(
+            e.contains("batch_sizes.h100") && e.contains("list of concurrency"),
+            "{e}"
+        );
+        let e = err("[batch_sizes]\nh100 = [\"a\"]\n");
+        assert!(
+            e.contains("batch_sizes.h100") && e.contains("positive integers"),
+            "{e}"
+        );
+        let e = err("batch_sizes = [1, -2]\n");
+        assert!(
+            e.contains("batch_sizes") && e.contains("positive integers"),
+            "{e}"
+        );
+        let e = err("batch_sizes = \"1,2\"\n");
+        assert!(e.contains("list of concurrency levels"), "{e}");
+        assert!(!e.contains("untagged"), "{e}");
+        // Both shapes still read, from TOML and from the manifest's JSON.
+        let k: PlanKeys = toml::from_str("batch_sizes = [1, 2]\n").unwrap();
+        assert_eq!(k.batch_sizes, Some(BatchSizes::All(vec![1, 2])));
+        let k: PlanKeys = toml::from_str("[batch_sizes]\n1 = [3, 4]\n2 = [6]\n").unwrap();
+        let back: PlanKeys = serde_json::from_value(serde_json::to_value(&k).unwrap()).unwrap();
+        assert_eq!(back.batch_sizes, k.batch_sizes);
+        // The flag: a GPU given twice is an error, not the last one winning.
+        let e = "h100=2;h100=3".parse::<BatchSizes>().unwrap_err();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]
