@@ -115,7 +115,7 @@ impl<'de> Deserialize<'de> for BatchSizes {
         struct ListOf(String);
         impl<'de> Visitor<'de> for ListOf {
             type Value = Vec<u32>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "{LIST} for {}", self.0)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Vec<u32>, A::Error> {
@@ -125,7 +125,7 @@ impl<'de> Deserialize<'de> for BatchSizes {
         struct Sizes;
         impl<'de> Visitor<'de> for Sizes {
             type Value = BatchSizes;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "{LIST}, or a table of such lists by GPU label")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<BatchSizes, A::Error> {

@@ -40,10 +40,16 @@ struct Step {
     env_exec_time: Option<f64>,
 }
 
+/// Longest tool time a step may record, seconds (a day): past it the replay would sleep for
+/// ever in effect.
+const MAX_TOOL_TIME_S: f64 = 86_400.0;
+
 /// Read the prompt file (small; loaded whole).
 fn prompts(path: &Path) -> Result<Prompts, WorkloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
-    let p: Prompts = serde_yaml_ng::from_str(&text).map_err(|e| WorkloadError::File {
+    // (A byte-order mark, as some editors write, is not part of the first key.)
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let p: Prompts = serde_yaml_ng::from_str(text).map_err(|e| WorkloadError::File {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -116,22 +122,29 @@ pub fn read(
         let turns = line
             .trajectory_steps
             .into_iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 // Shown as recorded (the seed printed it as it was); slept only when positive.
                 let shown = s.env_exec_time.unwrap_or(0.0);
+                if !(shown <= MAX_TOOL_TIME_S) {
+                    return Err(format!(
+                        "trajectory_steps[{i}].env_exec_time: {shown} s is not a tool's time \
+                         (at most {MAX_TOOL_TIME_S} s; it is replayed as think time)"
+                    ));
+                }
                 let think = shown.max(0.0);
                 let recorded = match (s.thought.trim().is_empty(), s.action.trim().is_empty()) {
                     (true, _) => s.action,
                     (false, true) => s.thought,
                     (false, false) => format!("{}\n\n{}", s.thought, s.action),
                 };
-                Turn {
+                Ok(Turn {
                     recorded: Some(recorded),
                     after: vec![Message::new(Role::User, observation(&s.observation, shown))],
                     think_time: think,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(Some(Trajectory { id, prelude, turns }))
     })
 }

@@ -230,3 +230,45 @@ fn output_len_recorded_fixes_each_turns_length() {
         );
     }
 }
+
+#[test]
+fn a_prompts_file_with_a_byte_order_mark_reads_and_an_endless_tool_time_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bom = tmp.path().join("prompts-bom.yaml");
+    let mut text = b"\xEF\xBB\xBF".to_vec();
+    text.extend(std::fs::read(fixture("r2e-prompts.yaml")).unwrap());
+    std::fs::write(&bom, text).unwrap();
+    let bom = bom.display().to_string();
+    run_ok(&dataset_args(
+        tmp.path(),
+        "bom",
+        "r2e.jsonl",
+        &["--prompts", &bom, "--trajectories", "2"],
+    ));
+    // A step whose tool time would be slept for ever (replayed think time): named by line.
+    let data = tmp.path().join("endless.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(fixture("r2e.jsonl"))
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if i == 1 {
+                v["trajectory_steps"][0]["env_exec_time"] = serde_json::json!(1e300);
+            }
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let mut args = dataset_args(tmp.path(), "endless", "r2e.jsonl", &["--prompts", &bom]);
+    for a in args.iter_mut() {
+        if a.starts_with("--dataset=") {
+            *a = format!("--dataset={}", data.display());
+        }
+    }
+    let err = run_err(&args);
+    assert!(
+        err.contains("endless.jsonl:2:") && err.contains("env_exec_time"),
+        "{err}"
+    );
+}
