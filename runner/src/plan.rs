@@ -742,8 +742,15 @@ impl Plan {
             }
         };
         let sim_time_scale = k.sim_time_scale.unwrap_or(DEMO_TIME_SCALE);
-        if sim_time_scale.is_nan() || sim_time_scale <= 0.0 {
-            return Err(key_err("sim_time_scale", "must be > 0"));
+        if !crate::sim::cli::time_scale_ok(sim_time_scale) {
+            return Err(key_err(
+                "sim_time_scale",
+                format!(
+                    "{sim_time_scale}: must be from {} to {}, or inf",
+                    crate::sim::cli::MIN_TIME_SCALE,
+                    crate::sim::cli::MAX_TIME_SCALE
+                ),
+            ));
         }
         let sim_gpu = k.sim_gpu.unwrap_or_else(|| "h100".into());
         if backend == BackendChoice::Sim
@@ -1045,6 +1052,23 @@ mod tests {
         // The flag: a GPU given twice is an error, not the last one winning.
         let e = "h100=2;h100=3".parse::<BatchSizes>().unwrap_err();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn a_time_scale_the_simulator_cannot_run_at_is_a_plan_error() {
+        let with = |x: f64| {
+            Plan::resolve(PlanKeys {
+                sim_time_scale: Some(x),
+                ..PlanKeys::default()
+            })
+        };
+        for bad in [0.0, -1.0, f64::NAN, 1e-300, 1e308, f64::NEG_INFINITY] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("`sim_time_scale`"), "{bad}: {e}");
+        }
+        for ok in [0.001, 1.0, 100.0, 1e6, f64::INFINITY] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

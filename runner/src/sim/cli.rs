@@ -239,11 +239,22 @@ pub struct SimConfig {
     pub qwen_template: bool,
 }
 
+/// Slowest simulated time a wall second may run: 1 engine ms a wall second (below it a turn
+/// takes hours).
+pub const MIN_TIME_SCALE: f64 = 1e-3;
+/// Fastest finite one (past it the engine cannot keep up on any CPU; `inf` is "never wait").
+pub const MAX_TIME_SCALE: f64 = 1e6;
+
+/// A `--sim-time-scale` the simulator runs at: in [`MIN_TIME_SCALE`, `MAX_TIME_SCALE`], or inf.
+pub fn time_scale_ok(x: f64) -> bool {
+    x == f64::INFINITY || (MIN_TIME_SCALE..=MAX_TIME_SCALE).contains(&x)
+}
+
 impl SimConfig {
     pub fn resolve(args: SimArgs) -> anyhow::Result<SimConfig> {
-        if args.sim_time_scale.is_nan() || args.sim_time_scale <= 0.0 {
+        if !time_scale_ok(args.sim_time_scale) {
             bail!(
-                "--sim-time-scale {}: must be > 0 (or inf)",
+                "--sim-time-scale {}: must be from {MIN_TIME_SCALE} to {MAX_TIME_SCALE}, or inf",
                 args.sim_time_scale
             );
         }
