@@ -215,6 +215,16 @@ pub fn probe(
     max_turns: usize,
 ) -> Result<(), TemplateError> {
     let mut conv = Conversation::with_template(template, &traj.prelude)?;
+    // A template that renders nothing would send empty prompts, every turn failing.
+    if conv.full_text().trim().is_empty() {
+        if let ChatTemplate::Jinja(j) = template {
+            return Err(TemplateError::Render {
+                path: j.path().to_path_buf(),
+                line: None,
+                message: "it renders the conversation as empty text".into(),
+            });
+        }
+    }
     for (k, turn) in traj.turns.iter().enumerate().take(max_turns) {
         if session {
             conv.new_text().map_err(in_probe)?;

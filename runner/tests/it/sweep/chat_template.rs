@@ -125,6 +125,16 @@ fn bad_chat_templates_stop_the_sweep_before_any_cell_runs() {
             && err.contains("before the sweep"),
         "{err}"
     );
+    // Renders nothing: every prompt would be empty.
+    let empty = tmp.path().join("empty.jinja");
+    std::fs::write(&empty, "").unwrap();
+    let err = sweep_err(&empty, &[]);
+    assert!(
+        err.contains("empty.jinja")
+            && err.contains("empty text")
+            && err.contains("before the sweep"),
+        "{err}"
+    );
     // Not prefix-stable: refused for session mode ...
     let strips = template_fixture("strips-reasoning.jinja");
     let err = sweep_err(&strips, &[("--cache-modes", "prefix,session")]);
