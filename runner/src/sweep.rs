@@ -1000,12 +1000,13 @@ async fn check_attached(c: &Client) -> anyhow::Result<()> {
             Err(e) => bail!("is unreachable: {}", crate::client::error_chain(&e)),
         }
     }
-    tracing::warn!(
-        "{}: answers but is neither SGLang nor OpenAI-compatible as far as it shows ({})",
-        c.base_url(),
+    // Something answers, but not as a server to measure (a proxy's error page, another
+    // service on the port): every turn would fail.
+    bail!(
+        "answers, but as neither SGLang nor an OpenAI-compatible server ({}): is it the \
+         right URL?",
         answers.join(", ")
-    );
-    Ok(())
+    )
 }
 
 /// What the client needs to know of the server it measures.

@@ -384,3 +384,47 @@ fn openai_streams_split_a_multi_token_chunk_by_its_tokens() {
         );
     }
 }
+
+/// Something that answers HTTP but is no server to measure (another service on the port):
+/// refused before anything starts, not a run of failed turns.
+#[test]
+fn attach_to_something_that_is_not_a_model_server_is_refused() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                // Headers up to the blank line, then a 404 (keep-alive off).
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        let body = "<h1>Not Found</h1>";
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let args = small_with(
+        tmp.path(),
+        "other",
+        &[("--backend", "attach"), ("--url", &url), ("--gpus", "x")],
+    );
+    let err = run_err(&args);
+    assert!(
+        err.contains("urls[0]") && err.contains("neither SGLang nor an OpenAI-compatible"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("other").exists(), "nothing written");
+}
