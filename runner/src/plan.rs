@@ -205,6 +205,11 @@ mod scale_json {
         }
     }
 
+    /// The resolved plan's (not optional) scale.
+    pub fn serialize_f64<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        serialize(&Some(*v), s)
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -552,6 +557,7 @@ pub struct Plan {
     pub launch_timeout_s: f64,
     pub request_timeout_s: f64,
     pub stall_timeout_s: f64,
+    #[serde(serialize_with = "scale_json::serialize_f64")]
     pub sim_time_scale: f64,
     pub sim_gpu: String,
     pub sim_args: Vec<String>,
@@ -953,6 +959,10 @@ mod tests {
                 sim_time_scale: Some(scale),
                 ..PlanKeys::default()
             };
+            // As the manifest writes it: the resolved plan.
+            let json = Plan::resolve(keys.clone()).unwrap().to_json();
+            let back = Plan::from_manifest(&json).unwrap();
+            assert_eq!(back.sim_time_scale, scale, "{json}");
             let json = serde_json::to_value(&keys).unwrap();
             let back = Plan::from_manifest(&json).unwrap();
             assert_eq!(back.sim_time_scale, scale, "{json}");
