@@ -930,6 +930,15 @@ impl Plan {
     pub fn to_json(&self) -> serde_json::Value {
         let mut p = self.clone();
         p.launch_command = crate::backend::mask_secrets(&p.launch_command);
+        // Input files as absolute paths: `--resume` may run from another directory.
+        for f in [&mut p.dataset, &mut p.prompts, &mut p.chat_template]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(abs) = std::path::absolute(&*f) {
+                *f = abs;
+            }
+        }
         serde_json::to_value(p).unwrap_or(serde_json::Value::Null)
     }
 
@@ -1079,6 +1088,24 @@ mod tests {
         for ok in [0.001, 1.0, 100.0, 1e6, f64::INFINITY] {
             assert!(with(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn the_manifest_names_input_files_by_absolute_path() {
+        let mut p = Plan::resolve(PlanKeys::default()).unwrap();
+        p.dataset = Some(PathBuf::from("data/d.jsonl"));
+        p.prompts = Some(PathBuf::from("p.yaml"));
+        let json = p.to_json();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            json["dataset"].as_str().unwrap(),
+            cwd.join("data/d.jsonl").to_str().unwrap()
+        );
+        assert_eq!(
+            json["prompts"].as_str().unwrap(),
+            cwd.join("p.yaml").to_str().unwrap()
+        );
+        assert!(json["chat_template"].is_null());
     }
 
     #[test]

@@ -366,6 +366,7 @@ fn openai_streams_split_a_multi_token_chunk_by_its_tokens() {
                 ("--max-new-tokens", "64"),
                 ("--cache-modes", "prefix"),
                 ("--batch-sizes", "2"),
+                ("--trajectories", "4"),
             ],
         ));
         let run = Run::load(&tmp.path().join(api));
@@ -374,14 +375,14 @@ fn openai_streams_split_a_multi_token_chunk_by_its_tokens() {
             .iter()
             .filter(|r| r.completion_tokens.unwrap_or(0) >= 16)
             .filter_map(|r| Some(r.itl.as_ref()?.mean / r.tpot()?))
+            .filter(|x| x.is_finite())
             .collect();
-        assert!(ratios.len() >= 4, "{api}: {ratios:?}");
+        assert!(ratios.len() >= 3, "{api}: {ratios:?}");
         ratios.sort_by(f64::total_cmp);
         let median = ratios[ratios.len() / 2];
-        assert!(
-            (0.8..1.25).contains(&median),
-            "{api}: ITL ÷ TPOT {ratios:?}"
-        );
+        // (Not exactly 1: the tokens of the first chunk are part of TTFT, not of the gaps, and
+        // a busy machine makes that chunk bigger. Counting each chunk as one token gave 7–21.)
+        assert!((0.8..2.5).contains(&median), "{api}: ITL ÷ TPOT {ratios:?}");
     }
 }
 
