@@ -445,7 +445,7 @@ impl PlanKeys {
     pub fn from_file(path: &Path) -> Result<PlanKeys, PlanError> {
         let text = std::fs::read_to_string(path).map_err(|e| PlanError::Io {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         let mut keys: PlanKeys = toml::from_str(&text).map_err(|e| PlanError::Toml {
             path: path.to_path_buf(),
@@ -474,15 +474,25 @@ impl PlanKeys {
 /// A plan that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{}: {source}", path.display())]
+    /// (Not a `source`: the message holds it, and error chains would print it twice.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("plan {}: {message}", path.display())]
     Toml { path: PathBuf, message: String },
     #[error("plan key `{key}`: {message}")]
     Key { key: String, message: String },
+}
+
+/// Why `p` is not a file to read, for a plan key's error.
+fn not_a_file(p: &Path) -> String {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => format!("{}: a directory, not a file", p.display()),
+        Ok(_) => format!("{}: not a regular file", p.display()),
+        Err(_) => format!("{}: no such file", p.display()),
+    }
 }
 
 fn key_err(key: impl Into<String>, message: impl Into<String>) -> PlanError {
@@ -692,7 +702,7 @@ impl Plan {
             (None, _) => Format::Synthetic,
             (Some(p), f) => {
                 if !p.is_file() {
-                    return Err(key_err("dataset", format!("{}: no such file", p.display())));
+                    return Err(key_err("dataset", not_a_file(p)));
                 }
                 match f {
                     Some(f) => f,
@@ -703,7 +713,7 @@ impl Plan {
         };
         if let Some(p) = &k.prompts {
             if !p.is_file() {
-                return Err(key_err("prompts", format!("{}: no such file", p.display())));
+                return Err(key_err("prompts", not_a_file(p)));
             }
         }
         if dataset_format == Format::R2eGym && k.prompts.is_none() {

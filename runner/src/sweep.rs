@@ -270,6 +270,12 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
         None => PlanKeys::default(),
     };
     let mut plan = Plan::resolve(args.keys.clone().over(file))?;
+    if plan.out.exists() && !plan.out.is_dir() {
+        bail!(
+            "plan key `out`: {} is a file, not a directory for results",
+            plan.out.display()
+        );
+    }
     std::fs::create_dir_all(&plan.out)
         .with_context(|| format!("creating {}", plan.out.display()))?;
     // The run's directory is claimed by creating it, so two sweeps started at once never

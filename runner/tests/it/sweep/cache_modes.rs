@@ -158,6 +158,17 @@ fn bad_plans_are_rejected_before_anything_starts() {
         err.contains("`batch_sizes`") && err.contains("concurrency 8"),
         "{err}"
     );
+    // Paths of the wrong kind, said once and plainly.
+    let nosuch = tmp.path().join("nosuch.toml");
+    let err =
+        run_err(&["sweep", "--out", &out, "--plan", nosuch.to_str().unwrap()].map(String::from));
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    let dir = tmp.path().display().to_string();
+    let err = run_err(&["sweep", "--out", &out, "--dataset", &dir].map(String::from));
+    assert!(
+        err.contains("`dataset`") && err.contains("a directory, not a file"),
+        "{err}"
+    );
     for (flag, value) in [
         ("--trajectories", "4294967296"),
         ("--turns", "18446744073709551615"),
