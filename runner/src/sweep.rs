@@ -463,6 +463,16 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    if plan.backend == BackendChoice::Sim {
+        for gpu in &plan.gpus {
+            if crate::sim::cost::GpuProfile::builtin(gpu).is_none() {
+                tracing::warn!(
+                    "GPU {gpu}: not a simulated GPU profile, simulated as {} (--sim-gpu)",
+                    plan.sim_gpu
+                );
+            }
+        }
+    }
     if plan.backend == BackendChoice::Attach {
         for (i, u) in plan.urls.iter().enumerate() {
             check_attached(&Client::new(u, api_key.clone()))
