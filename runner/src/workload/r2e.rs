@@ -126,7 +126,7 @@ pub fn read(
             .map(|(i, s)| {
                 // Shown as recorded (the seed printed it as it was); slept only when positive.
                 let shown = s.env_exec_time.unwrap_or(0.0);
-                if !(shown <= MAX_TOOL_TIME_S) {
+                if shown.is_nan() || shown > MAX_TOOL_TIME_S {
                     return Err(format!(
                         "trajectory_steps[{i}].env_exec_time: {shown} s is not a tool's time \
                          (at most {MAX_TOOL_TIME_S} s; it is replayed as think time)"
