@@ -486,6 +486,39 @@ pub enum PlanError {
     Key { key: String, message: String },
 }
 
+/// The placeholders of `launch_command` ([`crate::backend::launch_argv`] fills them).
+const PLACEHOLDERS: [&str; 7] = [
+    "model_path",
+    "host",
+    "port",
+    "gpu",
+    "mem_fraction_static",
+    "max_total_tokens",
+    "api_key",
+];
+
+/// The first `{name}` in `arg` that is no placeholder (a typo would reach the server as is);
+/// a shell's `${NAME}` is not one.
+fn unknown_placeholder(arg: &str) -> Option<&str> {
+    let mut rest = arg;
+    let mut prev = None;
+    while let Some(i) = rest.find('{') {
+        let before = rest[..i].chars().last().or(prev);
+        let tail = &rest[i + 1..];
+        if let Some(j) = tail.find('}') {
+            let name = &tail[..j];
+            let ident =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if ident && before != Some('$') && !PLACEHOLDERS.contains(&name) {
+                return Some(name);
+            }
+        }
+        prev = Some('{');
+        rest = tail;
+    }
+    None
+}
+
 /// Why `p` is not a file to read, for a plan key's error.
 fn not_a_file(p: &Path) -> String {
     match std::fs::metadata(p) {
@@ -836,6 +869,15 @@ impl Plan {
             if !launch_command.iter().any(|a| a.contains("{port}")) {
                 return Err(key_err("launch_command", "must contain {port}"));
             }
+            if let Some(p) = launch_command.iter().find_map(|a| unknown_placeholder(a)) {
+                return Err(key_err(
+                    "launch_command",
+                    format!(
+                        "unknown placeholder {{{p}}} (known: {})",
+                        PLACEHOLDERS.map(|k| format!("{{{k}}}")).join(" ")
+                    ),
+                ));
+            }
             if let Some(g) = gpus.iter().find(|g| g.parse::<u16>().is_err()) {
                 return Err(key_err(
                     "gpus",
@@ -1116,6 +1158,28 @@ mod tests {
             cwd.join("p.yaml").to_str().unwrap()
         );
         assert!(json["chat_template"].is_null());
+    }
+
+    #[test]
+    fn an_unknown_launch_placeholder_is_named() {
+        assert_eq!(unknown_placeholder("--port={prot}"), Some("prot"));
+        assert_eq!(unknown_placeholder("{port}"), None);
+        assert_eq!(unknown_placeholder("${home} {gpu}"), None);
+        assert_eq!(unknown_placeholder("{ echo; }"), None);
+        let mut cmd = default_launch_command();
+        cmd.push("--log-dir={gpu_dir}".into());
+        let err = Plan::resolve(PlanKeys {
+            backend: Some(BackendChoice::Launch),
+            gpus: Some(vec!["0".into()]),
+            launch_command: Some(cmd),
+            ..PlanKeys::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`launch_command`") && err.contains("{gpu_dir}"),
+            "{err}"
+        );
     }
 
     #[test]
