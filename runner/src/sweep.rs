@@ -216,6 +216,9 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
                 flags.join(", ")
             );
         }
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            bail!("--resume {id:?}: not a run id (the name of a directory under --out)");
+        }
         let out = args.keys.out.clone().unwrap_or_else(|| "results".into());
         let dir = out.join(id);
         let mpath = dir.join(files::MANIFEST);
@@ -434,9 +437,10 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         }
         if m.dataset.content_hash.as_deref() != Some(wl.content_hash.as_str()) {
             bail!(
-                "--resume {run_id}: the dataset changed since the run started (hash {} ≠ {:?})",
+                "--resume {run_id}: the workload changed since the run started (the dataset or \
+                 its prompts file, or the synthetic generator): content hash {} now, {} then",
                 wl.content_hash,
-                m.dataset.content_hash
+                m.dataset.content_hash.as_deref().unwrap_or("none recorded")
             );
         }
     }

@@ -269,3 +269,15 @@ fn a_run_in_use_is_refused_to_a_second_sweep() {
         "{}\n"
     );
 }
+
+#[test]
+fn resume_names_what_is_wrong_with_its_run_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().display().to_string();
+    for id in ["", "..", "a/b"] {
+        let err = run_err(&["sweep", "--out", &out, "--resume", id].map(String::from));
+        assert!(err.contains("not a run id"), "{id:?}: {err}");
+    }
+    let err = run_err(&["sweep", "--out", &out, "--resume", "gone"].map(String::from));
+    assert!(err.contains("no run directory"), "{err}");
+}
