@@ -151,6 +151,15 @@ fn content_text(v: Option<serde_json::Value>) -> Result<String, String> {
 
 /// Split a conversation into prelude and turns (shared with ShareGPT).
 pub(crate) fn conversation(id: String, msgs: Vec<Message>) -> Result<Option<Trajectory>, String> {
+    if msgs.is_empty() {
+        return Err("the conversation has no messages".into());
+    }
+    if !msgs
+        .iter()
+        .any(|m| matches!(m.role, Role::User | Role::Tool))
+    {
+        return Err("the conversation has no user (or tool) message: nothing to answer".into());
+    }
     let mut prelude = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     for m in msgs {
@@ -214,6 +223,27 @@ mod tests {
         std::fs::write(&path, format!("{}\n", line.replace('\n', ""))).unwrap();
         let (trajs, _) = read(&path, 10, false).unwrap();
         trajs[0].turns.iter().map(|t| t.recorded.clone()).collect()
+    }
+
+    #[test]
+    fn a_conversation_with_nothing_to_answer_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        for (line, what) in [
+            (r#"{"messages": []}"#, "has no messages"),
+            (
+                r#"{"messages": [{"role": "system", "content": "be brief"}]}"#,
+                "no user (or tool) message",
+            ),
+            (
+                r#"{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}"#,
+                "starts with an assistant message",
+            ),
+        ] {
+            std::fs::write(&path, format!("{line}\n")).unwrap();
+            let err = read(&path, 10, false).unwrap_err().to_string();
+            assert!(err.contains("d.jsonl:1") && err.contains(what), "{err}");
+        }
     }
 
     #[test]
