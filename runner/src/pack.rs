@@ -37,6 +37,11 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         dir.display(),
         turnbench_schema::files::MANIFEST
     );
+    // A bundle whose manifest does not read is no run for `report build` to load.
+    let mpath = dir.join(turnbench_schema::files::MANIFEST);
+    let text = std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?;
+    serde_json::from_slice::<turnbench_schema::Manifest>(&text)
+        .with_context(|| format!("{}: not a run's manifest", mpath.display()))?;
     let abs_dir = dir
         .canonicalize()
         .with_context(|| format!("reading {}", dir.display()))?;

@@ -123,4 +123,18 @@ fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
     let bundle = tmp.path().join("a.tar.gz");
     assert!(pack(&bundle).status.success());
     assert!(pack(&bundle).status.success());
+    // A run whose manifest does not read is no run to bundle.
+    std::fs::write(tmp.path().join("b").join("manifest.json"), "{garbage").unwrap();
+    let o = runner()
+        .args(["pack", tmp.path().join("b").to_str().unwrap(), "-o"])
+        .arg(tmp.path().join("b.tar.gz"))
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not a run's manifest"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("b.tar.gz").exists());
 }
