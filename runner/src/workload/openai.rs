@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use std::path::Path;
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a conversation, an object with \"messages\": [{\"role\", \"content\"}, …]")]
 struct Line {
     messages: Vec<Msg>,
     #[serde(default)]
@@ -26,6 +27,7 @@ struct Line {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a message, an object with \"role\" and \"content\"")]
 struct Msg {
     role: String,
     #[serde(default)]
@@ -231,6 +233,14 @@ mod tests {
         let path = dir.path().join("d.jsonl");
         for (line, what) in [
             (r#"{"messages": []}"#, "has no messages"),
+            (
+                r#""just text""#,
+                "expected a conversation, an object with \"messages\"",
+            ),
+            (
+                r#"{"messages": [3]}"#,
+                "expected a message, an object with \"role\"",
+            ),
             (
                 r#"{"messages": [{"role": "system", "content": "be brief"}]}"#,
                 "no user (or tool) message",

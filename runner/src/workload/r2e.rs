@@ -11,12 +11,16 @@ use serde::Deserialize;
 use std::path::Path;
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a prompts file, a mapping with system_prompt and instance_prompt")]
 struct Prompts {
     system_prompt: String,
     instance_prompt: String,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(
+    expecting = "an r2e-gym trajectory, an object with \"problem_statement\" and \"trajectory_steps\""
+)]
 struct Line {
     problem_statement: String,
     trajectory_steps: Vec<Step>,

@@ -12,6 +12,9 @@ use std::path::Path;
 use std::rc::Rc;
 
 #[derive(Debug, Deserialize)]
+#[serde(
+    expecting = "a ShareGPT conversation, an object with \"conversations\": [{\"from\", \"value\"}, …]"
+)]
 struct Entry {
     #[serde(default)]
     id: Option<serde_json::Value>,
@@ -19,6 +22,7 @@ struct Entry {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a message, an object with \"from\" and \"value\"")]
 struct Turn {
     from: String,
     value: String,
