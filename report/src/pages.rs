@@ -437,6 +437,7 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
             "turns.jsonl ended in a torn line (interrupted run); that line was ignored.".into(),
         );
     }
+    notes.extend(implausible(&m.records));
     RunMeta {
         id: man.run_id.clone(),
         source: run.source.clone(),
@@ -536,6 +537,53 @@ pub fn partial(c: &CellSummary) -> Option<&'static str> {
         "unfinished"
     } else {
         "in parts"
+    })
+}
+
+/// A note when records hold values no measurement gives (more cached tokens than prompt
+/// tokens, a first token after the last, negative times): the figures built on them are
+/// shown as they are, but the reader should know.
+fn implausible(records: &[turnbench_schema::TurnRecord]) -> Option<String> {
+    let mut what: Vec<String> = Vec::new();
+    let mut count = |n: usize, label: &str| {
+        if n > 0 {
+            what.push(format!("{label} in {n}"));
+        }
+    };
+    count(
+        records
+            .iter()
+            .filter(|r| matches!((r.cached_tokens, r.prompt_tokens), (Some(c), Some(p)) if c > p))
+            .count(),
+        "more cached than prompt tokens",
+    );
+    count(
+        records
+            .iter()
+            .filter(|r| matches!((r.ttft, r.e2e), (Some(t), Some(e)) if t > e))
+            .count(),
+        "a TTFT longer than the E2E latency",
+    );
+    count(
+        records
+            .iter()
+            .filter(|r| {
+                r.t_send < 0.0
+                    || r.t_end < r.t_send
+                    || r.think_time < 0.0
+                    || r.ttft.is_some_and(|t| t < 0.0)
+                    || r.e2e.is_some_and(|t| t < 0.0)
+            })
+            .count(),
+        "negative times",
+    );
+    (!what.is_empty()).then(|| {
+        format!(
+            "Implausible records in turns.jsonl ({}): no measurement gives these values (was the \
+             file edited, or did the server report them?); the figures below include them as \
+             they are.",
+            what.join("; ")
+        )
     })
 }
 

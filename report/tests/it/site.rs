@@ -722,3 +722,23 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn records_no_measurement_gives_are_pointed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "odd", &tiny_spec("odd"));
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    assert!(!read(&site.join("index.html")).contains("Implausible"));
+    edit_turns(&run, |i, r| match i {
+        0 | 1 => r.cached_tokens = r.prompt_tokens.map(|p| p * 3),
+        2 => r.ttft = r.e2e.map(|e| e * 5.0),
+        _ => {}
+    });
+    build(std::slice::from_ref(&run), &site, None);
+    let index = read(&site.join("index.html"));
+    assert!(
+        index.contains("Implausible records in turns.jsonl (more cached than prompt tokens in 2; a TTFT longer than the E2E latency in 1)"),
+        "{index}"
+    );
+}
