@@ -443,9 +443,17 @@ impl PlanKeys {
 
     /// Read a plan file. Unknown keys and bad values are errors naming the file, line and key.
     pub fn from_file(path: &Path) -> Result<PlanKeys, PlanError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PlanError::Io {
+        let bytes = std::fs::read(path).map_err(|e| PlanError::Io {
             path: path.to_path_buf(),
             error: e,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+            PlanError::Toml {
+                path: path.to_path_buf(),
+                message: format!("line {line}: not UTF-8 text (TOML files are UTF-8)"),
+            }
         })?;
         let mut keys: PlanKeys = toml::from_str(&text).map_err(|e| PlanError::Toml {
             path: path.to_path_buf(),
@@ -1179,6 +1187,18 @@ mod tests {
         assert!(
             err.contains("`launch_command`") && err.contains("{gpu_dir}"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_plan_that_is_not_utf8_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, b"trajectories = 4\n# caf\xe9\n").unwrap();
+        let e = PlanKeys::from_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("p.toml") && e.contains("line 2") && e.contains("UTF-8"),
+            "{e}"
         );
     }
 
