@@ -294,7 +294,13 @@ async fn run_turns(
         conv.advance(answer, parent_holds.0, &turn.after)
             .with_context(|| format!("trajectory {:?}, after turn {k}", traj.id))?;
         parent = Some(out.id.clone().unwrap_or(rid));
-        tokio::time::sleep(think_sleep(think, ctx.think_scale)).await;
+        // No think time, no sleep: tokio's timer rounds a deadline up to its next millisecond,
+        // so even a zero sleep held the next turn back ~1 ms of wall time — scaled by a
+        // simulated engine's time scale into every turn's gap (0.1 s of engine time at 100).
+        let pause = think_sleep(think, ctx.think_scale);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
     Ok(())
 }

@@ -279,3 +279,36 @@ fn a_time_scale_that_magnifies_the_harness_is_announced() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the harness's own latency"), "{err}");
 }
+
+#[test]
+fn no_think_time_puts_no_pause_between_turns() {
+    // Without think time the next turn is sent as soon as the last one ended: the client's
+    // own gap (sub-millisecond wall time, × 1000 here) — not the ~1 ms tick of a zero-length
+    // timer, which the time scale turned into a second of engine time per turn.
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(&small_with(
+        tmp.path(),
+        "gaps",
+        &[
+            ("--think-time", "off"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+            ("--trajectories", "3"),
+            ("--turns", "6"),
+        ],
+    ));
+    let mut turns = Run::load(&tmp.path().join("gaps")).turns();
+    turns.sort_by_key(|r| (r.traj, r.turn));
+    let mut gaps: Vec<f64> = turns
+        .windows(2)
+        .filter(|w| w[0].traj == w[1].traj)
+        .map(|w| w[1].t_send - w[0].t_end)
+        .collect();
+    assert!(gaps.len() >= 10, "{gaps:?}");
+    gaps.sort_by(f64::total_cmp);
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median < 0.5,
+        "engine seconds between turns at scale 1000: {gaps:?}"
+    );
+}
