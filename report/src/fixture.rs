@@ -202,6 +202,7 @@ pub fn manifest(spec: &FixtureSpec) -> Manifest {
                 time_scale: 100.0,
                 gpu_profile: spec.gpus.first().cloned().unwrap_or_default(),
                 model: model.clone(),
+                zero_cost: false,
             }),
             chat_template: None,
         },

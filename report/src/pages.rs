@@ -401,7 +401,11 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
     );
     if let Some(sim) = &man.backend.sim {
         // (Each GPU's own profile is in the GPUs line: a run may simulate several.)
-        engine.push_str(&format!("; time scale ×{}", sim.time_scale));
+        if sim.zero_cost {
+            engine.push_str("; time scale ∞ (no engine cost: times are the harness's own)");
+        } else {
+            engine.push_str(&format!("; time scale ×{}", sim.time_scale));
+        }
     }
     let launch = joined(
         man.servers
@@ -461,7 +465,10 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         gpus,
         turns: m.records.len().to_string(),
         notes,
-        warnings: prompt_caveat(man).into_iter().collect(),
+        warnings: prompt_caveat(man)
+            .into_iter()
+            .chain(zero_cost_caveat(man))
+            .collect(),
     }
 }
 
@@ -497,6 +504,17 @@ fn dataset_line(d: &turnbench_schema::DatasetInfo) -> String {
 /// above 0 that differs from cell to cell (as do output lengths), so part of any difference
 /// between its cache modes, concurrencies or GPUs is the workload's. A plan without a
 /// temperature sampled at the server's default, 1.
+/// A run on a simulated engine with no cost (`--sim-time-scale inf`): its times are the
+/// harness's own, not a GPU's.
+pub fn zero_cost_caveat(man: &Manifest) -> Option<String> {
+    man.backend.sim.as_ref().filter(|s| s.zero_cost).map(|_| {
+        "No engine cost: this run's simulated engine answered at once (--sim-time-scale inf), \
+         so its times are the harness's own wall time (client, HTTP, simulator), not a GPU's. \
+         It tests the harness; do not compare GPUs or cache modes with it."
+            .to_string()
+    })
+}
+
 pub fn prompt_caveat(man: &Manifest) -> Option<String> {
     let d = &man.dataset;
     let set = man
@@ -1332,6 +1350,7 @@ fn measured_section(
             .collect(),
         warnings: prompt_caveat(&m.manifest)
             .into_iter()
+            .chain(zero_cost_caveat(&m.manifest))
             .chain(cache_not_off(cells.iter().map(|c| &c.summary)))
             .chain(unfinished(
                 &m.manifest,

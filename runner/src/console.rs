@@ -173,15 +173,19 @@ impl Display {
     }
 }
 
-/// The seed's table per GPU, then the best configuration by each criterion.
-pub fn tables(summary: &Summary) -> String {
+/// The seed's table per GPU, then the best configuration by each criterion. `zero_cost`: the
+/// simulated engine did not wait at all (`--sim-time-scale inf`).
+pub fn tables(summary: &Summary, zero_cost: bool) -> String {
     let mut out = String::new();
     let mut gpus: Vec<&str> = summary.cells.iter().map(|c| c.gpu.as_str()).collect();
     gpus.dedup();
-    let sim = if summary.simulated {
-        " (simulated, engine time)"
-    } else {
-        ""
+    let sim = match (summary.simulated, zero_cost) {
+        (true, true) => {
+            " (simulated with no engine cost, --sim-time-scale inf: the harness's own wall \
+             time, no GPU's)"
+        }
+        (true, false) => " (simulated, engine time)",
+        _ => "",
     };
     for gpu in gpus {
         let _ = writeln!(out, "\nGPU {gpu}{sim}");

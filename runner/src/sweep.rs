@@ -461,7 +461,8 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
                 counts.iter().map(|&n| n as u32).collect(),
             )?;
             let summary = recorder.write_summary()?;
-            println!("{}", console::tables(&summary));
+            let zero_cost = m.backend.sim.as_ref().is_some_and(|s| s.zero_cost);
+            println!("{}", console::tables(&summary, zero_cost));
             println!("--resume {run_id}: every cell is finished; nothing left to run");
             println!("results: {}", dir.display());
             return Ok(());
@@ -520,6 +521,16 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     }
     let simulated = infos.iter().any(|i| i.1.is_some());
     warn_context(&plan, &wl, &infos);
+    if infos
+        .iter()
+        .any(|(_, sim)| sim.as_ref().is_some_and(|s| s.zero_cost))
+    {
+        tracing::warn!(
+            "the simulated engine has no cost (--sim-time-scale inf): it answers at once, so \
+             the times recorded are the harness's own wall time (client, HTTP, simulator), not \
+             a GPU's: a run to test the harness, not to compare GPUs or cache modes"
+        );
+    }
     let scales: BTreeMap<String, f64> = infos
         .iter()
         .map(|(si, sim)| (si.gpu.clone(), sim.as_ref().map_or(1.0, |s| s.time_scale)))
@@ -684,7 +695,14 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         return Err(e);
     }
     let summary = written?;
-    println!("{}", console::tables(&summary));
+    let zero_cost = manifest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .backend
+        .sim
+        .as_ref()
+        .is_some_and(|s| s.zero_cost);
+    println!("{}", console::tables(&summary, zero_cost));
     if wl.skipped_lines > 0 {
         println!(
             "dataset: {} malformed line(s) skipped (--skip-bad-lines; each named in the log above)",
@@ -1094,6 +1112,8 @@ fn sim_info(v: &Value) -> Option<SimInfo> {
         },
         gpu_profile: name(s.get("gpu")),
         model: name(s.get("model")),
+        zero_cost: matches!(s.get("time_scale"), Some(Value::String(x)) if x == "inf")
+            || scale.is_infinite(),
     })
 }
 

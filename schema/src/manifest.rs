@@ -87,6 +87,10 @@ pub struct SimInfo {
     pub gpu_profile: String,
     /// Model shape, e.g. `qwen2.5-14b`.
     pub model: String,
+    /// The engine did not wait at all (`--sim-time-scale inf`): recorded times are the
+    /// harness's own wall time (`time_scale` 1), no engine's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero_cost: bool,
 }
 
 /// What the server said about itself (`/get_server_info`, `/get_model_info`). Never secrets.

@@ -742,3 +742,25 @@ fn records_no_measurement_gives_are_pointed_out() {
         "{index}"
     );
 }
+
+#[test]
+fn a_run_with_no_engine_cost_is_marked_on_every_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "inf", &tiny_spec("inf"));
+    let path = run.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
+    m["backend"]["sim"]["time_scale"] = 1.0.into();
+    m["backend"]["sim"]["zero_cost"] = true.into();
+    std::fs::write(&path, m.to_string()).unwrap();
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let index = read(&site.join("index.html"));
+    assert!(index.contains("time scale ∞"), "{index}");
+    for page in [index, read(&site.join("gpu-h100.html"))] {
+        assert!(page.contains("No engine cost"), "{page}");
+    }
+    // An ordinary simulated run is not.
+    let plain = write_run(tmp.path(), "plain", &tiny_spec("plain"));
+    build(std::slice::from_ref(&plain), &site, None);
+    assert!(!read(&site.join("index.html")).contains("No engine cost"));
+}

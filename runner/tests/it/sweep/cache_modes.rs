@@ -200,9 +200,15 @@ fn an_engine_that_never_waits_does_not_sleep_think_time_either() {
         ],
     );
     let t0 = std::time::Instant::now();
-    run_ok(&args);
+    let out = run_ok(&args);
     let wall = t0.elapsed().as_secs_f64();
     let run = Run::load(&tmp.path().join("inf"));
+    // Its times are the harness's own, and everything says so.
+    assert!(run.manifest.backend.sim.as_ref().unwrap().zero_cost);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("simulated with no engine cost"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a GPU's"), "{stderr}");
     run.assert_complete(&[4, 4]);
     let think: f64 = run.turns().iter().map(|r| r.think_time).sum();
     assert!(think > 2.0, "the workload has tool time to replay: {think}");
