@@ -519,6 +519,14 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     for s in &servers {
         infos.push(server_info(s, api_key.clone()).await);
     }
+    if plan.backend == BackendChoice::Attach {
+        if let Err(e) = check_attached_cache(&plan, &infos) {
+            for s in servers {
+                s.stop().await;
+            }
+            return Err(e);
+        }
+    }
     let simulated = infos.iter().any(|i| i.1.is_some());
     warn_context(&plan, &wl, &infos);
     if infos
@@ -825,10 +833,26 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             }
             if !radix && plan.backend == BackendChoice::Attach && !warned_none {
                 warned_none = true;
-                tracing::warn!(
-                    "GPU {gpu}: cache mode none on an attached server cannot be guaranteed \
-                 (start it with --disable-radix-cache); checking cached_tokens"
-                );
+                // (A server that says how it runs was checked before the sweep.)
+                let said = manifest
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .servers
+                    .iter()
+                    .any(|s| s.gpu == gpu && s.disable_radix_cache.is_some());
+                if !said {
+                    tracing::warn!(
+                        "GPU {gpu}: the attached server does not say whether its radix cache is \
+                         off, so cache mode none cannot be guaranteed (start it with \
+                         --disable-radix-cache); {}",
+                        if plan.api == Api::Openai {
+                            "over the OpenAI API its cached tokens show only with \
+                             --enable-cache-report"
+                        } else {
+                            "checking cached_tokens"
+                        }
+                    );
+                }
             }
             {
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -1023,6 +1047,43 @@ fn warn_harness(gpu: &str, scale: f64, ctx: &CellCtx) -> bool {
 /// An attached server answers, and accepts the API key: SGLang's model info (or its newer
 /// name), else an OpenAI-compatible server's model list. One that answers none of them (404)
 /// is let through: its generations will say what is wrong.
+/// An attached server's radix cache is what it is for every cache mode run on it: a server
+/// that says (`/get_server_info`) it runs with `--disable-radix-cache` gives prefix and
+/// session cells no reuse, one that runs with it gives `none` cells reuse. Either would be a
+/// cell labelled with a mode it did not run: refused, naming the GPU and what to change.
+fn check_attached_cache(
+    plan: &Plan,
+    infos: &[(ServerInfo, Option<SimInfo>)],
+) -> anyhow::Result<()> {
+    let modes: Vec<CacheMode> = plan.cache_modes.clone();
+    let reuse: Vec<&str> = modes
+        .iter()
+        .filter(|m| **m != CacheMode::None)
+        .map(|m| m.as_str())
+        .collect();
+    for (info, _) in infos {
+        match info.disable_radix_cache {
+            Some(true) if !reuse.is_empty() => bail!(
+                "GPU {}: the server at {} runs with --disable-radix-cache, so cache mode(s) {} \
+                 would measure no reuse: attach a server with its radix cache on for them, or \
+                 run cache_modes = [\"none\"] on this one",
+                info.gpu,
+                info.url,
+                reuse.join(", ")
+            ),
+            Some(false) if modes.contains(&CacheMode::None) => bail!(
+                "GPU {}: the server at {} runs with its radix cache on, so cache mode none would \
+                 reuse cached prefixes: attach a server started with --disable-radix-cache for \
+                 it, or leave none out of cache_modes",
+                info.gpu,
+                info.url
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 async fn check_attached(c: &Client) -> anyhow::Result<()> {
     let mut answers = Vec::new();
     for path in ["/get_model_info", "/model_info", "/v1/models"] {

@@ -273,7 +273,12 @@ fn an_attached_server_that_dies_is_waited_for_and_its_cell_rerun() {
     let args = small_with(
         tmp.path(),
         "attached",
-        &[("--backend", "attach"), ("--url", &url), ("--gpus", "sim")],
+        &[
+            ("--backend", "attach"),
+            ("--url", &url),
+            ("--gpus", "sim"),
+            ("--cache-modes", "prefix,session"),
+        ],
     );
     let out = run_ok(&args);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -539,4 +544,49 @@ fn an_attached_run_is_finished_against_servers_that_moved() {
     let run = Run::load(&tmp.path().join("moved"));
     run.assert_complete(&[4, 4]);
     assert_eq!(run.manifest.servers.last().unwrap().url, url2);
+}
+
+#[test]
+fn an_attached_servers_radix_cache_must_match_the_cache_modes_run_on_it() {
+    // One attached server serves every cache mode of its GPU: a `none` cell on a server whose
+    // radix cache is on (or a prefix cell on one whose cache is off) would be labelled with a
+    // mode it did not run. The server says how it runs; the sweep refuses the mismatch.
+    let tmp = tempfile::tempdir().unwrap();
+    let (on, off) = (free_port(), free_port());
+    let mut with_cache = spawn_sim(on, "1000", &[]);
+    let mut without = spawn_sim(off, "1000", &["--disable-radix-cache"]);
+    let attach = |port: u16, modes: &str, id: &str| {
+        let url = format!("http://127.0.0.1:{port}");
+        small_with(
+            tmp.path(),
+            id,
+            &[
+                ("--backend", "attach"),
+                ("--url", &url),
+                ("--gpus", "g"),
+                ("--cache-modes", modes),
+            ],
+        )
+    };
+    let err = run_err(&attach(on, "prefix,none", "a"));
+    assert!(
+        err.contains("GPU g") && err.contains("cache mode none would reuse"),
+        "{err}"
+    );
+    let err = run_err(&attach(off, "prefix,none", "b"));
+    assert!(
+        err.contains("--disable-radix-cache") && err.contains("prefix"),
+        "{err}"
+    );
+    // Matched, it runs, and says nothing about a mode it cannot guarantee.
+    let out = run_ok(&attach(off, "none", "c"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("cannot be guaranteed"), "{err}");
+    let run = Run::load(&tmp.path().join("c"));
+    assert!(run.turns().iter().all(|r| r.cached_tokens == Some(0)));
+    run_ok(&attach(on, "prefix,session", "d"));
+    for c in [&mut with_cache, &mut without] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -335,7 +335,12 @@ fn attach_without_the_servers_api_key_says_so() {
     let args = small_with(
         tmp.path(),
         "nokey",
-        &[("--backend", "attach"), ("--url", &url), ("--gpus", "sim")],
+        &[
+            ("--backend", "attach"),
+            ("--url", &url),
+            ("--gpus", "sim"),
+            ("--cache-modes", "prefix,session"),
+        ],
     );
     let err = run_err(&args);
     assert!(
