@@ -651,7 +651,13 @@ impl Table {
             self.column(Field::Error)
                 .map_into(start, &mut b.errors[..len], |c| c != 0);
         }
-        self.metric_into(query.metric, start, &mut b.values[..len], &mut b.tmp[..len]);
+        if query.filters.error == Some(true) && query.agg == Agg::Count {
+            // Failed turns only, counted: every failure counts, whether it got as far as the
+            // metric or not (most never reach a first token).
+            b.values[..len].fill(0.0);
+        } else {
+            self.metric_into(query.metric, start, &mut b.values[..len], &mut b.tmp[..len]);
+        }
         true
     }
 

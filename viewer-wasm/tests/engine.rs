@@ -203,7 +203,10 @@ fn percentiles_are_the_schema_crates() {
 
 #[test]
 fn failed_and_missing_records_are_skipped_and_counted() {
-    let records = fixture();
+    let mut records = fixture();
+    // A failure before the first token (most are: refused, dropped, timed out).
+    let early = records.iter_mut().find(|r| r.error.is_some()).unwrap();
+    (early.ttft, early.t_first_token, early.itl) = (None, None, None);
     let t = table(&records);
     let failed = records.iter().filter(|r| r.error.is_some()).count() as u64;
     assert!(failed > 0, "the fixture must contain failures");
@@ -223,6 +226,18 @@ fn failed_and_missing_records_are_skipped_and_counted() {
             .filter(|r| r.error.is_some() && r.gpu == row.group)
             .count() as f64;
         assert!(want > 0.0, "failures on GPU {}", row.group);
+        assert_eq!(row.value, Some(want), "GPU {}", row.group);
+    }
+    // Also for a metric most failures never reached (no first token): each one counts.
+    assert!(records
+        .iter()
+        .any(|r| r.error.is_some() && r.ttft.is_none()));
+    let view = t.view(&Query::parse("metric=ttft&agg=count&group=gpu&error=true").unwrap());
+    for row in &view.rows {
+        let want = records
+            .iter()
+            .filter(|r| r.error.is_some() && r.gpu == row.group)
+            .count() as f64;
         assert_eq!(row.value, Some(want), "GPU {}", row.group);
     }
     let view = t.view(&Query::parse("metric=e2e&agg=max&group=gpu&error=true").unwrap());
