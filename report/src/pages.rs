@@ -558,6 +558,32 @@ pub fn partial(c: &CellSummary) -> Option<&'static str> {
     })
 }
 
+/// An error message as a kind of failure: numbers of four digits or more (token counts,
+/// ports, ids) read `N`, so "The input (5509 tokens) is longer…" and "(6120 tokens)" are one
+/// row of the failures table, not one row per prompt length. Status codes stay.
+fn error_kind(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= 4 {
+            out.push('N');
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for ch in msg.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+        } else {
+            flush(&mut digits, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut digits, &mut out);
+    out
+}
+
 /// A note when records hold values no measurement gives (more cached tokens than prompt
 /// tokens, a first token after the last, negative times): the figures built on them are
 /// shown as they are, but the reader should know.
@@ -1269,7 +1295,11 @@ fn measured_section(
         for c in &mc {
             for (k, v) in &c.summary.errors {
                 *errors
-                    .entry(format!("{mode} c={}: {k}", c.summary.concurrency))
+                    .entry(format!(
+                        "{mode} c={}: {}",
+                        c.summary.concurrency,
+                        error_kind(k)
+                    ))
                     .or_default() += v;
             }
         }

@@ -764,3 +764,39 @@ fn a_run_with_no_engine_cost_is_marked_on_every_page() {
     build(std::slice::from_ref(&plain), &site, None);
     assert!(!read(&site.join("index.html")).contains("No engine cost"));
 }
+
+#[test]
+fn failures_that_differ_only_in_their_numbers_are_one_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "fails", &tiny_spec("fails"));
+    // Two prompts too long (each names its own length), and an HTTP 500, in prefix c=1.
+    let mut n = 0;
+    edit_turns(&run, |_, r| {
+        if r.cache_mode == turnbench_schema::CacheMode::Prefix && r.concurrency == 1 && r.turn == 2
+        {
+            r.error = Some(match n {
+                0 => "server error: The input (5509 tokens) is longer than the model's context length (32768 tokens).".into(),
+                1 => "server error: The input (6120 tokens) is longer than the model's context length (32768 tokens).".into(),
+                _ => "HTTP 500: boom".into(),
+            });
+            n += 1;
+        }
+    });
+    assert_eq!(n, 3);
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let page = read(&site.join("gpu-h100.html"));
+    let table = &page[page.find("<table class=\"errors\">").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let rows: Vec<&str> = table.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("The input (N tokens) is longer") && r.contains("<td>2</td>")),
+        "{table}"
+    );
+    assert!(
+        table.contains("prefix c=1: HTTP 500: boom</td><td>1</td>"),
+        "{table}"
+    );
+}
