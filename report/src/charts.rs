@@ -425,7 +425,9 @@ pub fn telemetry(ids: &mut Ids, series: &TelemetrySeries) -> ChartSpec {
             } else {
                 plot_text(&series.key)
             };
-            json!({"type": "scatter", "mode": "lines", "name": name,
+            // A lone sample is no line: draw it as a marker.
+            let mode = if points.len() < 2 { "markers" } else { "lines" };
+            json!({"type": "scatter", "mode": mode, "name": name,
             "x": points.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
             "y": points.iter().map(|p| r(p.1)).collect::<Vec<_>>()})
         })

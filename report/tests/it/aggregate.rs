@@ -149,5 +149,13 @@ fn a_resumed_runs_telemetry_is_its_sessions_end_to_end() {
     // The chart draws one line per session and says what its axis is.
     let chart = report::charts::telemetry(&mut report::charts::Ids::default(), series[0]);
     assert_eq!(chart.data.len(), 2);
+    assert_eq!(chart.data[0]["mode"], "lines");
+    // A session of one sample is a marker (a line of one point draws nothing).
+    let one = report::aggregate::TelemetrySeries {
+        sessions: vec![vec![(1.0, 2.0)]],
+        ..series[0].clone()
+    };
+    let chart = report::charts::telemetry(&mut report::charts::Ids::default(), &one);
+    assert_eq!(chart.data[0]["mode"], "markers");
     assert!(chart.note.contains("several sessions"));
 }
