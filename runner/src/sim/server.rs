@@ -760,7 +760,9 @@ impl Running {
                 }),
                 dp_rank: None,
                 e2e_latency: self.e2e(),
-                response_sent_to_client_ts: unix_now(),
+                // On the engine's clock, as every other timestamp here (a simulated engine's
+                // Unix time runs at its time scale; at scale 1 it is the wall clock).
+                response_sent_to_client_ts: self.st.engine_epoch_unix + self.st.engine.now(),
                 timing: self.st.cfg.args.enable_metrics.then(|| self.timing()),
             },
             index,

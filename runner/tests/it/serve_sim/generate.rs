@@ -357,3 +357,24 @@ async fn chunk_per_step_sends_every_step_to_a_lagging_client() {
         "a chunk carried several tokens"
     );
 }
+
+#[tokio::test]
+async fn every_timestamp_of_a_chunk_is_on_one_clock() {
+    // A simulated engine's clock runs at its time scale: the time a chunk was sent is on that
+    // clock too, after the request arrived and its first token was ready (a client reading
+    // both got durations of minus an hour).
+    let h = server(&["--sim-time-scale", "20", "--enable-metrics"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let body = json!({"text": "Tell me a story.", "stream": true,
+                      "sampling_params": {"max_new_tokens": 16, "temperature": 0}});
+    let (_, data) = stream(&h, "/generate", body).await;
+    for c in chunks(&data) {
+        let m = &c["meta_info"];
+        let f = |k: &str| m[k].as_f64().unwrap();
+        let sent = f("response_sent_to_client_ts");
+        assert!(sent >= f("request_received_ts"), "{m}");
+        assert!(sent >= f("prefill_finished_time"), "{m}");
+        assert!(sent - f("request_received_ts") < 60.0, "{m}");
+    }
+    h.shutdown().await;
+}
