@@ -1034,7 +1034,8 @@ fn warn_harness(gpu: &str, scale: f64, ctx: &CellCtx) -> bool {
             "GPU {gpu}: simulated times are wall time × {scale}, the harness's own latency \
              included: between client and simulator alone ~{:.2} ms a request, {:.0} % of the \
              median TTFT ({:.3} s engine time; the simulator's own request handling adds \
-             more); a lower sim_time_scale gives more exact simulated TTFTs (slower)",
+             more, and the client's step between turns lengthens time per trajectory too); a \
+             lower sim_time_scale gives more exact simulated times (slower)",
             a / scale * 1e3,
             a / c * 100.0,
             c
