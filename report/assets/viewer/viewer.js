@@ -244,6 +244,18 @@
   }
 
   var MARKER_LIMIT = 1000;
+  // Group dimensions whose values are whole numbers.
+  var INTEGER_DIMS = { concurrency: 1, turn: 1, traj: 1 };
+
+  // The x values of `traces` as ticks, for a whole-number dimension with at most 20 of them.
+  function integerTicks(dim, traces) {
+    if (!INTEGER_DIMS[dim]) return undefined;
+    var seen = {};
+    traces.forEach(function (t) { (t.x || []).forEach(function (x) { seen[x] = Number(x); }); });
+    var xs = Object.keys(seen).map(function (k) { return seen[k]; }).filter(function (x) { return isFinite(x); });
+    if (xs.length === 0 || xs.length > 20) return undefined;
+    return xs.sort(function (a, b) { return a - b; });
+  }
   // A trace per series: beyond this many, plotly takes minutes (and a shared link would
   // freeze whoever opens it), so the chart gives way to the table and the CSV.
   // (A property of the page's API, so tests can lower it.)
@@ -315,7 +327,12 @@
       barmode: "group",
       // Side by side for box and bar charts only: lines keep each point at its true x.
       scattermode: view.chart === "box" ? "group" : "overlay",
-      xaxis: { title: { text: plotlyText(view.group_label) }, type: numeric ? "linear" : "category" },
+      xaxis: {
+        title: { text: plotlyText(view.group_label) }, type: numeric ? "linear" : "category",
+        // Whole-number dimensions (concurrency, turn index) are ticked at their values, not
+        // at plotly's fractions between them (when there are few enough to label).
+        tickvals: integerTicks(view.group, traces)
+      },
       yaxis: { title: { text: plotlyText(view.chart === "box" ? view.metric_label : view.agg + " of " + view.metric_label) } },
       showlegend: traces.length > 1,
       hovermode: "closest"
@@ -446,6 +463,8 @@
   function render() {
     var hash = currentHash();
     var unknown = syncControls(hash);
+    // The records listed belong to a point of the previous view: a new view drops them.
+    if (api.renderedHash !== undefined && hash !== api.renderedHash) $("records").hidden = true;
     var t = performance.now();
     var view;
     try {

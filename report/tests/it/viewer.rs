@@ -349,6 +349,15 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
     let got = wait_for_table(browser, &hash).await;
     let want = expected(&lines, &|_| true, &n("concurrency"), None, "e2e", "max");
     assert_table(&hash, &got, &want);
+    // A whole-number axis is ticked at its values (not at 1.2, 1.4, … between them).
+    let ticks: Vec<f64> = browser
+        .eval("var l = document.getElementById('view-chart').layout; return (l && l.xaxis && l.xaxis.tickvals) || [];")
+        .await
+        .unwrap();
+    let mut want_ticks: Vec<f64> = got.iter().map(|r| r.group.parse().unwrap()).collect();
+    want_ticks.sort_by(f64::total_cmp);
+    want_ticks.dedup();
+    assert_eq!(ticks, want_ticks);
 
     // Hostile run id and GPU label render as text, in the table, the options and the records.
     let hash = "metric=ttft&agg=count&group=gpu&series=run".to_string();
@@ -393,6 +402,35 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
     );
     assert_eq!(injected, 0, "markup from the data became elements");
     assert!(!title.contains("pwned"));
+    // Another view drops the records of a point of this one.
+    let shown: bool = browser
+        .eval("return !document.getElementById('records').hidden")
+        .await
+        .unwrap();
+    assert!(shown);
+    browser
+        .client()
+        .find(Locator::Css("#ctl-agg"))
+        .await
+        .unwrap()
+        .select_by_value("max")
+        .await
+        .unwrap();
+    wait_for_table(browser, "metric=ttft&agg=max&group=gpu&series=run").await;
+    let hidden: bool = browser
+        .eval("return document.getElementById('records').hidden")
+        .await
+        .unwrap();
+    assert!(hidden, "records of the previous view still listed");
+    browser
+        .client()
+        .find(Locator::Css("#ctl-agg"))
+        .await
+        .unwrap()
+        .select_by_value("count")
+        .await
+        .unwrap();
+    wait_for_table(browser, &hash).await;
 
     // The CSV of the view: a header and one line per table row; the button makes a download.
     let csv: String = browser
