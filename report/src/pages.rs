@@ -507,7 +507,7 @@ fn dataset_line(d: &turnbench_schema::DatasetInfo) -> String {
 /// A run on a simulated engine with no cost (`--sim-time-scale inf`): its times are the
 /// harness's own, not a GPU's.
 pub fn zero_cost_caveat(man: &Manifest) -> Option<String> {
-    man.backend.sim.as_ref().filter(|s| s.zero_cost).map(|_| {
+    man.zero_cost().then(|| {
         "No engine cost: this run's simulated engine answered at once (--sim-time-scale inf), \
          so its times are the harness's own wall time (client, HTTP, simulator), not a GPU's. \
          It tests the harness; do not compare GPUs or cache modes with it."

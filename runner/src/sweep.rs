@@ -461,8 +461,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
                 counts.iter().map(|&n| n as u32).collect(),
             )?;
             let summary = recorder.write_summary()?;
-            let zero_cost = m.backend.sim.as_ref().is_some_and(|s| s.zero_cost);
-            println!("{}", console::tables(&summary, zero_cost));
+            println!("{}", console::tables(&summary, m.zero_cost()));
             println!("--resume {run_id}: every cell is finished; nothing left to run");
             println!("results: {}", dir.display());
             return Ok(());
@@ -706,10 +705,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let zero_cost = manifest
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .backend
-        .sim
-        .as_ref()
-        .is_some_and(|s| s.zero_cost);
+        .zero_cost();
     println!("{}", console::tables(&summary, zero_cost));
     if wl.skipped_lines > 0 {
         println!(

@@ -32,6 +32,14 @@ pub struct Manifest {
     pub cells: Vec<CellId>,
 }
 
+impl Manifest {
+    /// The run's simulated engine had no cost (`--sim-time-scale inf`): its times are the
+    /// harness's own ([`SimInfo::zero_cost`]).
+    pub fn zero_cost(&self) -> bool {
+        self.backend.sim.as_ref().is_some_and(|s| s.zero_cost)
+    }
+}
+
 /// One point of a sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
