@@ -48,6 +48,27 @@ pub fn think_sleep(engine_s: f64, time_scale: f64) -> Duration {
     Duration::try_from_secs_f64(engine_s / time_scale).unwrap_or(Duration::MAX)
 }
 
+/// Sleep `d` of wall time, to within a fraction of a millisecond. tokio's timer fires on its
+/// next millisecond tick at or after a deadline (half a millisecond late on average, even for
+/// a zero sleep), which a simulated engine's time scale multiplies: at 100, 50 ms of engine
+/// time added to each replayed think time. So the timer sleeps to a millisecond before the
+/// deadline, and a blocking thread's sleep (precise to ~0.1 ms) does the rest; nothing to
+/// sleep, no sleep.
+pub async fn pause(d: Duration) {
+    if d.is_zero() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + d;
+    let tick = Duration::from_millis(1);
+    if d > tick * 2 {
+        tokio::time::sleep_until(deadline - tick).await;
+    }
+    let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
+}
+
 /// Everything a cell's workers share.
 pub struct CellCtx {
     pub cell: CellId,
@@ -294,13 +315,7 @@ async fn run_turns(
         conv.advance(answer, parent_holds.0, &turn.after)
             .with_context(|| format!("trajectory {:?}, after turn {k}", traj.id))?;
         parent = Some(out.id.clone().unwrap_or(rid));
-        // No think time, no sleep: tokio's timer rounds a deadline up to its next millisecond,
-        // so even a zero sleep held the next turn back ~1 ms of wall time — scaled by a
-        // simulated engine's time scale into every turn's gap (0.1 s of engine time at 100).
-        let pause = think_sleep(think, ctx.think_scale);
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
+        pause(think_sleep(think, ctx.think_scale)).await;
     }
     Ok(())
 }

@@ -318,3 +318,37 @@ fn no_think_time_puts_no_pause_between_turns() {
         "engine seconds between turns at scale 1000: {gaps:?}"
     );
 }
+
+#[test]
+fn replayed_think_time_is_slept_as_recorded() {
+    // The gap between a turn's end and the next turn's send is its replayed think time plus
+    // the client's own step: not half a millisecond of timer tick more (× 1000 here, half a
+    // second of engine time per gap).
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(&small_with(
+        tmp.path(),
+        "think",
+        &[
+            ("--think-time", "replay"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+            ("--trajectories", "3"),
+            ("--turns", "6"),
+        ],
+    ));
+    let mut turns = Run::load(&tmp.path().join("think")).turns();
+    turns.sort_by_key(|r| (r.traj, r.turn));
+    let mut extra: Vec<f64> = turns
+        .windows(2)
+        .filter(|w| w[0].traj == w[1].traj)
+        .map(|w| w[1].t_send - w[0].t_end - w[0].think_time)
+        .collect();
+    assert!(extra.len() >= 10, "{extra:?}");
+    assert!(extra.iter().all(|x| *x > -0.01), "never sooner: {extra:?}");
+    extra.sort_by(f64::total_cmp);
+    let median = extra[extra.len() / 2];
+    assert!(
+        median < 0.45,
+        "engine seconds past the think time at scale 1000: {extra:?}"
+    );
+}
