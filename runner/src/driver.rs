@@ -13,7 +13,7 @@ use crate::record::{Recorder, Todo};
 use crate::workload::Workload;
 use anyhow::Context as _;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use turnbench_schema::manifest::CellId;
@@ -133,6 +133,39 @@ async fn check_server(ctx: &CellCtx, error: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The trajectories a cell has in progress over time: each start (a worker takes it) and end,
+/// with the count after it, in the order they happened (instants taken under the lock, so
+/// non-decreasing). A turn's `in_flight` is the count at its send, which is dated only once
+/// the request is written (a new connection may take other trajectories' writes first), so it
+/// is looked up afterwards rather than read when the request is made.
+#[derive(Default)]
+struct Active(Mutex<Vec<(Instant, u32)>>);
+
+impl Active {
+    fn start(&self) {
+        self.step(true);
+    }
+
+    fn end(&self) {
+        self.step(false);
+    }
+
+    fn step(&self, up: bool) {
+        let mut e = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = e.last().map_or(0, |x| x.1);
+        e.push((Instant::now(), if up { n + 1 } else { n.saturating_sub(1) }));
+    }
+
+    /// Trajectories in progress at `t`.
+    fn at(&self, t: Instant) -> u32 {
+        let e = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match e.partition_point(|x| x.0 <= t) {
+            0 => 0,
+            i => e[i - 1].1,
+        }
+    }
+}
+
 /// Run one cell to completion. Only a failure to write results, or a chat template that fails
 /// to render (or, in session mode, is not prefix-stable), is an error.
 pub async fn run_cell(ctx: Arc<CellCtx>, todo: Todo) -> anyhow::Result<()> {
@@ -140,7 +173,7 @@ pub async fn run_cell(ctx: Arc<CellCtx>, todo: Todo) -> anyhow::Result<()> {
     // trajectories is ten workers, not a million idle tasks).
     let workers_n = (ctx.cell.concurrency as usize).min(todo.len());
     let schedule = Arc::new(Mutex::new(ClosedLoop::new(todo)));
-    let in_flight = Arc::new(AtomicU32::new(0));
+    let in_flight = Arc::new(Active::default());
     let t0 = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..workers_n {
@@ -151,9 +184,9 @@ pub async fn run_cell(ctx: Arc<CellCtx>, todo: Todo) -> anyhow::Result<()> {
                 let Some((t, attempt)) = next else {
                     return Ok::<_, anyhow::Error>(());
                 };
-                in_flight.fetch_add(1, Ordering::SeqCst);
+                in_flight.start();
                 let r = run_trajectory(&ctx, t, attempt, t0, &in_flight).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
+                in_flight.end();
                 ctx.progress.trajectory_done();
                 r?;
             }
@@ -170,7 +203,7 @@ async fn run_trajectory(
     t: usize,
     attempt: u32,
     t0: Instant,
-    in_flight: &AtomicU32,
+    in_flight: &Active,
 ) -> anyhow::Result<()> {
     let traj = &ctx.workload.trajectories[t];
     let mode = ctx.cell.cache_mode;
@@ -191,7 +224,7 @@ async fn run_trajectory(
                     0,
                     &out,
                     t0,
-                    in_flight.load(Ordering::SeqCst),
+                    in_flight.at(out.timing.send),
                     0.0,
                 );
                 ctx.progress.turn_done(0, true);
@@ -224,7 +257,7 @@ async fn run_turns(
     t: usize,
     attempt: u32,
     t0: Instant,
-    in_flight: &AtomicU32,
+    in_flight: &Active,
     conv: &mut Conversation,
     session: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -279,7 +312,6 @@ async fn run_turns(
                 }
             }
         };
-        let active = in_flight.load(Ordering::SeqCst);
         let out = ctx.client.generate(prompt, &sampling, &rid).await;
         if let Some(e) = &out.error {
             check_server(ctx, e).await?;
@@ -291,6 +323,7 @@ async fn run_turns(
         } else {
             ctx.think.of(turn.think_time)
         };
+        let active = in_flight.at(out.timing.send);
         let rec = record(ctx, t, attempt, k as u32, &out, t0, active, think);
         if let (None, Some(c), Some(s)) = (&rec.error, rec.ttft, out.server_ttft) {
             ctx.ttft_pairs
@@ -423,6 +456,28 @@ mod tests {
         assert_eq!(think_sleep(1e308, 1.0), Duration::MAX);
         assert_eq!(ThinkTime::Scale(0.5).of(4.0), 2.0);
         assert_eq!(ThinkTime::Off.of(4.0), 0.0);
+    }
+
+    #[test]
+    fn in_flight_is_the_count_at_the_send() {
+        let active = Active::default();
+        let tick = || std::thread::sleep(Duration::from_millis(1));
+        let before = Instant::now();
+        tick();
+        active.start();
+        active.start();
+        tick();
+        let both = Instant::now();
+        tick();
+        active.end();
+        tick();
+        let one = Instant::now();
+        tick();
+        active.start();
+        assert_eq!(active.at(before), 0);
+        assert_eq!(active.at(both), 2);
+        assert_eq!(active.at(one), 1);
+        assert_eq!(active.at(Instant::now()), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -340,3 +340,42 @@ fn replayed_think_time_is_slept_as_recorded() {
         "engine seconds past the think time at scale 1000: {extra:?}"
     );
 }
+
+#[test]
+fn in_flight_counts_the_trajectories_in_progress_at_each_send() {
+    // At least every trajectory that had sent its first turn and not ended its last is in
+    // progress at a turn's send; never more than the concurrency.
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(&small_with(
+        tmp.path(),
+        "flight",
+        &[
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "4"),
+            ("--trajectories", "8"),
+        ],
+    ));
+    let turns = Run::load(&tmp.path().join("flight")).turns();
+    let span = |t: u32| {
+        let of: Vec<_> = turns.iter().filter(|r| r.traj == t).collect();
+        (
+            of.iter().map(|r| r.t_send).fold(f64::INFINITY, f64::min),
+            of.iter().map(|r| r.t_end).fold(0.0, f64::max),
+        )
+    };
+    let spans: Vec<(f64, f64)> = (0..8).map(span).collect();
+    for r in &turns {
+        let visible = spans
+            .iter()
+            .filter(|(first, last)| *first <= r.t_send && r.t_send < *last)
+            .count() as u32;
+        assert!(
+            r.in_flight >= visible && r.in_flight <= 4,
+            "traj {} turn {} sent at {}: in_flight {}, {visible} visibly in progress",
+            r.traj,
+            r.turn,
+            r.t_send,
+            r.in_flight
+        );
+    }
+}
