@@ -31,7 +31,7 @@ fi
 # clients alternate rather than one measuring after the other.
 for i in $(seq 1 "$RUNS"); do
   log "round $i of $RUNS: the runner's client benchmark"
-  CLIENT_BENCH_JSON=$OUT/runner.jsonl CLIENT_BENCH_PARTS=coalesced,per-step,floor \
+  CLIENT_BENCH_JSON=$OUT/runner.jsonl CLIENT_BENCH_PARTS=coalesced,per-step,floor,async-floor \
     CLIENT_BENCH_CONCURRENCY=${CONCURRENCIES// /,} \
     cargo bench --locked -q -p runner --bench client >"$OUT/runner-run$i.txt"
   for stream in coalesced per-step; do

@@ -6,7 +6,8 @@ RUNNER_JSONL: the lines `cargo bench -p runner --bench client` appends with
 CLIENT_BENCH_JSON set. The rows files: `target/bench-serving{,-per-step}/rows.jsonl` from
 bench/bench_serving_compare.sh, or several runs' rows concatenated. Each point is the median of
 the runs that measured it, for either client.
-Prints a markdown table (ratio = bench_serving's CPU per token / the runner's) and the floor.
+Prints a markdown table (ratio = bench_serving's CPU per token / the runner's), the floor at
+each concurrency (`async-floor` rows) against both, and the blocking floor at concurrency 1.
 """
 import json
 import statistics
@@ -57,6 +58,30 @@ def main(argv):
             row += f" {b:.4f} |" if b is not None else " – |"
             row += f" {b / r:.1f}× |" if r and b else " – |"
         print(row)
+    afloor = [r for r in runner if r["part"] == "async-floor"]
+    if afloor:
+        print("\nThe floor at each concurrency on the runner's footing (`async-floor`: the same "
+              "one-worker tokio runtime, one connection per stream, raw bytes read as they "
+              "arrive, nothing parsed), CPU-s per 1k output tokens, each the median of its "
+              "runs; bench_serving ÷ floor is the most any such client could reach.\n")
+        head, rule = "| concurrency |", "|---|"
+        for s in streams:
+            head += f" {s}: floor | {s}: bench_serving ÷ floor | {s}: runner − floor |"
+            rule += "---|---|---|"
+        print(head)
+        print(rule)
+        for c in concs:
+            row = f"| {c} |"
+            for s in streams:
+                xs = [r["client_cpu_s_per_1k"] for r in afloor
+                      if r["stream"] == s and r["concurrency"] == c]
+                f = statistics.median(xs) if xs else None
+                b = bs_point(s, c)
+                r, _, _ = runner_point(s, c)
+                row += f" {f:.5f} |" if f is not None else " – |"
+                row += f" {b / f:.1f}× |" if f and b else " – |"
+                row += f" {r - f:+.5f} |" if f is not None and r is not None else " – |"
+            print(row)
     floors = [r for r in runner if r["part"] == "floor"]
     if floors:
         print()

@@ -19,8 +19,12 @@
 //!    each request and reads the raw response with blocking reads as it arrives, parsing
 //!    nothing: what the kernel alone charges a client that receives every chunk when it
 //!    comes (printed between parts 1 and 2).
+//! 4. The floor at each concurrency on the runner's footing (`async-floor`): the same streams
+//!    read by tokio tasks on this one-worker runtime, one connection per stream, raw bytes read
+//!    as they arrive and nothing parsed. What the kernel and the runtime charge any tokio
+//!    client at that concurrency; the runner's figure less this one is its own code's cost.
 //!
-//! `CLIENT_BENCH_PARTS=coalesced,per-step,floor,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
+//! `CLIENT_BENCH_PARTS=coalesced,per-step,floor,async-floor,timing` and `CLIENT_BENCH_CONCURRENCY=1,64` narrow
 //! the run (for profiling), `CLIENT_BENCH_TIMING=512,512 steady` the timing rows;
 //! `CLIENT_BENCH_WORKERS=2` sets the runtime's worker threads
 //! (default 1, as `runner sweep` runs its client); `CLIENT_BENCH_SERVER_CPUS=0` pins the server
@@ -392,6 +396,125 @@ fn floor(name: &str, stream: &str, flags: &[&str]) {
     );
 }
 
+/// The floor at each concurrency, for one way of streaming: what the same streams cost a client
+/// on the runner's own footing (this one-worker tokio runtime, one keep-alive connection per
+/// stream, `C` tasks in a closed loop over requests made before the timed window) that only
+/// writes each request and reads its raw response as it arrives, parsing nothing (no HTTP, no
+/// SSE, no JSON, no clock, no kernel stamps); a response ends with HTTP's terminating chunk.
+/// Its CPU (this process's getrusage, as for the runner's figures) is the kernel's and the
+/// runtime's share of the runner's: what any tokio client that reads streams as they arrive
+/// pays at this concurrency. The runner's figure minus this one is all its own code costs.
+async fn async_floor(name: &str, stream: &str, flags: &[&str]) {
+    let srv = serve_sim("inf", flags);
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let tokens = 256;
+    let request = |i: usize| {
+        let body = serde_json::json!({
+            "text": prompt(i),
+            "sampling_params": {"max_new_tokens": tokens, "temperature": 0.0, "stop": [],
+                                "ignore_eos": true},
+            "stream": true,
+            "rid": format!("async-floor-{i}"),
+        })
+        .to_string();
+        format!(
+            "POST /generate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    wait_ready(&Client::new(&srv.url, None)).await;
+    for c in concurrencies() {
+        let least = if flags.is_empty() { 12288 } else { 3072 };
+        let requests = (4 * c).max(least);
+        // Connections opened (and used once) before the timed window, as the runner's are by
+        // its warm-up.
+        let mut conns = Vec::new();
+        for k in 0..c {
+            let mut tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("serve-sim accepts connections");
+            tcp.set_nodelay(true).unwrap();
+            let mut buf = vec![0u8; 4 << 20];
+            exchange_raw(&mut tcp, &request(1_000_000 + k), &mut buf).await;
+            conns.push((tcp, buf));
+        }
+        let reqs: Arc<Vec<Vec<u8>>> = Arc::new((0..requests).map(request).collect());
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (user0, sys0) = own_cpu();
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (mut tcp, mut buf) in conns {
+            let (reqs, next) = (reqs.clone(), next.clone());
+            tasks.spawn(async move {
+                let (mut reads, mut done) = (0usize, 0usize);
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(r) = reqs.get(i) else {
+                        return (reads, done);
+                    };
+                    reads += exchange_raw(&mut tcp, r, &mut buf).await;
+                    done += 1;
+                }
+            });
+        }
+        let (mut reads, mut done) = (0, 0);
+        while let Some(r) = tasks.join_next().await {
+            let (r, d) = r.unwrap();
+            reads += r;
+            done += d;
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let (user1, sys1) = own_cpu();
+        assert_eq!(done, requests);
+        let k = (requests * tokens as usize) as f64 / 1000.0;
+        let (cpu, sys) = (user1 - user0 + sys1 - sys0, sys1 - sys0);
+        json_row(serde_json::json!({
+            "part": "async-floor",
+            "stream": name,
+            "concurrency": c,
+            "requests": requests,
+            "wall_s": wall,
+            "tok_s": k * 1000.0 / wall,
+            "client_cpu_s_per_1k": cpu / k,
+            "client_sys_s_per_1k": sys / k,
+            "reads_per_req": reads as f64 / requests as f64,
+            "client_us_per_read": cpu * 1e6 / reads.max(1) as f64,
+        }));
+        println!(
+            "{stream:>10} {c:>11} {requests:>8} {wall:>8.2} {:>10.0} {:>13.5} {:>13.5} {:>10.1} {:>11.2}",
+            k * 1000.0 / wall,
+            cpu / k,
+            sys / k,
+            reads as f64 / requests as f64,
+            cpu * 1e6 / reads.max(1) as f64,
+        );
+    }
+}
+
+/// Writes one raw request and reads its response to HTTP's terminating chunk; the reads it took.
+async fn exchange_raw(tcp: &mut tokio::net::TcpStream, req: &[u8], buf: &mut [u8]) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const END: &[u8] = b"\r\n0\r\n\r\n";
+    tcp.write_all(req).await.unwrap();
+    let (mut n, mut reads) = (0, 0);
+    loop {
+        let k = tcp.read(&mut buf[n..]).await.unwrap();
+        assert!(k > 0, "serve-sim closed the connection");
+        reads += 1;
+        n += k;
+        if buf[..n].ends_with(END) {
+            assert!(
+                buf.starts_with(b"HTTP/1.1 200"),
+                "a response other than 200"
+            );
+            return reads;
+        }
+        assert!(n < buf.len(), "a response longer than the buffer");
+    }
+}
+
 /// `CLIENT_BENCH_CONCURRENCY=64,512` limits the overhead tables to those points (profiling).
 fn concurrencies() -> Vec<usize> {
     match std::env::var("CLIENT_BENCH_CONCURRENCY") {
@@ -436,6 +559,18 @@ fn main() {
                 floor("coalesced", "coalesced", &[]);
                 floor("per-step", "per step", &["--sim-chunk-per-step"]);
             });
+            println!();
+        }
+        if selected("CLIENT_BENCH_PARTS", "async-floor") {
+            println!("## The floor at each concurrency on the runner's footing: tokio tasks (one worker),");
+            println!("one connection per stream, raw response bytes read as they arrive, nothing parsed");
+            println!(
+                "{:>10} {:>11} {:>8} {:>8} {:>10} {:>13} {:>13} {:>10} {:>11}",
+                "stream", "concurrency", "requests", "wall s", "tok/s", "CPU-s", "(of it, sys)", "reads/req", "CPU"
+            );
+            println!("{:>63} {:>13} {:>10} {:>11}", "per 1k tok", "per 1k tok", "", "µs / read");
+            async_floor("coalesced", "coalesced", &[]).await;
+            async_floor("per-step", "per step", &["--sim-chunk-per-step"]).await;
             println!();
         }
         if !selected("CLIENT_BENCH_PARTS", "timing") {

@@ -270,6 +270,8 @@ struct Launched {
     child: tokio::process::Child,
     pgid: Option<rustix::process::Pid>,
     log: PathBuf,
+    /// Where this launch's output begins in `log` (after its banner).
+    log_from: u64,
     /// The thread copying the server's output into its log, when it masks a key.
     scrubber: Option<std::thread::JoinHandle<()>>,
     stopped: bool,
@@ -282,11 +284,33 @@ impl Launched {
         log: &Path,
         api_key: Option<&str>,
     ) -> anyhow::Result<Launched> {
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
+        // Every launch of this GPU's server in this run (a relaunch after a crash, a resume,
+        // a run id used again after a failed start) appends to the same log: each begins
+        // with a line saying when and what was launched, and the tails quoted in errors are
+        // this launch's output alone, never an earlier server's.
+        let log_from = {
+            use std::io::Write;
+            let end = file
+                .metadata()
+                .with_context(|| format!("reading {}", log.display()))?
+                .len();
+            let banner = format!(
+                "{}==== turnbench {}: launching the server of GPU {gpu}: {} ====\n",
+                if end > 0 { "\n" } else { "" },
+                jiff::Timestamp::now()
+                    .round(jiff::Unit::Second)
+                    .unwrap_or_else(|_| jiff::Timestamp::now()),
+                mask_secrets(argv).join(" ")
+            );
+            file.write_all(banner.as_bytes())
+                .with_context(|| format!("writing {}", log.display()))?;
+            end + banner.len() as u64
+        };
         // SGLang logs its arguments at startup, API key included (`server_args=…`): with a
         // key, the output reaches the log through a pipe that masks it.
         let ctx = || format!("logging to {}", log.display());
@@ -340,6 +364,7 @@ impl Launched {
             child,
             pgid,
             log: log.to_path_buf(),
+            log_from,
             scrubber,
             stopped: false,
         })
@@ -377,7 +402,7 @@ impl Launched {
                     "the launched server was not ready after {:.0} s (launch_timeout_s); log {}:\n{}",
                     timeout.as_secs_f64(),
                     self.log.display(),
-                    log_tail(&self.log, 30)
+                    log_tail(&self.log, self.log_from, 30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -393,7 +418,7 @@ impl Launched {
             bail!(
                 "the launched server exited ({status}) before it was ready; log {}:\n{}",
                 self.log.display(),
-                log_tail(&self.log, 30)
+                log_tail(&self.log, self.log_from, 30)
             );
         }
         Ok(())
@@ -524,9 +549,10 @@ fn which_setpriv() -> Option<&'static Path> {
         .as_deref()
 }
 
-/// The last `n` lines of a log file.
-pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
+/// The last `n` lines of a log file after byte `from`.
+pub fn log_tail(path: &Path, from: u64, n: usize) -> String {
+    let mut text = std::fs::read(path).unwrap_or_default();
+    text.drain(..(from.min(text.len() as u64) as usize));
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

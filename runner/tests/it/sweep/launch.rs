@@ -158,6 +158,70 @@ fn a_server_that_dies_at_startup_is_reported_with_its_log() {
 }
 
 #[test]
+fn each_launch_is_marked_in_its_log_and_an_error_quotes_only_its_own_output() {
+    // A run id used again after a failed start appends to the same server log: the second
+    // server's error must not quote what the first one said.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sweep = |command: &[&str]| {
+        let p = plan(tmp.path(), port, command, "");
+        run_err(&[
+            "sweep".into(),
+            "--quiet".into(),
+            "--out".into(),
+            tmp.path().display().to_string(),
+            "--plan".into(),
+            p.display().to_string(),
+            "--run-id".into(),
+            "again".into(),
+        ])
+    };
+    let err = sweep(&[
+        "sh",
+        "-c",
+        "echo 'first server: CUDA out of memory'; exit 1",
+        "{port}",
+    ]);
+    assert!(err.contains("first server: CUDA out of memory"), "{err}");
+    let err = sweep(&[
+        "sh",
+        "-c",
+        "echo 'second server: no such model'; exit 3",
+        "{port}",
+    ]);
+    assert!(err.contains("second server: no such model"), "{err}");
+    assert!(
+        !err.contains("first server"),
+        "an earlier launch's output quoted: {err}"
+    );
+    let err = sweep(&["sh", "-c", "exit 4", "{port}"]);
+    assert!(err.contains("exited"), "{err}");
+    assert!(
+        !err.contains("server:"),
+        "an earlier launch's output quoted: {err}"
+    );
+    // Every launch's output is kept, each after a line naming its launch.
+    let log = std::fs::read_to_string(tmp.path().join("again/logs/server-gpu0-radix.log")).unwrap();
+    let launches: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("==== turnbench "))
+        .collect();
+    assert_eq!(launches.len(), 3, "{log}");
+    assert!(
+        launches
+            .iter()
+            .all(|l| l.contains("GPU 0") && l.contains("sh -c")),
+        "{log}"
+    );
+    let first = log.find("first server").unwrap();
+    let second = log.find("second server").unwrap();
+    assert!(
+        log.find(launches[1]).unwrap() > first && log.find(launches[1]).unwrap() < second,
+        "{log}"
+    );
+}
+
+#[test]
 fn a_launched_server_that_dies_is_launched_again_and_its_cell_rerun() {
     // The first launch exits after 5 answers (as a server that crashes); the runner sees it
     // no longer answers, launches it again and runs the cell again from its start. The turns
