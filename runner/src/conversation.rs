@@ -4,7 +4,9 @@
 //!
 //! The built-in template is ChatML (Qwen's): `<|im_start|>{role}\n{content}<|im_end|>\n` per
 //! message, and `<|im_start|>assistant\n` opens the generation. Tool messages become user turns
-//! wrapped in `<tool_response>` as Qwen2.5's template does. It is appended message by message.
+//! wrapped in `<tool_response>`, and a conversation without a system message opens with the
+//! default one ([`QWEN_DEFAULT_SYSTEM`]), as Qwen2.5's template does. It is appended message
+//! by message.
 //!
 //! With `--chat-template` ([`crate::chat_template`]) the conversation is re-rendered over all
 //! its messages every turn (with `add_generation_prompt`). The session text is then the new
@@ -18,6 +20,11 @@ use crate::chat_template::{ChatTemplate, JinjaTemplate, TemplateError};
 use crate::workload::{Message, Role, Trajectory};
 use std::sync::Arc;
 use turnbench_schema::HistorySource;
+
+/// Qwen2.5's default system prompt, which its chat template puts first when the conversation
+/// has no system message (as SGLang's OpenAI API does with that template, and serve-sim's).
+pub const QWEN_DEFAULT_SYSTEM: &str =
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
 /// Opens the assistant's turn.
 pub const GENERATION_PROMPT: &str = "<|im_start|>assistant\n";
@@ -74,6 +81,14 @@ impl Conversation {
     /// A conversation templated with the built-in ChatML.
     pub fn new(prelude: &[Message]) -> Conversation {
         let mut rendered = String::new();
+        // As Qwen2.5's template: without a system message of its own, the conversation opens
+        // with the default one (so native and OpenAI requests send the same prompt).
+        if prelude.first().map(|m| m.role) != Some(Role::System) {
+            render(
+                &Message::new(Role::System, QWEN_DEFAULT_SYSTEM),
+                &mut rendered,
+            );
+        }
         prelude.iter().for_each(|m| render(m, &mut rendered));
         Conversation {
             messages: prelude.to_vec(),

@@ -10,7 +10,7 @@ use crate::console::GpuProgress;
 use crate::conversation::Conversation;
 use crate::plan::ThinkTime;
 use crate::record::{Recorder, Todo};
-use crate::workload::Workload;
+use crate::workload::{Trajectory, Workload};
 use anyhow::Context as _;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -205,7 +205,8 @@ async fn run_trajectory(
     t0: Instant,
     in_flight: &Active,
 ) -> anyhow::Result<()> {
-    let traj = &ctx.workload.trajectories[t];
+    // (A synthetic trajectory is made here, and dropped when it is done.)
+    let traj = ctx.workload.trajectories.get(t);
     let mode = ctx.cell.cache_mode;
     let mut conv = Conversation::with_template(&ctx.template, &traj.prelude)
         .with_context(|| format!("trajectory {:?}", traj.id))?;
@@ -234,6 +235,7 @@ async fn run_trajectory(
     }
     let result = run_turns(
         ctx,
+        &traj,
         t,
         attempt,
         t0,
@@ -254,6 +256,7 @@ async fn run_trajectory(
 #[allow(clippy::too_many_arguments)]
 async fn run_turns(
     ctx: &CellCtx,
+    traj: &Trajectory,
     t: usize,
     attempt: u32,
     t0: Instant,
@@ -261,7 +264,6 @@ async fn run_turns(
     conv: &mut Conversation,
     session: Option<&str>,
 ) -> anyhow::Result<()> {
-    let traj = &ctx.workload.trajectories[t];
     let mode = ctx.cell.cache_mode;
     let mut parent: Option<String> = None;
     // Whether the parent holds the answer the conversation has, and the `offset` that cuts
@@ -274,12 +276,13 @@ async fn run_turns(
             ctx.nonce, ctx.cell.gpu, mode, ctx.cell.concurrency
         );
         let mut sampling = ctx.sampling.clone();
-        if let Some(len) = ctx
-            .recorded_lens
-            .as_ref()
-            .and_then(|l| l.get(t).and_then(|v| v.get(k)).copied().flatten())
-        {
-            sampling.max_new_tokens = len.max(1);
+        if let Some(lens) = &ctx.recorded_lens {
+            // The recorded answer's length; a turn without one (the dataset ends on a user
+            // message, or recorded an empty answer) gets `max_new_tokens`, fixed all the
+            // same: left to the engine, its length would differ from cell to cell.
+            if let Some(len) = lens.get(t).and_then(|v| v.get(k)).copied().flatten() {
+                sampling.max_new_tokens = len.max(1);
+            }
             sampling.ignore_eos = true;
             // `ignore_eos` does not stop SGLang from ending at a stop string (which the
             // answer may well produce, `<|im_end|>` say): the length is fixed only without.
@@ -416,7 +419,7 @@ fn record(
         cache_mode: ctx.cell.cache_mode,
         concurrency: ctx.cell.concurrency,
         traj: t as u32,
-        traj_id: ctx.workload.trajectories[t].id.clone(),
+        traj_id: ctx.workload.trajectories.id(t),
         turn,
         attempt,
         t_send: off(tm.send),

@@ -32,7 +32,9 @@ pub enum BackendChoice {
 pub enum OutputLen {
     /// Up to `max_new_tokens`, ending at a stop string or EOS.
     Generated,
-    /// Exactly the recorded assistant message's token count (`ignore_eos`).
+    /// Exactly the recorded assistant message's token count (`ignore_eos`, no stop strings);
+    /// a turn the dataset recorded no answer for (a conversation's last user message, say)
+    /// generates exactly `max_new_tokens`, so every cell still does the same work.
     Recorded,
 }
 
@@ -232,7 +234,8 @@ mod scale_json {
 pub const MAX_TRAJECTORIES: usize = 1_000_000;
 /// Most turns per trajectory (the seed's are 50).
 pub const MAX_TURNS: usize = 10_000;
-/// Most synthetic turns in all (trajectories × turns), built in memory before the sweep.
+/// Most synthetic turns in all (trajectories × turns): the sweep goes over all of them before
+/// it starts (prompt lengths against the server's limit, the physical bounds).
 pub const MAX_SYNTHETIC_TURNS: usize = 1_000_000;
 
 /// Every plan key, as read from TOML and as flags. `None` = not given here.
@@ -732,9 +735,8 @@ impl Plan {
             return Err(key_err(
                 "trajectories",
                 format!(
-                    "{trajectories} trajectories × {turns} turns: synthetic trajectories are \
-                     built in memory before the sweep (~7 kB a turn), at most \
-                     {MAX_SYNTHETIC_TURNS} turns in all"
+                    "{trajectories} trajectories × {turns} turns: at most \
+                     {MAX_SYNTHETIC_TURNS} synthetic turns in all"
                 ),
             ));
         }

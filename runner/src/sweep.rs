@@ -414,15 +414,14 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let template = plan.load_chat_template()?;
     if matches!(template, ChatTemplate::Jinja(_)) {
         let session = plan.cache_modes.contains(&CacheMode::Session);
-        for traj in &wl.trajectories {
-            conversation::probe(&template, traj, plan.history, session, PROBE_TURNS).with_context(
-                || {
+        for traj in wl.trajectories.iter() {
+            conversation::probe(&template, &traj, plan.history, session, PROBE_TURNS)
+                .with_context(|| {
                     format!(
                         "plan key `chat_template`: rendering trajectory {:?} before the sweep",
                         traj.id
                     )
-                },
-            )?;
+                })?;
         }
     }
     if let Some(m) = &old_manifest {
@@ -448,7 +447,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     check_open_files(&plan)?;
     if let Some(m) = &old_manifest {
         // A resume of a finished run: nothing to start (no server, no manifest entry).
-        let counts: Vec<usize> = wl.trajectories.iter().map(|t| t.turns.len()).collect();
+        let counts: Vec<usize> = wl.trajectories.turn_counts();
         if record::todo(&plan.cells(), &counts, &existing)
             .values()
             .all(|t| t.is_empty())
@@ -574,7 +573,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         }
     };
     let manifest = Arc::new(Mutex::new(manifest));
-    let turn_counts: Vec<usize> = wl.trajectories.iter().map(|t| t.turns.len()).collect();
+    let turn_counts: Vec<usize> = wl.trajectories.turn_counts();
     let recorder = Arc::new(Recorder::open(
         &dir,
         &run_id,
@@ -585,9 +584,9 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let cells = plan.cells();
     let todo = record::todo(&cells, &turn_counts, &existing);
     let recorded_lens = if plan.output_len == OutputLen::Recorded {
-        Some(Arc::new(
-            recorded_lengths(&servers[0].url, api_key.clone(), &wl).await?,
-        ))
+        let lens = recorded_lengths(&servers[0].url, api_key.clone(), &wl).await?;
+        println!("{}", recorded_lengths_note(&lens, plan.max_new_tokens));
+        Some(Arc::new(lens))
     } else {
         None
     };
@@ -801,11 +800,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     let mut warned_lag = false;
     let mut warned_harness = false;
     let mut warned_per_chunk = false;
-    let turn_counts: Vec<usize> = workload
-        .trajectories
-        .iter()
-        .map(|t| t.turns.len())
-        .collect();
+    let turn_counts: Vec<usize> = workload.trajectories.turn_counts();
     for (cell, mut todo) in cells {
         if todo.is_empty() {
             continue;
@@ -1290,8 +1285,9 @@ fn build_manifest(
             skipped_lines: wl.skipped_lines,
             turns_per_trajectory: wl
                 .trajectories
-                .iter()
-                .map(|t| t.turns.len() as u32)
+                .turn_counts()
+                .into_iter()
+                .map(|n| n as u32)
                 .collect(),
         },
         host: HostInfo {
@@ -1329,7 +1325,7 @@ async fn recorded_lengths(
 ) -> anyhow::Result<Vec<Vec<Option<u32>>>> {
     let http = reqwest::Client::new();
     let mut out = Vec::new();
-    for t in &wl.trajectories {
+    for t in wl.trajectories.iter() {
         let mut lens = Vec::new();
         for turn in &t.turns {
             // An empty recorded answer (a tool call without text, say) has no length to
@@ -1365,6 +1361,30 @@ async fn recorded_lengths(
     Ok(out)
 }
 
+/// What `output_len = recorded` makes of the turns' lengths, for the console: the recorded
+/// lengths replace `max_new_tokens` (and the stop strings), which only the turns without a
+/// recorded answer keep, fixed.
+fn recorded_lengths_note(lens: &[Vec<Option<u32>>], max_new_tokens: u32) -> String {
+    let known: Vec<u32> = lens.iter().flatten().filter_map(|&l| l).collect();
+    let free = lens.iter().flatten().filter(|l| l.is_none()).count();
+    let mut note = match (known.iter().min(), known.iter().max()) {
+        (Some(lo), Some(hi)) => format!(
+            "output_len recorded: {} turns generate their recorded answer's length \
+             ({lo}–{hi} tokens, {} in all; max_new_tokens and stop strings do not apply)",
+            known.len(),
+            known.iter().map(|&l| u64::from(l)).sum::<u64>()
+        ),
+        _ => "output_len recorded: no turn has a recorded answer".to_string(),
+    };
+    if free > 0 {
+        note.push_str(&format!(
+            "; {free} turns without a recorded answer generate exactly max_new_tokens \
+             ({max_new_tokens})"
+        ));
+    }
+    note
+}
+
 /// Warn when trajectories will outgrow a server's input limit (`max_req_input_len`, else its
 /// context length) before their last turn: those turns fail ("longer than the model's
 /// context length"), and the cells' figures then cover shorter conversations. Prompt lengths
@@ -1383,8 +1403,8 @@ fn warn_context(plan: &Plan, wl: &Workload, infos: &[(ServerInfo, Option<SimInfo
     let Some(limit) = limit else { return };
     let mut over = 0usize;
     let mut first_turn = usize::MAX;
-    for t in &wl.trajectories {
-        let outgrown = prompt_chars(plan, t)
+    for t in wl.trajectories.iter() {
+        let outgrown = prompt_chars(plan, &t)
             .position(|chars| (chars / 4) as u64 + u64::from(plan.max_new_tokens) >= limit);
         if let Some(k) = outgrown {
             over += 1;
@@ -1433,8 +1453,8 @@ fn limits(
     // Mean prompt length over every turn of the workload, in characters, then tokens at the
     // built-in tokenizer's ~4 characters per token.
     let (mut chars, mut n) = (0f64, 0f64);
-    for t in &wl.trajectories {
-        for len in prompt_chars(plan, t) {
+    for t in wl.trajectories.iter() {
+        for len in prompt_chars(plan, &t) {
             chars += len as f64;
             n += 1.0;
         }

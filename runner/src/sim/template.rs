@@ -4,8 +4,7 @@
 use serde_json::Value;
 
 /// Qwen2.5's default system prompt, added when the first message is not a system message.
-pub const QWEN_DEFAULT_SYSTEM: &str =
-    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+pub use crate::conversation::QWEN_DEFAULT_SYSTEM;
 
 /// Render `messages` (OpenAI format) as ChatML and open the assistant's turn.
 /// `default_system`: the system prompt to add when the conversation has none.

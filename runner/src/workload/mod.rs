@@ -131,13 +131,68 @@ pub struct Workload {
     pub format: Format,
     pub source: String,
     pub content_hash: String,
-    pub trajectories: Vec<Trajectory>,
+    pub trajectories: Trajectories,
     pub skipped_lines: u64,
 }
 
 impl Workload {
     pub fn total_turns(&self) -> u64 {
-        self.trajectories.iter().map(|t| t.turns.len() as u64).sum()
+        self.trajectories
+            .turn_counts()
+            .iter()
+            .map(|&n| n as u64)
+            .sum()
+    }
+}
+
+/// A workload's trajectories: a dataset's, read into memory (only the ones the plan asks
+/// for), or synthetic ones, made when they are needed (a trajectory is a function of the seed
+/// and its index, so a sweep of a million synthetic turns holds only those in progress).
+#[derive(Debug, Clone)]
+pub enum Trajectories {
+    Loaded(Vec<Trajectory>),
+    Synthetic(std::sync::Arc<synthetic::Generator>),
+}
+
+impl Trajectories {
+    pub fn len(&self) -> usize {
+        match self {
+            Trajectories::Loaded(v) => v.len(),
+            Trajectories::Synthetic(g) => g.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Trajectory `i` (`i < len()`).
+    pub fn get(&self, i: usize) -> std::borrow::Cow<'_, Trajectory> {
+        match self {
+            Trajectories::Loaded(v) => std::borrow::Cow::Borrowed(&v[i]),
+            Trajectories::Synthetic(g) => std::borrow::Cow::Owned(g.trajectory(i)),
+        }
+    }
+
+    /// The id of trajectory `i`, without making it.
+    pub fn id(&self, i: usize) -> String {
+        match self {
+            Trajectories::Loaded(v) => v[i].id.clone(),
+            Trajectories::Synthetic(g) => g.id(i),
+        }
+    }
+
+    /// The number of turns of each trajectory, without making them.
+    pub fn turn_counts(&self) -> Vec<usize> {
+        match self {
+            Trajectories::Loaded(v) => v.iter().map(|t| t.turns.len()).collect(),
+            Trajectories::Synthetic(g) => vec![g.turns(); g.len()],
+        }
+    }
+
+    /// Every trajectory in order (synthetic ones made one at a time).
+    pub fn iter(&self) -> impl Iterator<Item = std::borrow::Cow<'_, Trajectory>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
     }
 }
 
@@ -163,12 +218,14 @@ pub enum WorkloadError {
 
 /// Read the trajectories the source describes.
 pub fn load(src: &Source) -> Result<Workload, WorkloadError> {
-    let mut w = match src.format {
-        Format::Synthetic => synthetic::generate(&synthetic::Params::default_with(
-            src.trajectories,
-            src.max_turns,
-            src.seed,
-        )),
+    let (format, source, content_hash, mut trajectories, skipped_lines) = match src.format {
+        Format::Synthetic => {
+            return Ok(synthetic::workload(synthetic::Params::default_with(
+                src.trajectories,
+                src.max_turns,
+                src.seed,
+            )))
+        }
         _ => {
             let path = src
                 .path
@@ -192,20 +249,26 @@ pub fn load(src: &Source) -> Result<Workload, WorkloadError> {
             if let Some(p) = &src.prompts {
                 hash = format!("{hash}+{}", hash_file(p)?);
             }
-            Workload {
-                format: src.format,
-                source: path.display().to_string(),
-                content_hash: hash,
+            (
+                src.format,
+                path.display().to_string(),
+                hash,
                 trajectories,
-                skipped_lines: skipped,
-            }
+                skipped,
+            )
         }
     };
-    for t in &mut w.trajectories {
+    for t in &mut trajectories {
         t.truncate(src.max_turns);
     }
-    w.trajectories.retain(|t| !t.turns.is_empty());
-    Ok(w)
+    trajectories.retain(|t| !t.turns.is_empty());
+    Ok(Workload {
+        format,
+        source,
+        content_hash,
+        trajectories: Trajectories::Loaded(trajectories),
+        skipped_lines,
+    })
 }
 
 /// Guess the format from a file's extension and first bytes.

@@ -148,6 +148,32 @@ fn sharegpt_array_is_streamed() {
 }
 
 #[test]
+fn native_and_openai_requests_send_the_same_prompt_without_a_system_message() {
+    // ShareGPT conversations have no system message: Qwen2.5's template (the server's, for
+    // OpenAI `messages`) opens them with its default one, and so must the client's built-in
+    // ChatML for native requests, or the two APIs measure different prompts.
+    let prompts = |api: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        run_ok(&dataset_args(
+            tmp.path(),
+            "sg",
+            "sharegpt.json",
+            &["--api", api, "--history", "recorded", "--batch-sizes", "1"],
+        ));
+        let mut p: Vec<(u32, u32, u64)> = Run::load(&tmp.path().join("sg"))
+            .turns()
+            .into_iter()
+            .map(|r| (r.traj, r.turn, r.prompt_tokens.unwrap()))
+            .collect();
+        p.sort();
+        p
+    };
+    let native = prompts("native");
+    assert_eq!(native.len(), 3);
+    assert_eq!(native, prompts("openai"));
+}
+
+#[test]
 fn malformed_lines_name_file_and_line_or_are_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let prompts = fixture("r2e-prompts.yaml").display().to_string();
@@ -228,6 +254,49 @@ fn output_len_recorded_fixes_each_turns_length() {
             twin.prompt_tokens, r.prompt_tokens,
             "byte-identical prompts in every cell"
         );
+    }
+}
+
+#[test]
+fn output_len_recorded_fixes_turns_without_a_recorded_answer_at_max_new_tokens() {
+    // conv-a ends on a user message: its last turn has no recorded answer. Left to the engine
+    // (temperature 0.7, EOS and stop strings), its length would differ from cell to cell.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_ok(&dataset_args(
+        tmp.path(),
+        "free",
+        "openai.jsonl",
+        &[
+            "--history",
+            "recorded",
+            "--output-len",
+            "recorded",
+            "--max-new-tokens",
+            "40",
+            "--cache-modes",
+            "prefix,none",
+            "--batch-sizes",
+            "1,2",
+            "--stop",
+            "e",
+        ],
+    ));
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("1 turns without a recorded answer generate exactly max_new_tokens (40)"),
+        "{out}"
+    );
+    let run = Run::load(&tmp.path().join("free"));
+    run.assert_complete(&[3, 1]);
+    let last: Vec<_> = run
+        .turns()
+        .into_iter()
+        .filter(|r| r.traj == 0 && r.turn == 2)
+        .collect();
+    assert_eq!(last.len(), 4, "one per cell");
+    for r in &last {
+        assert_eq!(r.completion_tokens, Some(40), "{r:?}");
+        assert_eq!(r.finish_reason.as_deref(), Some("length"), "{r:?}");
     }
 }
 
