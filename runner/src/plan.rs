@@ -303,7 +303,7 @@ pub struct PlanKeys {
     pub skip_bad_lines: Option<bool>,
     #[arg(long)]
     pub max_new_tokens: Option<u32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f64>,
     /// Stop strings (repeat the flag).
     #[arg(long)]
@@ -697,6 +697,16 @@ impl Plan {
                     "concurrency 0 runs nothing",
                 ));
             }
+            if let Some(c) = v
+                .iter()
+                .enumerate()
+                .find_map(|(i, c)| v[..i].contains(c).then_some(c))
+            {
+                return Err(key_err(
+                    format!("batch_sizes.{g}"),
+                    format!("{c} appears twice"),
+                ));
+            }
         }
         let cache_modes = k.cache_modes.unwrap_or(CacheMode::ALL.to_vec());
         if cache_modes.is_empty() {
@@ -757,6 +767,16 @@ impl Plan {
         if let Some(p) = &k.prompts {
             if !p.is_file() {
                 return Err(key_err("prompts", not_a_file(p)));
+            }
+            if dataset_format != Format::R2eGym {
+                return Err(key_err(
+                    "prompts",
+                    format!(
+                        "a YAML prompt file is for r2e-gym datasets; the {} workload does not \
+                         read one",
+                        dataset_format.as_str()
+                    ),
+                ));
             }
         }
         if dataset_format == Format::R2eGym && k.prompts.is_none() {
@@ -1295,6 +1315,42 @@ mod tests {
         })
         .unwrap();
         assert_eq!(Plan::from_manifest(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
+    fn repeated_batch_sizes_and_a_prompts_file_no_dataset_reads_are_refused() {
+        let bad = |k: PlanKeys| Plan::resolve(k).unwrap_err().to_string();
+        let e = bad(PlanKeys {
+            batch_sizes: Some("1,2,1".parse().unwrap()),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("`batch_sizes.a100-80gb`") && e.contains("1 appears twice"),
+            "{e}"
+        );
+        let yaml = tempfile::NamedTempFile::new().unwrap();
+        let e = bad(PlanKeys {
+            prompts: Some(yaml.path().to_path_buf()),
+            ..Default::default()
+        });
+        assert!(e.contains("`prompts`") && e.contains("synthetic"), "{e}");
+    }
+
+    #[test]
+    fn a_negative_temperature_is_read_and_refused_by_the_plan() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            keys: PlanKeys,
+        }
+        let cli = Cli::try_parse_from(["x", "--temperature", "-1"]).unwrap();
+        assert_eq!(cli.keys.temperature, Some(-1.0));
+        let e = Plan::resolve(cli.keys).unwrap_err().to_string();
+        assert!(
+            e.contains("`temperature`") && e.contains("must be ≥ 0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -526,7 +526,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         }
     }
     let simulated = infos.iter().any(|i| i.1.is_some());
-    warn_context(&plan, &wl, &infos);
+    warn_context(&plan, &wl, &infos)?;
     if infos
         .iter()
         .any(|(_, sim)| sim.as_ref().is_some_and(|s| s.zero_cost))
@@ -1390,7 +1390,21 @@ fn recorded_lengths_note(lens: &[Vec<Option<u32>>], max_new_tokens: u32) -> Stri
 /// context length"), and the cells' figures then cover shorter conversations. Prompt lengths
 /// are estimated at ~4 characters per token (answers at `max_new_tokens` where the history is
 /// generated).
-fn warn_context(plan: &Plan, wl: &Workload, infos: &[(ServerInfo, Option<SimInfo>)]) {
+fn warn_context(
+    plan: &Plan,
+    wl: &Workload,
+    infos: &[(ServerInfo, Option<SimInfo>)],
+) -> anyhow::Result<()> {
+    // An answer as long as the whole context fails every turn, whatever the prompt.
+    if let Some(context) = infos.iter().filter_map(|(i, _)| i.context_length).min() {
+        if u64::from(plan.max_new_tokens) >= context {
+            bail!(
+                "plan key `max_new_tokens`: {} tokens leave no room for a prompt in the \
+                 server's context of {context} tokens (every turn would fail)",
+                plan.max_new_tokens
+            );
+        }
+    }
     let limit = infos
         .iter()
         .filter_map(|(i, _)| {
@@ -1400,7 +1414,7 @@ fn warn_context(plan: &Plan, wl: &Workload, infos: &[(ServerInfo, Option<SimInfo
                 .or(i.context_length)
         })
         .min();
-    let Some(limit) = limit else { return };
+    let Some(limit) = limit else { return Ok(()) };
     let mut over = 0usize;
     let mut first_turn = usize::MAX;
     for t in wl.trajectories.iter() {
@@ -1415,10 +1429,12 @@ fn warn_context(plan: &Plan, wl: &Workload, infos: &[(ServerInfo, Option<SimInfo
         tracing::warn!(
             "about {over} of {} trajectories outgrow the server's input limit ({limit} tokens) \
              before their last turn (from turn ~{first_turn}, estimated at ~4 characters per \
-             token): those turns will fail; lower `turns` or serve a longer context",
+             token): those turns will fail; lower `turns` or `max_new_tokens`, or serve a \
+             longer context",
             wl.trajectories.len()
         );
     }
+    Ok(())
 }
 
 /// Estimated prompt length of each turn of `t`, in characters: the messages so far (plus a

@@ -388,7 +388,9 @@ pub(crate) fn read_jsonl<T>(
                 return Err(WorkloadError::Line {
                     path: path.to_path_buf(),
                     line: lineno,
-                    message,
+                    message: format!(
+                        "{message} (--skip-bad-lines skips such lines and counts them)"
+                    ),
                 })
             }
         }

@@ -169,6 +169,23 @@ fn bad_plans_are_rejected_before_anything_starts() {
         err.contains("`dataset`") && err.contains("a directory, not a file"),
         "{err}"
     );
+    // An answer as long as the server's whole context: every turn would fail.
+    let err = run_err(
+        &[
+            "sweep",
+            "--out",
+            &out,
+            "--gpus",
+            "h100",
+            "--max-new-tokens",
+            "4000000",
+        ]
+        .map(String::from),
+    );
+    assert!(
+        err.contains("`max_new_tokens`") && err.contains("no room for a prompt"),
+        "{err}"
+    );
     for (flag, value) in [
         ("--trajectories", "4294967296"),
         ("--turns", "18446744073709551615"),

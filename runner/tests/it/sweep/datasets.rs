@@ -184,6 +184,7 @@ fn malformed_lines_name_file_and_line_or_are_counted() {
         &["--prompts", &prompts, "--trajectories", "3"],
     ));
     assert!(err.contains("r2e-bad.jsonl:2:"), "{err}");
+    assert!(err.contains("--skip-bad-lines skips such lines"), "{err}");
     let out = run_ok(&dataset_args(
         tmp.path(),
         "skip",
