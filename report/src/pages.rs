@@ -359,6 +359,9 @@ fn run_meta(run: &Run, agg: &Option<RunAggregate>) -> RunMeta {
                 meta.notes
                     .extend(crate::aggregate::disagreements(recorded, agg));
             }
+            if let Some(agg) = agg {
+                meta.warnings.extend(run_unfinished(&m.manifest, agg));
+            }
             meta
         }
         RunData::Legacy(l) => RunMeta {
@@ -657,6 +660,26 @@ pub fn cache_not_off<'a>(cells: impl Iterator<Item = &'a CellSummary>) -> Option
 
 /// A warning naming the cells of `gpu` an interrupted run left part-way or never started:
 /// their figures are not those of the whole cell.
+/// The index's word on a run some of whose cells did not finish (each GPU page says which).
+fn run_unfinished(man: &Manifest, agg: &RunAggregate) -> Option<String> {
+    let gpus: BTreeSet<&str> = man.cells.iter().map(|c| c.gpu.as_str()).collect();
+    let left: Vec<&str> = gpus
+        .into_iter()
+        .filter(|&g| {
+            let cells = agg.cells.iter().map(|c| &c.summary).filter(|c| c.gpu == g);
+            unfinished(man, g, cells).is_some()
+        })
+        .collect();
+    (!left.is_empty()).then(|| {
+        format!(
+            "Unfinished run: cells of GPU {} did not finish or never started (their pages say \
+             which); finish it with runner sweep --resume {}.",
+            left.join(", "),
+            man.run_id
+        )
+    })
+}
+
 pub fn unfinished<'a>(
     man: &Manifest,
     gpu: &str,

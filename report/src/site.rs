@@ -189,6 +189,7 @@ pub fn write_viewer(dir: &Path, title: &str, gpus: &[GpuLink], runs: &[Run]) -> 
             RunData::Measured(m) => Some(viewer::RunRecords {
                 run_id: &m.manifest.run_id,
                 simulated: m.manifest.simulated,
+                zero_cost: m.manifest.zero_cost(),
                 records: &m.records,
             }),
             RunData::Legacy(_) => None,

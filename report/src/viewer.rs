@@ -22,6 +22,9 @@ use viewer_wasm::{Field, RunSource, Table};
 pub struct RunRecords<'a> {
     pub run_id: &'a str,
     pub simulated: bool,
+    /// A simulated engine without cost (`--sim-time-scale inf`): the run's times are the
+    /// harness's own, which the viewer says as every page does.
+    pub zero_cost: bool,
     pub records: &'a [TurnRecord],
 }
 
@@ -41,6 +44,8 @@ struct ViewerTemplate<'a> {
 
 /// What `viewer.html` links to.
 struct ViewerPage {
+    /// Said above the controls, escaped (a run id is any text).
+    warnings: Vec<String>,
     rows: u64,
     runs: usize,
     data_scripts: Vec<String>,
@@ -79,6 +84,18 @@ pub fn write_with_layout(
     let wasm_b64 = base64::engine::general_purpose::STANDARD.encode(WASM);
     let wasm_js = format!("{GLUE_JS}\nwindow.TURNBENCH_VIEWER_WASM = \"{wasm_b64}\";\n");
     let page = ViewerPage {
+        warnings: runs
+            .iter()
+            .filter(|r| r.zero_cost)
+            .map(|r| {
+                format!(
+                    "Run {}: no engine cost (--sim-time-scale inf): its times are the harness's \
+                     own wall time (client, HTTP, simulator), not a GPU's; do not compare GPUs or \
+                     cache modes with them.",
+                    r.run_id
+                )
+            })
+            .collect(),
         rows: table.meta.rows,
         runs: table.meta.runs.len(),
         data_scripts,

@@ -333,6 +333,13 @@ fn a_cell_an_interrupted_run_left_part_way_is_flagged_and_never_best() {
         page.contains("Unfinished run: prefix at concurrency 2 finished 2 of 3 trajectories"),
         "the cut cell is named"
     );
+    // The index says so too, with the way to finish it.
+    let index = read(&site.join("index.html"));
+    assert!(
+        index.contains("Unfinished run: cells of GPU h100 did not finish")
+            && index.contains("runner sweep --resume cut"),
+        "{index}"
+    );
     // Its figures (shorter, so faster-looking) are never the best configuration.
     let loaded = report::load::load_dir(&run).unwrap();
     let agg = report::aggregate::aggregate(&loaded);
@@ -499,6 +506,7 @@ fn cells_a_resumed_run_finished_are_named() {
         !page.contains("Unfinished run"),
         "every trajectory finished"
     );
+    assert!(!read(&site.join("index.html")).contains("Unfinished run"));
 
     // A cell a resume ran again from its start: every line under attempt 1.
     let lines: Vec<String> = std::fs::read_to_string(&turns_path)
@@ -759,10 +767,16 @@ fn a_run_with_no_engine_cost_is_marked_on_every_page() {
     for page in [index, read(&site.join("gpu-h100.html"))] {
         assert!(page.contains("No engine cost"), "{page}");
     }
+    let viewer = read(&site.join("viewer.html"));
+    assert!(
+        viewer.contains("Run inf: no engine cost (--sim-time-scale inf)"),
+        "{viewer}"
+    );
     // An ordinary simulated run is not.
     let plain = write_run(tmp.path(), "plain", &tiny_spec("plain"));
     build(std::slice::from_ref(&plain), &site, None);
     assert!(!read(&site.join("index.html")).contains("No engine cost"));
+    assert!(!read(&site.join("viewer.html")).contains("no engine cost"));
 }
 
 #[test]

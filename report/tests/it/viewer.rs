@@ -607,6 +607,7 @@ fn viewer_files_and_wasm_budget() {
         &[report::viewer::RunRecords {
             run_id: "files",
             simulated: true,
+            zero_cost: false,
             records: &records,
         }],
     )
@@ -664,6 +665,7 @@ async fn bench() {
         &[report::viewer::RunRecords {
             run_id: "bench",
             simulated: true,
+            zero_cost: false,
             records: &records,
         }],
     )
