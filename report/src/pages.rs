@@ -530,6 +530,24 @@ pub fn prompt_caveat(man: &Manifest) -> Option<String> {
         None => "the server's default temperature (1)".into(),
     };
     let multi_turn = d.turns > d.trajectories;
+    let recorded_lengths = man
+        .plan
+        .get("output_len")
+        .and_then(serde_json::Value::as_str)
+        == Some("recorded");
+    if d.history == turnbench_schema::HistorySource::Recorded
+        && !recorded_lengths
+        && temperature > 0.0
+    {
+        // The same prompts everywhere, but answers of sampled lengths.
+        return Some(format!(
+            "Answer lengths differ between cells: this run replayed recorded history (the same \
+             prompts in every cell) but let the engine choose each answer's length at {shown}, \
+             so its cells generated different numbers of tokens. Token throughput compares; \
+             times per turn and per trajectory carry that difference. Add --output-len recorded \
+             for identical answer lengths."
+        ));
+    }
     (d.history == turnbench_schema::HistorySource::Generated && temperature > 0.0 && multi_turn)
         .then(|| {
             format!(
@@ -1506,8 +1524,16 @@ mod tests {
         let default = with(HistorySource::Generated, None, multi).expect("flagged");
         assert!(default.contains("default temperature"), "{default}");
         // Recorded history, greedy decoding, or one turn per trajectory: every cell saw the
-        // same prompts.
-        assert_eq!(with(HistorySource::Recorded, Some(0.7), multi), None);
+        // same prompts; with recorded history, answer lengths still differ unless recorded.
+        let lengths = with(HistorySource::Recorded, Some(0.7), multi).expect("flagged");
+        assert!(lengths.starts_with("Answer lengths differ"), "{lengths}");
+        assert!(lengths.contains("--output-len recorded"), "{lengths}");
+        let mut fixed = base.clone();
+        fixed.dataset.history = HistorySource::Recorded;
+        fixed.plan["temperature"] = serde_json::json!(0.7);
+        fixed.plan["output_len"] = serde_json::json!("recorded");
+        assert_eq!(prompt_caveat(&fixed), None);
+        assert_eq!(with(HistorySource::Recorded, Some(0.0), multi), None);
         assert_eq!(with(HistorySource::Generated, Some(0.0), multi), None);
         let single = base.dataset.trajectories;
         assert_eq!(with(HistorySource::Generated, Some(0.7), single), None);
