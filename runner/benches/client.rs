@@ -296,6 +296,25 @@ async fn overhead(name: &str, stream: &str, flags: &[&str]) {
     println!();
 }
 
+/// Request `i` of a floor as raw HTTP/1.1 bytes: the native `/generate` body the runner sends
+/// (prompt, `tokens` tokens, ignore_eos, streamed).
+fn raw_request(addr: &str, rid: &str, i: usize, tokens: u32) -> Vec<u8> {
+    let body = serde_json::json!({
+        "text": prompt(i),
+        "sampling_params": {"max_new_tokens": tokens, "temperature": 0.0, "stop": [],
+                            "ignore_eos": true},
+        "stream": true,
+        "rid": format!("{rid}-{i}"),
+    })
+    .to_string();
+    format!(
+        "POST /generate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// The floor at concurrency 1, for one way of streaming: what receiving these streams costs
 /// a client that does nothing else. One blocking keep-alive connection on a thread of its own
 /// writes each request (made before the timed window) and reads the response as it arrives
@@ -308,22 +327,7 @@ fn floor(name: &str, stream: &str, flags: &[&str]) {
     let addr = srv.url.trim_start_matches("http://").to_string();
     let requests = if flags.is_empty() { 12288 } else { 3072 };
     let tokens = 256;
-    let request = |i: usize| {
-        let body = serde_json::json!({
-            "text": prompt(i),
-            "sampling_params": {"max_new_tokens": tokens, "temperature": 0.0, "stop": [],
-                                "ignore_eos": true},
-            "stream": true,
-            "rid": format!("floor-{i}"),
-        })
-        .to_string();
-        format!(
-            "POST /generate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    };
+    let request = |i: usize| raw_request(&addr, "floor", i, tokens);
     let (warm, timed): (Vec<_>, Vec<_>) = (
         (0..64).map(request).collect(),
         (64..64 + requests).map(request).collect(),
@@ -408,22 +412,7 @@ async fn async_floor(name: &str, stream: &str, flags: &[&str]) {
     let srv = serve_sim("inf", flags);
     let addr = srv.url.trim_start_matches("http://").to_string();
     let tokens = 256;
-    let request = |i: usize| {
-        let body = serde_json::json!({
-            "text": prompt(i),
-            "sampling_params": {"max_new_tokens": tokens, "temperature": 0.0, "stop": [],
-                                "ignore_eos": true},
-            "stream": true,
-            "rid": format!("async-floor-{i}"),
-        })
-        .to_string();
-        format!(
-            "POST /generate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    };
+    let request = |i: usize| raw_request(&addr, "async-floor", i, tokens);
     wait_ready(&Client::new(&srv.url, None)).await;
     for c in concurrencies() {
         let least = if flags.is_empty() { 12288 } else { 3072 };

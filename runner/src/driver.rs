@@ -51,17 +51,19 @@ pub fn think_sleep(engine_s: f64, time_scale: f64) -> Duration {
 /// Sleep `d` of wall time, to within a fraction of a millisecond. tokio's timer fires on its
 /// next millisecond tick at or after a deadline (half a millisecond late on average, even for
 /// a zero sleep), which a simulated engine's time scale multiplies: at 100, 50 ms of engine
-/// time added to each replayed think time. So the timer sleeps to a millisecond before the
-/// deadline, and a blocking thread's sleep (precise to ~0.1 ms) does the rest; nothing to
-/// sleep, no sleep.
+/// time added to each replayed think time. So the timer sleeps to two milliseconds before the
+/// deadline (it can fire a millisecond late, and the worker's `epoll_wait` rounds its own
+/// timeout up to the next millisecond: one millisecond was not always early enough, 0.6 ms
+/// late at the 90th percentile on a 2-core VM), and a blocking thread's sleep (precise to
+/// ~0.1 ms) does the rest; nothing to sleep, no sleep.
 pub async fn pause(d: Duration) {
     if d.is_zero() {
         return;
     }
     let deadline = tokio::time::Instant::now() + d;
-    let tick = Duration::from_millis(1);
-    if d > tick * 2 {
-        tokio::time::sleep_until(deadline - tick).await;
+    let early = Duration::from_millis(2);
+    if d > early * 2 {
+        tokio::time::sleep_until(deadline - early).await;
     }
     let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
     if !rest.is_zero() {

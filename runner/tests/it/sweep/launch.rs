@@ -176,25 +176,17 @@ fn each_launch_is_marked_in_its_log_and_an_error_quotes_only_its_own_output() {
             "again".into(),
         ])
     };
-    let err = sweep(&[
-        "sh",
-        "-c",
-        "echo 'first server: CUDA out of memory'; exit 1",
-        "{port}",
-    ]);
+    let say =
+        |words: &str, code: u8| sweep(&["sh", "-c", &format!("{words}; exit {code}"), "{port}"]);
+    let err = say("echo 'first server: CUDA out of memory'", 1);
     assert!(err.contains("first server: CUDA out of memory"), "{err}");
-    let err = sweep(&[
-        "sh",
-        "-c",
-        "echo 'second server: no such model'; exit 3",
-        "{port}",
-    ]);
+    let err = say("echo 'second server: no such model'", 3);
     assert!(err.contains("second server: no such model"), "{err}");
     assert!(
         !err.contains("first server"),
         "an earlier launch's output quoted: {err}"
     );
-    let err = sweep(&["sh", "-c", "exit 4", "{port}"]);
+    let err = say("true", 4);
     assert!(err.contains("exited"), "{err}");
     assert!(
         !err.contains("server:"),
