@@ -303,7 +303,7 @@ fn a_time_scale_that_magnifies_the_harness_is_announced() {
     assert!(err.contains("the harness's own latency"), "{err}");
 }
 
-/// A sweep of 3 trajectories × 6 turns at concurrency 1 (scale 1000) with `think`: for each
+/// A sweep of 4 trajectories × 8 turns at concurrency 1 (scale 1000) with `think`: for each
 /// gap between turns of a trajectory, the engine seconds from a turn's end to the next send
 /// past its think time, sorted.
 fn gaps_past_think_time(think: &str) -> Vec<f64> {
@@ -315,8 +315,8 @@ fn gaps_past_think_time(think: &str) -> Vec<f64> {
             ("--think-time", think),
             ("--cache-modes", "prefix"),
             ("--batch-sizes", "1"),
-            ("--trajectories", "3"),
-            ("--turns", "6"),
+            ("--trajectories", "4"),
+            ("--turns", "8"),
         ],
     ));
     let mut turns = Run::load(&tmp.path().join("gaps")).turns();
@@ -326,7 +326,7 @@ fn gaps_past_think_time(think: &str) -> Vec<f64> {
         .filter(|w| w[0].traj == w[1].traj)
         .map(|w| w[1].t_send - w[0].t_end - w[0].think_time)
         .collect();
-    assert!(gaps.len() >= 10, "{gaps:?}");
+    assert!(gaps.len() >= 20, "{gaps:?}");
     gaps.sort_by(f64::total_cmp);
     gaps
 }
@@ -351,12 +351,15 @@ fn replayed_think_time_is_slept_as_recorded() {
     // second of engine time per gap).
     // The client's own step is measured apart (no think time), so what is asserted is the
     // sleep's own overshoot, whatever this machine's speed (a debug build's step is ~0.25 ms).
+    // A timer tick more is added to every gap (0.8–1.1 s more at the first quartile, with a
+    // plain tokio sleep); a busy machine (tests in parallel) delays some gaps by as much, so
+    // the first quartiles are compared, not the medians.
     let extra = gaps_past_think_time("replay");
     assert!(extra[0] > -0.01, "never sooner: {extra:?}");
     let own = gaps_past_think_time("off");
-    let (median, own_median) = (extra[extra.len() / 2], own[own.len() / 2]);
+    let (q1, own_q1) = (extra[extra.len() / 4], own[own.len() / 4]);
     assert!(
-        median - own_median < 0.3,
+        q1 - own_q1 < 0.3,
         "engine seconds past the think time at scale 1000: {extra:?}; without think time: {own:?}"
     );
 }
