@@ -34,6 +34,10 @@
 //! (`bench/compare.sh` sets it to put these next to bench_serving's figures).
 
 use runner::client::{Client, Outcome, Prompt, Sampling};
+
+/// The allocator of the `runner` binary, so the client here costs what it costs in a sweep.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
