@@ -38,15 +38,28 @@ def main(argv):
         xs = [r["client_cpu_s_per_1k"] for r in bs[stream] if r["concurrency"] == c]
         return statistics.median(xs) if xs else None
 
+    def paired(stream, c):
+        """The median of the rounds' own ratios: the k-th run of the point by one client
+        against the k-th by the other (bench/compare.sh runs them back to back)."""
+        rs = [r["client_cpu_s_per_1k"] for r in runner
+              if r["part"] == "overhead" and r["stream"] == stream and r["concurrency"] == c]
+        bss = [r["client_cpu_s_per_1k"] for r in bs[stream] if r["concurrency"] == c]
+        pairs = [b / r for r, b in zip(rs, bss) if r]
+        if not pairs:
+            return ""
+        lo, hi = min(pairs), max(pairs)
+        return f"{statistics.median(pairs):.1f}× ({lo:.1f}–{hi:.1f})"
+
     concs = sorted({r["concurrency"] for r in runner if r["part"] == "overhead"}
                    | {r["concurrency"] for s in streams for r in bs[s]})
     head = "| concurrency |"
     rule = "|---|"
     for s in streams:
-        head += f" {s}: runner | {s}: bench_serving | ratio |"
-        rule += "---|---|---|"
+        head += f" {s}: runner | {s}: bench_serving | ratio | paired ratio (range) |"
+        rule += "---|---|---|---|"
     print("Client CPU-s per 1k output tokens, each the median of its runs (the runner's µs "
-          "per chunk in brackets); ratio = bench_serving ÷ runner.\n")
+          "per chunk in brackets); ratio = bench_serving ÷ runner; paired ratio = the median "
+          "(and range) of the ratios of runs made back to back.\n")
     print(head)
     print(rule)
     for c in concs:
@@ -57,6 +70,7 @@ def main(argv):
             row += f" {r:.5f} ({us:.1f}) |" if r is not None else " – |"
             row += f" {b:.4f} |" if b is not None else " – |"
             row += f" {b / r:.1f}× |" if r and b else " – |"
+            row += f" {paired(s, c) or '–'} |"
         print(row)
     afloor = [r for r in runner if r["part"] == "async-floor"]
     if afloor:
