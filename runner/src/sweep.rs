@@ -1317,32 +1317,25 @@ fn git_commit() -> Option<String> {
 
 /// Token counts of every recorded answer, as the server's tokenizer counts them: each text is
 /// sent once to `/generate` with `max_new_tokens: 0` (prefill only, SGLang's pre-cache call)
-/// and `meta_info.prompt_tokens` is read back. Caches are flushed before every cell anyway.
+/// and `meta_info.prompt_tokens` is read back, [`COUNTING_REQUESTS`] at a time (one after
+/// another, 2,500 answers took ~2,500 round trips of a busy server). Caches are flushed before
+/// every cell anyway.
 async fn recorded_lengths(
     url: &str,
     api_key: Option<String>,
     wl: &Workload,
 ) -> anyhow::Result<Vec<Vec<Option<u32>>>> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
     let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    for t in wl.trajectories.iter() {
-        let mut lens = Vec::new();
-        for turn in &t.turns {
-            // An empty recorded answer (a tool call without text, say) has no length to
-            // fix: that turn's length is the engine's.
-            let Some(text) = turn.recorded.as_ref().filter(|t| !t.is_empty()) else {
-                lens.push(None);
-                continue;
-            };
-            let mut req = http
-                .post(format!("{url}/generate"))
-                .json(&serde_json::json!({
-                    "text": text,
-                    "sampling_params": {"max_new_tokens": 0},
-                }));
-            if let Some(k) = &api_key {
-                req = req.bearer_auth(k);
-            }
+    let count = |text: String| {
+        let mut req = http.post(format!("{url}/generate")).json(&serde_json::json!({
+            "text": text,
+            "sampling_params": {"max_new_tokens": 0},
+        }));
+        if let Some(k) = &api_key {
+            req = req.bearer_auth(k);
+        }
+        async move {
             let v: Value = req
                 .send()
                 .await
@@ -1354,12 +1347,43 @@ async fn recorded_lengths(
                 .pointer("/meta_info/prompt_tokens")
                 .and_then(Value::as_u64)
                 .context("output_len: /generate answered without meta_info.prompt_tokens")?;
-            lens.push(Some(n as u32));
+            anyhow::Ok(n as u32)
         }
-        out.push(lens);
+    };
+    // (trajectory, turn, answer) of every turn, taken lazily: a synthetic workload's text is
+    // made as it is asked for.
+    let turns = wl.trajectories.iter().enumerate().flat_map(|(t, traj)| {
+        let answers: Vec<Option<String>> = traj
+            .turns
+            .iter()
+            // An empty recorded answer (a tool call without text, say) has no length to
+            // fix: that turn's length is the engine's.
+            .map(|turn| turn.recorded.clone().filter(|r| !r.is_empty()))
+            .collect();
+        answers.into_iter().map(move |a| (t, a))
+    });
+    let counted: Vec<(usize, Option<u32>)> = stream::iter(turns)
+        .map(|(t, answer)| {
+            let fut = answer.map(count);
+            async move {
+                match fut {
+                    Some(f) => f.await.map(|n| (t, Some(n))),
+                    None => Ok((t, None)),
+                }
+            }
+        })
+        .buffered(COUNTING_REQUESTS)
+        .try_collect()
+        .await?;
+    let mut out: Vec<Vec<Option<u32>>> = vec![Vec::new(); wl.trajectories.len()];
+    for (t, n) in counted {
+        out[t].push(n);
     }
     Ok(out)
 }
+
+/// Requests in flight while counting recorded answers' tokens.
+const COUNTING_REQUESTS: usize = 16;
 
 /// What `output_len = recorded` makes of the turns' lengths, for the console: the recorded
 /// lengths replace `max_new_tokens` (and the stop strings), which only the turns without a
@@ -1562,5 +1586,81 @@ mod tests {
         assert!(text.starts_with("2 GPUs stopped"), "{text}");
         assert!(text.contains("GPU 0: launch failed"), "{text}");
         assert!(text.contains("cell x: GPU 2: disk full"), "{text}");
+    }
+
+    /// Recorded answers are counted several at a time, and each count lands on its own turn
+    /// whatever order the server answers in.
+    #[tokio::test]
+    async fn recorded_lengths_are_counted_concurrently_each_on_its_turn() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        use workload::{Format, Trajectories, Trajectory, Turn};
+        let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let seen = in_flight.clone();
+        // Counts a text's bytes; the shorter the text, the later the answer.
+        let app = axum::Router::new().route(
+            "/generate",
+            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    let now = seen.0.fetch_add(1, SeqCst) + 1;
+                    seen.1.fetch_max(now, SeqCst);
+                    let text = v["text"].as_str().unwrap_or_default().to_string();
+                    assert_eq!(v["sampling_params"]["max_new_tokens"], 0);
+                    let wait = 40u64.saturating_sub(text.len() as u64 * 2);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    seen.0.fetch_sub(1, SeqCst);
+                    axum::Json(serde_json::json!({"meta_info": {"prompt_tokens": text.len()}}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let answers: Vec<Vec<Option<&str>>> = vec![
+            vec![Some("a"), Some("twelve chars"), None, Some("four")],
+            vec![Some(""), Some("seventeen chars!!")],
+            vec![],
+            vec![Some("x"); 20],
+        ];
+        let trajectories = answers
+            .iter()
+            .enumerate()
+            .map(|(i, turns)| Trajectory {
+                id: format!("t{i}"),
+                prelude: vec![],
+                turns: turns
+                    .iter()
+                    .map(|a| Turn {
+                        recorded: a.map(str::to_string),
+                        after: vec![],
+                        think_time: 0.0,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let wl = Workload {
+            format: Format::Openai,
+            source: "test".into(),
+            content_hash: String::new(),
+            trajectories: Trajectories::Loaded(trajectories),
+            skipped_lines: 0,
+        };
+        let lens = recorded_lengths(&url, None, &wl).await.unwrap();
+        // An empty or missing answer has no length.
+        let want: Vec<Vec<Option<u32>>> = answers
+            .iter()
+            .map(|t| {
+                t.iter()
+                    .map(|a| a.filter(|a| !a.is_empty()).map(|a| a.len() as u32))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(lens, want);
+        let most = in_flight.1.load(SeqCst);
+        assert!(
+            most > 1 && most <= COUNTING_REQUESTS,
+            "{most} requests in flight at most"
+        );
     }
 }
