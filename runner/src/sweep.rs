@@ -1328,10 +1328,12 @@ async fn recorded_lengths(
     use futures::stream::{self, StreamExt, TryStreamExt};
     let http = reqwest::Client::new();
     let count = |text: String| {
-        let mut req = http.post(format!("{url}/generate")).json(&serde_json::json!({
-            "text": text,
-            "sampling_params": {"max_new_tokens": 0},
-        }));
+        let mut req = http
+            .post(format!("{url}/generate"))
+            .json(&serde_json::json!({
+                "text": text,
+                "sampling_params": {"max_new_tokens": 0},
+            }));
         if let Some(k) = &api_key {
             req = req.bearer_auth(k);
         }
