@@ -2,7 +2,7 @@
 # Issue 3's client-overhead figure in one command: the runner's client and SGLang's own
 # bench_serving.py against the same serve-sim (zero engine cost) on this machine, client CPU
 # per 1k output tokens side by side, with the ratio, for SGLang's coalesced stream and for one
-# chunk per token. ~20 min with the defaults. See bench/README.md.
+# chunk per token. ~30 min with the defaults. See bench/README.md.
 # Environment knobs (defaults in brackets):
 #   RUNS [3]  rounds; in each, every concurrency point is measured by the runner's benchmark
 #             then by bench_serving for each stream (~15 s a point), back to back, so both
