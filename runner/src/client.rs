@@ -709,8 +709,9 @@ fn spliced(
             body.extend_from_slice(members);
         }
         body.push(b'}');
-        // A prompt of megabytes does not keep six times that for the rest of the run.
-        if buf.capacity() > 1 << 20 {
+        // Kept up to 16 MiB (prompts of ~2.7 MB, a 128k-token context's are ~0.5 MB): a
+        // larger one does not hold six times its size for the rest of the run.
+        if buf.capacity() > 16 << 20 {
             *buf = Vec::new();
         }
         Ok(Bytes::from(body))
