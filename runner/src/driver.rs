@@ -323,7 +323,9 @@ async fn run_turns(
         }
         let failed = out.error.is_some();
         let last = k + 1 == n;
-        let think = if failed || last {
+        // What is slept, in recorded time: none after the last or a failed turn, and none for
+        // an engine that never waits (`inf`, whose records are the harness's wall time).
+        let think = if failed || last || ctx.think_scale.is_infinite() {
             0.0
         } else {
             ctx.think.of(turn.think_time)

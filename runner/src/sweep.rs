@@ -9,7 +9,7 @@ use crate::client::{scrub, Api, Client, Sampling};
 use crate::console::{self, GpuProgress};
 use crate::conversation;
 use crate::driver::{run_cell, CellCtx, ServerDown};
-use crate::plan::{BackendChoice, OutputLen, Plan, PlanKeys};
+use crate::plan::{BackendChoice, OutputLen, Plan, PlanKeys, ThinkTime};
 use crate::record::{self, Recorder};
 use crate::telemetry::{self, GpuState};
 use crate::workload::{self, Workload};
@@ -536,6 +536,12 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
              the times recorded are the harness's own wall time (client, HTTP, simulator), not \
              a GPU's: a run to test the harness, not to compare GPUs or cache modes"
         );
+        if plan.think_time != ThinkTime::Off {
+            tracing::warn!(
+                "think time is not replayed: an engine that never waits has no time to pass \
+                 between turns (think_time is recorded as 0)"
+            );
+        }
     }
     let scales: BTreeMap<String, f64> = infos
         .iter()

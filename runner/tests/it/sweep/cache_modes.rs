@@ -203,8 +203,8 @@ fn bad_plans_are_rejected_before_anything_starts() {
 
 #[test]
 fn an_engine_that_never_waits_does_not_sleep_think_time_either() {
-    // `--sim-time-scale inf`: no engine time passes, so the replayed tool time is recorded
-    // but not slept (it used to be slept in full, in wall seconds).
+    // `--sim-time-scale inf`: no engine time passes, so the replayed tool time is neither
+    // slept (it used to be slept in full, in wall seconds) nor recorded as if it had been.
     let tmp = tempfile::tempdir().unwrap();
     let args = small_with(
         tmp.path(),
@@ -227,11 +227,29 @@ fn an_engine_that_never_waits_does_not_sleep_think_time_either() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a GPU's"), "{stderr}");
     run.assert_complete(&[4, 4]);
-    let think: f64 = run.turns().iter().map(|r| r.think_time).sum();
-    assert!(think > 2.0, "the workload has tool time to replay: {think}");
+    assert!(stderr.contains("think time is not replayed"), "{stderr}");
+    let think: Vec<f64> = run.turns().iter().map(|r| r.think_time).collect();
+    assert!(think.iter().all(|&t| t == 0.0), "{think:?}");
+    // The same workload at a finite scale has tool time to replay, and records it.
+    let finite = small_with(
+        tmp.path(),
+        "finite",
+        &[
+            ("--think-time", "replay"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+        ],
+    );
+    run_ok(&finite);
+    let replayed: f64 = Run::load(&tmp.path().join("finite"))
+        .turns()
+        .iter()
+        .map(|r| r.think_time)
+        .sum();
+    assert!(replayed > 2.0, "the workload has tool time: {replayed}");
     assert!(
-        wall < think / 2.0,
-        "{wall} s of wall time for {think} s of think time"
+        wall < replayed / 2.0,
+        "{wall} s of wall time for {replayed} s of tool time"
     );
 }
 
