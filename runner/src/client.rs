@@ -226,7 +226,10 @@ pub struct Client {
     streams: Result<wire::Pool, String>,
     base: String,
     api_key: Option<String>,
-    /// Longest silence inside a stream before the turn is failed.
+    /// Longest wait for a response's first data (its head, and its first event): a server
+    /// sends nothing while the request waits in its queue.
+    pub first_timeout: Duration,
+    /// Longest silence after a response's first event before the turn is failed.
     pub idle_timeout: Duration,
     /// Longest a whole request may take.
     pub total_timeout: Duration,
@@ -254,6 +257,7 @@ impl Client {
             streams,
             base: base.to_string(),
             api_key,
+            first_timeout: Duration::from_secs(1800),
             idle_timeout: Duration::from_secs(120),
             total_timeout: Duration::from_secs(3600),
             model: "default".into(),
@@ -534,14 +538,15 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => return st.fail(format!("bad request: {e}")),
             };
-            // The response's head comes at once from a server that is working (SGLang sends
-            // it before the first token): a server silent past the stall timeout is hung.
-            let sent = match tokio::time::timeout(self.idle_timeout, conn.send(req)).await {
+            // SGLang's native route sends the head at once, its OpenAI routes with the first
+            // token, after the request's wait in the queue: the first-data limit applies.
+            let left = self.first_timeout.saturating_sub(st.timing.send.elapsed());
+            let sent = match tokio::time::timeout(left, conn.send(req)).await {
                 Ok(r) => r,
                 Err(_) => {
                     return st.fail(format!(
                         "stalled: no response for {:.0} s",
-                        self.idle_timeout.as_secs_f64()
+                        self.first_timeout.as_secs_f64()
                     ))
                 }
             };
@@ -601,24 +606,36 @@ impl Client {
         };
         let mut events = sse_stream::SseByteStream::new(frames);
         // The idle timer is armed once and moved only when it fires early (a timer per event
-        // costs more than the parsing).
-        let mut last_event = Instant::now();
-        let idle = tokio::time::sleep(self.idle_timeout);
+        // costs more than the parsing). Until the first event the limit is the first-data one,
+        // from the request's send (a queued request gets nothing before its first token).
+        let mut last_event = None::<Instant>;
+        let first_by = st.timing.send + self.first_timeout;
+        let idle_timeout = self.idle_timeout;
+        let deadline = move |last: Option<Instant>| match last {
+            Some(at) => at + idle_timeout,
+            None => first_by,
+        };
+        let idle = tokio::time::sleep_until(deadline(None).into());
         tokio::pin!(idle);
         loop {
             let next = tokio::select! {
                 biased;
                 next = events.next() => next,
                 () = &mut idle => {
-                    let silent = last_event.elapsed();
-                    if silent >= self.idle_timeout {
-                        st.fail(format!(
-                            "stalled: no data for {:.0} s",
-                            self.idle_timeout.as_secs_f64()
-                        ));
+                    if Instant::now() >= deadline(last_event) {
+                        st.fail(match last_event {
+                            Some(_) => format!(
+                                "stalled: no data for {:.0} s",
+                                self.idle_timeout.as_secs_f64()
+                            ),
+                            None => format!(
+                                "stalled: no first token for {:.0} s",
+                                self.first_timeout.as_secs_f64()
+                            ),
+                        });
                         return false;
                     }
-                    idle.as_mut().reset((last_event + self.idle_timeout).into());
+                    idle.as_mut().reset(deadline(last_event).into());
                     continue;
                 }
             };
@@ -642,7 +659,11 @@ impl Client {
                     return false;
                 }
             };
-            last_event = now;
+            if last_event.is_none() {
+                // From the first-data limit to the (shorter) silence limit.
+                idle.as_mut().reset(deadline(Some(now)).into());
+            }
+            last_event = Some(now);
             st.timing.end = now;
             let data = ev.data.as_deref().unwrap_or("").trim();
             if data.is_empty() {

@@ -345,8 +345,13 @@ pub struct PlanKeys {
     /// Longest a request may take, seconds (wall).
     #[arg(long)]
     pub request_timeout_s: Option<f64>,
-    /// Longest silence before the turn fails, seconds (wall): waiting for the response, for
-    /// its first token, or between its chunks.
+    /// Longest wait for a response's first data, seconds (wall). SGLang sends nothing while
+    /// a request waits in its queue (an OpenAI route not even the response head), which on a
+    /// loaded server takes minutes: this is the limit for that wait, not `stall_timeout_s`.
+    #[arg(long)]
+    pub first_token_timeout_s: Option<f64>,
+    /// Longest silence after a response's first data before the turn fails, seconds (wall):
+    /// a stream that stops between its chunks.
     #[arg(long)]
     pub stall_timeout_s: Option<f64>,
     /// Simulated engine seconds per wall second (`sim` backend).
@@ -431,6 +436,7 @@ impl PlanKeys {
             launch_command,
             launch_timeout_s,
             request_timeout_s,
+            first_token_timeout_s,
             stall_timeout_s,
             sim_time_scale,
             sim_gpu,
@@ -610,6 +616,7 @@ pub struct Plan {
     pub launch_command: Vec<String>,
     pub launch_timeout_s: f64,
     pub request_timeout_s: f64,
+    pub first_token_timeout_s: f64,
     pub stall_timeout_s: f64,
     #[serde(serialize_with = "scale_json::serialize_f64")]
     pub sim_time_scale: f64,
@@ -961,6 +968,11 @@ impl Plan {
             launch_command,
             launch_timeout_s: seconds("launch_timeout_s", k.launch_timeout_s, 600.0)?,
             request_timeout_s: seconds("request_timeout_s", k.request_timeout_s, 3600.0)?,
+            first_token_timeout_s: seconds(
+                "first_token_timeout_s",
+                k.first_token_timeout_s,
+                1800.0,
+            )?,
             stall_timeout_s: seconds("stall_timeout_s", k.stall_timeout_s, 120.0)?,
             sim_time_scale,
             sim_gpu,

@@ -857,6 +857,8 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 s.cell = Some(format!("{}/{}", cell.cache_mode, cell.concurrency));
             }
             let mut client = Client::new(&server.url, api_key.clone());
+            client.first_timeout =
+                Duration::try_from_secs_f64(plan.first_token_timeout_s).unwrap_or(Duration::MAX);
             client.idle_timeout =
                 Duration::try_from_secs_f64(plan.stall_timeout_s).unwrap_or(Duration::MAX);
             client.total_timeout =

@@ -68,9 +68,9 @@ fn injected_faults_are_recorded_and_the_sweep_goes_on() {
 }
 
 #[test]
-fn a_server_silent_before_its_response_fails_the_turn_at_the_stall_timeout() {
+fn a_server_silent_before_its_first_token_fails_the_turn_at_the_first_token_timeout() {
     // An OpenAI stream's head waits for the first token (as SGLang's does): a server that
-    // never sends it fails the turn after `stall_timeout_s`, not `request_timeout_s`.
+    // never sends it fails the turn after `first_token_timeout_s`, not `request_timeout_s`.
     let tmp = tempfile::tempdir().unwrap();
     let mut args = small_with(
         tmp.path(),
@@ -83,7 +83,7 @@ fn a_server_silent_before_its_response_fails_the_turn_at_the_stall_timeout() {
     );
     args.extend(
         [
-            "--stall-timeout-s",
+            "--first-token-timeout-s",
             "0.5",
             "--request-timeout-s",
             "600",
@@ -103,7 +103,45 @@ fn a_server_silent_before_its_response_fails_the_turn_at_the_stall_timeout() {
         let e2e = r.e2e.unwrap() / 1000.0; // engine time at --sim-time-scale 1000
         assert!(
             (0.5..2.5).contains(&e2e),
-            "failed at the stall timeout: {e2e} s"
+            "failed at the first-token timeout: {e2e} s"
         );
+    }
+}
+
+#[test]
+fn a_request_waiting_for_its_first_token_longer_than_the_stall_timeout_is_not_failed() {
+    // SGLang sends nothing while a request waits in its queue (the native route after the
+    // response head, the OpenAI routes not even that): a wait past `stall_timeout_s` is not
+    // a stall, only one past `first_token_timeout_s` is.
+    for api in ["native", "openai"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut args = small_with(
+            tmp.path(),
+            "queued",
+            &[
+                ("--api", api),
+                ("--cache-modes", "prefix"),
+                ("--batch-sizes", "1"),
+                ("--trajectories", "1"),
+                ("--turns", "2"),
+            ],
+        );
+        args.extend(
+            [
+                "--stall-timeout-s",
+                "0.3",
+                "--sim-args=--sim-fault=stall=1200@before",
+            ]
+            .map(String::from),
+        );
+        run_ok(&args);
+        let run = Run::load(&tmp.path().join("queued"));
+        let turns = run.turns();
+        assert_eq!(turns.len(), 2, "{api}: {turns:?}");
+        for r in &turns {
+            assert_eq!(r.error, None, "{api}");
+            // The wait is the turn's TTFT (engine time at --sim-time-scale 1000).
+            assert!(r.ttft.unwrap() / 1000.0 >= 1.1, "{api}: {:?}", r.ttft);
+        }
     }
 }
