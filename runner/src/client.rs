@@ -479,6 +479,7 @@ impl Client {
             Prompt::Messages(msgs) => {
                 let rest = OpenaiBody {
                     model: &self.model,
+                    max_tokens: sampling.max_new_tokens,
                     max_completion_tokens: sampling.max_new_tokens,
                     temperature: sampling.temperature,
                     stop: &sampling.stop,
@@ -774,6 +775,10 @@ struct SessionParams<'a> {
 #[derive(serde::Serialize)]
 struct OpenaiBody<'a> {
     model: &'a str,
+    /// The length limit under both names: `max_tokens` is the one servers that predate
+    /// `max_completion_tokens` know (SGLang before 0.4.6, and others), which would ignore the
+    /// newer name and generate to EOS or the context's end.
+    max_tokens: u32,
     max_completion_tokens: u32,
     temperature: f64,
     stop: &'a [String],
@@ -1756,6 +1761,7 @@ mod tests {
         );
         assert_eq!(v["model"], client.model.as_str());
         assert_eq!(v["max_completion_tokens"], 7);
+        assert_eq!(v["max_tokens"], 7);
         assert_eq!(v["temperature"], 0.5);
         assert_eq!(v["stop"], sp["stop"]);
         assert_eq!(v["stream"], true);

@@ -98,6 +98,10 @@ pub struct CellCtx {
     pub ttft_pairs: Mutex<Vec<(f64, f64)>>,
     /// Turns whose inter-token gaps are per chunk ([`crate::client::Outcome::itl_per_chunk`]).
     pub itl_per_chunk: std::sync::atomic::AtomicU64,
+    /// Successful turns the server gave no generated-token count for.
+    pub no_counts: std::sync::atomic::AtomicU64,
+    /// Turns that generated more tokens than asked for (a server that ignored the limit).
+    pub over_length: std::sync::atomic::AtomicU64,
 }
 
 /// The cell's server stopped answering: a turn lost its connection and the server no longer
@@ -340,6 +344,15 @@ async fn run_turns(
         }
         if out.itl_per_chunk {
             ctx.itl_per_chunk.fetch_add(1, Ordering::Relaxed);
+        }
+        if !failed && out.completion_tokens.is_none() {
+            ctx.no_counts.fetch_add(1, Ordering::Relaxed);
+        }
+        if out
+            .completion_tokens
+            .is_some_and(|c| c > u64::from(sampling.max_new_tokens))
+        {
+            ctx.over_length.fetch_add(1, Ordering::Relaxed);
         }
         ctx.progress
             .turn_done(out.completion_tokens.unwrap_or(0), failed);

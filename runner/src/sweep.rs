@@ -806,6 +806,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
     let mut warned_lag = false;
     let mut warned_harness = false;
     let mut warned_per_chunk = false;
+    let (mut warned_no_counts, mut warned_over_length) = (false, false);
     let turn_counts: Vec<usize> = workload.trajectories.turn_counts();
     for (cell, mut todo) in cells {
         if todo.is_empty() {
@@ -900,6 +901,8 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 nonce: nonce.clone(),
                 ttft_pairs: Mutex::new(Vec::new()),
                 itl_per_chunk: Default::default(),
+                no_counts: Default::default(),
+                over_length: Default::default(),
             });
             let cell_name = format!(
                 "GPU {gpu}, cache mode {}, concurrency {}",
@@ -919,6 +922,25 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                              stream_options.continuous_usage_stats): their inter-token latency \
                              is per chunk, not per token (TTFT, E2E and token counts are not \
                              affected; --api native counts tokens in every chunk)"
+                        );
+                    }
+                    let no_counts = ctx.no_counts.load(std::sync::atomic::Ordering::Relaxed);
+                    if no_counts > 0 && !warned_no_counts {
+                        warned_no_counts = true;
+                        tracing::warn!(
+                            "{cell_name}: {no_counts} successful turn(s) came without a \
+                             generated-token count (no `usage`, or no `meta_info`): token \
+                             throughput, Total Tokens and Tok/Turn count only turns with one, \
+                             and those turns' inter-token latency is per chunk"
+                        );
+                    }
+                    let over = ctx.over_length.load(std::sync::atomic::Ordering::Relaxed);
+                    if over > 0 && !warned_over_length {
+                        warned_over_length = true;
+                        tracing::warn!(
+                            "{cell_name}: {over} turn(s) generated more tokens than asked for \
+                             (the server ignored the length limit): their times and the \
+                             cell's throughput are not those of the planned work"
                         );
                     }
                     break;

@@ -7,6 +7,7 @@ mod chat_template;
 mod datasets;
 mod faults;
 mod launch;
+mod openai_compat;
 mod pack;
 mod resume;
 mod session_wire;
