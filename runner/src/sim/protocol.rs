@@ -70,8 +70,9 @@ pub struct SessionParams {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
-    /// With `include_usage`: a usage object (prompt and completion counts so far, never cached
-    /// tokens) on every content chunk, as SGLang's `should_include_usage`.
+    /// A usage object (prompt and completion counts so far, never cached tokens) on every
+    /// content chunk, with or without `include_usage` (SGLang's `should_include_usage`;
+    /// vLLM's asks for both).
     #[serde(default)]
     pub continuous_usage_stats: bool,
 }
@@ -80,7 +81,7 @@ impl StreamOptions {
     /// (include_usage, continuous usage) of a request's `stream_options`.
     pub fn usage(o: Option<&StreamOptions>) -> (bool, bool) {
         o.map_or((false, false), |o| {
-            (o.include_usage, o.include_usage && o.continuous_usage_stats)
+            (o.include_usage, o.continuous_usage_stats)
         })
     }
 }

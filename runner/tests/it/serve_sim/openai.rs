@@ -190,18 +190,32 @@ async fn continuous_usage_stats_put_the_counts_so_far_on_every_content_chunk() {
         assert_eq!(last, u(fin, "/completion_tokens"));
         assert_eq!(last, 64);
     }
-    // Without include_usage, continuous_usage_stats alone adds nothing (as SGLang).
+    // Without include_usage, continuous_usage_stats alone puts the counts on the content
+    // chunks all the same, with no final usage chunk (SGLang's should_include_usage).
     let (_, data) = stream(
         &h,
         "/v1/completions",
-        json!({"prompt": "Once", "stream": true, "max_tokens": 8,
+        json!({"prompt": "Once", "stream": true, "max_tokens": 8, "ignore_eos": true,
                "stream_options": {"continuous_usage_stats": true}}),
     )
     .await;
+    let alone = chunks(&data);
     assert!(
-        chunks(&data).iter().all(|c| c["usage"].is_null()),
+        alone
+            .iter()
+            .all(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty())),
+        "no usage-only chunk: {data:?}"
+    );
+    let counted: Vec<u64> = alone
+        .iter()
+        .filter(|c| !c["choices"][0]["text"].as_str().unwrap_or("").is_empty())
+        .map(|c| u(&c["usage"], "/completion_tokens"))
+        .collect();
+    assert!(
+        !counted.is_empty() && counted.windows(2).all(|w| w[0] < w[1]),
         "{data:?}"
     );
+    assert_eq!(counted.last(), Some(&8));
     // /v1/completions content chunks carry them too.
     let (_, data) = stream(
         &h,
