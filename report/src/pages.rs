@@ -30,6 +30,8 @@ pub struct Layout {
     pub legacy: bool,
     pub simulated_note: &'static str,
     pub legacy_note: &'static str,
+    /// The page shows a run with no engine cost: the banner says its times are not a GPU's.
+    pub zero_cost: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +77,7 @@ impl Layout {
             legacy,
             simulated_note: SIMULATED_NOTE,
             legacy_note: LEGACY_NOTE,
+            zero_cost: false,
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct GpuLink {
     pub href: String,
     pub simulated: bool,
     pub legacy: bool,
+    /// Every run on this GPU had no engine cost (`--sim-time-scale inf`).
+    pub zero_cost: bool,
 }
 
 /// One run's metadata row on the index.
@@ -94,6 +99,8 @@ pub struct RunMeta {
     pub source: String,
     pub simulated: bool,
     pub legacy: bool,
+    /// Simulated with no engine cost: its times are the harness's own.
+    pub zero_cost: bool,
     pub created: String,
     pub model: String,
     pub engine: String,
@@ -115,6 +122,7 @@ pub struct BestRow {
     pub run_id: String,
     pub simulated: bool,
     pub legacy: bool,
+    pub zero_cost: bool,
     pub cache_mode: String,
     pub concurrency: String,
     pub tok_s: String,
@@ -133,6 +141,7 @@ pub struct SpeedupRow {
     pub run_id: String,
     pub simulated: bool,
     pub legacy: bool,
+    pub zero_cost: bool,
     pub concurrency: String,
     pub baseline: String,
     /// (mode, tok/s, speed-up vs baseline) for each mode measured.
@@ -147,6 +156,8 @@ pub struct IndexPage {
     pub best: Vec<BestRow>,
     pub speedup_modes: Vec<String>,
     pub speedups: Vec<SpeedupRow>,
+    /// Runs with no engine cost, left out of everything that compares GPUs or cache modes.
+    pub harness_runs: Vec<String>,
     pub charts: Vec<ChartSpec>,
     /// Site-relative links to the spreadsheet exports: the turns CSV (one file or its parts,
     /// see [`crate::data::turns_csv_files`]) then `data/summary.csv`.
@@ -200,6 +211,7 @@ pub struct GpuSection {
     pub run_id: String,
     pub simulated: bool,
     pub legacy: bool,
+    pub zero_cost: bool,
     pub seed_tables: Vec<SeedTable>,
     pub latency_tables: Vec<LatencyTable>,
     pub errors: Vec<(String, String)>,
@@ -259,7 +271,8 @@ impl Site {
     pub fn render_index(&self) -> askama::Result<String> {
         let any_sim = self.index.runs.iter().any(|r| r.simulated);
         let any_legacy = self.index.runs.iter().any(|r| r.legacy);
-        let layout = self.layout(&self.title, "index.html", any_sim, any_legacy);
+        let mut layout = self.layout(&self.title, "index.html", any_sim, any_legacy);
+        layout.zero_cost = self.index.runs.iter().any(|r| r.zero_cost);
         IndexTemplate {
             layout: &layout,
             page: &self.index,
@@ -270,7 +283,8 @@ impl Site {
     pub fn render_gpu(&self, page: &GpuPage) -> askama::Result<String> {
         let sim = page.sections.iter().any(|s| s.simulated);
         let legacy = page.sections.iter().any(|s| s.legacy);
-        let layout = self.layout(&format!("GPU {}", page.label), &page.href, sim, legacy);
+        let mut layout = self.layout(&format!("GPU {}", page.label), &page.href, sim, legacy);
+        layout.zero_cost = page.sections.iter().any(|s| s.zero_cost);
         GpuTemplate {
             layout: &layout,
             page,
@@ -369,6 +383,7 @@ fn run_meta(run: &Run, agg: &Option<RunAggregate>) -> RunMeta {
             source: run.source.clone(),
             simulated: false,
             legacy: true,
+            zero_cost: false,
             created: "—".into(),
             model: "—".into(),
             engine: "—".into(),
@@ -450,6 +465,7 @@ fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
         source: run.source.clone(),
         simulated: man.simulated,
         legacy: false,
+        zero_cost: man.zero_cost(),
         created: man.created.clone(),
         model,
         engine,
@@ -842,6 +858,9 @@ pub fn gpu_links(runs: &[Run]) -> Vec<GpuLink> {
                 simulated: (0..runs.len()).any(|i| on(i) && runs[i].simulated()),
                 legacy: (0..runs.len())
                     .any(|i| on(i) && matches!(runs[i].data, RunData::Legacy(_))),
+                zero_cost: (0..runs.len())
+                    .filter(|&i| on(i))
+                    .all(|i| zero_cost(&runs[i])),
                 label,
                 href,
             }
@@ -870,6 +889,11 @@ pub fn site(
     }
 }
 
+/// The run was simulated with no engine cost (`--sim-time-scale inf`).
+fn zero_cost(run: &Run) -> bool {
+    matches!(&run.data, RunData::Measured(m) if m.manifest.zero_cost())
+}
+
 fn href_of<'a>(gpus: &'a [GpuLink], label: &str) -> &'a str {
     gpus.iter()
         .find(|g| g.label == label)
@@ -893,6 +917,7 @@ fn index_page(
     let mut tradeoff_groups: Vec<(charts::Group, Vec<&CellSummary>)> = Vec::new();
     let mut baselines = BTreeSet::new();
     let mut speedup_modes = BTreeSet::new();
+    let mut harness_runs = Vec::new();
     // On a site mixing real and simulated runs, the cross-GPU charts say which is which.
     let mixed = runs.iter().any(|r| r.simulated()) && runs.iter().any(|r| !r.simulated());
     for (run, agg) in runs.iter().zip(aggregates) {
@@ -913,6 +938,10 @@ fn index_page(
             index,
         };
         match (&run.data, agg) {
+            // An engine with no cost measures the harness, not a GPU: nothing to compare.
+            (RunData::Measured(m), Some(_)) if m.manifest.zero_cost() => {
+                harness_runs.push(run.id().to_string());
+            }
             (RunData::Measured(m), Some(a)) => {
                 for gpu in a.gpus() {
                     let group = group_of(gpu, groups);
@@ -934,6 +963,7 @@ fn index_page(
                                 run_id: run.id().to_string(),
                                 simulated: run.simulated(),
                                 legacy: false,
+                                zero_cost: false,
                                 cache_mode: c.cache_mode.to_string(),
                                 concurrency: c.concurrency.to_string(),
                                 tok_s: num(c.output_tok_per_s, 1),
@@ -1003,6 +1033,7 @@ fn index_page(
                                 run_id: run.id().to_string(),
                                 simulated: run.simulated(),
                                 legacy: false,
+                                zero_cost: false,
                                 concurrency: bc.concurrency.to_string(),
                                 baseline: base.to_string(),
                                 modes: Vec::new(),
@@ -1050,6 +1081,7 @@ fn index_page(
                         run_id: l.id.clone(),
                         simulated: false,
                         legacy: true,
+                        zero_cost: false,
                         cache_mode: "seed (prefix)".into(),
                         concurrency: row.batch_size.to_string(),
                         tok_s: format!("{} words/s", opt(row.tok_per_s, 1)),
@@ -1109,6 +1141,7 @@ fn index_page(
         best,
         speedup_modes,
         speedups,
+        harness_runs,
         charts: charts_out,
         data_files: Vec::new(),
     }
@@ -1413,6 +1446,7 @@ fn measured_section(
         run_id: run.id().to_string(),
         simulated: run.simulated(),
         legacy: false,
+        zero_cost: m.manifest.zero_cost(),
         seed_tables,
         latency_tables,
         errors: errors
@@ -1482,6 +1516,7 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
         run_id: l.id.clone(),
         simulated: false,
         legacy: true,
+        zero_cost: false,
         seed_tables: vec![SeedTable {
             id: format!("seed-{n}-legacy"),
             cache_mode: "seed".into(),

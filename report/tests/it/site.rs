@@ -780,6 +780,62 @@ fn a_run_with_no_engine_cost_is_marked_on_every_page() {
 }
 
 #[test]
+fn a_run_with_no_engine_cost_is_compared_with_nothing() {
+    // Its times are the harness's own: ranking it (300,000 tok/s on any "GPU") or turning it
+    // into cache-mode speed-ups would compare harness noise.
+    let tmp = tempfile::tempdir().unwrap();
+    let real = write_run(tmp.path(), "costed", &tiny_spec("costed"));
+    let inf = write_run(tmp.path(), "nocost", &tiny_spec("nocost"));
+    let path = inf.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
+    m["backend"]["sim"]["time_scale"] = 1.0.into();
+    m["backend"]["sim"]["zero_cost"] = true.into();
+    std::fs::write(&path, m.to_string()).unwrap();
+    let site = tmp.path().join("site");
+    build(&[real, inf], &site, None);
+    let index = read(&site.join("index.html"));
+    let section = |id: &str| {
+        let t = &index[index.find(&format!("<table id=\"{id}\">")).unwrap()..];
+        t[..t.find("</table>").unwrap()].to_string()
+    };
+    for id in ["best", "speedup"] {
+        let t = section(id);
+        assert!(t.contains("costed"), "{id}: {t}");
+        assert!(!t.contains("nocost"), "{id}: {t}");
+    }
+    let charts = &index[index.find("Cross-GPU comparison").unwrap()..];
+    assert!(
+        charts.contains("h100 · costed"),
+        "the other run's traces are drawn"
+    );
+    assert!(!charts.contains("h100 · nocost"), "{charts}");
+    let note = &index[index.find("id=\"harness-runs\"").unwrap()..];
+    let note = &note[..note.find("</p>").unwrap()];
+    assert!(
+        note.contains("run nocost") && !note.contains("costed,"),
+        "{note}"
+    );
+    // Its GPU page still shows it, marked, and the banner says what the mark means.
+    let gpu = read(&site.join("gpu-h100.html"));
+    let heading = &gpu[gpu.find("<h2>Run nocost").unwrap()..];
+    assert!(
+        heading[..heading.find("</h2>").unwrap()].contains("no engine cost"),
+        "{heading:.300}"
+    );
+    assert!(gpu.contains("their times are the harness's own"));
+    // Alone, it has no best configuration to give.
+    let alone = tmp.path().join("alone");
+    build(
+        std::slice::from_ref(&tmp.path().join("nocost")),
+        &alone,
+        None,
+    );
+    let index = read(&alone.join("index.html"));
+    assert!(index.contains("every run had no engine cost"), "{index}");
+    assert!(!index.contains("<table id=\"best\">"));
+}
+
+#[test]
 fn failures_that_differ_only_in_their_numbers_are_one_row() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "fails", &tiny_spec("fails"));
