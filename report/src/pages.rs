@@ -125,6 +125,13 @@ pub struct BestRow {
     pub zero_cost: bool,
     pub cache_mode: String,
     pub concurrency: String,
+    /// The best cell ran at the highest concurrency tested on the GPU (of several): the
+    /// throughput may still rise past it.
+    pub at_edge: bool,
+    /// The GPU's next best cell by token throughput, `mode · c=N (tok/s, −x %)`, or `—`.
+    pub runner_up: String,
+    /// The runner-up is within [`NEAR_TIE`] of the best.
+    pub near_tie: bool,
     pub tok_s: String,
     pub traj_s: String,
     pub avg_traj: String,
@@ -889,6 +896,33 @@ pub fn site(
     }
 }
 
+/// A runner-up closer than this (relative) to the best cell is a near tie: one run cannot
+/// tell them apart (run-to-run variation is of this order).
+pub const NEAR_TIE: f64 = 0.05;
+
+/// The next best of `cells` after `best` by token throughput, as `mode · c=N (tok/s, −x %)`,
+/// with its relative margin.
+fn runner_up(best: &CellSummary, cells: &[&CellSummary]) -> Option<(String, f64)> {
+    let r = cells
+        .iter()
+        .filter(|c| !(c.cache_mode == best.cache_mode && c.concurrency == best.concurrency))
+        .max_by(|a, b| a.output_tok_per_s.total_cmp(&b.output_tok_per_s))?;
+    if best.output_tok_per_s <= 0.0 {
+        return None;
+    }
+    let margin = 1.0 - r.output_tok_per_s / best.output_tok_per_s;
+    Some((
+        format!(
+            "{} · c={} ({}, −{} %)",
+            r.cache_mode,
+            r.concurrency,
+            num(r.output_tok_per_s, 1),
+            num(margin * 100.0, 1)
+        ),
+        margin,
+    ))
+}
+
 /// The run was simulated with no engine cost (`--sim-time-scale inf`).
 fn zero_cost(run: &Run) -> bool {
     matches!(&run.data, RunData::Measured(m) if m.manifest.zero_cost())
@@ -966,6 +1000,14 @@ fn index_page(
                                 zero_cost: false,
                                 cache_mode: c.cache_mode.to_string(),
                                 concurrency: c.concurrency.to_string(),
+                                at_edge: {
+                                    let top = cells.iter().map(|x| x.concurrency).max();
+                                    let low = cells.iter().map(|x| x.concurrency).min();
+                                    top == Some(c.concurrency) && low != top
+                                },
+                                runner_up: runner_up(c, &cells)
+                                    .map_or_else(|| "—".into(), |(r, _)| r),
+                                near_tie: runner_up(c, &cells).is_some_and(|(_, m)| m < NEAR_TIE),
                                 tok_s: num(c.output_tok_per_s, 1),
                                 traj_s: num(c.traj_per_s, 4),
                                 avg_traj: opt(c.avg_traj_time_s, 2),
@@ -1084,6 +1126,9 @@ fn index_page(
                         zero_cost: false,
                         cache_mode: "seed (prefix)".into(),
                         concurrency: row.batch_size.to_string(),
+                        at_edge: false,
+                        runner_up: "—".into(),
+                        near_tie: false,
                         tok_s: format!("{} words/s", opt(row.tok_per_s, 1)),
                         traj_s: opt(row.traj_per_s, 4),
                         avg_traj: opt(row.avg_traj_time_s, 2),

@@ -836,6 +836,45 @@ fn a_run_with_no_engine_cost_is_compared_with_nothing() {
 }
 
 #[test]
+fn the_best_row_names_the_next_best_cell_and_a_best_at_the_edge_of_the_grid() {
+    // Recomputed here from the site's own summary export: the GPU's best and next best cell
+    // by token throughput, the margin between them, and whether the best ran at the highest
+    // concurrency tested.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = tiny_spec("ties");
+    spec.concurrencies = vec![1, 2, 4];
+    let run = write_run(tmp.path(), "ties", &spec);
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let csv = read(&site.join("data/summary.csv"));
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let mut cells: Vec<(String, u32, f64)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[col("cache_mode")].to_string(),
+                f[col("concurrency")].parse().unwrap(),
+                f[col("output_tok_per_s")].parse().unwrap(),
+            )
+        })
+        .collect();
+    cells.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let (best, next) = (&cells[0], &cells[1]);
+    let margin = 100.0 * (1.0 - next.2 / best.2);
+    let index = read(&site.join("index.html"));
+    let table = &index[index.find("<table id=\"best\">").unwrap()..];
+    let row = &table[table.find("<tbody>").unwrap()..table.find("</tbody>").unwrap()];
+    assert!(
+        row.contains(&format!("{} · c={} ({:.1}, −{:.1} %)", next.0, next.1, next.2, margin)),
+        "next best {next:?} ({margin:.1} %) in {row}"
+    );
+    assert_eq!(row.contains("≈ "), margin < 5.0, "{row}");
+    assert_eq!(row.contains("(highest tested)"), best.1 == 4, "{best:?}: {row}");
+}
+
+#[test]
 fn failures_that_differ_only_in_their_numbers_are_one_row() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "fails", &tiny_spec("fails"));
