@@ -137,7 +137,7 @@ impl Server {
                     gpu: gpu.into(),
                     url,
                     radix,
-                    launch_command: Some(mask_secrets(&argv)),
+                    launch_command: Some(mask_known(&argv, &secrets_of(&argv, api_key))),
                     inner: Inner::Launched(Box::new(launched)),
                 })
             }
@@ -217,9 +217,87 @@ pub fn launch_argv(
     argv
 }
 
-/// Replace the value of `--api-key`-like flags with `***`. A placeholder (`{api_key}`, as in a
-/// plan's command template) is not a secret and stays, so a resumed run fills it again.
+/// Replace the value of `--api-key`-like flags with `***`, also inside an argument that is a
+/// whole shell command (`sh -c "… --api-key K"`). A placeholder (`{api_key}`, as in a plan's
+/// command template) is not a secret and stays, so a resumed run fills it again.
 pub fn mask_secrets(argv: &[String]) -> Vec<String> {
+    let masked = mask_flags(argv);
+    masked
+        .into_iter()
+        .map(|a| {
+            if !a.contains(char::is_whitespace) {
+                return a;
+            }
+            // The words of a command line, masked the same way, the spacing kept.
+            let (mut words, mut gaps) = (Vec::new(), Vec::new());
+            let mut rest = a.as_str();
+            while !rest.is_empty() {
+                let gap = rest.len() - rest.trim_start().len();
+                gaps.push(rest[..gap].to_string());
+                rest = &rest[gap..];
+                let word = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                words.push(rest[..word].to_string());
+                rest = &rest[word..];
+            }
+            let words = mask_flags(&words);
+            gaps.iter()
+                .zip(&words)
+                .map(|(g, w)| format!("{g}{w}"))
+                .collect()
+        })
+        .collect()
+}
+
+/// [`mask_secrets`], and every occurrence of each of `secrets` (the run's key, and the literal
+/// keys of the command itself) replaced by `***` wherever it stands.
+pub fn mask_known(argv: &[String], secrets: &[String]) -> Vec<String> {
+    mask_secrets(argv)
+        .into_iter()
+        .map(|mut a| {
+            for k in secrets.iter().filter(|k| !k.is_empty()) {
+                a = a.replace(k.as_str(), "***");
+            }
+            a
+        })
+        .collect()
+}
+
+/// The literal values of `--api-key`-like flags in a command (placeholders aside), also
+/// inside an argument that is a whole shell command.
+pub fn literal_secrets(argv: &[String]) -> Vec<String> {
+    let words: Vec<String> = argv
+        .iter()
+        .flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .collect();
+    let masked = mask_flags(&words);
+    let mut out: Vec<String> = Vec::new();
+    for (w, m) in words.iter().zip(&masked) {
+        if w != m {
+            // `--flag=value` or the word after `--flag`.
+            let v = w.split_once('=').map_or(w.as_str(), |(_, v)| v);
+            let v = v.trim_matches(|c| c == '"' || c == '\'');
+            if !v.is_empty() && !out.iter().any(|o| o == v) {
+                out.push(v.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The keys a launch must keep out of what it writes: the run's, and those in the command.
+fn secrets_of(argv: &[String], api_key: Option<&str>) -> Vec<String> {
+    let mut keys = literal_secrets(argv);
+    if let Some(k) = api_key.filter(|k| !k.is_empty()) {
+        keys.push(k.to_string());
+    }
+    // Longest first, so a key inside another is not masked in part.
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    keys.dedup();
+    keys
+}
+
+/// [`mask_secrets`] for arguments that are single words.
+fn mask_flags(argv: &[String]) -> Vec<String> {
     let placeholder = |v: &str| v.len() > 2 && v.starts_with('{') && v.ends_with('}');
     let mut out = Vec::with_capacity(argv.len());
     let mut mask_next = false;
@@ -293,6 +371,7 @@ impl Launched {
         // a run id used again after a failed start) appends to the same log: each begins
         // with a line saying when and what was launched, and the tails quoted in errors are
         // this launch's output alone, never an earlier server's.
+        let secrets = secrets_of(argv, api_key);
         let log_from = {
             use std::io::Write;
             let end = file
@@ -305,22 +384,24 @@ impl Launched {
                 jiff::Timestamp::now()
                     .round(jiff::Unit::Second)
                     .unwrap_or_else(|_| jiff::Timestamp::now()),
-                mask_secrets(argv).join(" ")
+                mask_known(argv, &secrets).join(" ")
             );
             file.write_all(banner.as_bytes())
                 .with_context(|| format!("writing {}", log.display()))?;
             end + banner.len() as u64
         };
         // SGLang logs its arguments at startup, API key included (`server_args=…`): with a
-        // key, the output reaches the log through a pipe that masks it.
+        // key (the run's, or one written in the command), the output reaches the log through
+        // a pipe that masks it.
         let ctx = || format!("logging to {}", log.display());
-        let (out, err, scrubber) = match api_key.filter(|k| !k.is_empty()) {
-            Some(key) => {
-                let (w, h) = scrubbed_log(file, key.as_bytes().to_vec()).with_context(ctx)?;
+        let (out, err, scrubber) = match secrets.is_empty() {
+            false => {
+                let keys = secrets.iter().map(|k| k.as_bytes().to_vec()).collect();
+                let (w, h) = scrubbed_log(file, keys).with_context(ctx)?;
                 let w2 = w.try_clone().with_context(ctx)?;
                 (Stdio::from(w), Stdio::from(w2), Some(h))
             }
-            None => {
+            true => {
                 let f2 = file.try_clone().with_context(ctx)?;
                 (Stdio::from(file), Stdio::from(f2), None)
             }
@@ -357,7 +438,7 @@ impl Launched {
             .and_then(|id| rustix::process::Pid::from_raw(id as i32));
         tracing::info!(
             "GPU {gpu}: launched {:?} (log {})",
-            mask_secrets(argv),
+            mask_known(argv, &secrets),
             log.display()
         );
         Ok(Launched {
@@ -470,11 +551,16 @@ impl Drop for Launched {
 /// `***`; the writing end is returned.
 fn scrubbed_log(
     mut file: std::fs::File,
-    key: Vec<u8>,
+    keys: Vec<Vec<u8>>,
 ) -> std::io::Result<(std::io::PipeWriter, std::thread::JoinHandle<()>)> {
     let (mut reader, writer) = std::io::pipe()?;
     let copy = move || {
-        let find = memchr::memmem::Finder::new(&key);
+        let finds: Vec<memchr::memmem::Finder<'_>> = keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| memchr::memmem::Finder::new(k))
+            .collect();
+        let longest = finds.iter().map(|f| f.needle().len()).max().unwrap_or(1);
         let mut pending: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -485,9 +571,11 @@ fn scrubbed_log(
                 Err(_) => break,
             };
             pending.extend_from_slice(&buf[..n]);
-            pending = mask(&pending, &find);
+            for find in &finds {
+                pending = mask(&pending, find);
+            }
             // What could begin a key split across two reads waits for the next one.
-            let keep = (key.len() - 1).min(pending.len());
+            let keep = (longest - 1).min(pending.len());
             let ready = pending.len() - keep;
             if file.write_all(&pending[..ready]).is_err() {
                 break;

@@ -1024,6 +1024,7 @@ impl Plan {
     pub fn to_json(&self) -> serde_json::Value {
         let mut p = self.clone();
         p.launch_command = crate::backend::mask_secrets(&p.launch_command);
+        p.sim_args = crate::backend::mask_secrets(&p.sim_args);
         // Input files as absolute paths: `--resume` may run from another directory.
         for f in [&mut p.dataset, &mut p.prompts, &mut p.chat_template]
             .into_iter()

@@ -245,16 +245,14 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
             }
             plan.urls = urls;
         }
-        if plan.backend == BackendChoice::Launch
-            && plan
-                .launch_command
-                .iter()
-                .any(|a| a == "***" || a.ends_with("=***"))
+        let masked = |args: &[String]| args.iter().any(|a| a.contains("***"));
+        if (plan.backend == BackendChoice::Launch && masked(&plan.launch_command))
+            || (plan.backend == BackendChoice::Sim && masked(&plan.sim_args))
         {
             bail!(
-                "--resume {id}: the plan's launch_command held an API key, which the manifest does \
-                 not keep; give keys as {{api_key}} in the command and with --api-key (or \
-                 TURNBENCH_API_KEY)"
+                "--resume {id}: the plan's launch_command or sim_args held an API key, which the \
+                 manifest does not keep; give keys as {{api_key}} in the command and with \
+                 --api-key (or TURNBENCH_API_KEY)"
             );
         }
         let existing = record::read_turns(&dir)?;

@@ -867,11 +867,18 @@ fn the_best_row_names_the_next_best_cell_and_a_best_at_the_edge_of_the_grid() {
     let table = &index[index.find("<table id=\"best\">").unwrap()..];
     let row = &table[table.find("<tbody>").unwrap()..table.find("</tbody>").unwrap()];
     assert!(
-        row.contains(&format!("{} · c={} ({:.1}, −{:.1} %)", next.0, next.1, next.2, margin)),
+        row.contains(&format!(
+            "{} · c={} ({:.1}, −{:.1} %)",
+            next.0, next.1, next.2, margin
+        )),
         "next best {next:?} ({margin:.1} %) in {row}"
     );
     assert_eq!(row.contains("≈ "), margin < 5.0, "{row}");
-    assert_eq!(row.contains("(highest tested)"), best.1 == 4, "{best:?}: {row}");
+    assert_eq!(
+        row.contains("(highest tested)"),
+        best.1 == 4,
+        "{best:?}: {row}"
+    );
 }
 
 #[test]

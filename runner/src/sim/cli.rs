@@ -88,11 +88,14 @@ pub struct SimArgs {
     /// Serve Prometheus `/metrics`.
     #[arg(long)]
     pub enable_metrics: bool,
-    /// Require `Authorization: Bearer KEY` (never written to any output).
+    /// Require `Authorization: Bearer KEY` (kept out of every response and of
+    /// `/get_server_info`; the startup log line shows it, as SGLang's does, which the runner's
+    /// `launch` backend masks).
     #[arg(long)]
     #[serde(skip_serializing)]
     pub api_key: Option<String>,
-    /// Admin key (accepted, never written to any output).
+    /// Admin key (accepted; kept out of every response, shown in the startup log line as
+    /// `--api-key` is).
     #[arg(long)]
     #[serde(skip_serializing)]
     pub admin_api_key: Option<String>,

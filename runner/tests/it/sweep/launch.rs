@@ -131,6 +131,103 @@ fn launches_serve_sim_per_gpu_and_stops_it() {
     );
 }
 
+/// Every file a run directory holds, as text (lossy), with its path.
+fn all_files(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push((
+                p.clone(),
+                String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_key_inside_a_shell_wrapped_command_is_masked_everywhere() {
+    // `sh -c "…"` (to activate an environment, say) puts the whole command in one argument:
+    // the run's key substituted into it, and a literal admin key written in it, reach neither
+    // the manifest, nor the log's launch banner, nor the server's own startup line.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let inner = format!(
+        "exec {} serve-sim --port {{port}} --sim-time-scale 1000 --api-key {{api_key}} \
+         --admin-api-key=literal-admin-sekrit",
+        env!("CARGO_BIN_EXE_runner")
+    );
+    let p = plan(tmp.path(), port, &["sh", "-c", &inner], "");
+    let mut args = small_with(
+        tmp.path(),
+        "wrapped",
+        &[
+            ("--gpus", "0"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+        ],
+    );
+    args.extend([
+        "--plan".into(),
+        p.display().to_string(),
+        "--api-key".into(),
+        "wrapped-sekrit-key".into(),
+    ]);
+    run_ok(&args);
+    let dir = tmp.path().join("wrapped");
+    Run::load(&dir).assert_complete(&[4, 4]);
+    let files = all_files(&dir);
+    assert!(files
+        .iter()
+        .any(|(p, _)| p.ends_with("logs/server-gpu0-radix.log")));
+    for (path, text) in &files {
+        for key in ["wrapped-sekrit-key", "literal-admin-sekrit"] {
+            assert!(!text.contains(key), "{key} leaked into {}", path.display());
+        }
+    }
+    let log = std::fs::read_to_string(dir.join("logs/server-gpu0-radix.log")).unwrap();
+    assert!(log.contains("--api-key ***"), "{log}");
+}
+
+#[test]
+fn a_key_in_sim_args_is_not_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = small_with(
+        tmp.path(),
+        "simkey",
+        &[
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+            ("--api-key", "sim-sekrit-key"),
+            ("--sim-args", "--api-key=sim-sekrit-key"),
+        ],
+    );
+    run_ok(&args);
+    let dir = tmp.path().join("simkey");
+    for (path, text) in all_files(&dir) {
+        assert!(
+            !text.contains("sim-sekrit-key"),
+            "leaked into {}",
+            path.display()
+        );
+    }
+    // Resuming cannot bring the key back from the manifest: it says so.
+    let err = run_err(
+        &[
+            "sweep",
+            "--out",
+            tmp.path().to_str().unwrap(),
+            "--resume",
+            "simkey",
+        ]
+        .map(String::from),
+    );
+    assert!(err.contains("held an API key"), "{err}");
+}
+
 #[test]
 fn a_server_that_dies_at_startup_is_reported_with_its_log() {
     let tmp = tempfile::tempdir().unwrap();
