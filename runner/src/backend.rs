@@ -558,7 +558,7 @@ fn scrubbed_log(
         let finds: Vec<memchr::memmem::Finder<'_>> = keys
             .iter()
             .filter(|k| !k.is_empty())
-            .map(|k| memchr::memmem::Finder::new(k))
+            .map(memchr::memmem::Finder::new)
             .collect();
         let longest = finds.iter().map(|f| f.needle().len()).max().unwrap_or(1);
         let mut pending: Vec<u8> = Vec::new();
