@@ -39,8 +39,35 @@ fn files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Writes `site` as a tar.gz at `dest` (its entries relative to the site root).
 pub fn write(site: &Path, dest: &Path) -> anyhow::Result<()> {
-    let tmp = dest.with_extension("tmp");
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // A file already there is replaced only if it is a gzip stream (an earlier archive).
+    if dest.exists() {
+        let mut magic = [0u8; 2];
+        let gzip = File::open(dest)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && magic == [0x1f, 0x8b];
+        anyhow::ensure!(
+            gzip,
+            "--archive {}: exists and is not a .tar.gz; refusing to overwrite it",
+            dest.display()
+        );
+    }
+    // Written under a fresh name of its own next to `dest` (never a file that was there, nor
+    // through a link someone left there), then renamed into place; gone if anything fails.
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let named = tempfile::Builder::new()
+        .prefix(".turnbench-site-")
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .with_context(|| format!("creating a file in {}", parent.display()))?;
+    let tmp = named.path().to_path_buf();
+    let file = named
+        .as_file()
+        .try_clone()
+        .with_context(|| format!("creating {}", tmp.display()))?;
     let gz: GzEncoder<File> = GzBuilder::new()
         .mtime(0)
         .write(file, Compression::default());
@@ -66,7 +93,8 @@ pub fn write(site: &Path, dest: &Path) -> anyhow::Result<()> {
         .finish()
         .with_context(|| format!("writing {}", tmp.display()))?;
     file.flush()?;
-    std::fs::rename(&tmp, dest)
+    named
+        .persist(dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     Ok(())
 }

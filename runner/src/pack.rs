@@ -104,19 +104,25 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
             out.display()
         );
     }
-    let tmp = out.with_extension("tmp");
-    let written = write_bundle(dir, &name, &tmp);
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    // Written under a fresh name of its own next to `out` (never a file that was there, nor
+    // through a link someone left there), then renamed into place; gone if anything fails.
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".turnbench-pack-")
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .with_context(|| format!("creating a file in {}", parent.display()))?;
+    write_bundle(dir, &name, tmp.as_file())?;
+    tmp.persist(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
 }
 
-/// The bundle of the run in `dir` (entries under `name/`) written to `tmp`.
-fn write_bundle(dir: &Path, name: &str, tmp: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+/// The bundle of the run in `dir` (entries under `name/`) written to `file`.
+fn write_bundle(dir: &Path, name: &str, file: &std::fs::File) -> anyhow::Result<()> {
     let gz = GzBuilder::new()
         .mtime(0)
         .write(file, Compression::default());

@@ -191,6 +191,39 @@ fn archive_is_reproducible() {
 }
 
 #[test]
+fn the_archive_never_overwrites_what_is_not_an_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "r", &tiny_spec("r"));
+    let opts = |archive: &Path| report::site::BuildOptions {
+        inputs: vec![run.clone()],
+        out: tmp.path().join("site"),
+        archive: Some(archive.to_path_buf()),
+        title: "t".into(),
+        dump_contexts: false,
+        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
+    };
+    // An unrelated file where the archive was to go is refused, and kept.
+    let thesis = tmp.path().join("thesis.txt");
+    std::fs::write(&thesis, "chapter one").unwrap();
+    let err = report::site::build(&opts(&thesis)).unwrap_err();
+    assert!(format!("{err:#}").contains("not a .tar.gz"), "{err:#}");
+    assert_eq!(std::fs::read_to_string(&thesis).unwrap(), "chapter one");
+    // Files (or links to files) next to it that a staging name could collide with are kept.
+    let notes = tmp.path().join("site-notes.tmp");
+    std::fs::write(&notes, "notes").unwrap();
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "config").unwrap();
+    std::os::unix::fs::symlink(&victim, tmp.path().join("evil.tmp")).unwrap();
+    for name in ["site-notes.gz", "evil.gz"] {
+        report::site::build(&opts(&tmp.path().join(name))).unwrap();
+        // Again, over its own earlier archive.
+        report::site::build(&opts(&tmp.path().join(name))).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "notes");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "config");
+}
+
+#[test]
 fn a_missing_input_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let err = report::site::build(&report::site::BuildOptions {

@@ -123,6 +123,22 @@ fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
     let bundle = tmp.path().join("a.tar.gz");
     assert!(pack(&bundle).status.success());
     assert!(pack(&bundle).status.success());
+    // A file, or a link to one, where a staging file could be looked for is left alone.
+    let staged = tmp.path().join("a.tar.tmp");
+    std::fs::write(&staged, "someone's notes").unwrap();
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "user config").unwrap();
+    std::os::unix::fs::symlink(&victim, tmp.path().join("evil.tar.tmp")).unwrap();
+    assert!(pack(&bundle).status.success());
+    assert!(pack(&tmp.path().join("evil.tar.gz")).status.success());
+    assert_eq!(std::fs::read_to_string(&staged).unwrap(), "someone's notes");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "user config");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".turnbench"))
+        .collect();
+    assert!(left.is_empty(), "no staging file left: {left:?}");
     // A run whose manifest does not read is no run to bundle.
     std::fs::write(tmp.path().join("b").join("manifest.json"), "{garbage").unwrap();
     let o = runner()
