@@ -176,6 +176,10 @@ pub fn write_site(
         pages.push(page.href.clone());
     }
     write(".nojekyll", "")?;
+    write(
+        SITE_MARKER,
+        "A site written by turnbench's `report build`, which replaces it whole.\n",
+    )?;
     assets::write_all(dir)?;
     data::write_summary(dir, runs, aggregates)?;
     Ok(pages)
@@ -275,16 +279,29 @@ fn guard_inputs(inputs: &[PathBuf], out: &Path, archive: Option<&Path>) -> anyho
     Ok(())
 }
 
+/// The file that marks a folder as a site `report build` wrote (and may replace).
+pub const SITE_MARKER: &str = ".turnbench-site";
+
 /// Moves the staged site to `out`, replacing a previous site there (recognised by its
-/// `.nojekyll`); refuses to delete any other non-empty directory.
+/// [`SITE_MARKER`], or, written before there was one, by its `.nojekyll`, `index.html`,
+/// `viewer.html` and `data/summary.csv` together); refuses to delete any other non-empty
+/// directory (a hand-made GitHub Pages folder has a `.nojekyll` too).
 fn replace_dir(staging: tempfile::TempDir, out: &Path) -> anyhow::Result<()> {
     if out.exists() {
         let empty = std::fs::read_dir(out)
             .with_context(|| format!("reading {}", out.display()))?
             .next()
             .is_none();
-        if !empty && !out.join(".nojekyll").is_file() {
-            bail!("{} exists and is not a site written by `report build` (no .nojekyll); refusing to replace it", out.display());
+        let ours = out.join(SITE_MARKER).is_file()
+            || [".nojekyll", "index.html", "viewer.html", "data/summary.csv"]
+                .iter()
+                .all(|f| out.join(f).is_file());
+        if !empty && !ours {
+            bail!(
+                "{} exists and is not a site written by `report build` (no {SITE_MARKER}); \
+                 refusing to replace it: choose another --out, or empty it",
+                out.display()
+            );
         }
         std::fs::remove_dir_all(out)
             .with_context(|| format!("removing the old site {}", out.display()))?;

@@ -152,6 +152,29 @@ fn refuses_to_replace_a_folder_that_is_not_a_site() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("refusing"), "{err:#}");
     assert_eq!(read(&out.join("notes.txt")), "keep me");
+    // A hand-made GitHub Pages folder has a .nojekyll too: it is no site of ours.
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(docs.join("guide")).unwrap();
+    for (f, text) in [
+        (".nojekyll", ""),
+        ("index.md", "# docs"),
+        ("CNAME", "example.com"),
+    ] {
+        std::fs::write(docs.join(f), text).unwrap();
+    }
+    std::fs::write(docs.join("guide/ch1.md"), "chapter").unwrap();
+    let err = report::site::build(&report::site::BuildOptions {
+        inputs: vec![run.clone()],
+        out: docs.clone(),
+        archive: None,
+        title: "t".into(),
+        dump_contexts: false,
+        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("refusing"), "{err:#}");
+    assert_eq!(read(&docs.join("guide/ch1.md")), "chapter");
+    assert_eq!(read(&docs.join("CNAME")), "example.com");
     // A previous site is replaced.
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
@@ -589,12 +612,13 @@ fn the_index_says_when_a_best_cell_had_failed_turns() {
     assert!(table.contains("<th>Failed turns</th>"), "{table}");
     let row = table.split("<tr>").nth(2).unwrap();
     let cells: Vec<&str> = row.split("<td").collect();
-    // GPU, run, mode, concurrency, tok/s, traj/s, avg/traj, failed turns, best by traj/s, …
+    // GPU, run, mode, concurrency, tok/s, next best, traj/s, avg/traj, failed turns, best by
+    // traj/s, …
     assert!(
-        cells[8].starts_with(&format!(">{}<", failed_of("output_tok_per_s"))),
+        cells[9].starts_with(&format!(">{}<", failed_of("output_tok_per_s"))),
         "{row}"
     );
-    for (criterion, cell) in [("traj_per_s", cells[9]), ("avg_traj_time_s", cells[10])] {
+    for (criterion, cell) in [("traj_per_s", cells[10]), ("avg_traj_time_s", cells[11])] {
         let n = failed_of(criterion);
         assert_eq!(
             cell.contains("failed turn"),
