@@ -584,11 +584,7 @@ pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
         let shown = PathBuf::from(in_bundle(&entry_path));
         match name.as_str() {
             files::MANIFEST => {
-                let mut text = Vec::new();
-                let mut entry = entry;
-                entry
-                    .read_to_end(&mut text)
-                    .map_err(|e| LoadError::io(&shown, e))?;
+                let text = read_document(entry, &shown)?;
                 runs.entry(dir).or_default().manifest = Some(parse_manifest(&text, &shown)?);
             }
             files::TURNS => {
@@ -596,11 +592,7 @@ pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
                 runs.entry(dir).or_default().records = Some(turns);
             }
             files::SUMMARY => {
-                let mut bytes = Vec::new();
-                let mut entry = entry;
-                entry
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| LoadError::io(&shown, e))?;
+                let bytes = read_document(entry, &shown)?;
                 runs.entry(dir).or_default().summary = parse_summary(&bytes, &shown);
             }
             files::TELEMETRY => {
@@ -636,4 +628,25 @@ pub fn load_bundle(path: &Path) -> Result<Vec<MeasuredRun>, LoadError> {
         return Err(LoadError::invalid(path, "bundle holds no manifest.json"));
     }
     Ok(out)
+}
+
+/// The most a bundle's manifest.json or summary.json may hold: a run's are kilobytes (a
+/// sweep of thousands of cells, a few megabytes), and a few megabytes of gzip could
+/// otherwise unpack into gigabytes held in memory whole.
+pub const DOCUMENT_LIMIT: u64 = 64 << 20;
+
+/// A bundle entry read whole, up to [`DOCUMENT_LIMIT`].
+fn read_document(entry: impl Read, shown: &Path) -> Result<Vec<u8>, LoadError> {
+    let mut bytes = Vec::new();
+    entry
+        .take(DOCUMENT_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| LoadError::io(shown, e))?;
+    if bytes.len() as u64 > DOCUMENT_LIMIT {
+        return Err(LoadError::invalid(
+            shown.to_path_buf(),
+            format!("larger than {} MiB: no run's is", DOCUMENT_LIMIT >> 20),
+        ));
+    }
+    Ok(bytes)
 }

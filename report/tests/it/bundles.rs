@@ -3,6 +3,7 @@
 use crate::support::{build, tiny_spec, write_run};
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use std::io::Read;
 use std::path::Path;
 
 /// Packs `run` as `<name>/<file>` entries, like `runner pack`.
@@ -93,4 +94,36 @@ fn one_run_given_twice_is_used_once_and_runs_sharing_an_id_are_told_apart() {
     );
     let index = std::fs::read_to_string(site.join("index.html")).unwrap();
     assert!(index.contains("shard (2)"), "both shards on the site");
+}
+
+#[test]
+fn a_bundle_whose_summary_unpacks_to_gigabytes_is_refused_without_reading_it_whole() {
+    // A few hundred kB of gzip holding a summary.json past the limit (a "zip bomb").
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "r", &tiny_spec("r"));
+    let dest = tmp.path().join("bomb.tar.gz");
+    let gz = GzEncoder::new(std::fs::File::create(&dest).unwrap(), Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for f in ["manifest.json", "turns.jsonl"] {
+        tar.append_path_with_name(run.join(f), format!("r/{f}"))
+            .unwrap();
+    }
+    let size = report::load::DOCUMENT_LIMIT + 4096;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(
+        &mut header,
+        "r/summary.json",
+        std::io::repeat(b' ').take(size),
+    )
+    .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    assert!(std::fs::metadata(&dest).unwrap().len() < 1 << 20);
+    let err = report::load::load_bundle(&dest).unwrap_err().to_string();
+    assert!(
+        err.contains("summary.json") && err.contains("larger than"),
+        "{err}"
+    );
 }
