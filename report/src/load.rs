@@ -644,7 +644,7 @@ fn read_document(entry: impl Read, shown: &Path) -> Result<Vec<u8>, LoadError> {
         .map_err(|e| LoadError::io(shown, e))?;
     if bytes.len() as u64 > DOCUMENT_LIMIT {
         return Err(LoadError::invalid(
-            shown.to_path_buf(),
+            shown,
             format!("larger than {} MiB: no run's is", DOCUMENT_LIMIT >> 20),
         ));
     }

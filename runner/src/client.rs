@@ -1004,6 +1004,7 @@ impl StreamState {
             None if aborted => self.last_tokens,
             None => return Err("no meta_info.completion_tokens".into()),
         };
+        check_count(tokens)?;
         let n = tokens.saturating_sub(self.last_tokens);
         if !delta.is_empty() || n > 0 {
             self.content(now, n);
@@ -1084,6 +1085,7 @@ impl StreamState {
                     .and_then(Num::as_u64)
                 {
                     Some(t) => {
+                        check_count(t)?;
                         self.saw_usage_per_chunk = true;
                         let n = t.saturating_sub(self.last_tokens);
                         self.last_tokens = self.last_tokens.max(t);
@@ -1153,6 +1155,20 @@ impl StreamState {
             itl_per_chunk,
         }
     }
+}
+
+/// More generated tokens than any context holds: each token of a chunk adds an inter-token
+/// gap to the turn's list, so a server's wild count (2^64 − 1) would exhaust memory.
+const MAX_COMPLETION_TOKENS: u64 = 1 << 24;
+
+/// An error for a `completion_tokens` no generation reaches.
+fn check_count(tokens: u64) -> Result<(), String> {
+    if tokens > MAX_COMPLETION_TOKENS {
+        return Err(format!(
+            "completion_tokens {tokens} is past any context length ({MAX_COMPLETION_TOKENS})"
+        ));
+    }
+    Ok(())
 }
 
 /// How a native chunk's `text` reached the parser.
@@ -1865,6 +1881,22 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e, "no meta_info.completion_tokens");
+        // A count no context holds (each token would add a gap to the turn's list).
+        for (data, api) in [
+            (
+                r#"{"text": "x", "meta_info": {"completion_tokens": 18446744073709551615}}"#,
+                Api::Native,
+            ),
+            (
+                r#"{"choices": [{"delta": {"content": "x"}}], "usage": {"completion_tokens": 3000000000}}"#,
+                Api::Openai,
+            ),
+        ] {
+            let mut fresh = StreamState::new(t0);
+            let e = fresh.chunk(data, api, t0).unwrap_err();
+            assert!(e.contains("past any context length"), "{e}");
+            assert!(fresh.timing.chunks.is_empty() && fresh.timing.first.is_none());
+        }
         let e = st
             .chunk(r#"{"id": "x", "choices": {}}"#, Api::Openai, t0)
             .unwrap_err();

@@ -60,6 +60,8 @@ pub async fn pause(d: Duration) {
     if d.is_zero() {
         return;
     }
+    // (A year is as good as forever, and an instant that far on cannot overflow.)
+    let d = d.min(Duration::from_secs(365 * 86_400));
     let deadline = tokio::time::Instant::now() + d;
     let early = Duration::from_millis(2);
     if d > early * 2 {
@@ -498,6 +500,13 @@ mod tests {
         assert_eq!(active.at(both), 2);
         assert_eq!(active.at(one), 1);
         assert_eq!(active.at(Instant::now()), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_think_time_sleeps_without_overflowing_the_clock() {
+        // `think_sleep` gives Duration::MAX for a tool time past what a Duration holds.
+        let slept = tokio::time::timeout(Duration::from_secs(30 * 86_400), pause(Duration::MAX));
+        assert!(slept.await.is_err(), "still asleep after 30 days");
     }
 
     #[tokio::test(start_paused = true)]

@@ -66,8 +66,12 @@ impl std::str::FromStr for ThinkTime {
             "off" => Ok(ThinkTime::Off),
             "replay" => Ok(ThinkTime::Replay),
             _ => match s.strip_prefix("scale=").map(str::parse::<f64>) {
-                Some(Ok(f)) if f.is_finite() && f >= 0.0 => Ok(ThinkTime::Scale(f)),
-                _ => Err(format!("{s:?}: expected off, replay or scale=F (F ≥ 0)")),
+                // (A dataset's tool time is at most a day: F up to 100 keeps every sleep
+                // and every recorded think time finite.)
+                Some(Ok(f)) if (0.0..=100.0).contains(&f) => Ok(ThinkTime::Scale(f)),
+                _ => Err(format!(
+                    "{s:?}: expected off, replay or scale=F (0 ≤ F ≤ 100)"
+                )),
             },
         }
     }
@@ -308,7 +312,7 @@ pub struct PlanKeys {
     /// Stop strings (repeat the flag).
     #[arg(long)]
     pub stop: Option<Vec<String>>,
-    /// off, replay (sleep the dataset's tool time) or scale=F.
+    /// off, replay (sleep the dataset's tool time) or scale=F (0 ≤ F ≤ 100).
     #[arg(long)]
     pub think_time: Option<String>,
     /// Results root directory.
@@ -1379,11 +1383,16 @@ mod tests {
             ..Default::default()
         })
         .contains("`cache_modes`"));
-        assert!(bad(PlanKeys {
-            think_time: Some("sometimes".into()),
-            ..Default::default()
-        })
-        .contains("`think_time`"));
+        for t in ["sometimes", "scale=1e308", "scale=-1", "scale=NaN"] {
+            assert!(
+                bad(PlanKeys {
+                    think_time: Some(t.into()),
+                    ..Default::default()
+                })
+                .contains("`think_time`"),
+                "{t}"
+            );
+        }
         assert!(bad(PlanKeys {
             batch_sizes: Some("h100=1;nope=2".parse().unwrap()),
             ..Default::default()
