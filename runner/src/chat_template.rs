@@ -116,6 +116,9 @@ fn at_line(line: Option<usize>) -> String {
 }
 
 /// A compiled Jinja chat template and the special tokens it is rendered with.
+/// Instructions one render may run ([`minijinja::Environment::set_fuel`]).
+const TEMPLATE_FUEL: u64 = 50_000_000;
+
 pub struct JinjaTemplate {
     path: PathBuf,
     /// Hex SHA-256 of the file's bytes.
@@ -196,6 +199,10 @@ impl JinjaTemplate {
                 .build()
                 .map_err(syntax_err)?,
         );
+        // A bound on the work of one render: a chat template lays out a conversation in
+        // thousands of steps, and one that loops without end (nested `range`s) stops with an
+        // error instead of hanging the sweep.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", move |fmt: String| {
@@ -809,6 +816,28 @@ mod tests {
         assert!(e.contains("expected a JSON object"), "{e}");
         let e = load_err(&write("binary.jinja", b"{{ x }}\xff"));
         assert!(e.contains("binary.jinja") && e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn a_template_that_loops_without_end_stops_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nested.jinja");
+        std::fs::write(
+            &p,
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        let e = match JinjaTemplate::load(&p) {
+            Err(e) => e.to_string(),
+            Ok(t) => t
+                .render(&[Message::new(Role::User, "hi")], true)
+                .unwrap_err()
+                .to_string(),
+        };
+        assert!(e.contains("nested.jinja") && e.contains("fuel"), "{e}");
+        // (10^10 steps; the bound stops it after 5·10^7, well within a minute in debug.)
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
     }
 
     #[test]
