@@ -201,6 +201,8 @@ pub struct LatencyRow {
     pub concurrency: String,
     /// See [`partial`].
     pub partial: Option<&'static str>,
+    /// The successful turns the percentiles are over.
+    pub turns: String,
     /// TTFT, ITL (per-turn mean), E2E: p50, p90, p99 each, in ms.
     pub values: Vec<String>,
     pub cache_hit: String,
@@ -210,7 +212,12 @@ pub struct LatencyRow {
 pub struct LatencyTable {
     pub cache_mode: String,
     pub rows: Vec<LatencyRow>,
+    /// Some row's p99 is over fewer than [`THIN_P99`] turns (it rests on the few slowest).
+    pub thin_p99: bool,
 }
+
+/// Below this many turns a p99 rests on a handful of them (n/100) and moves from run to run.
+pub const THIN_P99: u64 = 1000;
 
 /// One run's part of a GPU page.
 #[derive(Debug, Clone, Serialize)]
@@ -1385,6 +1392,7 @@ fn measured_section(
         });
         latency_tables.push(LatencyTable {
             cache_mode: mode.to_string(),
+            thin_p99: mc.iter().any(|c| c.summary.ttft.count < THIN_P99),
             rows: mc
                 .iter()
                 .map(|c| {
@@ -1403,6 +1411,7 @@ fn measured_section(
                     LatencyRow {
                         concurrency: s.concurrency.to_string(),
                         partial: partial(s),
+                        turns: s.ttft.count.to_string(),
                         values,
                         cache_hit: s
                             .cache_hit_ratio

@@ -939,6 +939,43 @@ fn the_best_row_names_the_next_best_cell_and_a_best_at_the_edge_of_the_grid() {
 }
 
 #[test]
+fn latency_tables_give_the_turns_their_percentiles_are_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "n", &tiny_spec("n"));
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    // Successful turns with a TTFT per (mode, concurrency), from the records themselves.
+    let mut n: std::collections::BTreeMap<(String, u64), u64> = Default::default();
+    for line in read(&run.join("turns.jsonl")).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["error"].is_null() && v["ttft"].is_number() {
+            let key = (
+                v["cache_mode"].as_str().unwrap().to_string(),
+                v["concurrency"].as_u64().unwrap(),
+            );
+            *n.entry(key).or_default() += 1;
+        }
+    }
+    let page = read(&site.join("gpu-h100.html"));
+    for ((mode, c), count) in &n {
+        let at = page
+            .find(&format!("Latency percentiles, cache mode {mode}<"))
+            .unwrap();
+        let table = &page[at..];
+        let table = &table[..table.find("</table>").unwrap()];
+        assert!(
+            table.contains(&format!("<tr><td>{c}</td><td>{count}</td>")),
+            "{mode} c={c}: n={count} in {table}"
+        );
+        // Under 1,000 turns, the note says what a p99 rests on.
+        let after = &page[at..];
+        let note = &after[after.find("</table>").unwrap()..];
+        assert!(note[..note.find("</p>").unwrap()].contains("slowest few"));
+    }
+    assert!(!n.is_empty());
+}
+
+#[test]
 fn failures_that_differ_only_in_their_numbers_are_one_row() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "fails", &tiny_spec("fails"));
