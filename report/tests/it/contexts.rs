@@ -84,8 +84,22 @@ fn chart_specs() {
     let charts = site.gpu_pages[0].charts();
     let titles: Vec<&str> = charts.iter().map(|c| c.title.as_str()).collect();
     insta::assert_json_snapshot!("gpu_chart_titles", titles);
-    // Throughput vs concurrency: one line per cache mode plus the dashed physical limit.
+    // Throughput vs concurrency: one line per cache mode plus the dashed physical limit,
+    // hidden until asked for (drawn, it sets the axis and flattens the measured lines).
     insta::assert_json_snapshot!("chart_throughput_vs_concurrency", charts[0]);
+    let limits: Vec<_> = charts[0]
+        .data
+        .iter()
+        .filter(|t| t["line"]["dash"] == "dash")
+        .collect();
+    assert!(!limits.is_empty());
+    assert!(limits.iter().all(|t| t["visible"] == "legendonly"));
+    assert!(charts[0]
+        .data
+        .iter()
+        .filter(|t| t["line"]["dash"] != "dash")
+        .all(|t| t["visible"].is_null()));
+    assert!(charts[0].note.contains("hidden until"));
     // TTFT by turn index, prefix: p10 / p90 band + p50 line per concurrency.
     let ttft = charts
         .iter()
