@@ -256,7 +256,7 @@ pub fn throughput_over_time(
         .iter()
         .map(|c| {
             let mut t = line(
-                format!("c={}", c.summary.concurrency),
+                cell_label(&c.summary),
                 c.throughput.iter().map(|p| r(p.t)).collect(),
                 c.throughput
                     .iter()
@@ -305,17 +305,17 @@ pub fn by_turn_band(
         data.push(json!({
             "type": "scatter", "mode": "lines", "x": x, "y": pts.iter().map(|p| r(p.1.p10 * 1e3)).collect::<Vec<_>>(),
             "line": {"width": 0, "color": color}, "legendgroup": group, "showlegend": false, "hoverinfo": "skip",
-            "name": format!("c={} p10", c.summary.concurrency),
+            "name": format!("{} p10", cell_label(&c.summary)),
         }));
         data.push(json!({
             "type": "scatter", "mode": "lines", "x": x, "y": pts.iter().map(|p| r(p.1.p90 * 1e3)).collect::<Vec<_>>(),
             "fill": "tonexty", "fillcolor": format!("{color}33"), "line": {"width": 0, "color": color},
             "legendgroup": group, "showlegend": false, "hoverinfo": "skip",
-            "name": format!("c={} p90", c.summary.concurrency),
+            "name": format!("{} p90", cell_label(&c.summary)),
         }));
         data.push(json!({
             "type": "scatter", "mode": "lines+markers", "x": x, "y": pts.iter().map(|p| r(p.1.p50 * 1e3)).collect::<Vec<_>>(),
-            "line": {"color": color}, "legendgroup": group, "name": format!("c={} p50", c.summary.concurrency),
+            "line": {"color": color}, "legendgroup": group, "name": format!("{} p50", cell_label(&c.summary)),
         }));
     }
     ChartSpec {
@@ -378,7 +378,7 @@ pub fn in_flight(ids: &mut Ids, mode: CacheMode, cells: &[&CellSeries]) -> Chart
         .iter()
         .map(|c| {
             json!({"type": "scatter", "mode": "lines", "line": {"shape": "hv"},
-                "name": format!("c={}", c.summary.concurrency),
+                "name": cell_label(&c.summary),
                 "x": c.in_flight.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
                 "y": c.in_flight.iter().map(|p| p.1).collect::<Vec<_>>()})
         })
@@ -407,7 +407,7 @@ pub fn latency_distribution(
         .filter(|c| !pick(c).is_empty())
         .map(|c| {
             let q = pick(c);
-            json!({"type": "scatter", "mode": "lines", "name": format!("c={}", c.summary.concurrency),
+            json!({"type": "scatter", "mode": "lines", "name": cell_label(&c.summary),
                 "x": q.iter().map(|v| r(v * 1e3)).collect::<Vec<_>>(),
                 "y": (0..q.len()).collect::<Vec<_>>()})
         })
@@ -542,5 +542,14 @@ pub fn legacy_turn_time(ids: &mut Ids, run: &LegacyRun) -> ChartSpec {
         note: "LEGACY (seed import): each turn time is the trajectory's time ÷ its turns, an average, not a measured per-turn latency.".into(),
         data,
         layout: layout("turn index", "averaged turn time (s)"),
+    }
+}
+
+/// A cell's name in a chart's legend: `c=N`, and what a cell an interrupted run left is
+/// (`c=4 (unfinished)`), so its trace is not read as a whole cell's.
+fn cell_label(c: &turnbench_schema::CellSummary) -> String {
+    match crate::pages::partial(c) {
+        Some(p) => format!("c={} ({p})", c.concurrency),
+        None => format!("c={}", c.concurrency),
     }
 }

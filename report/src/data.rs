@@ -63,6 +63,8 @@ struct TurnRow<'a> {
 struct SummaryRow<'a> {
     run_id: Cow<'a, str>,
     simulated: bool,
+    /// Simulated with no engine cost (`--sim-time-scale inf`): the harness's own times.
+    zero_cost: bool,
     /// `measured` or `legacy (words, averaged times)`.
     source: &'a str,
     gpu: Cow<'a, str>,
@@ -72,6 +74,9 @@ struct SummaryRow<'a> {
     trajectories_ok: Option<u64>,
     turns: Option<u64>,
     failed_turns: Option<u64>,
+    /// `unfinished` or `in parts`: not one whole measured cell (left out of the site's
+    /// comparisons); empty for a whole cell.
+    partial: &'a str,
     total_time_s: Option<f64>,
     avg_traj_time_s: Option<f64>,
     traj_per_s: Option<f64>,
@@ -201,6 +206,7 @@ pub fn write_summary(
                     w.serialize(SummaryRow {
                         run_id: text(&m.manifest.run_id),
                         simulated: m.manifest.simulated,
+                        zero_cost: m.manifest.zero_cost(),
                         source: "measured",
                         gpu: text(&c.gpu),
                         cache_mode: c.cache_mode.as_str(),
@@ -209,6 +215,7 @@ pub fn write_summary(
                         trajectories_ok: Some(c.trajectories_ok),
                         turns: Some(c.turns),
                         failed_turns: Some(c.failed_turns),
+                        partial: crate::pages::partial(c).unwrap_or(""),
                         total_time_s: Some(c.total_time_s),
                         avg_traj_time_s: c.avg_traj_time_s,
                         traj_per_s: Some(c.traj_per_s),
@@ -233,6 +240,7 @@ pub fn write_summary(
                     w.serialize(SummaryRow {
                         run_id: text(&l.id),
                         simulated: false,
+                        zero_cost: false,
                         source: "legacy (words, averaged times)",
                         gpu: text(&l.gpu),
                         cache_mode: "seed",
@@ -241,6 +249,7 @@ pub fn write_summary(
                         trajectories_ok: None,
                         turns: None,
                         failed_turns: None,
+                        partial: "",
                         total_time_s: r.total_time_s,
                         avg_traj_time_s: r.avg_traj_time_s,
                         traj_per_s: r.traj_per_s,

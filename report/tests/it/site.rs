@@ -430,6 +430,27 @@ fn a_cell_an_interrupted_run_left_part_way_is_flagged_and_never_best() {
         "{prefix_table}"
     );
     assert!(!prefix_table.contains("1 <span class=\"badge partial\">"));
+    // Its traces in the charts of one cache mode say so (the other cells' do not).
+    assert!(
+        page.contains("c=2 (unfinished)"),
+        "chart legends name the cut cell"
+    );
+    assert!(!page.contains("c=1 (unfinished)"));
+    // The spreadsheet export says so too, for that cell alone.
+    let csv = read(&site.join("data/summary.csv"));
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let cut_cell = f[col("cache_mode")] == "prefix" && f[col("concurrency")] == "2";
+        assert_eq!(
+            f[col("partial")],
+            if cut_cell { "unfinished" } else { "" },
+            "{line}"
+        );
+        assert_eq!(f[col("zero_cost")], "false");
+    }
     let index = read(&site.join("index.html"));
     let table = &index[index.find("<table id=\"speedup\">").unwrap()..];
     let table = &table[..table.find("</table>").unwrap()];
