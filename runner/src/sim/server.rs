@@ -599,6 +599,15 @@ impl Running {
             Some(ev) => self.apply(ev),
             None => self.end(None, "the engine stopped".into()),
         }
+        // The last planned token and the request's end come out of one engine step (the end
+        // is sent right after it): wait for the end, so the two go out in one chunk, as from
+        // SGLang, whose last chunk carries the last tokens and the finish reason together.
+        while !self.is_done() && self.completion as usize >= self.plan.ids.len() {
+            match self.events.recv().await {
+                Some(ev) => self.apply(ev),
+                None => self.end(None, "the engine stopped".into()),
+            }
+        }
         if self.st.cfg.args.sim_chunk_per_step {
             // One step per chunk: only the end of the request in this same step joins it.
             if !self.is_done() {

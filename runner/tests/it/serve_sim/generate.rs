@@ -378,3 +378,51 @@ async fn every_timestamp_of_a_chunk_is_on_one_clock() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_last_tokens_and_the_finish_reason_come_in_one_chunk() {
+    // As SGLang's: never a chunk that repeats the previous count only to say it finished
+    // (a client counting one gap per chunk would see a token too many).
+    for flags in [
+        &["--sim-time-scale", "100"][..],
+        &["--sim-time-scale", "1"][..],
+    ] {
+        let h = server(flags).await;
+        let mut streams = Vec::new();
+        for i in 0..32 {
+            let h = &h;
+            streams.push(async move {
+                stream(
+                    h,
+                    "/generate",
+                    json!({"text": format!("Hello {i} world"), "stream": true,
+                           "sampling_params": {"max_new_tokens": 3, "temperature": 0,
+                                               "ignore_eos": true}}),
+                )
+                .await
+            });
+        }
+        for (status, data) in futures::future::join_all(streams).await {
+            assert_eq!(status, 200);
+            let chunks = chunks(&data);
+            let counts: Vec<u64> = chunks
+                .iter()
+                .map(|c| u(c, "/meta_info/completion_tokens"))
+                .collect();
+            assert!(
+                counts.windows(2).all(|w| w[0] < w[1]),
+                "{flags:?}: {counts:?}"
+            );
+            let last = chunks.last().unwrap();
+            assert_eq!(u(last, "/meta_info/completion_tokens"), 3);
+            assert_eq!(
+                last["meta_info"]["finish_reason"]["type"], "length",
+                "{last}"
+            );
+            assert!(chunks[..chunks.len() - 1]
+                .iter()
+                .all(|c| c["meta_info"]["finish_reason"].is_null()));
+        }
+        h.shutdown().await;
+    }
+}
