@@ -862,7 +862,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 Duration::try_from_secs_f64(plan.stall_timeout_s).unwrap_or(Duration::MAX);
             client.total_timeout =
                 Duration::try_from_secs_f64(plan.request_timeout_s).unwrap_or(Duration::MAX);
-            client.model = plan.model_path.clone();
+            client.model = served_model(&client, &plan.model_path, plan.api).await;
             if plan.flush_cache {
                 if let Err(e) = client.flush_cache().await {
                     tracing::warn!(
@@ -1126,6 +1126,32 @@ async fn check_attached(c: &Client) -> anyhow::Result<()> {
          right URL?",
         answers.join(", ")
     )
+}
+
+/// The `model` OpenAI requests name: the plan's model path when the server serves it (or
+/// does not say what it serves; SGLang takes any name), else the one model the server lists
+/// in `/v1/models` (vLLM and others refuse a name they do not serve, failing every turn).
+async fn served_model(client: &Client, model_path: &str, api: Api) -> String {
+    if api != Api::Openai {
+        return model_path.to_string();
+    }
+    let Ok(v) = client.get_json("/v1/models", Duration::from_secs(10)).await else {
+        return model_path.to_string();
+    };
+    let ids: Vec<&str> = v
+        .get("data")
+        .and_then(Value::as_array)
+        .map(|d| d.iter().filter_map(|m| m.get("id")?.as_str()).collect())
+        .unwrap_or_default();
+    match ids.as_slice() {
+        [one] if *one != model_path => {
+            tracing::debug!(
+                "the server serves {one:?}, not {model_path:?}: OpenAI requests name {one:?}"
+            );
+            one.to_string()
+        }
+        _ => model_path.to_string(),
+    }
 }
 
 /// What the client needs to know of the server it measures.

@@ -15,7 +15,11 @@ enum Quirk {
     OldLengthField,
     /// Sends no `usage`, ever.
     NoUsage,
+    /// Serves one model by its own name and refuses any other (vLLM's way).
+    OwnModelName,
 }
+
+const SERVED: &str = "org/served-model";
 
 #[derive(Clone)]
 struct Proxy {
@@ -31,6 +35,23 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
         .await
         .unwrap()
         .to_vec();
+    if p.quirk == Quirk::OwnModelName {
+        if path == "/v1/models" {
+            let list =
+                serde_json::json!({"object": "list", "data": [{"id": SERVED, "object": "model"}]});
+            return Response::new(Body::from(list.to_string()));
+        }
+        if path == "/v1/chat/completions" {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            if v["model"] != SERVED {
+                let mut r = Response::new(Body::from(
+                    r#"{"object":"error","message":"The model does not exist.","code":404}"#,
+                ));
+                *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+                return r;
+            }
+        }
+    }
     if path == "/v1/chat/completions" && p.quirk == Quirk::OldLengthField {
         let mut v: Value = serde_json::from_slice(&body).unwrap();
         let o = v.as_object_mut().unwrap();
@@ -156,4 +177,13 @@ fn a_server_without_token_counts_is_named() {
         stderr.contains("2 successful turn(s) came without a generated-token count"),
         "{stderr}"
     );
+}
+
+#[test]
+fn requests_name_the_model_the_server_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, run) = sweep_through(Quirk::OwnModelName, tmp.path());
+    let turns = run.turns();
+    assert_eq!(turns.len(), 2);
+    assert!(turns.iter().all(|r| r.error.is_none()), "{turns:?}");
 }
