@@ -368,7 +368,13 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     };
     let wl = tokio::task::spawn_blocking(move || workload::load(&source)).await??;
     if wl.trajectories.is_empty() {
-        bail!("dataset: no trajectories to run");
+        match &plan.dataset {
+            Some(p) => bail!(
+                "{}: no trajectories in it (the dataset is empty)",
+                p.display()
+            ),
+            None => bail!("dataset: no trajectories to run"),
+        }
     }
     let have = wl.trajectories.len();
     if have < plan.trajectories {

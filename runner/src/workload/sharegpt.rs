@@ -159,7 +159,18 @@ pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u6
     };
     if !starts_with_bracket {
         return super::read_jsonl(path, want, skip, |text, lineno| {
-            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                // A JSON document over several lines (an object, pretty-printed) is neither
+                // of the two layouts.
+                if e.is_eof() {
+                    format!(
+                        "{e}: a ShareGPT file is a JSON array of conversations (`[…]`), or one \
+                         conversation per line (JSONL)"
+                    )
+                } else {
+                    e.to_string()
+                }
+            })?;
             parse_entry(v, lineno)
         });
     }

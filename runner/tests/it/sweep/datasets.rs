@@ -207,6 +207,29 @@ fn malformed_lines_name_file_and_line_or_are_counted() {
     assert_eq!(run.manifest.dataset.trajectories, 2);
     let err = run_err(&dataset_args(tmp.path(), "noprompts", "r2e.jsonl", &[]));
     assert!(err.contains("`prompts`"), "{err}");
+    // A ShareGPT file that is one pretty-printed object, and an empty one: each error names
+    // the file and what it should have been.
+    let obj = tmp.path().join("object.json");
+    std::fs::write(
+        &obj,
+        "{\n  \"conversations\": [\n    {\"from\": \"human\", \"value\": \"hi\"}\n  ]\n}\n",
+    )
+    .unwrap();
+    let empty = tmp.path().join("empty.json");
+    std::fs::write(&empty, "[]").unwrap();
+    for (path, want) in [
+        (&obj, "a JSON array of conversations"),
+        (&empty, "no trajectories in it"),
+    ] {
+        let p = path.display().to_string();
+        let args = small_with(
+            tmp.path(),
+            "sg-bad",
+            &[("--dataset", &p), ("--dataset-format", "sharegpt")],
+        );
+        let err = run_err(&args);
+        assert!(err.contains(&p) && err.contains(want), "{err}");
+    }
 }
 
 #[test]
