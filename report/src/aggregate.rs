@@ -72,6 +72,10 @@ pub struct CellSeries {
     pub ttft_quantiles: Vec<f64>,
     pub e2e_quantiles: Vec<f64>,
     pub itl_quantiles: Vec<f64>,
+    /// Median over successful turns with the server's own TTFT of (TTFT − server TTFT):
+    /// the part of a TTFT outside the engine (network, HTTP, the client; for a simulated
+    /// engine the harness's own time × its time scale). `None` when the server gives none.
+    pub outside_engine_p50: Option<f64>,
 }
 
 /// One telemetry series: (gpu, source, key) → points, one list per session of the run.
@@ -144,6 +148,7 @@ pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<Ce
     let mut ends: Vec<(f64, u64)> = Vec::with_capacity(records.len());
     let mut spans: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
     let (mut ttft, mut e2e, mut itl) = (Vec::new(), Vec::new(), Vec::new());
+    let mut outside = Vec::new();
     for r in records {
         let acc = per_turn.entry(r.turn).or_default();
         acc.turns += 1;
@@ -159,6 +164,7 @@ pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<Ce
             if let Some(v) = r.ttft {
                 acc.ttft.push(v);
                 ttft.push(v);
+                outside.extend(r.server_ttft.map(|s| v - s));
             }
             if let Some(v) = r.e2e {
                 acc.e2e.push(v);
@@ -231,7 +237,9 @@ pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<Ce
         Vec::new()
     };
 
+    outside.sort_by(f64::total_cmp);
     Some(CellSeries {
+        outside_engine_p50: percentile_sorted(&outside, 50.0),
         summary,
         by_turn,
         throughput,

@@ -345,6 +345,8 @@ fn cell_records(spec: &FixtureSpec, cell: &CellId, rng: &mut ChaCha8Rng) -> Vec<
                 finish_reason: Some(if failed { "abort" } else { "stop" }.into()),
                 error: failed.then(|| "HTTP 503: server overloaded".to_string()),
                 in_flight,
+                // The 20 ms base of the TTFT above is the part outside the engine.
+                server_ttft: (!failed).then_some(ttft - 0.02),
             };
             t = record.t_end + think;
             context = prompt + completion;

@@ -205,6 +205,8 @@ pub struct LatencyRow {
     pub turns: String,
     /// TTFT, ITL (per-turn mean), E2E: p50, p90, p99 each, in ms.
     pub values: Vec<String>,
+    /// The median part of a TTFT outside the engine, ms, with its share of the TTFT p50.
+    pub outside_engine: String,
     pub cache_hit: String,
 }
 
@@ -214,6 +216,8 @@ pub struct LatencyTable {
     pub rows: Vec<LatencyRow>,
     /// Some row's p99 is over fewer than [`THIN_P99`] turns (it rests on the few slowest).
     pub thin_p99: bool,
+    /// Some row knows the part of its TTFT outside the engine.
+    pub outside_engine: bool,
 }
 
 /// Below this many turns a p99 rests on a handful of them (n/100) and moves from run to run.
@@ -1393,6 +1397,7 @@ fn measured_section(
         latency_tables.push(LatencyTable {
             cache_mode: mode.to_string(),
             thin_p99: mc.iter().any(|c| c.summary.ttft.count < THIN_P99),
+            outside_engine: mc.iter().any(|c| c.outside_engine_p50.is_some()),
             rows: mc
                 .iter()
                 .map(|c| {
@@ -1413,6 +1418,13 @@ fn measured_section(
                         partial: partial(s),
                         turns: s.ttft.count.to_string(),
                         values,
+                        outside_engine: match (c.outside_engine_p50, s.ttft.p50) {
+                            (Some(o), Some(t)) if t > 0.0 => {
+                                format!("{} ({} %)", num(o * 1e3, 1), num(o / t * 100.0, 0))
+                            }
+                            (Some(o), _) => num(o * 1e3, 1),
+                            _ => "—".into(),
+                        },
                         cache_hit: s
                             .cache_hit_ratio
                             .map_or_else(|| "—".into(), |r| format!("{}%", num(r * 100.0, 1))),

@@ -454,6 +454,7 @@ fn record(
         finish_reason: out.finish_reason.clone(),
         error: out.error.clone(),
         in_flight,
+        server_ttft: out.server_ttft.filter(|v| v.is_finite() && *v >= 0.0),
     }
 }
 

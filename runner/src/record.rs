@@ -271,6 +271,7 @@ mod tests {
             finish_reason: None,
             error: error.then(|| "x".into()),
             in_flight: 1,
+            server_ttft: None,
         }
     }
 

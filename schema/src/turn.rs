@@ -139,6 +139,12 @@ pub struct TurnRecord {
     pub error: Option<String>,
     /// Trajectories active in this cell when the request was sent.
     pub in_flight: u32,
+    /// The server's own TTFT (s), from its timestamps (SGLang's `--enable-metrics`:
+    /// `prefill_finished_time − request_received_ts`; the simulator's, in engine time), when
+    /// it gives them: `ttft` minus this is what lies outside the engine (network, HTTP, the
+    /// client; for a simulated engine, the harness's own time × the time scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ttft: Option<f64>,
 }
 
 impl TurnRecord {

@@ -47,6 +47,7 @@ fn record(gpu: &str, mode: CacheMode, conc: u32, traj: u32, turn: u32, seed: u64
         finish_reason: Some(if turn % 5 == 4 { "length" } else { "stop" }.to_string()),
         error: None,
         in_flight: conc,
+        server_ttft: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn record(
         finish_reason: Some("stop".into()),
         error: None,
         in_flight: 2,
+        server_ttft: None,
     }
 }
 

@@ -965,8 +965,10 @@ fn latency_tables_give_the_turns_their_percentiles_are_over() {
     let run = write_run(tmp.path(), "n", &tiny_spec("n"));
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
-    // Successful turns with a TTFT per (mode, concurrency), from the records themselves.
+    // Successful turns with a TTFT per (mode, concurrency), and the part of each TTFT outside
+    // the engine (TTFT − the server's own), from the records themselves.
     let mut n: std::collections::BTreeMap<(String, u64), u64> = Default::default();
+    let mut outside: std::collections::BTreeMap<(String, u64), Vec<f64>> = Default::default();
     for line in read(&run.join("turns.jsonl")).lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         if v["error"].is_null() && v["ttft"].is_number() {
@@ -974,7 +976,9 @@ fn latency_tables_give_the_turns_their_percentiles_are_over() {
                 v["cache_mode"].as_str().unwrap().to_string(),
                 v["concurrency"].as_u64().unwrap(),
             );
-            *n.entry(key).or_default() += 1;
+            *n.entry(key.clone()).or_default() += 1;
+            let o = v["ttft"].as_f64().unwrap() - v["server_ttft"].as_f64().unwrap();
+            outside.entry(key).or_default().push(o);
         }
     }
     let page = read(&site.join("gpu-h100.html"));
@@ -987,6 +991,20 @@ fn latency_tables_give_the_turns_their_percentiles_are_over() {
         assert!(
             table.contains(&format!("<tr><td>{c}</td><td>{count}</td>")),
             "{mode} c={c}: n={count} in {table}"
+        );
+        let mut o = outside[&(mode.clone(), *c)].clone();
+        o.sort_by(f64::total_cmp);
+        let m = o.len();
+        let median = if m % 2 == 1 {
+            o[m / 2]
+        } else {
+            (o[m / 2 - 1] + o[m / 2]) / 2.0
+        };
+        let row = &table[table.find(&format!("<tr><td>{c}</td>")).unwrap()..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(
+            row.contains(&format!("<td>{:.1} (", median * 1e3)),
+            "{mode} c={c}: outside the engine {median} in {row}"
         );
         // Under 1,000 turns, the note says what a p99 rests on.
         let after = &page[at..];

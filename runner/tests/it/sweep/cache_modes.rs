@@ -420,3 +420,26 @@ fn in_flight_counts_the_trajectories_in_progress_at_each_send() {
         );
     }
 }
+
+#[test]
+fn each_turn_keeps_the_servers_own_ttft_next_to_its_own() {
+    // The simulator's timestamps (as SGLang's with --enable-metrics) give its own TTFT; the
+    // client's is that plus what lies outside the engine, so never less.
+    let tmp = tempfile::tempdir().unwrap();
+    let args = small_with(
+        tmp.path(),
+        "srv",
+        &[("--cache-modes", "prefix,none"), ("--batch-sizes", "1,2")],
+    );
+    run_ok(&args);
+    let run = Run::load(&tmp.path().join("srv"));
+    let turns = run.turns();
+    assert!(!turns.is_empty());
+    for r in turns.iter().filter(|r| r.error.is_none()) {
+        let (c, s) = (
+            r.ttft.unwrap(),
+            r.server_ttft.expect("the server's own TTFT"),
+        );
+        assert!(s > 0.0 && s <= c, "server {s} vs client {c}");
+    }
+}
