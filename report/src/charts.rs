@@ -93,6 +93,15 @@ const GROUP_SYMBOLS: [&str; 8] = [
     "cross",
 ];
 
+/// Line styles for the groups past the symbols' count: the ninth group is a dotted circle
+/// line, so no two groups of a chart look alike (up to 32).
+const GROUP_DASHES: [&str; 4] = ["solid", "dot", "dashdot", "longdash"];
+
+/// The line style of group `index` ([`GROUP_DASHES`]).
+fn group_dash(index: usize) -> &'static str {
+    GROUP_DASHES[(index / GROUP_SYMBOLS.len()) % GROUP_DASHES.len()]
+}
+
 /// Bar fill patterns that tell apart the groups of a bar chart ([`GROUP_SYMBOLS`]' twin).
 const GROUP_PATTERNS: [&str; 8] = ["", "/", ".", "x", "\\", "+", "-", "|"];
 
@@ -164,6 +173,9 @@ pub fn throughput_vs_concurrency(
                     symbol.to_string()
                 });
                 t["mode"] = json!("lines+markers");
+                if !l.limit {
+                    t["line"]["dash"] = json!(group_dash(g.index));
+                }
             }
             t
         })
@@ -230,6 +242,7 @@ pub fn throughput_vs_latency(
                 g.apply(&mut t, &name);
                 t["mode"] = json!("lines+markers");
                 t["marker"]["symbol"] = json!(GROUP_SYMBOLS[g.index % GROUP_SYMBOLS.len()]);
+                t["line"]["dash"] = json!(group_dash(g.index));
                 t["hovertemplate"] = json!("%{meta} · %{text}<br>%{x} · %{y} tok/s<extra></extra>");
             }
             t

@@ -791,9 +791,15 @@ impl Plan {
             }
         }
         if dataset_format == Format::R2eGym && k.prompts.is_none() {
+            let detected = if k.dataset_format.is_none() {
+                " (the dataset was taken for r2e-gym, its lines having a `problem_statement`: \
+                 if it is OpenAI messages or ShareGPT, say so with dataset_format)"
+            } else {
+                ""
+            };
             return Err(key_err(
                 "prompts",
-                "the r2e-gym format needs its YAML prompt file",
+                format!("the r2e-gym format needs its YAML prompt file{detected}"),
             ));
         }
         let max_new_tokens = k.max_new_tokens.unwrap_or(256);

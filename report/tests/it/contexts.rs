@@ -162,3 +162,55 @@ fn tradeoff_chart_points_are_each_cells_time_per_trajectory_and_throughput() {
         .iter()
         .all(|t| t["legendgrouptitle"]["text"] == "h100"));
 }
+
+#[test]
+fn every_run_and_gpu_of_a_cross_gpu_chart_looks_different() {
+    // Ten groups (5 runs × 2 GPUs): past the eight marker symbols, the line style tells the
+    // groups apart, so no two share both.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    let mut aggs = Vec::new();
+    for i in 0..5 {
+        let id = format!("run{i}");
+        let mut spec = tiny_spec(&id);
+        spec.gpus = vec!["a100".into(), "h100".into()];
+        let dir = write_run(tmp.path(), &id, &spec);
+        let measured = load::load_dir(&dir).unwrap();
+        aggs.push(Some(aggregate::aggregate(&measured)));
+        runs.push(Run {
+            source: id,
+            data: RunData::Measured(Box::new(measured)),
+        });
+    }
+    let gpus = pages::gpu_links(&runs);
+    let site = pages::site(
+        "t",
+        &runs,
+        &aggs,
+        gpus,
+        &[],
+        report::data::TURNS_CSV_PART_ROWS,
+    );
+    let chart = site
+        .index
+        .charts
+        .iter()
+        .find(|c| c.title.starts_with("Token throughput vs concurrency"))
+        .unwrap();
+    let mut looks: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for t in chart.data.iter().filter(|t| t["line"]["dash"] != "dash") {
+        let group = t["legendgroup"].as_str().unwrap().to_string();
+        let look = (
+            t["marker"]["symbol"].as_str().unwrap().to_string(),
+            t["line"]["dash"].as_str().unwrap().to_string(),
+        );
+        assert_eq!(
+            *looks.entry(group.clone()).or_insert(look.clone()),
+            look,
+            "{group}"
+        );
+    }
+    assert_eq!(looks.len(), 10, "{looks:?}");
+    let distinct: std::collections::BTreeSet<_> = looks.values().collect();
+    assert_eq!(distinct.len(), 10, "{looks:?}");
+}

@@ -207,6 +207,8 @@ fn malformed_lines_name_file_and_line_or_are_counted() {
     assert_eq!(run.manifest.dataset.trajectories, 2);
     let err = run_err(&dataset_args(tmp.path(), "noprompts", "r2e.jsonl", &[]));
     assert!(err.contains("`prompts`"), "{err}");
+    // Taken for r2e-gym by its `problem_statement`: the error says how to name the format.
+    assert!(err.contains("say so with dataset_format"), "{err}");
     // A ShareGPT file that is one pretty-printed object, and an empty one: each error names
     // the file and what it should have been.
     let obj = tmp.path().join("object.json");
