@@ -1002,6 +1002,7 @@ fn index_page(
                         if let Some(c) = cells.iter().find(|c| {
                             c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency
                         }) {
+                            let next = runner_up(c, &cells);
                             best.push(BestRow {
                                 gpu: gpu.to_string(),
                                 href: href_of(gpus, gpu).to_string(),
@@ -1016,9 +1017,8 @@ fn index_page(
                                     let low = cells.iter().map(|x| x.concurrency).min();
                                     top == Some(c.concurrency) && low != top
                                 },
-                                runner_up: runner_up(c, &cells)
-                                    .map_or_else(|| "—".into(), |(r, _)| r),
-                                near_tie: runner_up(c, &cells).is_some_and(|(_, m)| m < NEAR_TIE),
+                                near_tie: next.as_ref().is_some_and(|(_, m)| *m < NEAR_TIE),
+                                runner_up: next.map_or_else(|| "—".into(), |(r, _)| r),
                                 tok_s: num(c.output_tok_per_s, 1),
                                 traj_s: num(c.traj_per_s, 4),
                                 avg_traj: opt(c.avg_traj_time_s, 2),
