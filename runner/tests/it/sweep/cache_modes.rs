@@ -318,7 +318,27 @@ fn a_time_scale_that_magnifies_the_harness_is_announced() {
     );
     let out = run_ok(&args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the harness's own latency"), "{err}");
+    // It is announced exactly when the records show it past 5 % of the median TTFT (almost
+    // always at this scale; a CPU busy enough to wake the engine late stretches the server's
+    // own TTFT too, and then it is not past 5 %).
+    let run = Run::load(&tmp.path().join("fast"));
+    let ok: Vec<_> = run
+        .turns()
+        .into_iter()
+        .filter(|r| r.error.is_none())
+        .collect();
+    let client: Vec<f64> = ok.iter().map(|r| r.ttft.unwrap()).collect();
+    let added: Vec<f64> = ok
+        .iter()
+        .map(|r| r.ttft.unwrap() - r.server_ttft.unwrap())
+        .collect();
+    let median = |v: &[f64]| turnbench_schema::stats::percentile(v, 50.0).unwrap();
+    let share = median(&added) / median(&client);
+    assert_eq!(
+        err.contains("the harness's own latency"),
+        share > 0.05,
+        "share {share}: {err}"
+    );
 }
 
 /// A sweep of 4 trajectories × 8 turns at concurrency 1 (scale 1000) with `think`: for each
