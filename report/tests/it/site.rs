@@ -1,6 +1,6 @@
 //! `report build` end to end on fixture runs: files, links, escaping, skipped runs, archive.
 
-use crate::support::{build, tiny_spec, write_run};
+use crate::support::{build, tiny_spec, try_build, write_run};
 use report::fixture::{FixtureSpec, HOSTILE_DATASET, HOSTILE_MODEL, HOSTILE_RUN_ID};
 use std::path::{Path, PathBuf};
 
@@ -141,15 +141,7 @@ fn refuses_to_replace_a_folder_that_is_not_a_site() {
     let out = tmp.path().join("precious");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("notes.txt"), "keep me").unwrap();
-    let err = report::site::build(&report::site::BuildOptions {
-        inputs: vec![run.clone()],
-        out: out.clone(),
-        archive: None,
-        title: "t".into(),
-        dump_contexts: false,
-        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
-    })
-    .unwrap_err();
+    let err = try_build(std::slice::from_ref(&run), &out, None).unwrap_err();
     assert!(format!("{err:#}").contains("refusing"), "{err:#}");
     assert_eq!(read(&out.join("notes.txt")), "keep me");
     // A hand-made GitHub Pages folder has a .nojekyll too: it is no site of ours.
@@ -163,15 +155,7 @@ fn refuses_to_replace_a_folder_that_is_not_a_site() {
         std::fs::write(docs.join(f), text).unwrap();
     }
     std::fs::write(docs.join("guide/ch1.md"), "chapter").unwrap();
-    let err = report::site::build(&report::site::BuildOptions {
-        inputs: vec![run.clone()],
-        out: docs.clone(),
-        archive: None,
-        title: "t".into(),
-        dump_contexts: false,
-        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
-    })
-    .unwrap_err();
+    let err = try_build(std::slice::from_ref(&run), &docs, None).unwrap_err();
     assert!(format!("{err:#}").contains("refusing"), "{err:#}");
     assert_eq!(read(&docs.join("guide/ch1.md")), "chapter");
     assert_eq!(read(&docs.join("CNAME")), "example.com");
@@ -217,18 +201,12 @@ fn archive_is_reproducible() {
 fn the_archive_never_overwrites_what_is_not_an_archive() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "r", &tiny_spec("r"));
-    let opts = |archive: &Path| report::site::BuildOptions {
-        inputs: vec![run.clone()],
-        out: tmp.path().join("site"),
-        archive: Some(archive.to_path_buf()),
-        title: "t".into(),
-        dump_contexts: false,
-        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
-    };
+    let site = tmp.path().join("site");
+    let build_to = |archive: &Path| try_build(std::slice::from_ref(&run), &site, Some(archive));
     // An unrelated file where the archive was to go is refused, and kept.
     let thesis = tmp.path().join("thesis.txt");
     std::fs::write(&thesis, "chapter one").unwrap();
-    let err = report::site::build(&opts(&thesis)).unwrap_err();
+    let err = build_to(&thesis).unwrap_err();
     assert!(format!("{err:#}").contains("not a .tar.gz"), "{err:#}");
     assert_eq!(std::fs::read_to_string(&thesis).unwrap(), "chapter one");
     // Files (or links to files) next to it that a staging name could collide with are kept.
@@ -238,9 +216,9 @@ fn the_archive_never_overwrites_what_is_not_an_archive() {
     std::fs::write(&victim, "config").unwrap();
     std::os::unix::fs::symlink(&victim, tmp.path().join("evil.tmp")).unwrap();
     for name in ["site-notes.gz", "evil.gz"] {
-        report::site::build(&opts(&tmp.path().join(name))).unwrap();
+        build_to(&tmp.path().join(name)).unwrap();
         // Again, over its own earlier archive.
-        report::site::build(&opts(&tmp.path().join(name))).unwrap();
+        build_to(&tmp.path().join(name)).unwrap();
     }
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "notes");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "config");
@@ -249,15 +227,7 @@ fn the_archive_never_overwrites_what_is_not_an_archive() {
 #[test]
 fn a_missing_input_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = report::site::build(&report::site::BuildOptions {
-        inputs: vec![tmp.path().join("nope")],
-        out: tmp.path().join("site"),
-        archive: None,
-        title: "t".into(),
-        dump_contexts: false,
-        csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
-    })
-    .unwrap_err();
+    let err = try_build(&[tmp.path().join("nope")], &tmp.path().join("site"), None).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("nope: no such file or directory"), "{msg}");
 }
@@ -731,16 +701,8 @@ fn a_build_never_overwrites_its_own_inputs() {
     let run = write_run(tmp.path(), "keep", &tiny_spec("keep"));
     let turns = std::fs::read(run.join("turns.jsonl")).unwrap();
     let site = tmp.path().join("site");
-    let try_build = |inputs: &[PathBuf], out: &Path, archive: Option<&Path>| {
-        report::site::build(&report::site::BuildOptions {
-            inputs: inputs.to_vec(),
-            out: out.to_path_buf(),
-            archive: archive.map(Path::to_path_buf),
-            title: "t".into(),
-            dump_contexts: false,
-            csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
-        })
-    };
+    let try_build =
+        |inputs: &[PathBuf], out: &Path, archive: Option<&Path>| try_build(inputs, out, archive);
     // The archive may not be an input, nor a file in one, nor inside the site.
     for archive in [run.join("turns.jsonl"), run.clone(), site.join("s.tar.gz")] {
         let err = try_build(std::slice::from_ref(&run), &site, Some(&archive))

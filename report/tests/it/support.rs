@@ -32,6 +32,15 @@ pub fn write_run(parent: &Path, name: &str, spec: &FixtureSpec) -> PathBuf {
 }
 
 pub fn build(inputs: &[PathBuf], out: &Path, archive: Option<&Path>) -> BuildReport {
+    try_build(inputs, out, archive).expect("report build")
+}
+
+/// [`build`], its error returned.
+pub fn try_build(
+    inputs: &[PathBuf],
+    out: &Path,
+    archive: Option<&Path>,
+) -> anyhow::Result<BuildReport> {
     site::build(&BuildOptions {
         inputs: inputs.to_vec(),
         out: out.to_path_buf(),
@@ -40,7 +49,6 @@ pub fn build(inputs: &[PathBuf], out: &Path, archive: Option<&Path>) -> BuildRep
         dump_contexts: false,
         csv_part_rows: report::data::TURNS_CSV_PART_ROWS,
     })
-    .expect("report build")
 }
 
 /// The seed table of one cell, recomputed here from `turns.jsonl` without the schema crate's
