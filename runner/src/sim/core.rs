@@ -7,7 +7,8 @@
 //!    again later (counted in `retractions`). The reservation ratio then rises to
 //!    `(Σ generated + 20·B) / Σ max_new_tokens` as in SGLang's `retract_decode`.
 //! 2. **Prefill batch.** The request being prefilled in chunks continues first; then waiting
-//!    requests are admitted in policy order (`fcfs`: arrival order; `lpm`: longest cached
+//!    requests (those that arrived by the step's start: a request stamped later than the
+//!    clock of an engine running behind waits for it) are admitted in policy order (`fcfs`: arrival order; `lpm`: longest cached
 //!    prefix first, fcfs when more than 128 wait or the cache is off) while
 //!    `max_running_requests` and memory allow, up to `chunked_prefill_size` new tokens per
 //!    step (a request that does not fit is split; at most one request is mid-chunk) and
@@ -127,6 +128,11 @@ pub struct Core {
     policy: SchedulePolicy,
     clock: f64,
     reqs: HashMap<ReqKey, Req>,
+    /// Requests that reached the engine at an engine time the clock has not come to yet (an
+    /// engine running behind wall time × scale), in arrival order: they join the waiting
+    /// queue at the first step boundary at or after their arrival, never a step that began
+    /// before they were sent.
+    arriving: VecDeque<(f64, ReqKey)>,
     waiting: VecDeque<ReqKey>,
     /// Prefill done, decoding, in admission order.
     running: Vec<ReqKey>,
@@ -156,6 +162,7 @@ impl Core {
             policy: cfg.schedule_policy,
             clock: 0.0,
             reqs: HashMap::new(),
+            arriving: VecDeque::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             chunked: None,
@@ -200,9 +207,15 @@ impl Core {
         &self.radix
     }
 
-    /// Queue a request. One that could never fit in the KV pool, or has no prompt, is
-    /// aborted at once (the event is queued like any other).
+    /// Queue a request arriving now (at the clock). One that could never fit in the KV pool,
+    /// or has no prompt, is aborted at once (the event is queued like any other).
     pub fn submit(&mut self, key: ReqKey, req: EngineRequest) {
+        self.submit_at(key, req, self.clock);
+    }
+
+    /// Queue a request that arrived at engine time `arrived`: if the clock is behind it, the
+    /// request waits for the clock to reach it before it can be scheduled.
+    pub fn submit_at(&mut self, key: ReqKey, req: EngineRequest, arrived: f64) {
         let (input_len, output_len) = (req.input_ids.len(), req.output_ids.len());
         let total = (input_len + output_len) as u64;
         let refusal = if input_len == 0 {
@@ -252,7 +265,31 @@ impl Core {
                 scheduled_at: 0.0,
             },
         );
-        self.waiting.push_back(key);
+        if arrived > self.clock {
+            // Arrival times come from one monotonic clock, so this queue stays in order.
+            self.arriving.push_back((arrived, key));
+        } else {
+            self.waiting.push_back(key);
+        }
+    }
+
+    /// Move the requests that have arrived by now into the waiting queue; with nothing else
+    /// to do, let idle time pass up to the next arrival.
+    fn admit_arrivals(&mut self) {
+        let nothing_else =
+            self.running.is_empty() && self.chunked.is_none() && self.waiting.is_empty();
+        if nothing_else {
+            if let Some(&(at, _)) = self.arriving.front() {
+                self.advance_to(at);
+            }
+        }
+        while let Some(&(at, key)) = self.arriving.front() {
+            if at > self.clock {
+                break;
+            }
+            self.arriving.pop_front();
+            self.waiting.push_back(key);
+        }
     }
 
     /// Remove a request wherever it is, freeing its KV; queues `Aborted` with `message`.
@@ -263,6 +300,9 @@ impl Core {
         };
         if let Some(i) = self.waiting.iter().position(|&k| k == key) {
             self.waiting.remove(i);
+        }
+        if let Some(i) = self.arriving.iter().position(|&(_, k)| k == key) {
+            self.arriving.remove(i);
         }
         if let Some(i) = self.running.iter().position(|&k| k == key) {
             self.running.remove(i);
@@ -295,7 +335,7 @@ impl Core {
     pub fn stats(&self) -> CoreStats {
         let mut s = self.stats.clone();
         s.running = (self.running.len() + usize::from(self.chunked.is_some())) as u64;
-        s.queued = self.waiting.len() as u64;
+        s.queued = (self.waiting.len() + self.arriving.len()) as u64;
         s.used_tokens = self.radix.capacity() - self.radix.available();
         s.token_usage = if self.radix.capacity() == 0 {
             0.0
@@ -320,6 +360,7 @@ impl Core {
         if self.reqs.is_empty() {
             return None;
         }
+        self.admit_arrivals();
         self.make_decode_room();
         let decode_batch = self.running.len() as u64;
         if decode_batch > 0 {
@@ -967,6 +1008,59 @@ mod tests {
         // Request 2 is scheduled in the step after request 1 finished.
         assert_eq!(scheduled(2), finished(&ev[&1]).1);
         assert!(first(&ev[&2]).1 > scheduled(2));
+    }
+
+    #[test]
+    fn a_request_never_joins_a_step_that_began_before_it_arrived() {
+        // An engine behind wall time × scale has a clock behind the arrival stamps: a request
+        // that arrived later than the clock waits for the clock, even when a step could take it.
+        let mut core = Core::new(&config(100_000));
+        core.submit(1, request(0..1000, 5000..5200));
+        core.step().unwrap();
+        let arrived = core.clock() + 0.05;
+        core.submit_at(2, request(10_000..11_000, 6000..6005), arrived);
+        let ev = run(&mut core);
+        let EngineEvent::First {
+            scheduled_at, at, ..
+        } = ev[&2][0]
+        else {
+            panic!("{:?}", ev[&2]);
+        };
+        assert!(
+            scheduled_at >= arrived,
+            "scheduled {scheduled_at} before arrival {arrived}"
+        );
+        assert!(at > arrived);
+        // It was admitted at the first step boundary past its arrival, while 1 still decoded.
+        assert!(finished(&ev[&1]).1 > at);
+        let step = core.cost().decode_step_s(1, 1200);
+        assert!(
+            scheduled_at - arrived <= 2.0 * step,
+            "{scheduled_at} vs {arrived}"
+        );
+    }
+
+    #[test]
+    fn an_engine_with_nothing_else_to_do_moves_its_clock_to_the_next_arrival() {
+        let mut core = Core::new(&config(100_000));
+        core.submit_at(1, request(0..1000, 5000..5003), 2.5);
+        assert_eq!(core.stats().queued, 1);
+        let ev = run(&mut core);
+        let EngineEvent::First { scheduled_at, .. } = ev[&1][0] else {
+            panic!("{:?}", ev[&1]);
+        };
+        assert_eq!(scheduled_at, 2.5);
+        assert_eq!(finished(&ev[&1]).0, 3);
+    }
+
+    #[test]
+    fn a_request_aborted_before_it_arrived_is_gone() {
+        let mut core = Core::new(&config(100_000));
+        core.submit_at(1, request(0..1000, 5000..5003), 1.0);
+        assert!(core.abort(1, "gone"));
+        assert!(core.is_idle());
+        assert_eq!(core.stats().queued, 0);
+        assert!(core.step().is_none());
     }
 
     #[test]

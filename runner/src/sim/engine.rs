@@ -7,7 +7,9 @@
 //! ([`Engine::start_on_thread`]) whose sleeps end on the OS clock, within tens of
 //! microseconds of the deadline; [`Engine::start`] runs it on the caller's tokio runtime
 //! and timer (whole milliseconds; tests use it with a paused clock). Requests submitted meanwhile join at the next step boundary, as
-//! in SGLang's scheduler loop. With `time_scale = ∞` it never sleeps: steps run as fast as
+//! in SGLang's scheduler loop; a request stamped later than the engine's clock (an engine
+//! running behind) waits for the clock to reach its arrival, so no step that began before
+//! a request was sent can take it. With `time_scale = ∞` it never sleeps: steps run as fast as
 //! the CPU allows and engine time is just the core's clock.
 //!
 //! If a step ends later in wall time than its deadline (the CPU cannot keep up with the
@@ -262,7 +264,7 @@ impl Engine {
         }
         inner.keys.insert(req.rid.clone(), key);
         inner.senders.insert(key, (req.rid.clone(), tx));
-        inner.core.submit(key, req);
+        inner.core.submit_at(key, req, now);
         deliver_pending(&mut inner);
         drop(inner);
         self.shared.wake.notify_one();
@@ -697,6 +699,34 @@ mod tests {
             "{at} - {} vs {expected}",
             sub.received_at
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_reaching_an_engine_that_runs_behind_waits_for_its_clock() {
+        // At 10⁹ the engine is behind from its first step: a request sent while another runs
+        // arrives at an engine time its clock has not reached, and must not be scheduled
+        // (nor answered) before it.
+        let engine = Engine::start(config(1e9));
+        let mut long = engine.submit(request("long", 1000, 2000));
+        assert!(matches!(
+            long.events.recv().await,
+            Some(EngineEvent::First { .. })
+        ));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let late = engine.submit(request("late", 500, 3));
+        let received = late.received_at;
+        let events = collect(late).await;
+        let EngineEvent::First {
+            scheduled_at, at, ..
+        } = events[0]
+        else {
+            panic!("{events:?}");
+        };
+        assert!(
+            scheduled_at >= received && at > received,
+            "scheduled {scheduled_at}, first {at}, received {received}"
+        );
+        collect(long).await;
     }
 
     #[tokio::test(start_paused = true)]
