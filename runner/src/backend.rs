@@ -32,6 +32,14 @@ enum Inner {
     Attached,
 }
 
+/// The keys a sweep is given for its servers (never recorded): the API key every request
+/// carries, and the admin key SGLang's admin routes (`/flush_cache`) take when it is set.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    pub api: Option<String>,
+    pub admin: Option<String>,
+}
+
 impl Server {
     /// Start (or attach to) the server of `gpu`, with or without the radix cache.
     pub async fn start(
@@ -39,8 +47,9 @@ impl Server {
         gpu: &str,
         radix: bool,
         logs: &Path,
-        api_key: Option<&str>,
+        keys: &Keys,
     ) -> anyhow::Result<Server> {
+        let api_key = keys.api.as_deref();
         let index = plan.gpus.iter().position(|g| g == gpu).unwrap_or(0);
         match plan.backend {
             BackendChoice::Attach => Ok(Server {
@@ -87,6 +96,9 @@ impl Server {
                 if let Some(k) = api_key {
                     argv.extend(["--api-key".into(), k.into()]);
                 }
+                if let Some(k) = &keys.admin {
+                    argv.extend(["--admin-api-key".into(), k.clone()]);
+                }
                 argv.extend(plan.sim_args.iter().cloned());
                 let (args, unknown) = crate::sim::cli::SimArgs::parse(&argv)
                     .with_context(|| format!("sim_args: {:?}", plan.sim_args))?;
@@ -112,7 +124,7 @@ impl Server {
                 let port = plan.port_base as u32 + plan.port_step as u32 * gpu.parse::<u32>()?;
                 let port =
                     u16::try_from(port).context("port_base + port_step·gpu exceeds 65535")?;
-                let argv = launch_argv(plan, gpu, port, radix, api_key);
+                let argv = launch_argv(plan, gpu, port, radix, keys);
                 let log = logs.join(format!(
                     "server-gpu{gpu}-{}.log",
                     if radix { "radix" } else { "no-radix" }
@@ -126,7 +138,7 @@ impl Server {
                 // measured in place of the server launched here (a previous run's server that
                 // outlived a killed runner, say).
                 port_free(&plan.host, port)?;
-                let launched = Launched::spawn(&argv, gpu, &log, api_key)?;
+                let launched = Launched::spawn(&argv, gpu, &log, keys)?;
                 let url = format!("http://{host}:{port}");
                 let client = Client::new(&url, api_key.map(String::from));
                 let timeout =
@@ -137,7 +149,7 @@ impl Server {
                     gpu: gpu.into(),
                     url,
                     radix,
-                    launch_command: Some(mask_known(&argv, &secrets_of(&argv, api_key))),
+                    launch_command: Some(mask_known(&argv, &secrets_of(&argv, keys))),
                     inner: Inner::Launched(Box::new(launched)),
                 })
             }
@@ -177,17 +189,14 @@ fn sim_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
 }
 
 /// The launch command for one GPU, placeholders filled.
-pub fn launch_argv(
-    plan: &Plan,
-    gpu: &str,
-    port: u16,
-    radix: bool,
-    api_key: Option<&str>,
-) -> Vec<String> {
+pub fn launch_argv(plan: &Plan, gpu: &str, port: u16, radix: bool, keys: &Keys) -> Vec<String> {
     let mut template = plan.launch_command.clone();
-    if api_key.is_none() {
+    for (placeholder, key) in [("{api_key}", &keys.api), ("{admin_api_key}", &keys.admin)] {
+        if key.is_some() {
+            continue;
+        }
         // No key: drop `--api-key {api_key}` (and `--flag={api_key}`) rather than pass "".
-        while let Some(i) = template.iter().position(|a| a.contains("{api_key}")) {
+        while let Some(i) = template.iter().position(|a| a.contains(placeholder)) {
             let flag_before =
                 i > 0 && template[i - 1].starts_with("--") && !template[i].starts_with("--");
             template.remove(i);
@@ -208,7 +217,8 @@ pub fn launch_argv(
                     &plan.mem_fraction_static.to_string(),
                 )
                 .replace("{max_total_tokens}", &plan.max_total_tokens.to_string())
-                .replace("{api_key}", api_key.unwrap_or(""))
+                .replace("{api_key}", keys.api.as_deref().unwrap_or(""))
+                .replace("{admin_api_key}", keys.admin.as_deref().unwrap_or(""))
         })
         .collect();
     if !radix {
@@ -285,10 +295,12 @@ pub fn literal_secrets(argv: &[String]) -> Vec<String> {
 }
 
 /// The keys a launch must keep out of what it writes: the run's, and those in the command.
-fn secrets_of(argv: &[String], api_key: Option<&str>) -> Vec<String> {
+fn secrets_of(argv: &[String], given: &Keys) -> Vec<String> {
     let mut keys = literal_secrets(argv);
-    if let Some(k) = api_key.filter(|k| !k.is_empty()) {
-        keys.push(k.to_string());
+    for k in [&given.api, &given.admin].into_iter().flatten() {
+        if !k.is_empty() {
+            keys.push(k.clone());
+        }
     }
     // Longest first, so a key inside another is not masked in part.
     keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
@@ -356,12 +368,7 @@ struct Launched {
 }
 
 impl Launched {
-    fn spawn(
-        argv: &[String],
-        gpu: &str,
-        log: &Path,
-        api_key: Option<&str>,
-    ) -> anyhow::Result<Launched> {
+    fn spawn(argv: &[String], gpu: &str, log: &Path, keys: &Keys) -> anyhow::Result<Launched> {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -371,7 +378,7 @@ impl Launched {
         // a run id used again after a failed start) appends to the same log: each begins
         // with a line saying when and what was launched, and the tails quoted in errors are
         // this launch's output alone, never an earlier server's.
-        let secrets = secrets_of(argv, api_key);
+        let secrets = secrets_of(argv, keys);
         let log_from = {
             use std::io::Write;
             let end = file

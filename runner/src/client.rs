@@ -226,6 +226,9 @@ pub struct Client {
     streams: Result<wire::Pool, String>,
     base: String,
     api_key: Option<String>,
+    /// The server's `--admin-api-key`, for `/flush_cache` (SGLang then refuses the API key
+    /// there); without it the API key is sent.
+    pub admin_key: Option<String>,
     /// Longest wait for a response's first data (its head, and its first event): a server
     /// sends nothing while the request waits in its queue.
     pub first_timeout: Duration,
@@ -257,6 +260,7 @@ impl Client {
             streams,
             base: base.to_string(),
             api_key,
+            admin_key: None,
             first_timeout: Duration::from_secs(1800),
             idle_timeout: Duration::from_secs(120),
             total_timeout: Duration::from_secs(3600),
@@ -350,24 +354,32 @@ impl Client {
         )
     }
 
-    /// `POST /flush_cache`, retried while the server reports requests still running.
-    /// `POST /flush_cache`, retried for up to a minute while the server refuses because
+    /// `POST /flush_cache` (with the admin key when one is given), retried for up to a minute while the server refuses because
     /// requests are still running (SGLang answers 400 then; requests a client gave up on run
     /// until they end). A refusal that waiting cannot change (401/403: an admin key; 404: no
     /// such endpoint) fails at once.
     pub async fn flush_cache(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let resp = self
-                .req(reqwest::Method::POST, "/flush_cache")
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await?;
+            let req = match &self.admin_key {
+                Some(k) => self
+                    .http
+                    .post(format!("{}/flush_cache", self.base))
+                    .bearer_auth(k),
+                None => self.req(reqwest::Method::POST, "/flush_cache"),
+            };
+            let resp = req.timeout(Duration::from_secs(30)).send().await?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(());
             }
             let last = format!("HTTP {status}: {}", snippet(&resp.text().await?));
+            if matches!(status.as_u16(), 401 | 403) && self.admin_key.is_none() {
+                anyhow::bail!(
+                    "POST /flush_cache failed: {last} (a server started with --admin-api-key \
+                     takes that key here: give it to the runner as --admin-api-key)"
+                );
+            }
             if matches!(status.as_u16(), 401 | 403 | 404) || Instant::now() >= deadline {
                 anyhow::bail!("POST /flush_cache failed: {last}");
             }

@@ -337,8 +337,9 @@ pub struct PlanKeys {
     #[arg(long)]
     pub port_step: Option<u16>,
     /// Server command for `launch`, with placeholders {model_path} {host} {port} {gpu}
-    /// {mem_fraction_static} {max_total_tokens} {api_key} (the key is never recorded: write
-    /// `--api-key {api_key}`, not the key itself). `--disable-radix-cache` is appended for the
+    /// {mem_fraction_static} {max_total_tokens} {api_key} {admin_api_key} (keys are never
+    /// recorded: write `--api-key {api_key}`, not the key itself; a flag whose key is not given
+    /// is left out). `--disable-radix-cache` is appended for the
     /// `none` cache mode. Default: `python -m sglang.launch_server …`. As a flag it takes
     /// every argument after it: give it last.
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
@@ -508,7 +509,7 @@ pub enum PlanError {
 }
 
 /// The placeholders of `launch_command` ([`crate::backend::launch_argv`] fills them).
-const PLACEHOLDERS: [&str; 7] = [
+const PLACEHOLDERS: [&str; 8] = [
     "model_path",
     "host",
     "port",
@@ -516,6 +517,7 @@ const PLACEHOLDERS: [&str; 7] = [
     "mem_fraction_static",
     "max_total_tokens",
     "api_key",
+    "admin_api_key",
 ];
 
 /// The first `{name}` in `arg` that is no placeholder (a typo would reach the server as is);

@@ -39,6 +39,11 @@ pub struct SweepArgs {
     /// Bearer key for the servers. Never written to results.
     #[arg(long, env = "TURNBENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// The servers' admin key (SGLang's `--admin-api-key`), for `/flush_cache` between cells;
+    /// passed to the simulated server, and to a launch command as {admin_api_key}. Never
+    /// written to results.
+    #[arg(long, env = "TURNBENCH_ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
     /// No progress bars (the tables are still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -357,6 +362,10 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         _lock: _run_lock,
     } = setup;
     let api_key = args.api_key.clone();
+    let keys = crate::backend::Keys {
+        api: api_key.clone(),
+        admin: args.admin_api_key.clone(),
+    };
     let source = workload::Source {
         format: plan.dataset_format,
         path: plan.dataset.clone(),
@@ -500,7 +509,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let starts = plan
         .gpus
         .iter()
-        .map(|g| Server::start(&plan, g, first_radix(g), &logs, api_key.as_deref()));
+        .map(|g| Server::start(&plan, g, first_radix(g), &logs, &keys));
     let started = tokio::select! {
         r = futures::future::join_all(starts) => r,
         sig = stop.recv() => bail!("interrupted ({sig}) while servers started: nothing was run"),
@@ -670,6 +679,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
                 progress: prog,
                 state,
                 api_key: api_key.clone(),
+                keys: keys.clone(),
                 logs: &logs,
                 manifest: manifest.clone(),
                 dir: &dir,
@@ -779,6 +789,7 @@ struct GpuRun<'a> {
     progress: Arc<GpuProgress>,
     state: Arc<Mutex<GpuState>>,
     api_key: Option<String>,
+    keys: crate::backend::Keys,
     logs: &'a Path,
     manifest: Arc<Mutex<Manifest>>,
     dir: &'a Path,
@@ -798,6 +809,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         progress,
         state,
         api_key,
+        keys,
         logs,
         manifest,
         dir,
@@ -823,7 +835,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
         loop {
             if radix != server.radix && plan.backend != BackendChoice::Attach {
                 server.stop().await;
-                server = Server::start(plan, &gpu, radix, logs, api_key.as_deref())
+                server = Server::start(plan, &gpu, radix, logs, &keys)
                     .await
                     .with_context(|| {
                         format!("GPU {gpu}: restarting the server for {}", cell.cache_mode)
@@ -862,6 +874,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                 s.cell = Some(format!("{}/{}", cell.cache_mode, cell.concurrency));
             }
             let mut client = Client::new(&server.url, api_key.clone());
+            client.admin_key = keys.admin.clone();
             client.first_timeout =
                 Duration::try_from_secs_f64(plan.first_token_timeout_s).unwrap_or(Duration::MAX);
             client.idle_timeout =
@@ -981,7 +994,7 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                         }
                     } else {
                         server.stop().await;
-                        server = Server::start(plan, &gpu, radix, logs, api_key.as_deref())
+                        server = Server::start(plan, &gpu, radix, logs, &keys)
                             .await
                             .with_context(|| format!("{cell_name}: launching its server again"))
                             .with_context(|| resume.clone())?;

@@ -88,14 +88,16 @@ pub struct SimArgs {
     /// Serve Prometheus `/metrics`.
     #[arg(long)]
     pub enable_metrics: bool,
-    /// Require `Authorization: Bearer KEY` (kept out of every response and of
+    /// Require this key on every route but `/health*`, `/ready*` and `/metrics`, as
+    /// `Authorization: Bearer KEY` or `x-api-key: KEY` (kept out of every response and of
     /// `/get_server_info`; the startup log line shows it, as SGLang's does, which the runner's
     /// `launch` backend masks).
     #[arg(long)]
     #[serde(skip_serializing)]
     pub api_key: Option<String>,
-    /// Admin key (accepted; kept out of every response, shown in the startup log line as
-    /// `--api-key` is).
+    /// Admin key: `/flush_cache` and `/abort_request` then take this key and no other (as
+    /// SGLang's "admin optional" routes); kept out of every response, shown in the startup log
+    /// line as `--api-key` is.
     #[arg(long)]
     #[serde(skip_serializing)]
     pub admin_api_key: Option<String>,

@@ -1,5 +1,5 @@
 //! The simulated server's HTTP front (axum): every route of spec §8, SGLang's error shapes,
-//! bearer auth, faults, and the streaming of engine events as SSE.
+//! SGLang's auth (API and admin keys), faults, and the streaming of engine events as SSE.
 //!
 //! A generation request is prepared here (tokenize, session history, limits, planned output
 //! from [`textgen`]), submitted to the [`Engine`], and its events are turned
@@ -267,31 +267,76 @@ fn router(state: St) -> Router {
         .with_state(state)
 }
 
-/// Bearer auth (`--api-key`; `/health*` and `/metrics` stay open) and the dead server of an
+/// Auth (SGLang's `--api-key` / `--admin-api-key`, [`auth`]) and the dead server of an
 /// in-process `exit-after`.
 async fn guard(State(st): State<St>, req: Request, next: Next) -> Response {
     if st.dead.load(Ordering::SeqCst) {
         return broken_body(StatusCode::OK);
     }
-    if let Some(key) = &st.cfg.args.api_key {
-        let path = req.uri().path();
-        let open = path.starts_with("/health")
-            || path.starts_with("/metrics")
-            || req.method() == Method::OPTIONS;
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !open && given != Some(key.as_str()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"error": "Unauthorized"})),
-            )
-                .into_response();
-        }
+    let decision = {
+        // (A block: the future holds no borrow of the request across the await below.)
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        auth(
+            req.method(),
+            req.uri().path(),
+            header("authorization"),
+            header("x-api-key"),
+            st.cfg.args.api_key.as_deref(),
+            st.cfg.args.admin_api_key.as_deref(),
+        )
+    };
+    if let Err(status) = decision {
+        let error = if status == StatusCode::FORBIDDEN {
+            "Forbidden"
+        } else {
+            "Unauthorized"
+        };
+        return (status, Json(json!({ "error": error }))).into_response();
     }
     next.run(req).await
+}
+
+/// SGLang's request auth (`decide_request_auth`): `OPTIONS` and paths under `/health`,
+/// `/ready` and `/metrics` are always open. A key is given as `Authorization: Bearer K` (the
+/// scheme in any case) or `x-api-key: K`. The admin routes here (`/flush_cache`,
+/// `/abort_request`, SGLang's "admin optional" level) take the admin key when one is set (the
+/// API key is then refused), else the API key, else nothing; every other route takes the API
+/// key when one is set (the admin key alone leaves them open).
+fn auth(
+    method: &Method,
+    path: &str,
+    authorization: Option<&str>,
+    x_api_key: Option<&str>,
+    api_key: Option<&str>,
+    admin_api_key: Option<&str>,
+) -> Result<(), StatusCode> {
+    if method == Method::OPTIONS
+        || ["/health", "/ready", "/metrics"]
+            .iter()
+            .any(|p| path.starts_with(p))
+    {
+        return Ok(());
+    }
+    let presents = |key: &str| {
+        let bearer = authorization
+            .and_then(|a| a.split_once(' '))
+            .is_some_and(|(scheme, k)| scheme.eq_ignore_ascii_case("bearer") && k == key);
+        bearer || x_api_key == Some(key)
+    };
+    let admin_route = matches!(path, "/flush_cache" | "/abort_request");
+    let needed = match (
+        admin_route,
+        admin_api_key.filter(|k| !k.is_empty()),
+        api_key,
+    ) {
+        (true, Some(admin), _) => Some(admin),
+        (_, _, Some(key)) if !key.is_empty() => Some(key),
+        _ => None,
+    };
+    match needed {
+        Some(key) if !presents(key) => Err(StatusCode::UNAUTHORIZED),
+        _ => Ok(()),
+    }
 }
 
 /// A response whose body fails at once: the connection is cut mid-response.

@@ -184,6 +184,78 @@ async fn api_key_guards_everything_but_health_and_metrics_and_is_never_shown() {
     h.shutdown().await;
 }
 
+/// The status of `method path` with the given headers.
+async fn status_with(h: &SimHandle, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let c = client();
+    let url = format!("{}{path}", h.base_url());
+    let mut r = match method {
+        "GET" => c.get(url),
+        _ => c
+            .post(url)
+            .json(&json!({"text": "x", "sampling_params": {"max_new_tokens": 1}})),
+    };
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn admin_routes_take_the_admin_key_and_keys_come_as_sglang_reads_them() {
+    // SGLang's rules: with both keys, /flush_cache and /abort_request take only the admin key
+    // and other routes only the API key; the scheme of `Authorization` is read in any case, and
+    // `x-api-key` works too.
+    let h = server(&["--api-key", "user-k", "--admin-api-key", "admin-k"]).await;
+    let bearer = |k: &str| format!("Bearer {k}");
+    for (method, path, key, want) in [
+        ("POST", "/flush_cache", "user-k", 401),
+        ("POST", "/flush_cache", "admin-k", 200),
+        ("GET", "/flush_cache", "admin-k", 200),
+        ("POST", "/generate", "admin-k", 401),
+        ("POST", "/generate", "user-k", 200),
+        ("GET", "/get_server_info", "user-k", 200),
+    ] {
+        let got = status_with(&h, method, path, &[("authorization", &bearer(key))]).await;
+        assert_eq!(got, want, "{method} {path} with {key}");
+    }
+    for headers in [
+        [("authorization", "bearer user-k")],
+        [("authorization", "BEARER user-k")],
+        [("x-api-key", "user-k")],
+    ] {
+        assert_eq!(
+            status_with(&h, "POST", "/generate", &headers).await,
+            200,
+            "{headers:?}"
+        );
+    }
+    assert_eq!(
+        status_with(&h, "POST", "/flush_cache", &[("x-api-key", "admin-k")]).await,
+        200
+    );
+    for bad in ["Bearer", "Bearer  user-k", "Basic user-k", "user-k"] {
+        let got = status_with(&h, "POST", "/generate", &[("authorization", bad)]).await;
+        assert_eq!(got, 401, "{bad:?}");
+    }
+    assert_eq!(status_with(&h, "GET", "/health_generate", &[]).await, 200);
+    h.shutdown().await;
+
+    // The admin key alone guards the admin routes only.
+    let h = server(&["--admin-api-key", "admin-k"]).await;
+    assert_eq!(status_with(&h, "POST", "/generate", &[]).await, 200);
+    assert_eq!(status_with(&h, "POST", "/flush_cache", &[]).await, 401);
+    let admin = [("authorization", "Bearer admin-k")];
+    assert_eq!(status_with(&h, "POST", "/flush_cache", &admin).await, 200);
+    h.shutdown().await;
+
+    // The API key alone guards the admin routes too.
+    let h = server(&["--api-key", "user-k"]).await;
+    assert_eq!(status_with(&h, "POST", "/flush_cache", &[]).await, 401);
+    let user = [("authorization", "Bearer user-k")];
+    assert_eq!(status_with(&h, "POST", "/flush_cache", &user).await, 200);
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn odd_but_json_bodies_never_hurt_the_server() {
     let h = server(&[]).await;

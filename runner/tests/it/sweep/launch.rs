@@ -131,6 +131,89 @@ fn launches_serve_sim_per_gpu_and_stops_it() {
     );
 }
 
+#[test]
+fn a_server_with_an_admin_key_is_flushed_with_it_and_neither_key_is_recorded() {
+    // SGLang's /flush_cache takes only the admin key once the server has one: the runner sends
+    // it (`--admin-api-key`, into the command as {admin_api_key}), and the second cell starts
+    // on an empty cache. Without it, each cell says it starts unflushed and how to fix that.
+    let tmp = tempfile::tempdir().unwrap();
+    let over = [
+        ("--gpus", "0"),
+        ("--cache-modes", "prefix"),
+        ("--batch-sizes", "1,2"),
+    ];
+    let first_turns_cached = |dir: &Path| -> Vec<(u64, u64)> {
+        Run::load(dir)
+            .turns()
+            .iter()
+            .filter(|r| r.concurrency == 2 && r.turn == 0)
+            .map(|r| (r.cached_tokens.unwrap(), r.prompt_tokens.unwrap()))
+            .collect()
+    };
+
+    let port = free_port();
+    let p = plan(
+        tmp.path(),
+        port,
+        &serve_sim(&["--admin-api-key", "{admin_api_key}"]),
+        "",
+    );
+    let mut args = small_with(tmp.path(), "keyed", &over);
+    args.extend(
+        [
+            "--plan",
+            p.to_str().unwrap(),
+            "--api-key",
+            "user-sekrit",
+            "--admin-api-key",
+            "admin-sekrit",
+        ]
+        .map(String::from),
+    );
+    let out = run_ok(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("without a cache flush"), "{err}");
+    let dir = tmp.path().join("keyed");
+    Run::load(&dir).assert_complete(&[4, 4]);
+    let first = first_turns_cached(&dir);
+    assert_eq!(first.len(), 2);
+    // (The two share a system prompt: the later one may find it cached from the first.)
+    assert_eq!(
+        first.iter().map(|f| f.0).min(),
+        Some(0),
+        "flushed: {first:?}"
+    );
+    let log = std::fs::read_to_string(dir.join("logs/server-gpu0-radix.log")).unwrap();
+    assert!(log.contains("--admin-api-key ***"), "{log}");
+    for (path, text) in all_files(&dir) {
+        for key in ["user-sekrit", "admin-sekrit"] {
+            assert!(!text.contains(key), "{key} leaked into {}", path.display());
+        }
+    }
+
+    // The same server, its admin key not given to the runner: cells go on unflushed, saying so.
+    let port = free_port();
+    let p = plan(
+        tmp.path(),
+        port,
+        &serve_sim(&["--admin-api-key", "literal-admin"]),
+        "",
+    );
+    let mut args = small_with(tmp.path(), "unkeyed", &over);
+    args.extend(["--plan", p.to_str().unwrap()].map(String::from));
+    let out = run_ok(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without a cache flush") && err.contains("as --admin-api-key"),
+        "{err}"
+    );
+    let first = first_turns_cached(&tmp.path().join("unkeyed"));
+    assert!(
+        first.iter().all(|(cached, prompt)| cached * 2 > *prompt),
+        "unflushed: {first:?}"
+    );
+}
+
 /// Every file a run directory holds, as text (lossy), with its path.
 fn all_files(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
