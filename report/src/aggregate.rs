@@ -88,6 +88,18 @@ pub struct TelemetrySeries {
     pub source: String,
     pub key: String,
     pub sessions: Vec<Vec<(f64, f64)>>,
+    /// When each cell ran, as the samples of this series' stream (GPU, source) say, on the
+    /// same time axis: the bands a telemetry chart marks the cells with.
+    pub cells: Vec<CellSpan>,
+}
+
+/// A stretch of a telemetry stream sampled while one cell ran (`"<cache_mode>/<concurrency>"`),
+/// from its first sample to its last.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CellSpan {
+    pub start: f64,
+    pub end: f64,
+    pub cell: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -269,6 +281,7 @@ fn telemetry_series(samples: &[TelemetrySample]) -> Vec<TelemetrySeries> {
     let mut series: BTreeMap<Key<'_>, BTreeMap<usize, Vec<(f64, f64)>>> = BTreeMap::new();
     // (gpu, source) → (session, offset, last time, end of the sessions so far).
     let mut streams: BTreeMap<(&str, &str), (usize, f64, f64, f64)> = BTreeMap::new();
+    let mut spans: BTreeMap<(&str, &str), Vec<CellSpan>> = BTreeMap::new();
     for s in samples {
         if !s.t.is_finite() {
             continue;
@@ -284,6 +297,19 @@ fn telemetry_series(samples: &[TelemetrySample]) -> Vec<TelemetrySeries> {
         let t = s.t + *offset;
         *end = end.max(t);
         let session = *session;
+        if let Some(cell) = &s.cell {
+            let stream = spans
+                .entry((s.gpu.as_str(), s.source.as_str()))
+                .or_default();
+            match stream.last_mut() {
+                Some(last) if last.cell == *cell && t >= last.end => last.end = t,
+                _ => stream.push(CellSpan {
+                    start: t,
+                    end: t,
+                    cell: cell.clone(),
+                }),
+            }
+        }
         for (k, v) in &s.values {
             if v.is_finite() {
                 series
@@ -304,6 +330,7 @@ fn telemetry_series(samples: &[TelemetrySample]) -> Vec<TelemetrySeries> {
                 gpu: gpu.to_string(),
                 source: source.to_string(),
                 key: key.to_string(),
+                cells: spans.get(&(gpu, source)).cloned().unwrap_or_default(),
                 sessions: sessions
                     .into_values()
                     .map(|mut points| {

@@ -2,7 +2,7 @@
 //! aggregates. The page ships them as JSON and `site.js` hands each to `Plotly.newPlot`.
 //! Only `scatter` and `bar` traces are used, so the basic plotly bundle suffices.
 
-use crate::aggregate::{CellSeries, TelemetrySeries, TurnIndexStats};
+use crate::aggregate::{CellSeries, CellSpan, TelemetrySeries, TurnIndexStats};
 use crate::legacy::LegacyRun;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -437,44 +437,105 @@ pub fn latency_distribution(
 }
 
 pub fn telemetry(ids: &mut Ids, series: &TelemetrySeries) -> ChartSpec {
-    let resumed = series.sessions.len() > 1;
-    let data = series
-        .sessions
-        .iter()
-        .enumerate()
-        .map(|(i, points)| {
+    telemetry_group(
+        ids,
+        &format!("Telemetry: {} / {}", series.source, series.key),
+        &plot_text(&series.key),
+        &[TelemetryLine {
+            series,
+            name: series.key.clone(),
+            scale: 1.0,
+        }],
+    )
+}
+
+/// One line of a telemetry chart: a series, named, its values multiplied by `scale`.
+pub struct TelemetryLine<'a> {
+    pub series: &'a TelemetrySeries,
+    pub name: String,
+    pub scale: f64,
+}
+
+/// Several telemetry series on one chart (sharing a unit), the cells that ran marked as bands
+/// (those of the first series' stream).
+pub fn telemetry_group(
+    ids: &mut Ids,
+    title: &str,
+    y_title: &str,
+    lines: &[TelemetryLine<'_>],
+) -> ChartSpec {
+    let resumed = lines.iter().any(|l| l.series.sessions.len() > 1);
+    let mut data = Vec::new();
+    for l in lines {
+        for (i, points) in l.series.sessions.iter().enumerate() {
             let name = if resumed {
-                format!("{} (session {})", plot_text(&series.key), i + 1)
+                format!("{} (session {})", plot_text(&l.name), i + 1)
             } else {
-                plot_text(&series.key)
+                plot_text(&l.name)
             };
             // A lone sample is no line: draw it as a marker.
             let mode = if points.len() < 2 { "markers" } else { "lines" };
-            json!({"type": "scatter", "mode": mode, "name": name,
-            "x": points.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
-            "y": points.iter().map(|p| r(p.1)).collect::<Vec<_>>()})
-        })
-        .collect();
+            data.push(json!({"type": "scatter", "mode": mode, "name": name,
+                "x": points.iter().map(|p| r(p.0)).collect::<Vec<_>>(),
+                "y": points.iter().map(|p| r(p.1 * l.scale)).collect::<Vec<_>>()}));
+        }
+    }
+    let spans = lines.first().map_or(&[][..], |l| &l.series.cells[..]);
+    let mut lay = layout(
+        if resumed {
+            "run time, sessions end to end (s)"
+        } else {
+            "time since run start (s)"
+        },
+        y_title,
+    );
+    cell_bands(&mut lay, spans);
+    let bands = if spans.is_empty() {
+        ""
+    } else {
+        " Shaded bands mark the cells (cache mode / concurrency) running when sampled."
+    };
     ChartSpec {
         id: ids.next_id(),
-        title: format!("Telemetry: {} / {}", series.source, series.key),
+        title: title.to_string(),
         note: if resumed {
-            "Sampled during the run, which ran in several sessions (resumed): each session is a \
-             line of its own, timed from where the one before ended (the time between sessions \
-             is left out); a server counter starts again with the server each session launched."
-                .into()
+            format!(
+                "Sampled during the run, which ran in several sessions (resumed): each session is \
+                 a line of its own, timed from where the one before ended (the time between \
+                 sessions is left out); a server counter starts again with the server each \
+                 session launched.{bands}"
+            )
         } else {
-            "Sampled during the run; time is seconds since the run started.".into()
+            format!("Sampled during the run; time is seconds since the run started.{bands}")
         },
         data,
-        layout: layout(
-            if resumed {
-                "run time, sessions end to end (s)"
-            } else {
-                "time since run start (s)"
-            },
-            &plot_text(&series.key),
-        ),
+        layout: lay,
+    }
+}
+
+/// Marks each cell's stretch of time on a chart: every other one shaded, each labelled at the
+/// top (vertically, so narrow cells stay legible).
+fn cell_bands(lay: &mut Value, spans: &[CellSpan]) {
+    let mut shapes = Vec::new();
+    let mut notes = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        let label = match s.cell.rsplit_once('/') {
+            Some((mode, c)) => format!("{mode} c={c}"),
+            None => s.cell.clone(),
+        };
+        shapes.push(json!({"type": "rect", "xref": "x", "yref": "paper",
+            "x0": r(s.start), "x1": r(s.end), "y0": 0, "y1": 1, "layer": "below",
+            "line": {"width": 0},
+            "fillcolor": if i % 2 == 0 { "rgba(0,0,0,0.06)" } else { "rgba(0,0,0,0.02)" }}));
+        notes.push(
+            json!({"xref": "x", "yref": "paper", "x": r((s.start + s.end) / 2.0),
+            "y": 1, "yanchor": "top", "text": plot_text(&label), "textangle": -90,
+            "showarrow": false, "font": {"size": 9, "color": "#666"}}),
+        );
+    }
+    if !shapes.is_empty() {
+        lay["shapes"] = Value::Array(shapes);
+        lay["annotations"] = Value::Array(notes);
     }
 }
 

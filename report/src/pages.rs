@@ -1,7 +1,7 @@
 //! Page contexts: what each page shows, as preformatted values built by pure functions from the
 //! loaded runs and their aggregates, then rendered by the askama templates in `templates/`.
 
-use crate::aggregate::{CellSeries, RunAggregate};
+use crate::aggregate::{CellSeries, RunAggregate, TelemetrySeries};
 use crate::assets;
 use crate::charts::{self, ChartSpec, ConcurrencyLine, Ids};
 use crate::legacy::{LegacyRow, LegacyRun};
@@ -236,6 +236,10 @@ pub struct GpuSection {
     /// What limits comparing this run's cells ([`prompt_caveat`]).
     pub warnings: Vec<String>,
     pub charts: Vec<ChartSpec>,
+    /// The telemetry that tells how the server and GPU ran ([`telemetry_charts`]), then every
+    /// other series sampled, one chart each (shown folded).
+    pub telemetry: Vec<ChartSpec>,
+    pub telemetry_more: Vec<ChartSpec>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -247,7 +251,10 @@ pub struct GpuPage {
 
 impl GpuPage {
     pub fn charts(&self) -> Vec<&ChartSpec> {
-        self.sections.iter().flat_map(|s| s.charts.iter()).collect()
+        self.sections
+            .iter()
+            .flat_map(|s| s.charts.iter().chain(&s.telemetry).chain(&s.telemetry_more))
+            .collect()
     }
 }
 
@@ -1505,9 +1512,7 @@ fn measured_section(
             |c| &c.e2e_quantiles,
         ));
     }
-    for series in a.telemetry.iter().filter(|s| s.gpu == gpu) {
-        charts_out.push(charts::telemetry(ids, series));
-    }
+    let (telemetry, telemetry_more) = telemetry_charts(ids, a, gpu);
     GpuSection {
         run_id: run.id().to_string(),
         simulated: run.simulated(),
@@ -1531,7 +1536,111 @@ fn measured_section(
             .chain(resumed(&m.records, gpu))
             .collect(),
         charts: charts_out,
+        telemetry,
+        telemetry_more,
     }
+}
+
+/// A line of a telemetry group: (source, key, name, scale).
+type GroupLine = (&'static str, &'static str, &'static str, f64);
+
+/// The telemetry charts that read at a glance, each a unit: (title, y-axis title, lines).
+const TELEMETRY_GROUPS: &[(&str, &str, &[GroupLine])] = &[
+    (
+        "Server: requests running and queued",
+        "requests",
+        &[
+            ("metrics", "num_running_reqs", "running", 1.0),
+            ("metrics", "num_queue_reqs", "queued", 1.0),
+        ],
+    ),
+    (
+        "Server: KV cache pool in use, and prefix cache hit rate",
+        "fraction",
+        &[
+            ("metrics", "token_usage", "KV pool in use", 1.0),
+            (
+                "metrics",
+                "cache_hit_rate",
+                "cache hit rate (recent prefills)",
+                1.0,
+            ),
+        ],
+    ),
+    (
+        "Server: its own generation throughput",
+        "tokens/s",
+        &[("metrics", "gen_throughput", "gen_throughput", 1.0)],
+    ),
+    (
+        "GPU memory",
+        "GiB",
+        &[
+            (
+                "nvidia-smi",
+                "memory_used_bytes",
+                "used",
+                1.0 / 1_073_741_824.0,
+            ),
+            (
+                "nvidia-smi",
+                "memory_total_bytes",
+                "total",
+                1.0 / 1_073_741_824.0,
+            ),
+        ],
+    ),
+    (
+        "GPU utilization",
+        "fraction of time a kernel ran",
+        &[("nvidia-smi", "utilization", "utilization", 1.0)],
+    ),
+    ("GPU power", "W", &[("nvidia-smi", "power_w", "power", 1.0)]),
+];
+
+/// A GPU's telemetry: the groups of [`TELEMETRY_GROUPS`] it has, then every other series on a
+/// chart of its own.
+fn telemetry_charts(
+    ids: &mut Ids,
+    a: &RunAggregate,
+    gpu: &str,
+) -> (Vec<ChartSpec>, Vec<ChartSpec>) {
+    let of_gpu: Vec<&TelemetrySeries> = a.telemetry.iter().filter(|s| s.gpu == gpu).collect();
+    let find = |source: &str, key: &str| {
+        of_gpu
+            .iter()
+            .copied()
+            .find(|s| s.source == source && s.key == key)
+    };
+    let mut grouped = Vec::new();
+    for (title, y, members) in TELEMETRY_GROUPS {
+        let lines: Vec<charts::TelemetryLine<'_>> = members
+            .iter()
+            .filter_map(|(source, key, name, scale)| {
+                find(source, key).map(|series| charts::TelemetryLine {
+                    series,
+                    name: name.to_string(),
+                    scale: *scale,
+                })
+            })
+            .collect();
+        if !lines.is_empty() {
+            grouped.push(charts::telemetry_group(ids, title, y, &lines));
+        }
+    }
+    let in_group = |s: &TelemetrySeries| {
+        TELEMETRY_GROUPS.iter().any(|(_, _, members)| {
+            members
+                .iter()
+                .any(|(source, key, ..)| s.source == *source && s.key == *key)
+        })
+    };
+    let more = of_gpu
+        .iter()
+        .filter(|s| !in_group(s))
+        .map(|s| charts::telemetry(ids, s))
+        .collect();
+    (grouped, more)
 }
 
 fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
@@ -1593,6 +1702,8 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
         errors: Vec::new(),
         warnings: Vec::new(),
         charts: charts_out,
+        telemetry: Vec::new(),
+        telemetry_more: Vec::new(),
     }
 }
 

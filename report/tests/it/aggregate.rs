@@ -160,3 +160,43 @@ fn a_resumed_runs_telemetry_is_its_sessions_end_to_end() {
     let chart = report::charts::telemetry(&mut report::charts::Ids::default(), &one);
     assert_eq!(chart.data[0]["mode"], "markers");
 }
+
+#[test]
+fn telemetry_marks_the_cells_that_ran_when_it_was_sampled() {
+    // The fixture samples each cell's stretch (cell named on every sample), cells one after
+    // another: each becomes a band, in run order, between its first and last sample.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = write_run(tmp.path(), "bands", &tiny_spec("bands"));
+    let run = load::load_dir(&dir).unwrap();
+    let agg = aggregate::aggregate(&run);
+    let series = agg
+        .telemetry
+        .iter()
+        .find(|t| t.key == "num_running_reqs")
+        .unwrap();
+    let mut expected: Vec<(String, f64, f64)> = Vec::new();
+    for s in run.telemetry.iter().filter(|s| s.gpu == series.gpu) {
+        let cell = s.cell.clone().unwrap();
+        match expected.last_mut() {
+            Some(last) if last.0 == cell => last.2 = s.t,
+            _ => expected.push((cell, s.t, s.t)),
+        }
+    }
+    assert_eq!(expected.len(), 4, "two modes × two concurrencies: {expected:?}");
+    let got: Vec<(String, f64, f64)> = series
+        .cells
+        .iter()
+        .map(|c| (c.cell.clone(), c.start, c.end))
+        .collect();
+    assert_eq!(got, expected);
+    // The chart shades each and names it at the top.
+    let chart = report::charts::telemetry(&mut report::charts::Ids::default(), series);
+    let shapes = chart.layout["shapes"].as_array().unwrap();
+    let notes = chart.layout["annotations"].as_array().unwrap();
+    assert_eq!((shapes.len(), notes.len()), (4, 4));
+    assert_eq!(notes[0]["text"], "prefix c=1");
+    // (Chart numbers are rounded to 6 significant digits.)
+    let x0 = shapes[1]["x0"].as_f64().unwrap();
+    assert!((x0 - expected[1].1).abs() <= 1e-5 * expected[1].1, "{x0}");
+    assert!(chart.note.contains("Shaded bands"));
+}

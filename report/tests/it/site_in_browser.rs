@@ -17,6 +17,7 @@ pub async fn assert_charts_rendered(browser: &Browser, page: &str) -> usize {
         "{DRAWN}
          var near = 0, nearDrawn = 0, far = 0, farDrawn = 0, h = window.innerHeight;
          document.querySelectorAll('.chart').forEach(function (e) {{
+           if (e.closest('details:not([open])')) {{ return; }}
            var top = e.getBoundingClientRect().top;
            if (top < 1.5 * h) {{ near++; if (drawn(e)) nearDrawn++; }}
            else if (top > 2.5 * h) {{ far++; if (drawn(e)) farDrawn++; }}
@@ -40,21 +41,44 @@ pub async fn assert_charts_rendered(browser: &Browser, page: &str) -> usize {
         far_drawn, 0,
         "{page}: charts far below the viewport drawn at load"
     );
+    // The last chart in view (not folded away in a closed <details>).
+    const SHOWN: &str = "var c = Array.prototype.filter.call(document.querySelectorAll('.chart'), \
+        function (e) { return !e.closest('details:not([open])'); });";
     if far > 0 {
         browser
-            .eval::<()>(
-                "var c = document.querySelectorAll('.chart'); c[c.length - 1].scrollIntoView();",
-            )
+            .eval::<()>(&format!("{SHOWN} c[c.length - 1].scrollIntoView();"))
             .await
             .unwrap();
-        let last = format!(
-            "{DRAWN} var c = document.querySelectorAll('.chart'); return drawn(c[c.length - 1]);"
-        );
+        let last = format!("{DRAWN} {SHOWN} return drawn(c[c.length - 1]);");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !browser.eval::<bool>(&last).await.unwrap() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{page}: the last chart, scrolled to, was not drawn"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        browser.eval::<()>("window.scrollTo(0, 0);").await.unwrap();
+    }
+    // Folded charts are drawn when their <details> is opened and they come into view.
+    let folded: usize = browser
+        .eval("return document.querySelectorAll('details .chart').length;")
+        .await
+        .unwrap();
+    if folded > 0 {
+        browser
+            .eval::<()>(
+                "var d = document.querySelector('details'); d.open = true; \
+                 d.querySelector('.chart').scrollIntoView();",
+            )
+            .await
+            .unwrap();
+        let first = format!("{DRAWN} return drawn(document.querySelector('details .chart'));");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !browser.eval::<bool>(&first).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{page}: a folded chart, unfolded and scrolled to, was not drawn"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
