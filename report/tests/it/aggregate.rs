@@ -182,7 +182,11 @@ fn telemetry_marks_the_cells_that_ran_when_it_was_sampled() {
             _ => expected.push((cell, s.t, s.t)),
         }
     }
-    assert_eq!(expected.len(), 4, "two modes × two concurrencies: {expected:?}");
+    assert_eq!(
+        expected.len(),
+        4,
+        "two modes × two concurrencies: {expected:?}"
+    );
     let got: Vec<(String, f64, f64)> = series
         .cells
         .iter()

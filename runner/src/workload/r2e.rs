@@ -53,6 +53,17 @@ fn prompts(path: &Path) -> Result<Prompts, WorkloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
     // (A byte-order mark, as some editors write, is not part of the first key.)
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    // The YAML parser takes time quadratic in how deep collections nest (100,000 `[` cost it
+    // 20 s): no prompt file nests deeper than a few levels.
+    if let Some(line) = nested_deeper_than(text, MAX_NESTING) {
+        return Err(WorkloadError::File {
+            path: path.to_path_buf(),
+            message: format!(
+                "line {line}: more than {MAX_NESTING} `[`/`{{` open at once: not a prompt file \
+                 (it needs `system_prompt` and `instance_prompt` strings)"
+            ),
+        });
+    }
     let p: Prompts = serde_yaml_ng::from_str(text).map_err(|e| WorkloadError::File {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -64,6 +75,30 @@ fn prompts(path: &Path) -> Result<Prompts, WorkloadError> {
         });
     }
     Ok(p)
+}
+
+/// How many `[`/`{` a prompt file may have open at once ([`nested_deeper_than`]).
+const MAX_NESTING: usize = 256;
+
+/// The line (1-based) where more than `max` of `[`/`{` are first open at once, counting every
+/// bracket, quoted or not (so text full of unmatched brackets counts too: a prompt would need
+/// hundreds of them).
+fn nested_deeper_than(text: &str, max: usize) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    for b in text.bytes() {
+        match b {
+            b'\n' => line += 1,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The first user message as the seed made it, with Python's `str.format`: the
@@ -156,6 +191,32 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompt_file_nested_without_end_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep.yaml");
+        let text = format!(
+            "instance_prompt: \"{{problem_statement}}\"\nsystem_prompt: {}\n",
+            "[".repeat(100_000)
+        );
+        std::fs::write(&path, text).unwrap();
+        // Refused before the parser sees it (which would take ~20 s, then say the type is wrong).
+        let err = prompts(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("deep.yaml")
+                && err.contains("line 2")
+                && err.contains("not a prompt file"),
+            "{err}"
+        );
+        // Brackets that close again are no nesting, however many.
+        let fine = format!(
+            "system_prompt: \"{}\"\ninstance_prompt: \"{{problem_statement}}\"\n",
+            "[x] {y} ".repeat(10_000)
+        );
+        std::fs::write(&path, fine).unwrap();
+        prompts(&path).unwrap();
+    }
 
     #[test]
     fn the_instance_prompt_is_formatted_as_python_str_format_does() {
