@@ -89,9 +89,9 @@ struct SummaryRow<'a> {
     e2e_p50_s: Option<f64>,
     e2e_p90_s: Option<f64>,
     e2e_p99_s: Option<f64>,
-    itl_p50_s: Option<f64>,
-    itl_p90_s: Option<f64>,
-    itl_p99_s: Option<f64>,
+    itl_turn_mean_p50_s: Option<f64>,
+    itl_turn_mean_p90_s: Option<f64>,
+    itl_turn_mean_p99_s: Option<f64>,
     cache_hit_ratio: Option<f64>,
 }
 
@@ -228,9 +228,9 @@ pub fn write_summary(
                         e2e_p50_s: c.e2e.p50,
                         e2e_p90_s: c.e2e.p90,
                         e2e_p99_s: c.e2e.p99,
-                        itl_p50_s: c.itl_turn_mean.p50,
-                        itl_p90_s: c.itl_turn_mean.p90,
-                        itl_p99_s: c.itl_turn_mean.p99,
+                        itl_turn_mean_p50_s: c.itl_turn_mean.p50,
+                        itl_turn_mean_p90_s: c.itl_turn_mean.p90,
+                        itl_turn_mean_p99_s: c.itl_turn_mean.p99,
                         cache_hit_ratio: c.cache_hit_ratio,
                     })?;
                 }
@@ -262,9 +262,9 @@ pub fn write_summary(
                         e2e_p50_s: None,
                         e2e_p90_s: None,
                         e2e_p99_s: None,
-                        itl_p50_s: None,
-                        itl_p90_s: None,
-                        itl_p99_s: None,
+                        itl_turn_mean_p50_s: None,
+                        itl_turn_mean_p90_s: None,
+                        itl_turn_mean_p99_s: None,
                         cache_hit_ratio: None,
                     })?;
                 }

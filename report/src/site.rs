@@ -194,6 +194,7 @@ pub fn write_viewer(dir: &Path, title: &str, gpus: &[GpuLink], runs: &[Run]) -> 
                 run_id: &m.manifest.run_id,
                 simulated: m.manifest.simulated,
                 zero_cost: m.manifest.zero_cost(),
+                caveats: pages::prompt_caveat(&m.manifest).into_iter().collect(),
                 records: &m.records,
             }),
             RunData::Legacy(_) => None,

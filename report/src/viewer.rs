@@ -25,6 +25,9 @@ pub struct RunRecords<'a> {
     /// A simulated engine without cost (`--sim-time-scale inf`): the run's times are the
     /// harness's own, which the viewer says as every page does.
     pub zero_cost: bool,
+    /// What limits comparing the run's cells, as its GPU pages say it (e.g. prompts that differ
+    /// between cells): said above the controls too.
+    pub caveats: Vec<String>,
     pub records: &'a [TurnRecord],
 }
 
@@ -95,6 +98,11 @@ pub fn write_with_layout(
                     r.run_id
                 )
             })
+            .chain(runs.iter().flat_map(|r| {
+                r.caveats
+                    .iter()
+                    .map(move |c| format!("Run {}: {c}", r.run_id))
+            }))
             .collect(),
         rows: table.meta.rows,
         runs: table.meta.runs.len(),

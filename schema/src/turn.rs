@@ -157,13 +157,18 @@ impl TurnRecord {
         }
     }
 
-    /// Time per output token after the first: `(e2e - ttft) / (completion_tokens - 1)`.
+    /// Time per output token after the first: `(e2e - ttft) / (completion_tokens - 1)`, as
+    /// SGLang's `bench_serving.py` defines it. `None` when the stream showed no time after its
+    /// first content (every token came with the first chunk): no decode time was seen, and 0
+    /// is no time per token. (A first chunk of several tokens makes it understate the decode
+    /// step, as it does in bench_serving; the inter-token latency does not.)
     pub fn tpot(&self) -> Option<f64> {
         let n = self.completion_tokens?;
         if n < 2 {
             return None;
         }
-        Some((self.e2e? - self.ttft?) / (n - 1) as f64)
+        let decode = self.e2e? - self.ttft?;
+        (decode > 0.0).then(|| decode / (n - 1) as f64)
     }
 
     /// Prompt tokens that had to be computed (prompt − cached).

@@ -228,3 +228,19 @@ fn token_totals_past_u64_saturate_instead_of_wrapping() {
     assert_eq!(c.cached_tokens_total, Some(u64::MAX));
     assert_eq!(c.cache_hit_ratio, Some(1.0));
 }
+
+#[test]
+fn tpot_is_bench_servings_and_missing_when_no_decode_time_was_seen() {
+    // 1 s to the end, 0.1 s to the first token, 10 tokens: 0.9 s over the 9 after the first.
+    let r = rec(0, 0, 0.0, 1.0, 10, None);
+    assert!((r.tpot().unwrap() - 0.1).abs() < 1e-12);
+    // Every token in the first chunk: the stream ends with its first content.
+    let mut all_at_once = r.clone();
+    all_at_once.e2e = all_at_once.ttft;
+    assert_eq!(all_at_once.tpot(), None);
+    // One token: no token after the first.
+    assert_eq!(rec(0, 0, 0.0, 1.0, 1, None).tpot(), None);
+    // And so the summary's TPOT percentiles leave that turn out.
+    let cells = summarize(&[r.clone(), all_at_once]);
+    assert_eq!(cells[0].tpot.p50, r.tpot());
+}

@@ -62,7 +62,7 @@ named_enum!(
         Gpu = "gpu": "GPU",
         CacheMode = "cache_mode": "Cache mode",
         Traj = "traj": "Trajectory",
-        TimeBucket = "t_send": "Time sent (10 s buckets)",
+        TimeBucket = "t_send": "Time sent, since its cell started (10 s buckets)",
         Run = "run": "Run",
         FinishReason = "finish_reason": "Finish reason",
     }
@@ -73,9 +73,11 @@ named_enum!(
     Metric {
         Ttft = "ttft": "TTFT (s)",
         E2e = "e2e": "E2E latency (s)",
-        ItlMean = "itl_mean": "ITL mean (s/token)",
-        ItlP99 = "itl_p99": "ITL p99 (s/token)",
-        Tpot = "tpot": "TPOT (s/token)",
+        ServerTtft = "server_ttft": "Server's own TTFT (s)",
+        TtftOutside = "ttft_outside": "TTFT outside the engine (TTFT − server's own) (s)",
+        ItlMean = "itl_mean": "ITL, the turn's mean gap (s/token)",
+        ItlP99 = "itl_p99": "ITL, the turn's own p99 gap (s/token)",
+        Tpot = "tpot": "TPOT, (E2E − TTFT) / (tokens − 1) (s/token)",
         PromptTokens = "prompt_tokens": "Prompt tokens",
         CachedTokens = "cached_tokens": "Cached tokens",
         NewPromptTokens = "new_prompt_tokens": "New prompt tokens (prompt − cached)",

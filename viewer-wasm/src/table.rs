@@ -19,7 +19,7 @@ use std::fmt;
 use turnbench_schema::{CacheMode, TurnRecord};
 
 /// Version of the encoding written by [`Table::meta`] and read by [`Loader`].
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// Rows per encoded chunk: at most 4 bytes a value, so one chunk file stays near 5.6 MB.
 pub const CHUNK_ROWS: usize = 1 << 20;
@@ -59,10 +59,11 @@ pub enum Field {
     ThinkTime,
     FinishReason,
     Error,
+    ServerTtft,
 }
 
 impl Field {
-    pub const ALL: [Field; 15] = [
+    pub const ALL: [Field; 16] = [
         Field::Cell,
         Field::Traj,
         Field::TrajId,
@@ -78,6 +79,7 @@ impl Field {
         Field::ThinkTime,
         Field::FinishReason,
         Field::Error,
+        Field::ServerTtft,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +99,7 @@ impl Field {
             Field::ThinkTime => "think_time",
             Field::FinishReason => "finish_reason",
             Field::Error => "error",
+            Field::ServerTtft => "server_ttft",
         }
     }
 
@@ -109,6 +112,7 @@ impl Field {
                 | Field::ItlMean
                 | Field::ItlP99
                 | Field::ThinkTime
+                | Field::ServerTtft
         )
     }
 }
@@ -616,6 +620,7 @@ impl Table {
                 Field::Error => ints(field, &|_, r| {
                     Some(r.error.as_deref().map_or(0, |s| error_code[s] as u64 + 1))
                 })?,
+                Field::ServerTtft => floats(&|r| r.server_ttft),
             };
             columns.push(col);
         }

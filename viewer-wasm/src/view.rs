@@ -51,6 +51,8 @@ struct Scan {
     matched: u64,
     skipped_error: u64,
     skipped_missing: u64,
+    /// Which cells ([`crate::table::Meta::cells`]) have a record that passed the filters.
+    cells: Vec<bool>,
 }
 
 impl Scan {
@@ -150,6 +152,8 @@ pub struct Groups {
     pub matched: u64,
     pub skipped_error: u64,
     pub skipped_missing: u64,
+    /// Which cells ([`crate::table::Meta::cells`]) have a record that passed the filters.
+    pub cells: Vec<bool>,
 }
 
 /// How the codes of a dimension read: numbers, or a dictionary.
@@ -227,6 +231,11 @@ pub struct View {
     pub skipped_error: u64,
     /// Of those, skipped because the metric is missing.
     pub skipped_missing: u64,
+    /// What every point pools that the view neither groups nor splits by, when more than one
+    /// (e.g. "2 GPUs: a100-80gb, h100"); empty when nothing is pooled.
+    pub pooled: Vec<String>,
+    /// The points pool simulated and real runs.
+    pub pools_simulated_and_real: bool,
     pub rows: Vec<Row>,
 }
 
@@ -268,6 +277,7 @@ pub struct RecordRow {
     pub turn: u32,
     pub t_send: f64,
     pub ttft: Option<f64>,
+    pub server_ttft: Option<f64>,
     pub e2e: Option<f64>,
     pub itl_mean: Option<f64>,
     pub itl_p99: Option<f64>,
@@ -495,6 +505,8 @@ impl Table {
         match metric {
             Metric::Ttft => col(Field::Ttft, out),
             Metric::E2e => col(Field::E2e, out),
+            Metric::ServerTtft => col(Field::ServerTtft, out),
+            Metric::TtftOutside => zip(Field::Ttft, Field::ServerTtft, out, |c, s| c - s),
             Metric::ItlMean => col(Field::ItlMean, out),
             Metric::ItlP99 => col(Field::ItlP99, out),
             Metric::PromptTokens => col(Field::PromptTokens, out),
@@ -528,8 +540,10 @@ impl Table {
             Metric::Tpot => {
                 zip(Field::E2e, Field::Ttft, out, |e2e, ttft| e2e - ttft);
                 self.column(Field::CompletionTokens).values_into(start, tmp);
+                // No time after the first content (every token in the first chunk): no
+                // decode time seen, so no time per token (as `TurnRecord::tpot`).
                 out.iter_mut().zip(tmp.iter()).for_each(|(span, n)| {
-                    *span = if *n >= 2.0 {
+                    *span = if *n >= 2.0 && *span > 0.0 {
                         *span / (n - 1.0)
                     } else {
                         f64::NAN
@@ -593,8 +607,64 @@ impl Table {
             used: g.n.iter().sum(),
             skipped_error: g.skipped_error,
             skipped_missing: g.skipped_missing,
+            pooled: self.pooled(query, &g.cells),
+            pools_simulated_and_real: {
+                let (dims_used, runs) = (
+                    [Some(query.group), query.series],
+                    self.matched_codes(Dim::Run, &g.cells),
+                );
+                !dims_used.contains(&Some(Dim::Run))
+                    && runs.iter().any(|r| self.meta.runs[*r as usize].simulated)
+                    && runs.iter().any(|r| !self.meta.runs[*r as usize].simulated)
+            },
             rows: Vec::new(),
         }
+    }
+
+    /// The codes along `dim` (run, GPU, cache mode or concurrency) of the cells marked in
+    /// `cells`, sorted, without repeats.
+    fn matched_codes(&self, dim: Dim, cells: &[bool]) -> Vec<u32> {
+        let mut codes: Vec<u32> = self
+            .meta
+            .cells
+            .iter()
+            .zip(cells)
+            .filter(|(_, on)| **on)
+            .map(|(c, _)| match dim {
+                Dim::Run => c.run,
+                Dim::Gpu => c.gpu,
+                Dim::CacheMode => CacheMode::ALL
+                    .iter()
+                    .position(|m| *m == c.cache_mode)
+                    .unwrap_or(0) as u32,
+                _ => c.concurrency,
+            })
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+    }
+
+    /// See [`View::pooled`].
+    fn pooled(&self, query: &Query, cells: &[bool]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (dim, plural) in [
+            (Dim::Run, "runs"),
+            (Dim::Gpu, "GPUs"),
+            (Dim::CacheMode, "cache modes"),
+            (Dim::Concurrency, "concurrencies"),
+        ] {
+            if query.group == dim || query.series == Some(dim) {
+                continue;
+            }
+            let codes = self.matched_codes(dim, cells);
+            if codes.len() < 2 {
+                continue;
+            }
+            let names: Vec<String> = codes.iter().map(|k| self.key_text(dim, *k).1).collect();
+            out.push(format!("{} {plural}: {}", codes.len(), names.join(", ")));
+        }
+        out
     }
 
     /// How the codes of `dim` in [`Groups`] read as raw values and labels.
@@ -700,6 +770,7 @@ impl Table {
             matched: 0,
             skipped_error: 0,
             skipped_missing: 0,
+            cells: vec![false; self.meta.cells.len()],
         };
         let mut block = Block {
             keep: [false; BLOCK],
@@ -713,6 +784,12 @@ impl Table {
         while start < rows {
             let len = BLOCK.min(rows - start);
             if self.fill_block(query, &sel, &group_lut, &series_lut, start, len, &mut block) {
+                let cell = self.column(Field::Cell);
+                for (i, keep) in block.keep[..len].iter().enumerate() {
+                    if *keep {
+                        scan.cells[cell.code(start + i) as usize] = true;
+                    }
+                }
                 scan.add_block(&block, len);
             }
             start += len;
@@ -726,6 +803,7 @@ impl Table {
             matched,
             skipped_error,
             skipped_missing,
+            cells,
             ..
         } = scan;
 
@@ -768,6 +846,7 @@ impl Table {
             matched,
             skipped_error,
             skipped_missing,
+            cells,
         };
         for g in order {
             let g = g as usize;
@@ -849,6 +928,7 @@ impl Table {
             turn: self.column(Field::Turn).code(i),
             t_send: v(Field::TSend).unwrap_or(f64::NAN),
             ttft: v(Field::Ttft),
+            server_ttft: v(Field::ServerTtft),
             e2e: v(Field::E2e),
             itl_mean: v(Field::ItlMean),
             itl_p99: v(Field::ItlP99),

@@ -47,7 +47,7 @@ fn record(gpu: &str, mode: CacheMode, conc: u32, traj: u32, turn: u32, seed: u64
         finish_reason: Some(if turn % 5 == 4 { "length" } else { "stop" }.to_string()),
         error: None,
         in_flight: conc,
-        server_ttft: None,
+        server_ttft: (!seed.is_multiple_of(3)).then(|| ttft * (0.5 + jitter(seed + 6) * 0.4)),
     }
 }
 
@@ -63,6 +63,10 @@ fn fixture() -> Vec<TurnRecord> {
                     for turn in 0..8 {
                         seed += 7;
                         let mut r = record(gpu, mode, conc, traj, turn, seed);
+                        if seed % 41 == 0 {
+                            // Every token in the first chunk: no time after it.
+                            r.e2e = r.ttft;
+                        }
                         if seed % 53 == 0 {
                             r.error = Some("stream ended early".to_string());
                             r.finish_reason = None;
@@ -100,9 +104,11 @@ fn reference_metric(metric: &str, r: &TurnRecord) -> Option<f64> {
         "e2e" => r.e2e.map(f32r),
         "tpot" => {
             let n = r.completion_tokens? as f64;
-            (n >= 2.0).then_some(())?;
-            Some((f32r(r.e2e?) - f32r(r.ttft?)) / (n - 1.0))
+            let decode = f32r(r.e2e?) - f32r(r.ttft?);
+            (n >= 2.0 && decode > 0.0).then(|| decode / (n - 1.0))
         }
+        "server_ttft" => r.server_ttft.map(f32r),
+        "ttft_outside" => Some(f32r(r.ttft?) - f32r(r.server_ttft?)),
         "cached_tokens" => r.cached_tokens.map(|x| x as f64),
         "cache_hit_ratio" => {
             let p = r.prompt_tokens? as f64;
@@ -140,6 +146,8 @@ fn every_aggregate_of_every_group_matches_the_reference() {
         "ttft",
         "e2e",
         "tpot",
+        "server_ttft",
+        "ttft_outside",
         "cached_tokens",
         "cache_hit_ratio",
         "new_prompt_tokens",
@@ -861,4 +869,50 @@ fn a_token_count_no_u32_holds_reads_as_missing_instead_of_failing_the_table() {
     let v = t.column(Field::CompletionTokens).values();
     assert!(v[0].is_nan(), "{v:?}");
     assert_eq!(v[1], 40.0);
+}
+
+#[test]
+fn a_view_says_what_its_points_pool() {
+    let records = fixture();
+    let t = table(&records);
+    let view = |hash: &str| t.view(&Query::parse(hash).unwrap());
+    // By turn, unfiltered: every point mixes both GPUs, all cache modes and concurrencies.
+    let v = view("metric=ttft&agg=p50&group=turn");
+    assert_eq!(
+        v.pooled,
+        [
+            "2 GPUs: 1, h100",
+            "3 cache modes: prefix, session, none",
+            "2 concurrencies: 1, 4"
+        ]
+    );
+    assert!(!v.pools_simulated_and_real);
+    // What the view groups, splits or filters to one value is not pooled.
+    let v = view("metric=ttft&agg=p50&group=gpu&series=cache_mode&concurrency=4");
+    assert!(v.pooled.is_empty(), "{:?}", v.pooled);
+    // Pooled means: a record of it passed the filters (none of GPU "1" at turn 9 but one).
+    let v = view("metric=ttft&agg=p50&group=turn&turn=9");
+    assert!(v.pooled.is_empty(), "{:?}", v.pooled);
+
+    // Two runs, one simulated: pooling them says so, grouping by run does not.
+    let half = records.len() / 2;
+    let t = Table::from_runs(&[
+        RunSource {
+            run_id: "sim",
+            simulated: true,
+            records: &records[..half],
+        },
+        RunSource {
+            run_id: "real",
+            simulated: false,
+            records: &records[half..],
+        },
+    ])
+    .unwrap();
+    let v = t.view(&Query::parse("metric=ttft&agg=p50&group=turn&series=cache_mode").unwrap());
+    assert!(v.pooled[0].starts_with("2 runs: "), "{:?}", v.pooled);
+    assert!(v.pools_simulated_and_real);
+    let v = t.view(&Query::parse("metric=ttft&agg=p50&group=run&series=cache_mode").unwrap());
+    assert!(!v.pools_simulated_and_real);
+    assert!(!v.pooled.iter().any(|p| p.contains("runs")));
 }

@@ -178,12 +178,18 @@
     return note;
   }
 
+  // "p50 of TTFT (s)"; a count has no unit: "count of TTFT".
+  function aggLabel(view) {
+    var metric = view.agg === "count" ? view.metric_label.replace(/ \([^()]*\)$/, "") : view.metric_label;
+    return view.agg + " of " + metric;
+  }
+
   function renderTable(view) {
     var table = $("view-table");
     table.textContent = "";
     var names = [view.group_label];
     if (view.series) names.push(view.series_label);
-    names.push(view.agg + " of " + view.metric_label, "records used", "skipped");
+    names.push(aggLabel(view), "records used", "skipped");
     headerRow(table, names);
     var tbody = document.createElement("tbody");
     var shown = Math.min(view.length, TABLE_ROWS);
@@ -333,7 +339,7 @@
         // at plotly's fractions between them (when there are few enough to label).
         tickvals: integerTicks(view.group, traces)
       },
-      yaxis: { title: { text: plotlyText(view.chart === "box" ? view.metric_label : view.agg + " of " + view.metric_label) } },
+      yaxis: { title: { text: plotlyText(view.chart === "box" ? view.metric_label : aggLabel(view)) } },
       showlegend: traces.length > 1,
       hovermode: "closest"
     };
@@ -353,7 +359,7 @@
   }
 
   var RECORD_COLUMNS = ["run", "gpu", "cache_mode", "concurrency", "traj", "traj_id", "turn", "t_send",
-    "ttft", "e2e", "itl_mean", "itl_p99", "prompt_tokens", "cached_tokens", "completion_tokens",
+    "ttft", "server_ttft", "e2e", "itl_mean", "itl_p99", "prompt_tokens", "cached_tokens", "completion_tokens",
     "think_time", "finish_reason", "error"];
   var TEXT_COLUMNS = { run: 1, gpu: 1, cache_mode: 1, traj_id: 1, finish_reason: 1, error: 1 };
 
@@ -460,6 +466,18 @@
   }
   api.runQuery = runQuery;
 
+  // What every point of the view mixes that it neither groups nor splits by.
+  function renderPooled(view) {
+    var p = $("view-pooled");
+    var pooled = view && view.matched > 0 ? view.pooled : [];
+    p.hidden = pooled.length === 0;
+    p.className = view && view.pools_simulated_and_real ? "warning" : "note";
+    p.textContent = pooled.length === 0 ? "" : "Each point pools " + pooled.join("; ") + "." +
+      (view.pools_simulated_and_real ? " That mixes simulated and real runs." : "") +
+      " Filter, group or split by one of them to tell them apart.";
+    p.setAttribute("data-pooled", String(pooled.length));
+  }
+
   function render() {
     var hash = currentHash();
     var unknown = syncControls(hash);
@@ -475,6 +493,7 @@
       api.view = null;
       $("view-table").textContent = "";
       tableNote().hidden = true;
+      renderPooled(null);
       $("view-skipped").textContent = "";
       chartMessage("");
       $("download-csv").disabled = true;
@@ -488,6 +507,7 @@
     } else {
       setStatus(options.rows + " records loaded.", false);
     }
+    renderPooled(view);
     renderTable(view);
     renderChart(view);
     $("download-csv").disabled = view.length === 0;

@@ -68,8 +68,8 @@ pub async fn assert_charts_rendered(browser: &Browser, page: &str) -> usize {
     if folded > 0 {
         browser
             .eval::<()>(
-                "var d = document.querySelector('details'); d.open = true; \
-                 d.querySelector('.chart').scrollIntoView();",
+                "var c = document.querySelector('details .chart'); c.closest('details').open = true; \
+                 c.scrollIntoView();",
             )
             .await
             .unwrap();

@@ -51,8 +51,8 @@ fn metric(v: &Value, name: &str) -> Option<f64> {
         "cached_tokens" | "prompt_tokens" => f(name),
         "tpot" => {
             let n = f("completion_tokens")?;
-            (n >= 2.0).then_some(())?;
-            Some((f32r(f("e2e")?) - f32r(f("ttft")?)) / (n - 1.0))
+            let decode = f32r(f("e2e")?) - f32r(f("ttft")?);
+            (n >= 2.0 && decode > 0.0).then(|| decode / (n - 1.0))
         }
         other => panic!("no reference for {other}"),
     }
@@ -252,9 +252,20 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
         ),
     );
 
+    // The landing view pools both runs (and their GPUs and concurrencies), and says so.
+    let pooled = "var p = document.getElementById('view-pooled'); \
+                  return [p.hidden, p.textContent];";
+    let (hidden, text): (bool, String) = browser.eval(pooled).await.unwrap();
+    assert!(
+        !hidden && text.starts_with("Each point pools 2 runs: ") && text.contains(HOSTILE_RUN_ID),
+        "{text}"
+    );
+
     // A hash per kind of view; the expected table from the JSON lines of the measured run.
     let hash = format!("metric=ttft&agg=p90&group=turn&series=concurrency&run=viewer-run&gpu={gpu}&cache_mode=prefix");
     let got = open_view(browser, &page, &hash).await;
+    let (hidden, text): (bool, String) = browser.eval(pooled).await.unwrap();
+    assert!(hidden && text.is_empty(), "one run, GPU and mode: {text}");
     let keep = |v: &Value| v["gpu"] == gpu.as_str() && v["cache_mode"] == "prefix";
     assert_table(
         &hash,
@@ -608,6 +619,7 @@ fn viewer_files_and_wasm_budget() {
             run_id: "files",
             simulated: true,
             zero_cost: false,
+            caveats: vec![],
             records: &records,
         }],
     )
@@ -666,6 +678,7 @@ async fn bench() {
             run_id: "bench",
             simulated: true,
             zero_cost: false,
+            caveats: vec![],
             records: &records,
         }],
     )
