@@ -320,8 +320,9 @@
       } else {
         traces.push({
           type: view.chart === "bar" ? "bar" : "scatter",
-          // Thousands of SVG markers are slow to draw; the line alone carries the shape.
-          mode: s.index.length > MARKER_LIMIT ? "lines" : "lines+markers", name: name,
+          // Thousands of SVG markers are slow to draw; the line alone carries the shape. Named
+          // groups (GPU, cache mode, run…) have no order between them: points, no line.
+          mode: !numeric ? "markers" : s.index.length > MARKER_LIMIT ? "lines" : "lines+markers", name: name,
           x: s.index.map(xOf), y: s.index.map(valueOf),
           marker: { color: color }, line: { color: color },
           customdata: s.index

@@ -325,6 +325,10 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
             "mean",
         ),
     );
+    // Cache modes have no order between them: a line chart draws their points, no line
+    // (a numeric group, as turn index, keeps its line).
+    let mode = "return document.getElementById('view-chart').data[0].mode;";
+    assert_eq!(browser.eval::<String>(mode).await.unwrap(), "markers");
 
     let hash = "metric=tpot&agg=p99&group=t_send&run=viewer-run&turn=1-3".to_string();
     let got = open_view(browser, &page, &hash).await;
