@@ -165,6 +165,9 @@ pub struct IndexPage {
     pub speedups: Vec<SpeedupRow>,
     /// Runs with no engine cost, left out of everything that compares GPUs or cache modes.
     pub harness_runs: Vec<String>,
+    /// When the runs compared ran different workloads: each run with its workload
+    /// ([`workload`]); empty when they all ran the same one.
+    pub workloads: Vec<(String, String)>,
     pub charts: Vec<ChartSpec>,
     /// Site-relative links to the spreadsheet exports: the turns CSV (one file or its parts,
     /// see [`crate::data::turns_csv_files`]) then `data/summary.csv`.
@@ -1205,9 +1208,64 @@ fn index_page(
         speedup_modes,
         speedups,
         harness_runs,
+        workloads: {
+            let compared: Vec<(String, String)> = runs
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RunData::Measured(m) if !m.manifest.zero_cost() => {
+                        Some((r.id().to_string(), workload(&m.manifest)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let kinds: BTreeSet<&str> = compared.iter().map(|w| w.1.as_str()).collect();
+            if kinds.len() > 1 {
+                compared
+            } else {
+                Vec::new()
+            }
+        },
         charts: charts_out,
         data_files: Vec::new(),
     }
+}
+
+/// What a run made the server do, as far as it decides the numbers: the model, the dataset's
+/// content (its hash, else its source), size and history, and the generation settings. Two
+/// runs of one workload differ only by GPU, server and configuration.
+fn workload(man: &Manifest) -> String {
+    let d = &man.dataset;
+    let sim_model = man.backend.sim.as_ref().map(|s| s.model.as_str());
+    let model = joined(
+        man.servers
+            .iter()
+            .filter_map(|s| s.model_path.as_deref())
+            .chain(sim_model),
+    );
+    let content = d
+        .content_hash
+        .as_deref()
+        .map_or_else(|| d.source.clone(), |h| format!("sha256 {}", prefix(h, 12)));
+    let history = match d.history {
+        turnbench_schema::HistorySource::Generated => "generated",
+        turnbench_schema::HistorySource::Recorded => "recorded",
+    };
+    let plan = |k: &str| {
+        man.plan.get(k).map_or_else(
+            || "—".to_string(),
+            |v| v.to_string().trim_matches('"').to_string(),
+        )
+    };
+    format!(
+        "model {model}; {} data {content}, {} trajectories, {} turns, history {history}; \
+         max_new_tokens {}, temperature {}, output lengths {}",
+        d.kind,
+        d.trajectories,
+        d.turns,
+        plan("max_new_tokens"),
+        plan("temperature"),
+        plan("output_len"),
+    )
 }
 
 /// A trade-off chart's title, its latency axis, and that latency of a cell (if it has one).

@@ -1011,3 +1011,25 @@ fn failures_that_differ_only_in_their_numbers_are_one_row() {
         "{table}"
     );
 }
+
+#[test]
+fn runs_of_different_workloads_are_said_to_be_so_where_they_are_compared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = write_run(tmp.path(), "a", &tiny_spec("a"));
+    // The same workload again (another run id): nothing to say.
+    let same = write_run(tmp.path(), "same", &tiny_spec("same"));
+    let site = tmp.path().join("site");
+    build(&[a.clone(), same], &site, None);
+    assert!(!read(&site.join("index.html")).contains("id=\"workloads\""));
+    // Longer trajectories: another workload, named with each run's.
+    let mut longer = tiny_spec("longer");
+    longer.turns += 2;
+    let longer = write_run(tmp.path(), "longer", &longer);
+    build(&[a, longer], &site, None);
+    let index = read(&site.join("index.html"));
+    let at = index.find("id=\"workloads\"").expect("a workload warning");
+    let warning = &index[at..at + index[at..].find("</p>").unwrap()];
+    for want in ["run a: ", "9 turns", "run longer: ", "15 turns"] {
+        assert!(warning.contains(want), "{want}: {warning}");
+    }
+}
