@@ -531,7 +531,27 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         infos.push(server_info(s, api_key.clone()).await);
     }
     if plan.backend == BackendChoice::Attach {
-        if let Err(e) = check_attached_cache(&plan, &infos) {
+        let mut checked = check_attached_cache(&plan, &infos);
+        if let (Ok(()), Some(m)) = (&checked, &old_manifest) {
+            // Attached servers may have moved (`--url`), but must be the ones the run started on.
+            for (now, _) in &infos {
+                if let Some(was) = m.servers.iter().find(|s| s.gpu == now.gpu) {
+                    let changes = server_changes(was, now);
+                    if !changes.is_empty() {
+                        checked = Err(anyhow::anyhow!(
+                            "--resume {run_id}: GPU {}: the server at {} is not the one the run \
+                             started on ({}): its cells would measure another configuration; \
+                             attach a server like the first",
+                            now.gpu,
+                            now.url,
+                            changes.join("; ")
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = checked {
             for s in servers {
                 s.stop().await;
             }
@@ -988,10 +1008,39 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
                         let t0 = std::time::Instant::now();
                         while !client.answers().await {
                             if t0.elapsed() >= wait {
-                                bail!("{cell_name}: {down}; {resume}");
+                                bail!(
+                                    "{cell_name}: {down}, and did not answer again within \
+                                     {:.0} s (launch_timeout_s); {resume}",
+                                    wait.as_secs_f64()
+                                );
                             }
                             tokio::time::sleep(Duration::from_secs(2)).await;
                         }
+                        // What answers may be another server (restarted with other flags, or
+                        // another model): measured as this GPU's, it would be another setup.
+                        let (info, _) = server_info(&server, api_key.clone()).await;
+                        let was = manifest
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .servers
+                            .iter()
+                            .rev()
+                            .find(|s| s.gpu == gpu)
+                            .cloned();
+                        if let Some(was) = was {
+                            let changes = server_changes(&was, &info);
+                            if !changes.is_empty() {
+                                bail!(
+                                    "{cell_name}: the server that answers again at {} is not the \
+                                     one this GPU ran on ({}); {resume} once it is",
+                                    server.url,
+                                    changes.join("; ")
+                                );
+                            }
+                        }
+                        let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
+                        m.servers.push(info);
+                        record::write_json_atomic(&dir.join(files::MANIFEST), &*m)?;
                     } else {
                         server.stop().await;
                         server = Server::start(plan, &gpu, radix, logs, &keys)
@@ -1241,6 +1290,83 @@ fn sim_info(v: &Value) -> Option<SimInfo> {
         zero_cost: matches!(s.get("time_scale"), Some(Value::String(x)) if x == "inf")
             || scale.is_infinite(),
     })
+}
+
+/// How `now` differs from `was` in what decides a server's numbers (model, KV pool, batch
+/// limits, radix cache, and a simulator's GPU profile and time scale), each named with both
+/// values; what either server does not say is not compared.
+fn server_changes(was: &ServerInfo, now: &ServerInfo) -> Vec<String> {
+    fn differ<T: PartialEq + std::fmt::Display>(
+        out: &mut Vec<String>,
+        name: &str,
+        was: Option<T>,
+        now: Option<T>,
+    ) {
+        if let (Some(a), Some(b)) = (was, now) {
+            if a != b {
+                out.push(format!("{name} {b}, was {a}"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    differ(
+        &mut out,
+        "model",
+        was.model_path.as_deref(),
+        now.model_path.as_deref(),
+    );
+    differ(
+        &mut out,
+        "disable_radix_cache",
+        was.disable_radix_cache,
+        now.disable_radix_cache,
+    );
+    differ(
+        &mut out,
+        "max_total_num_tokens",
+        was.max_total_num_tokens,
+        now.max_total_num_tokens,
+    );
+    differ(
+        &mut out,
+        "max_running_requests",
+        was.max_running_requests,
+        now.max_running_requests,
+    );
+    differ(
+        &mut out,
+        "chunked_prefill_size",
+        was.chunked_prefill_size,
+        now.chunked_prefill_size,
+    );
+    let sim = |s: &ServerInfo| s.raw.get("server_info").and_then(sim_info);
+    let (a, b) = (sim(was), sim(now));
+    differ(
+        &mut out,
+        "simulated GPU",
+        a.as_ref().map(|s| s.gpu_profile.as_str()),
+        b.as_ref().map(|s| s.gpu_profile.as_str()),
+    );
+    differ(
+        &mut out,
+        "time scale",
+        a.as_ref().map(|s| s.time_scale),
+        b.as_ref().map(|s| s.time_scale),
+    );
+    // (A server whose info could not be read says nothing either way.)
+    let known = |s: &ServerInfo| s.raw.get("server_info").is_some_and(Value::is_object);
+    if a.is_some() != b.is_some() && known(was) && known(now) {
+        out.push(format!(
+            "{} engine, was {}",
+            if b.is_some() { "a simulated" } else { "a real" },
+            if a.is_some() {
+                "a simulated one"
+            } else {
+                "a real one"
+            }
+        ));
+    }
+    out
 }
 
 /// Read `/get_server_info` and `/get_model_info` (secrets removed).

@@ -531,6 +531,41 @@ fn an_attached_server_that_dies_is_waited_for_and_its_cell_rerun() {
     assert!(run.turns().iter().any(|r| r.attempt == 1));
 }
 
+#[test]
+fn an_attached_server_that_comes_back_as_another_is_not_measured_as_the_same() {
+    // Restarted with another GPU profile (as a real server with other flags or another model):
+    // its answers would be recorded under the first's label, so the GPU stops, resumably.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = spawn_sim(port, "1000", &["--sim-fault", "exit-after=5"]);
+    let url = format!("http://127.0.0.1:{port}");
+    let restarter = std::thread::spawn(move || {
+        first.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        spawn_sim(port, "1000", &["--sim-gpu", "a100-40gb"])
+    });
+    let args = small_with(
+        tmp.path(),
+        "swapped",
+        &[
+            ("--backend", "attach"),
+            ("--url", &url),
+            ("--gpus", "sim"),
+            ("--cache-modes", "prefix"),
+        ],
+    );
+    let err = run_err(&args);
+    let mut second = restarter.join().unwrap();
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(
+        err.contains("is not the one this GPU ran on")
+            && err.contains("simulated GPU a100-40gb, was h100")
+            && err.contains("--resume swapped"),
+        "{err}"
+    );
+}
+
 /// A port and the flags of a sweep that launches serve-sim there, slow enough (engine time
 /// 20× wall, tool time replayed) to be interrupted midway.
 fn slow_launch(tmp: &Path, id: &str) -> (u16, Vec<String>) {
@@ -774,6 +809,22 @@ fn an_attached_run_is_finished_against_servers_that_moved() {
     };
     let err = run_err(&resume(&["--url", &url2, "--url", &url2]));
     assert!(err.contains("give as many --url"), "{err}");
+    // A server of another model and GPU is no server that moved.
+    let p3 = free_port();
+    let mut other = spawn_sim(
+        p3,
+        "20",
+        &["--model-path", "qwen2.5-7b", "--sim-gpu", "a100-40gb"],
+    );
+    let err = run_err(&resume(&["--url", &format!("http://127.0.0.1:{p3}")]));
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(
+        err.contains("not the one the run started on")
+            && err.contains("model qwen2.5-7b")
+            && err.contains("simulated GPU a100-40gb, was h100"),
+        "{err}"
+    );
     run_ok(&resume(&["--url", &url2]));
     let _ = second.kill();
     let _ = second.wait();
