@@ -391,13 +391,14 @@ fn replayed_think_time_is_slept_as_recorded() {
     // sleep's own overshoot, whatever this machine's speed (a debug build's step is ~0.25 ms).
     // A timer tick more is added to every gap (0.8–1.1 s more at the first quartile, with a
     // plain tokio sleep); a busy machine (tests in parallel) delays some gaps by as much, so
-    // the first quartiles are compared, not the medians.
+    // the first quartiles are compared, not the medians, with a margin of 0.6 (0.6 ms of
+    // wall time: one run in three of the whole suite on 2 cores went past 0.3).
     let extra = gaps_past_think_time("replay");
     assert!(extra[0] > -0.01, "never sooner: {extra:?}");
     let own = gaps_past_think_time("off");
     let (q1, own_q1) = (extra[extra.len() / 4], own[own.len() / 4]);
     assert!(
-        q1 - own_q1 < 0.3,
+        q1 - own_q1 < 0.6,
         "engine seconds past the think time at scale 1000: {extra:?}; without think time: {own:?}"
     );
 }
