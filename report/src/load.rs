@@ -236,11 +236,37 @@ pub fn load_all(inputs: &[Input]) -> Loaded {
 }
 
 /// Run ids are unique on the site. The same run given twice (a directory and its bundle) is
-/// used once; different runs that share an id (shards of several hosts run with one
-/// `--run-id`) are told apart as `ID (2)`, `ID (3)`…
+/// used once, and so is a run given in two states (a bundle packed part-way, and the run
+/// finished later): in its latest. Different runs that share an id (shards of several hosts
+/// run with one `--run-id`) are told apart as `ID (2)`, `ID (3)`…
 fn dedupe_ids(loaded: &mut Loaded) {
     let mut kept: Vec<Run> = Vec::new();
     for mut run in std::mem::take(&mut loaded.runs) {
+        if let Some(i) = kept
+            .iter()
+            .position(|k| k.id() == run.id() && (earlier_state(k, &run) || earlier_state(&run, k)))
+        {
+            let (older, newer) = if earlier_state(&kept[i], &run) {
+                (std::mem::replace(&mut kept[i], run), &kept[i])
+            } else {
+                (run, &kept[i])
+            };
+            let count = |r: &Run| match &r.data {
+                RunData::Measured(m) => m.records.len(),
+                RunData::Legacy(l) => l.turns.len(),
+            };
+            loaded.skipped.push(Skipped {
+                source: older.source.clone(),
+                reason: format!(
+                    "an earlier state of run {} ({} turn records; {} has {}), used in its latest",
+                    older.id(),
+                    count(&older),
+                    newer.source,
+                    count(newer)
+                ),
+            });
+            continue;
+        }
         if let Some(first) = kept
             .iter()
             .find(|k| k.id() == run.id() && same_run(k, &run))
@@ -268,6 +294,20 @@ fn dedupe_ids(loaded: &mut Loaded) {
         kept.push(run);
     }
     loaded.runs = kept;
+}
+
+/// `a` is an earlier state of run `b`: the same run (id and start), `b` holding every record
+/// `a` does and more (the results files only grow; a resume appends).
+fn earlier_state(a: &Run, b: &Run) -> bool {
+    match (&a.data, &b.data) {
+        (RunData::Measured(x), RunData::Measured(y)) => {
+            x.manifest.run_id == y.manifest.run_id
+                && x.manifest.created == y.manifest.created
+                && x.records.len() < y.records.len()
+                && y.records.starts_with(&x.records)
+        }
+        _ => false,
+    }
 }
 
 fn same_run(a: &Run, b: &Run) -> bool {

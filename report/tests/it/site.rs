@@ -1033,3 +1033,54 @@ fn runs_of_different_workloads_are_said_to_be_so_where_they_are_compared() {
         assert!(warning.contains(want), "{want}: {warning}");
     }
 }
+
+#[test]
+fn a_run_given_in_an_earlier_state_too_is_used_once_in_its_latest() {
+    // A bundle packed part-way and the run finished later: one run, not two sharing cells.
+    let tmp = tempfile::tempdir().unwrap();
+    let done = write_run(tmp.path(), "done", &tiny_spec("r"));
+    let early = tmp.path().join("early");
+    std::fs::create_dir(&early).unwrap();
+    for f in ["manifest.json", "telemetry.jsonl"] {
+        std::fs::copy(done.join(f), early.join(f)).unwrap();
+    }
+    let turns = read(&done.join("turns.jsonl"));
+    let first: Vec<&str> = turns.lines().take(10).collect();
+    std::fs::write(early.join("turns.jsonl"), first.join("\n") + "\n").unwrap();
+    let total = turns.lines().count();
+    for inputs in [[early.clone(), done.clone()], [done.clone(), early.clone()]] {
+        let site = tmp.path().join("site");
+        let report = build(&inputs, &site, None);
+        assert_eq!(report.runs, 1);
+        assert_eq!(report.skipped.len(), 1);
+        let skipped = &report.skipped[0];
+        assert_eq!(skipped.source, early.display().to_string());
+        assert!(
+            skipped
+                .reason
+                .contains("an earlier state of run r (10 turn records")
+                && skipped.reason.contains(&format!("has {total})")),
+            "{}",
+            skipped.reason
+        );
+        // Every cell once, with all of its turns.
+        let csv = read(&site.join("data/summary.csv"));
+        assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    }
+    // A run of another start sharing the id is another run (a shard), not an earlier state.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let manifest = read(&done.join("manifest.json"));
+    let created = serde_json::from_str::<serde_json::Value>(&manifest).unwrap()["created"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        other.join("manifest.json"),
+        manifest.replace(&created, "1999-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    std::fs::write(other.join("turns.jsonl"), first.join("\n") + "\n").unwrap();
+    let report = build(&[done, other], &tmp.path().join("site"), None);
+    assert_eq!(report.runs, 2);
+}
