@@ -232,8 +232,14 @@ fn setup(args: &SweepArgs) -> anyhow::Result<Setup> {
         } else {
             bail!("--resume {id}: no run directory {}", dir.display());
         };
-        let text = std::fs::read_to_string(&mpath)
-            .with_context(|| format!("--resume {id}: reading {}", mpath.display()))?;
+        let text = match std::fs::read_to_string(&mpath) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "--resume {id}: {} has no manifest: the run stopped before its servers were \
+                 ready, so nothing of it was run; start it again (--run-id {id} is free to use)",
+                dir.display()
+            ),
+            r => r.with_context(|| format!("--resume {id}: reading {}", mpath.display()))?,
+        };
         let manifest: Manifest = serde_json::from_str(&text)
             .with_context(|| format!("--resume {id}: parsing {}", mpath.display()))?;
         let mut plan = Plan::from_manifest(&manifest.plan)
@@ -726,7 +732,12 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     let result = tokio::select! {
         r = futures::future::join_all(gpu_runs) => gpu_errors(r.into_iter().filter_map(Result::err).collect()),
         sig = stop.recv() => Err(anyhow::anyhow!(
-            "interrupted ({sig}): servers stopped; finish the run with --resume {run_id}"
+            "interrupted ({sig}): {}; finish the run with --resume {run_id}",
+            if plan.backend == BackendChoice::Attach {
+                "the attached servers are left running"
+            } else {
+                "servers stopped"
+            }
         )),
     };
     ticker.abort();
@@ -737,6 +748,13 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         // What stopped the run comes first (a full disk fails the summary too).
         if let Err(w) = written {
             tracing::warn!("{w:#}");
+        }
+        let text = format!("{e:#}");
+        if !text.contains("--resume") {
+            // (A full disk, say: every record written is kept, and the run goes on from them.)
+            return Err(e.context(format!(
+                "the run stopped; completed records are kept: finish it with --resume {run_id}"
+            )));
         }
         return Err(e);
     }

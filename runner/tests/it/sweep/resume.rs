@@ -259,6 +259,14 @@ fn a_run_in_use_is_refused_to_a_second_sweep() {
     assert_eq!(after.manifest.servers.len(), done.manifest.servers.len());
     assert_eq!(after.raw.len(), done.raw.len());
 
+    // A run stopped before its manifest was written ran nothing: a resume says to start it.
+    std::fs::create_dir(tmp.path().join("early")).unwrap();
+    let err = run_err(&["sweep", "--quiet", "--out", &out, "--resume", "early"].map(String::from));
+    assert!(
+        err.contains("nothing of it was run") && err.contains("--run-id early"),
+        "{err}"
+    );
+
     let orphan = tmp.path().join("orphan");
     std::fs::create_dir(&orphan).unwrap();
     std::fs::write(orphan.join("turns.jsonl"), "{}\n").unwrap();
