@@ -57,10 +57,15 @@ impl Table {
         };
         let modes: BTreeSet<_> = m.cells.iter().map(|c| c.cache_mode).collect();
         let conc: BTreeSet<u32> = m.cells.iter().map(|c| c.concurrency).collect();
-        let mut finish = vec![Choice {
-            key: String::new(),
-            label: "(none)".to_string(),
-        }];
+        // "(none)" (no finish reason: mostly failed turns) only when some record has none.
+        let fr = self.column(Field::FinishReason);
+        let mut finish = Vec::new();
+        if (0..fr.len()).any(|i| fr.code(i) == 0) {
+            finish.push(Choice {
+                key: String::new(),
+                label: "(none)".to_string(),
+            });
+        }
         finish.extend(m.finish_reasons.iter().cloned().map(same));
         Options {
             rows: m.rows,

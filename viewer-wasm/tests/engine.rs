@@ -916,3 +916,22 @@ fn a_view_says_what_its_points_pool() {
     assert!(!v.pools_simulated_and_real);
     assert!(!v.pooled.iter().any(|p| p.contains("runs")));
 }
+
+#[test]
+fn the_finish_reason_filter_offers_none_only_when_a_record_has_none() {
+    let records = fixture();
+    assert!(records.iter().any(|r| r.finish_reason.is_none()));
+    let keys = |t: &Table| -> Vec<String> {
+        t.options()
+            .finish_reason
+            .iter()
+            .map(|c| c.key.clone())
+            .collect()
+    };
+    assert_eq!(keys(&table(&records)), ["", "length", "stop"]);
+    let finished: Vec<TurnRecord> = records
+        .into_iter()
+        .filter(|r| r.finish_reason.is_some())
+        .collect();
+    assert_eq!(keys(&table(&finished)), ["length", "stop"]);
+}
