@@ -426,15 +426,20 @@ fn run_meta(run: &Run, agg: &Option<RunAggregate>) -> RunMeta {
     }
 }
 
-fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
-    let man: &Manifest = &m.manifest;
+/// The model(s) a run's servers served (or the simulator modelled).
+fn model_of(man: &Manifest) -> String {
     let sim_model = man.backend.sim.as_ref().map(|s| s.model.as_str());
-    let model = joined(
+    joined(
         man.servers
             .iter()
             .filter_map(|s| s.model_path.as_deref())
             .chain(sim_model),
-    );
+    )
+}
+
+fn measured_meta(run: &Run, m: &MeasuredRun) -> RunMeta {
+    let man: &Manifest = &m.manifest;
+    let model = model_of(man);
     let versions = joined(man.servers.iter().filter_map(|s| s.version.as_deref()));
     let kind = match man.backend.kind {
         turnbench_schema::BackendKind::Sglang => "SGLang",
@@ -1235,13 +1240,7 @@ fn index_page(
 /// runs of one workload differ only by GPU, server and configuration.
 fn workload(man: &Manifest) -> String {
     let d = &man.dataset;
-    let sim_model = man.backend.sim.as_ref().map(|s| s.model.as_str());
-    let model = joined(
-        man.servers
-            .iter()
-            .filter_map(|s| s.model_path.as_deref())
-            .chain(sim_model),
-    );
+    let model = model_of(man);
     let content = d
         .content_hash
         .as_deref()

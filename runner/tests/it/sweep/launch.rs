@@ -493,35 +493,48 @@ fn a_gpu_that_stops_says_so_at_once_and_the_others_finish() {
     assert!(gpu0.iter().all(|r| r.error.is_none()));
 }
 
-#[test]
-fn an_attached_server_that_dies_is_waited_for_and_its_cell_rerun() {
-    let tmp = tempfile::tempdir().unwrap();
+/// An attached sweep (run `id`, cache modes `modes`) against a serve-sim that exits after 5
+/// answers and is brought back on the same port 4 s later (after the runner has found it gone:
+/// it asks for ~1.5 s) with `restart_flags`: the sweep's output, once the second server is
+/// stopped.
+fn attached_to_a_server_that_restarts(
+    tmp: &Path,
+    id: &str,
+    modes: &str,
+    restart_flags: &'static [&'static str],
+) -> std::process::Output {
     let port = free_port();
     let mut first = spawn_sim(port, "1000", &["--sim-fault", "exit-after=5"]);
     let url = format!("http://127.0.0.1:{port}");
-    // Brought back on the same port 4 s after it died (after the runner has found it gone:
-    // it asks for ~1.5 s).
     let restarter = std::thread::spawn(move || {
         first.wait().unwrap();
         std::thread::sleep(std::time::Duration::from_secs(4));
-        spawn_sim(port, "1000", &[])
+        spawn_sim(port, "1000", restart_flags)
     });
     let args = small_with(
-        tmp.path(),
-        "attached",
+        tmp,
+        id,
         &[
             ("--backend", "attach"),
             ("--url", &url),
             ("--gpus", "sim"),
-            ("--cache-modes", "prefix,session"),
+            ("--cache-modes", modes),
         ],
     );
-    let out = run_ok(&args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("waiting up to"), "{err}");
+    let out = runner().args(&args).output().expect("runner starts");
     let mut second = restarter.join().unwrap();
     let _ = second.kill();
     let _ = second.wait();
+    out
+}
+
+#[test]
+fn an_attached_server_that_dies_is_waited_for_and_its_cell_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = attached_to_a_server_that_restarts(tmp.path(), "attached", "prefix,session", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("waiting up to"), "{err}");
     let run = Run::load(&tmp.path().join("attached"));
     run.assert_complete(&[4, 4]);
     assert!(
@@ -529,6 +542,8 @@ fn an_attached_server_that_dies_is_waited_for_and_its_cell_rerun() {
         "no turn failed"
     );
     assert!(run.turns().iter().any(|r| r.attempt == 1));
+    // The server that answered again is listed with the one that started.
+    assert_eq!(run.manifest.servers.len(), 2);
 }
 
 #[test]
@@ -536,28 +551,14 @@ fn an_attached_server_that_comes_back_as_another_is_not_measured_as_the_same() {
     // Restarted with another GPU profile (as a real server with other flags or another model):
     // its answers would be recorded under the first's label, so the GPU stops, resumably.
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut first = spawn_sim(port, "1000", &["--sim-fault", "exit-after=5"]);
-    let url = format!("http://127.0.0.1:{port}");
-    let restarter = std::thread::spawn(move || {
-        first.wait().unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(4));
-        spawn_sim(port, "1000", &["--sim-gpu", "a100-40gb"])
-    });
-    let args = small_with(
+    let out = attached_to_a_server_that_restarts(
         tmp.path(),
         "swapped",
-        &[
-            ("--backend", "attach"),
-            ("--url", &url),
-            ("--gpus", "sim"),
-            ("--cache-modes", "prefix"),
-        ],
+        "prefix",
+        &["--sim-gpu", "a100-40gb"],
     );
-    let err = run_err(&args);
-    let mut second = restarter.join().unwrap();
-    let _ = second.kill();
-    let _ = second.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(
         err.contains("is not the one this GPU ran on")
             && err.contains("simulated GPU a100-40gb, was h100")
