@@ -32,6 +32,29 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
+/// The real-time and the monotonic clock read at one moment: the real-time reading with the
+/// midpoint of two monotonic readings around it. A thread preempted between two reads would
+/// otherwise shift a stamp taken across clocks by the preemption (milliseconds on a busy
+/// CPU); a wide bracket is read again, and the narrowest of three is kept.
+fn clock_pair() -> (SystemTime, Instant) {
+    let mut best: Option<(Duration, SystemTime, Instant)> = None;
+    for _ in 0..3 {
+        let before = Instant::now();
+        let real = SystemTime::now();
+        let after = Instant::now();
+        let gap = after - before;
+        let mid = before + gap / 2;
+        if gap <= Duration::from_micros(2) {
+            return (real, mid);
+        }
+        if best.is_none_or(|b| gap < b.0) {
+            best = Some((gap, real, mid));
+        }
+    }
+    let (_, real, mid) = best.expect("three readings");
+    (real, mid)
+}
+
 /// The origin of stored arrivals (the first use in this process).
 pub fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -161,9 +184,9 @@ impl StampedTcp {
     /// Record the arrival of a read that just returned: its kernel stamp taken back onto the
     /// monotonic clock, kept within [previous arrival (or the connection's opening), now].
     fn note(&mut self, stamp: Option<SystemTime>) {
-        let now = Instant::now();
+        let (real_now, now) = clock_pair();
         let age = stamp
-            .and_then(|s| SystemTime::now().duration_since(s).ok())
+            .and_then(|s| real_now.duration_since(s).ok())
             .unwrap_or_default();
         let floor = self.arrival.latest().unwrap_or(self.opened);
         let at = now.checked_sub(age).unwrap_or(floor).max(floor).min(now);
