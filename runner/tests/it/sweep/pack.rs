@@ -75,6 +75,17 @@ fn pack_is_reproducible_and_holds_the_run() {
     }
     assert_eq!(std::fs::read(dir.join("turns.jsonl")).unwrap(), turns);
     assert!(!dir.join("logs/bundle.tar.gz").exists());
+
+    // Resuming the finished run recomputes its summary from the records read back: the same
+    // numbers, to the last bit, so the same bytes.
+    let summary = std::fs::read(dir.join("summary.json")).unwrap();
+    let out = tmp.path().display().to_string();
+    run_ok(&["sweep", "--quiet", "--out", &out, "--resume", "packme"].map(String::from));
+    assert_eq!(std::fs::read(dir.join("turns.jsonl")).unwrap(), turns);
+    assert!(
+        std::fs::read(dir.join("summary.json")).unwrap() == summary,
+        "a resume of a finished run rewrote summary.json with other bytes"
+    );
 }
 
 #[test]
