@@ -42,6 +42,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use turnbench_schema::stats::percentile;
+use turnbench_schema::ItlSummary;
 
 struct Server {
     child: Child,
@@ -154,18 +155,43 @@ async fn run(
     prompts: Arc<Vec<String>>,
     tokens: u32,
 ) -> (Vec<Outcome>, f64) {
-    let (outs, wall) = run_with(client, concurrency, prompts, move |_| tokens).await;
+    let (outs, wall) = run_with(client, concurrency, prompts, move |_| tokens, |o| o).await;
     (outs.into_iter().map(|(_, o)| o).collect(), wall)
 }
 
+/// What a sweep keeps of a turn once it is over, [`Kept::of`].
+struct Kept {
+    completion_tokens: Option<u64>,
+    error: bool,
+    chunks: usize,
+    #[allow(dead_code)]
+    itl: Option<ItlSummary>,
+}
+
+impl Kept {
+    /// A sweep turns each outcome into its turn's record at once (its inter-token gaps
+    /// summarized, its text moved into the conversation and dropped with the trajectory):
+    /// the same here, so the client's heap is reused from one request to the next as in a
+    /// sweep, rather than grown by every output's text and chunk times.
+    fn of(o: Outcome) -> Kept {
+        Kept {
+            completion_tokens: o.completion_tokens,
+            error: o.error.is_some(),
+            chunks: o.timing.chunks.len(),
+            itl: ItlSummary::of(&o.timing.itl()),
+        }
+    }
+}
+
 /// A closed loop of `concurrency` workers over the requests of `prompts`; request `i` asks
-/// for `tokens(i)` tokens. Outcomes come with their request index.
-async fn run_with(
+/// for `tokens(i)` tokens. What `keep` keeps of each outcome comes with its request index.
+async fn run_with<T: Send + 'static>(
     client: Arc<Client>,
     concurrency: usize,
     prompts: Arc<Vec<String>>,
     tokens: impl Fn(usize) -> u32 + Clone + Send + 'static,
-) -> (Vec<(usize, Outcome)>, f64) {
+    keep: fn(Outcome) -> T,
+) -> (Vec<(usize, T)>, f64) {
     let requests = prompts.len();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -200,7 +226,7 @@ async fn run_with(
                         &format!("bench-{i}"),
                     )
                     .await;
-                out.push((i, o));
+                out.push((i, keep(o)));
             }
         });
     }
@@ -257,7 +283,8 @@ async fn overhead(name: &str, stream: &str, flags: &[&str]) {
         let requests = (4 * c).max(least);
         let prompts = prompts(requests);
         let ((user0, sys0), scpu0) = (own_cpu(), cpu_seconds_of(&pid));
-        let (outs, wall) = run(client.clone(), c, prompts, 256).await;
+        let (outs, wall) = run_with(client.clone(), c, prompts, |_| 256, Kept::of).await;
+        let outs: Vec<Kept> = outs.into_iter().map(|(_, k)| k).collect();
         let (user1, sys1) = own_cpu();
         let (cpu, sys, scpu) = (
             user1 - user0 + sys1 - sys0,
@@ -265,11 +292,8 @@ async fn overhead(name: &str, stream: &str, flags: &[&str]) {
             cpu_seconds_of(&pid) - scpu0,
         );
         let tokens: u64 = outs.iter().filter_map(|o| o.completion_tokens).sum();
-        let errors = outs.iter().filter(|o| o.error.is_some()).count();
-        let chunks = outs
-            .iter()
-            .map(|o| 1 + o.timing.chunks.len())
-            .sum::<usize>() as f64;
+        let errors = outs.iter().filter(|o| o.error).count();
+        let chunks = outs.iter().map(|o| 1 + o.chunks).sum::<usize>() as f64;
         let per_req = chunks / outs.len().max(1) as f64;
         let k = tokens.max(1) as f64 / 1000.0;
         println!(
@@ -635,9 +659,13 @@ fn main() {
             run(client.clone(), streams, prompts(streams), 1).await;
             let outs: Vec<Outcome> = if steady {
                 let (outs, _) =
-                    run_with(client.clone(), streams, prompts(4 * streams), |i| {
-                        32 + (i * 37 % 97) as u32
-                    })
+                    run_with(
+                        client.clone(),
+                        streams,
+                        prompts(4 * streams),
+                        |i| 32 + (i * 37 % 97) as u32,
+                        |o| o,
+                    )
                         .await;
                 outs.into_iter()
                     .filter(|(i, _)| *i >= 2 * streams)

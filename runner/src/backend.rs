@@ -14,6 +14,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use turnbench_schema::CacheMode;
 
 /// A running (or attached) server for one GPU.
 pub struct Server {
@@ -60,45 +61,7 @@ impl Server {
                 inner: Inner::Attached,
             }),
             BackendChoice::Sim => {
-                let profile = if crate::sim::cost::GpuProfile::builtin(gpu).is_some() {
-                    gpu.to_string()
-                } else {
-                    plan.sim_gpu.clone()
-                };
-                let mut argv: Vec<String> = [
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--model-path",
-                    &plan.model_path,
-                    "--sim-gpu",
-                    &profile,
-                    "--mem-fraction-static",
-                    &plan.mem_fraction_static.to_string(),
-                    "--max-total-tokens",
-                    &plan.max_total_tokens.to_string(),
-                    "--sim-time-scale",
-                    &plan.sim_time_scale.to_string(),
-                    "--sim-seed",
-                    &plan.seed.to_string(),
-                ]
-                .map(String::from)
-                .to_vec();
-                if plan.metrics {
-                    argv.push("--enable-metrics".into());
-                }
-                // Cached tokens in OpenAI usage too, as the default launch command asks.
-                argv.push("--enable-cache-report".into());
-                if !radix {
-                    argv.push("--disable-radix-cache".into());
-                }
-                if let Some(k) = api_key {
-                    argv.extend(["--api-key".into(), k.into()]);
-                }
-                if let Some(k) = &keys.admin {
-                    argv.extend(["--admin-api-key".into(), k.clone()]);
-                }
+                let mut argv = sim_argv(plan, gpu, radix, keys);
                 argv.extend(plan.sim_args.iter().cloned());
                 let (args, unknown) = crate::sim::cli::SimArgs::parse(&argv)
                     .with_context(|| format!("sim_args: {:?}", plan.sim_args))?;
@@ -164,6 +127,117 @@ impl Server {
             Inner::Attached => {}
         }
     }
+}
+
+/// The simulated server's command line for `gpu` (before the plan's `sim_args`): the plan's
+/// model, GPU profile, memory, pool cap, time scale and seed, the radix cache as the cell's
+/// cache mode wants it, and the keys.
+fn sim_argv(plan: &Plan, gpu: &str, radix: bool, keys: &Keys) -> Vec<String> {
+    let api_key = keys.api.as_deref();
+    let profile = if crate::sim::cost::GpuProfile::builtin(gpu).is_some() {
+        gpu.to_string()
+    } else {
+        plan.sim_gpu.clone()
+    };
+    let mut argv: Vec<String> = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--model-path",
+        &plan.model_path,
+        "--sim-gpu",
+        &profile,
+        "--mem-fraction-static",
+        &plan.mem_fraction_static.to_string(),
+        "--max-total-tokens",
+        &plan.max_total_tokens.to_string(),
+        "--sim-time-scale",
+        &plan.sim_time_scale.to_string(),
+        "--sim-seed",
+        &plan.seed.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if plan.metrics {
+        argv.push("--enable-metrics".into());
+    }
+    // Cached tokens in OpenAI usage too, as the default launch command asks.
+    argv.push("--enable-cache-report".into());
+    if !radix {
+        argv.push("--disable-radix-cache".into());
+    }
+    if let Some(k) = api_key {
+        argv.extend(["--api-key".into(), k.into()]);
+    }
+    if let Some(k) = &keys.admin {
+        argv.extend(["--admin-api-key".into(), k.clone()]);
+    }
+    argv
+}
+
+/// What the plan sets on the simulated server, as `SimArgs`' fields, with the plan key that
+/// sets it.
+const SIM_OWNED: [(&str, &str); 9] = [
+    ("host", "host (the simulated server binds 127.0.0.1)"),
+    ("port", "port (the simulated server takes a free one)"),
+    ("model_path", "model_path"),
+    (
+        "sim_gpu",
+        "gpus (a simulated GPU's profile is its label) or sim_gpu",
+    ),
+    ("mem_fraction_static", "mem_fraction_static"),
+    ("max_total_tokens", "max_total_tokens"),
+    ("sim_time_scale", "sim_time_scale"),
+    ("sim_seed", "seed"),
+    (
+        "disable_radix_cache",
+        "cache_modes (a none cell runs without the radix cache, the others with it)",
+    ),
+];
+
+/// `sim_args` pass the simulated server flags the plan does not set; one that changes what
+/// the plan sets would run cells other than the ones recorded (a GPU, model or time scale
+/// the manifest does not name, a prefix cell with its radix cache off): an error naming the
+/// plan key to use instead.
+pub fn check_sim_args(plan: &Plan) -> Result<(), String> {
+    if plan.sim_args.is_empty() {
+        return Ok(());
+    }
+    let keys = Keys::default();
+    let radix_wanted = [
+        plan.cache_modes.iter().any(|m| *m != CacheMode::None),
+        plan.cache_modes.contains(&CacheMode::None),
+    ];
+    for gpu in &plan.gpus {
+        for radix in [true, false].into_iter().zip(radix_wanted) {
+            let radix = match radix {
+                (r, true) => r,
+                (_, false) => continue,
+            };
+            let base = sim_argv(plan, gpu, radix, &keys);
+            let mut with = base.clone();
+            with.extend(plan.sim_args.iter().cloned());
+            let parse = |argv: &[String]| {
+                crate::sim::cli::SimArgs::parse(argv)
+                    .map(|(a, _)| serde_json::to_value(a).unwrap_or_default())
+                    .map_err(|e| format!("{e:#}"))
+            };
+            let (was, now) = (parse(&base)?, parse(&with)?);
+            for (field, key) in SIM_OWNED {
+                if was.get(field) != now.get(field) {
+                    return Err(format!(
+                        "{:?} sets the simulated server's {field} ({} instead of {}), which the \
+                         plan sets: use plan key {key}",
+                        plan.sim_args,
+                        now.get(field).unwrap_or(&serde_json::Value::Null),
+                        was.get(field).unwrap_or(&serde_json::Value::Null),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The runtime the in-process simulated servers run on (all GPUs of the process share it),

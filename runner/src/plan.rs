@@ -992,6 +992,9 @@ impl Plan {
             metrics: k.metrics.unwrap_or(true),
             flush_cache: k.flush_cache.unwrap_or(true),
         };
+        if plan.backend == BackendChoice::Sim {
+            crate::backend::check_sim_args(&plan).map_err(|e| key_err("sim_args", e))?;
+        }
         plan.load_chat_template()?;
         Ok(plan)
     }
@@ -1095,6 +1098,46 @@ mod tests {
         let keys: PlanKeys = toml::from_str("sim_time_scale = 5").unwrap();
         assert_eq!(keys.sim_time_scale, Some(5.0));
         assert!(toml::from_str::<PlanKeys>("sim_time_scale = \"fast\"").is_err());
+    }
+
+    #[test]
+    fn sim_args_that_change_what_the_plan_sets_are_refused_naming_its_key() {
+        let with = |args: &[&str], modes: Option<Vec<CacheMode>>| {
+            Plan::resolve(PlanKeys {
+                gpus: Some(vec!["h100".into()]),
+                cache_modes: modes,
+                sim_args: Some(args.iter().map(|a| a.to_string()).collect()),
+                ..PlanKeys::default()
+            })
+        };
+        for (args, key) in [
+            (&["--disable-radix-cache"][..], "cache_modes"),
+            (&["--sim-gpu=a100-40gb"][..], "sim_gpu"),
+            (&["--model-path", "qwen2.5-7b"][..], "model_path"),
+            (&["--model", "qwen2.5-7b"][..], "model_path"),
+            (&["--sim-time-scale=1"][..], "sim_time_scale"),
+            (&["--mem-fraction-static", "0.5"][..], "mem_fraction_static"),
+            (&["--max-total-tokens", "4096"][..], "max_total_tokens"),
+            (&["--sim-seed", "7"][..], "seed"),
+            (&["--host", "0.0.0.0"][..], "host"),
+        ] {
+            let e = with(args, None).unwrap_err().to_string();
+            assert!(
+                e.contains("`sim_args`") && e.contains("use plan key") && e.contains(key),
+                "{args:?}: {e}"
+            );
+        }
+        // Only none cells run without the radix cache: saying so again changes nothing.
+        assert!(with(&["--disable-radix-cache"], Some(vec![CacheMode::None])).is_ok());
+        // What the plan does not set passes.
+        for ok in [
+            &["--max-running-requests", "8"][..],
+            &["--sim-fault", "http500=0.05"][..],
+            &["--chunked-prefill-size", "4096", "--incremental-streaming-output"][..],
+        ] {
+            assert!(with(ok, None).is_ok(), "{ok:?}");
+        }
+        assert!(with(&["--tp-size", "x"], None).is_err());
     }
 
     #[test]

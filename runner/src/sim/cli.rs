@@ -307,22 +307,32 @@ impl SimConfig {
             bail!("--mem-fraction-static {mem_fraction_static}: must be in [0, 1]");
         }
         let tp = u64::from(args.tp_size);
+        // As SGLang's model runner: the pool is what fits in memory, capped by
+        // --max-total-tokens (a cap above it is warned about and has no effect).
+        let fits = kv_capacity_tokens_tp(&model, &gpu, mem_fraction_static, tp);
+        if fits == 0 {
+            bail!(
+                "{} ({} GB of weights) does not fit {} x {} at --mem-fraction-static {}",
+                model.name,
+                model.weight_bytes / 1_000_000_000,
+                tp,
+                gpu.name,
+                mem_fraction_static
+            );
+        }
         let max_total_tokens = match args.max_total_tokens {
-            Some(n) => n,
-            None => {
-                // Weights and KV are split over the TP group: N × each GPU's free memory.
-                match kv_capacity_tokens_tp(&model, &gpu, mem_fraction_static, tp) {
-                    0 => bail!(
-                        "{} ({} GB of weights) does not fit {} x {} at --mem-fraction-static {}",
-                        model.name,
-                        model.weight_bytes / 1_000_000_000,
-                        tp,
-                        gpu.name,
-                        mem_fraction_static
-                    ),
-                    n => n,
-                }
+            Some(0) => bail!("--max-total-tokens 0: the KV pool would hold no token"),
+            Some(n) if n > fits => {
+                tracing::warn!(
+                    "--max-total-tokens {n} is larger than what fits {tp} x {} at \
+                     --mem-fraction-static {mem_fraction_static} ({fits} tokens): the pool \
+                     holds {fits}",
+                    gpu.name
+                );
+                fits
             }
+            Some(n) => n,
+            None => fits,
         };
         let max_running_requests = args.max_running_requests.unwrap_or_else(|| {
             let by_ctx = (max_total_tokens as f64 / context_length.max(1) as f64 * 512.0) as u64;
@@ -480,6 +490,45 @@ mod tests {
             "{}",
             c.max_total_tokens
         );
+    }
+
+    #[test]
+    fn max_total_tokens_caps_the_pool_that_fits_and_never_raises_it() {
+        let pool = |extra: &[&str]| {
+            let mut v = s(&["--sim-gpu", "h100"]);
+            v.extend(s(extra));
+            SimConfig::resolve(SimArgs::parse(&v).unwrap().0).map(|c| c.max_total_tokens)
+        };
+        let fits = pool(&[]).unwrap();
+        assert_eq!(pool(&["--max-total-tokens", "131072"]).unwrap(), 131072);
+        // SGLang warns and keeps what fits: an H100 does not hold ten million tokens of KV.
+        assert_eq!(pool(&["--max-total-tokens", "10000000"]).unwrap(), fits);
+        assert_eq!(
+            pool(&["--max-total-tokens", "18446744073709551615"]).unwrap(),
+            fits
+        );
+        assert!(pool(&["--max-total-tokens", "0"]).is_err());
+        // A cap does not make weights fit that do not.
+        let e = pool(&[
+            "--mem-fraction-static",
+            "0.0001",
+            "--max-total-tokens",
+            "1000",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("does not fit"), "{e}");
+        // A smaller GPU holds less than the cap the sweep passes by default.
+        let mut v = s(&["--sim-gpu", "a100-40gb", "--max-total-tokens", "131072"]);
+        let small = SimConfig::resolve(SimArgs::parse(&v).unwrap().0).unwrap();
+        assert!(
+            small.max_total_tokens < 131072,
+            "{}",
+            small.max_total_tokens
+        );
+        v.truncate(2);
+        let uncapped = SimConfig::resolve(SimArgs::parse(&v).unwrap().0).unwrap();
+        assert_eq!(small.max_total_tokens, uncapped.max_total_tokens);
     }
 
     #[test]
