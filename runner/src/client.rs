@@ -217,6 +217,12 @@ pub struct Outcome {
     pub itl_per_chunk: bool,
 }
 
+/// The server refused a cache flush for want of the right key: the cells after it would
+/// start on the cache the ones before left, which a key given to the runner prevents.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FlushRefused(String);
+
 /// A connection to one server.
 #[derive(Clone)]
 pub struct Client {
@@ -374,11 +380,14 @@ impl Client {
                 return Ok(());
             }
             let last = format!("HTTP {status}: {}", snippet(&resp.text().await?));
-            if matches!(status.as_u16(), 401 | 403) && self.admin_key.is_none() {
-                anyhow::bail!(
-                    "POST /flush_cache failed: {last} (a server started with --admin-api-key \
-                     takes that key here: give it to the runner as --admin-api-key)"
-                );
+            if matches!(status.as_u16(), 401 | 403) {
+                let hint = if self.admin_key.is_none() {
+                    " (a server started with --admin-api-key takes that key here: give it to \
+                     the runner as --admin-api-key)"
+                } else {
+                    " (the runner's --admin-api-key is not the server's)"
+                };
+                return Err(FlushRefused(format!("POST /flush_cache failed: {last}{hint}")).into());
             }
             if matches!(status.as_u16(), 401 | 403 | 404) || Instant::now() >= deadline {
                 anyhow::bail!("POST /flush_cache failed: {last}");

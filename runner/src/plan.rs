@@ -933,6 +933,26 @@ impl Plan {
                     format!("{g:?}: launch needs device indices"),
                 ));
             }
+            // Each GPU's server on a port of its own: two on one port would have one answer
+            // both readiness probes and be measured as both GPUs.
+            let (base, step) = (k.port_base.unwrap_or(30000), k.port_step.unwrap_or(10));
+            let mut taken: Vec<(u32, &str)> = Vec::new();
+            for g in &gpus {
+                let port = u32::from(base) + u32::from(step) * g.parse::<u32>().unwrap_or(0);
+                if port > 65535 {
+                    return Err(key_err(
+                        "port_base",
+                        format!("GPU {g}'s port {base} + {step}·{g} = {port} is past 65535"),
+                    ));
+                }
+                if let Some((_, other)) = taken.iter().find(|(p, _)| *p == port) {
+                    return Err(key_err(
+                        "port_step",
+                        format!("GPUs {other} and {g} would both get port {port}"),
+                    ));
+                }
+                taken.push((port, g));
+            }
         }
         let run_id = k.run_id;
         if let Some(id) = &run_id {
@@ -1133,7 +1153,11 @@ mod tests {
         for ok in [
             &["--max-running-requests", "8"][..],
             &["--sim-fault", "http500=0.05"][..],
-            &["--chunked-prefill-size", "4096", "--incremental-streaming-output"][..],
+            &[
+                "--chunked-prefill-size",
+                "4096",
+                "--incremental-streaming-output",
+            ][..],
         ] {
             assert!(with(ok, None).is_ok(), "{ok:?}");
         }
@@ -1278,6 +1302,30 @@ mod tests {
             err.contains("`launch_command`") && err.contains("{gpu_dir}"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn launched_gpus_on_one_port_or_past_the_last_are_plan_errors() {
+        let launch = |gpus: &[&str], base: u16, step: u16| {
+            Plan::resolve(PlanKeys {
+                backend: Some(BackendChoice::Launch),
+                gpus: Some(gpus.iter().map(|g| g.to_string()).collect()),
+                port_base: Some(base),
+                port_step: Some(step),
+                ..PlanKeys::default()
+            })
+            .map_err(|e| e.to_string())
+        };
+        let e = launch(&["0", "1"], 31300, 0).unwrap_err();
+        assert!(
+            e.contains("`port_step`") && e.contains("31300") && e.contains("GPUs 0 and 1"),
+            "{e}"
+        );
+        let e = launch(&["0", "1"], 65530, 10).unwrap_err();
+        assert!(e.contains("`port_base`") && e.contains("65540"), "{e}");
+        assert!(launch(&["0", "1"], 65520, 10).is_ok());
+        assert!(launch(&["0"], 31300, 0).is_ok());
+        assert!(launch(&["1", "3"], 30000, 10).is_ok());
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn check_launch_command(cmd: &[String]) -> anyhow::Result<()> {
         "mem-fraction-static",
         "max-total-tokens",
         "api-key",
+        "admin-api-key",
         "chat-template",
         "tp-size",
     ];
@@ -512,26 +513,16 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     // First server of every GPU, in parallel.
     let first_radix =
         |g: &str| plan.cells_of(g).first().map(|c| c.cache_mode) != Some(CacheMode::None);
-    let starts = plan
-        .gpus
-        .iter()
-        .map(|g| Server::start(&plan, g, first_radix(g), &logs, &keys));
-    let started = tokio::select! {
-        r = futures::future::join_all(starts) => r,
+    // The first to fail ends the others' waits (a server that exits at once need not wait
+    // for another's launch timeout); those dropped mid-launch are stopped as they go.
+    let starts = plan.gpus.iter().map(|g| {
+        let start = Server::start(&plan, g, first_radix(g), &logs, &keys);
+        async move { start.await.with_context(|| format!("GPU {g}")) }
+    });
+    let servers = tokio::select! {
+        r = futures::future::try_join_all(starts) => r?,
         sig = stop.recv() => bail!("interrupted ({sig}) while servers started: nothing was run"),
     };
-    let mut servers = Vec::new();
-    for (g, r) in plan.gpus.iter().zip(started) {
-        match r {
-            Ok(s) => servers.push(s),
-            Err(e) => {
-                for s in servers {
-                    s.stop().await;
-                }
-                return Err(e.context(format!("GPU {g}")));
-            }
-        }
-    }
     let mut infos = Vec::new();
     for s in &servers {
         infos.push(server_info(s, api_key.clone()).await);
@@ -922,6 +913,14 @@ async fn run_gpu(r: GpuRun<'_>) -> anyhow::Result<()> {
             client.model = served_model(&client, &plan.model_path, plan.api).await;
             if plan.flush_cache {
                 if let Err(e) = client.flush_cache().await {
+                    if e.downcast_ref::<crate::client::FlushRefused>().is_some() {
+                        // Its cached tokens would be counted as the cell's own reuse.
+                        bail!(
+                            "GPU {gpu}: cell {}/{} cannot start on an empty cache: {e:#}",
+                            cell.cache_mode,
+                            cell.concurrency
+                        );
+                    }
                     tracing::warn!(
                         "GPU {gpu}: cell {}/{} starts without a cache flush (cached tokens from \
                      earlier cells may count): {e:#}",
@@ -1781,6 +1780,9 @@ mod tests {
             "{port}",
             "--host={host}",
             "--enable-metrics",
+            "--api-key",
+            "{api_key}",
+            "--admin-api-key={admin_api_key}",
         ]);
         assert!(check_launch_command(&ok).is_ok());
         for flag in ["--run-id", "--out=x", "--quiet", "--trajectories"] {

@@ -191,26 +191,48 @@ fn a_server_with_an_admin_key_is_flushed_with_it_and_neither_key_is_recorded() {
         }
     }
 
-    // The same server, its admin key not given to the runner: cells go on unflushed, saying so.
+    // A server with an admin key not given to the runner: no cell starts on what the one
+    // before left in the cache; the GPU stops, saying which key to give, and the run is
+    // finished by a resume given it.
     let port = free_port();
-    let p = plan(
-        tmp.path(),
-        port,
-        &serve_sim(&["--admin-api-key", "literal-admin"]),
-        "",
-    );
+    let mut server = spawn_sim(port, "1000", &["--admin-api-key", "literal-admin"]);
+    let url = format!("http://127.0.0.1:{port}");
     let mut args = small_with(tmp.path(), "unkeyed", &over);
-    args.extend(["--plan", p.to_str().unwrap()].map(String::from));
-    let out = run_ok(&args);
-    let err = String::from_utf8_lossy(&out.stderr);
+    args.extend(["--backend", "attach", "--url", &url].map(String::from));
+    let err = run_err(&args);
     assert!(
-        err.contains("without a cache flush") && err.contains("as --admin-api-key"),
+        err.contains("cannot start on an empty cache")
+            && err.contains("as --admin-api-key")
+            && err.contains("--resume unkeyed"),
         "{err}"
     );
-    let first = first_turns_cached(&tmp.path().join("unkeyed"));
     assert!(
-        first.iter().all(|(cached, prompt)| cached * 2 > *prompt),
-        "unflushed: {first:?}"
+        first_turns_cached(&tmp.path().join("unkeyed")).is_empty(),
+        "no cell measured unflushed"
+    );
+    let out = tmp.path().display().to_string();
+    run_ok(
+        &[
+            "sweep",
+            "--quiet",
+            "--out",
+            &out,
+            "--resume",
+            "unkeyed",
+            "--admin-api-key",
+            "literal-admin",
+        ]
+        .map(String::from),
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let dir = tmp.path().join("unkeyed");
+    Run::load(&dir).assert_complete(&[4, 4]);
+    let first = first_turns_cached(&dir);
+    assert_eq!(
+        first.iter().map(|f| f.0).min(),
+        Some(0),
+        "flushed: {first:?}"
     );
 }
 
@@ -309,6 +331,44 @@ fn a_key_in_sim_args_is_not_recorded() {
         .map(String::from),
     );
     assert!(err.contains("held an API key"), "{err}");
+}
+
+#[test]
+fn a_server_that_dies_at_startup_does_not_wait_for_another_gpus_launch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // GPU 0's server exits at once; GPU 1's never answers (within its 600 s launch timeout).
+    let p = plan(
+        tmp.path(),
+        port,
+        &[
+            "sh",
+            "-c",
+            "if [ \"$CUDA_VISIBLE_DEVICES\" = 0 ]; then echo 'no GPU 0 here'; exit 1; fi; exec sleep 600",
+            "{port}",
+        ],
+        "port_step = 1\n",
+    );
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("gpus = [0]\n", "gpus = [0, 1]\n")
+        .replace("launch_timeout_s = 20\n", "launch_timeout_s = 600\n");
+    std::fs::write(&p, text).unwrap();
+    let start = std::time::Instant::now();
+    let err = run_err(&[
+        "sweep".into(),
+        "--quiet".into(),
+        "--out".into(),
+        tmp.path().display().to_string(),
+        "--plan".into(),
+        p.display().to_string(),
+    ]);
+    assert!(
+        err.contains("GPU 0") && err.contains("no GPU 0 here"),
+        "{err}"
+    );
+    // (GPU 1's launch was given up, its group stopped, within the grace of a stop.)
+    assert!(start.elapsed().as_secs() < 120, "{:?}", start.elapsed());
 }
 
 #[test]
