@@ -376,8 +376,25 @@ fn secrets_of(argv: &[String], given: &Keys) -> Vec<String> {
             keys.push(k.clone());
         }
     }
+    // Servers log their arguments escaped (SGLang's `server_args=ServerArgs(api_key='…')` is
+    // Python's repr, serve-sim's Rust's Debug; JSON for others): a key with a quote or a
+    // backslash in it is written so, and masked so too.
+    let quoted = |q: String| q[1..q.len() - 1].to_string();
+    for k in keys.clone() {
+        let backslashes = k.replace('\\', "\\\\");
+        for v in [
+            quoted(format!("{k:?}")),
+            quoted(serde_json::Value::from(k.as_str()).to_string()),
+            backslashes.replace('\'', "\\'"),
+            backslashes,
+        ] {
+            if v != k {
+                keys.push(v);
+            }
+        }
+    }
     // Longest first, so a key inside another is not masked in part.
-    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    keys.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     keys.dedup();
     keys
 }

@@ -298,6 +298,48 @@ fn a_key_inside_a_shell_wrapped_command_is_masked_everywhere() {
 }
 
 #[test]
+fn a_key_with_quotes_and_backslashes_is_masked_as_the_server_escapes_it() {
+    // serve-sim logs its arguments as Rust's Debug does, SGLang as Python's repr: `"` and `\`
+    // come out escaped, which the key itself does not match.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = plan(tmp.path(), port, &serve_sim(&[]), "");
+    let mut args = small_with(
+        tmp.path(),
+        "quoted",
+        &[
+            ("--gpus", "0"),
+            ("--cache-modes", "prefix"),
+            ("--batch-sizes", "1"),
+        ],
+    );
+    args.extend(
+        [
+            "--plan",
+            p.to_str().unwrap(),
+            "--api-key",
+            r#"q"uo\te'd-sekrit"#,
+        ]
+        .map(String::from),
+    );
+    run_ok(&args);
+    let dir = tmp.path().join("quoted");
+    Run::load(&dir).assert_complete(&[4, 4]);
+    let log = std::fs::read_to_string(dir.join("logs/server-gpu0-radix.log")).unwrap();
+    assert!(
+        log.contains("api_key"),
+        "the server logs its arguments: {log}"
+    );
+    for (path, text) in all_files(&dir) {
+        assert!(
+            !text.contains("d-sekrit"),
+            "the key leaked into {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
 fn a_key_in_sim_args_is_not_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let args = small_with(
