@@ -21,11 +21,34 @@ fn files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 stack.push(r);
             } else if ty.is_file() {
                 out.push(r);
+            } else {
+                // Left out, a linked `turns.jsonl` would make a bundle without the run's
+                // records; followed, a link could bundle any file of this machine.
+                anyhow::bail!(
+                    "{}: {}, not a file: a bundle holds the run's own files (replace it with \
+                     the file it stands for)",
+                    dir.join(&r).display(),
+                    if ty.is_symlink() {
+                        "a symbolic link"
+                    } else {
+                        "a special file"
+                    }
+                );
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// The run a bundle holds: the top directory of its first entry.
+fn bundled_run(path: &Path) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let first = archive.entries().ok()?.next()?.ok()?;
+    let entry = first.path().ok()?;
+    let top = entry.components().next()?;
+    Some(top.as_os_str().to_string_lossy().into_owned())
 }
 
 /// Pack `dir` into `out` (default `<dir name>.tar.gz` in the current directory). Returns the
@@ -103,6 +126,19 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
             "-o {}: exists and is not a bundle (.tar.gz); refusing to overwrite it",
             out.display()
         );
+        // And only a bundle of this run: another run's may be its only copy.
+        match bundled_run(&out) {
+            Some(other) if other == name => {}
+            Some(other) => anyhow::bail!(
+                "-o {}: holds the bundle of run {other:?}; refusing to overwrite it with run \
+                 {name:?}",
+                out.display()
+            ),
+            None => anyhow::bail!(
+                "-o {}: exists and is not a run's bundle; refusing to overwrite it",
+                out.display()
+            ),
+        }
     }
     // Written under a fresh name of its own next to `out` (never a file that was there, nor
     // through a link someone left there), then renamed into place; gone if anything fails.

@@ -134,6 +134,47 @@ fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
     let bundle = tmp.path().join("a.tar.gz");
     assert!(pack(&bundle).status.success());
     assert!(pack(&bundle).status.success());
+    // Over another run's bundle (maybe its only copy), or over another gzip file, it is not.
+    let b_bundle = tmp.path().join("b-only-copy.tar.gz");
+    let o = runner()
+        .args(["pack", tmp.path().join("b").to_str().unwrap(), "-o"])
+        .arg(&b_bundle)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let b_bytes = std::fs::read(&b_bundle).unwrap();
+    let o = pack(&b_bundle);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("bundle of run \"b\""),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&b_bundle).unwrap(), b_bytes);
+    let gz = tmp.path().join("notes.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, b"my notes").unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    assert!(!pack(&gz).status.success());
+    // A run file that is a link is named, not left out of the bundle.
+    let linked = tmp.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    for f in ["manifest.json", "summary.json"] {
+        std::fs::copy(a.join(f), linked.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(a.join("turns.jsonl"), linked.join("turns.jsonl")).unwrap();
+    let o = runner()
+        .args(["pack", linked.to_str().unwrap(), "-o"])
+        .arg(tmp.path().join("linked.tar.gz"))
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("turns.jsonl") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("linked.tar.gz").exists());
     // A file, or a link to one, where a staging file could be looked for is left alone.
     let staged = tmp.path().join("a.tar.tmp");
     std::fs::write(&staged, "someone's notes").unwrap();
