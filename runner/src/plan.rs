@@ -771,6 +771,18 @@ impl Plan {
                     return Err(key_err("dataset", not_a_file(p)));
                 }
                 match f {
+                    Some(Format::Synthetic) => {
+                        // The manifest would name a file the run never read.
+                        return Err(key_err(
+                            "dataset_format",
+                            format!(
+                                "synthetic, with dataset {}: the synthetic workload reads no \
+                                 file (leave dataset out, or set synthetic = true to run \
+                                 synthetic trajectories in spite of it)",
+                                p.display()
+                            ),
+                        ));
+                    }
                     Some(f) => f,
                     None => crate::workload::detect_format(p)
                         .map_err(|e| key_err("dataset_format", e.to_string()))?,
@@ -1302,6 +1314,30 @@ mod tests {
             err.contains("`launch_command`") && err.contains("{gpu_dir}"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_dataset_with_the_synthetic_format_is_a_plan_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d.jsonl");
+        std::fs::write(&d, "{\"messages\": []}\n").unwrap();
+        let with = |synthetic: Option<bool>| {
+            Plan::resolve(PlanKeys {
+                dataset: Some(d.clone()),
+                dataset_format: Some(Format::Synthetic),
+                synthetic,
+                ..PlanKeys::default()
+            })
+        };
+        let e = with(None).unwrap_err().to_string();
+        assert!(
+            e.contains("`dataset_format`") && e.contains("d.jsonl"),
+            "{e}"
+        );
+        // `synthetic = true` (`--synthetic`) overrides the plan's dataset, and says so.
+        let p = with(Some(true)).unwrap();
+        assert!(p.dataset.is_none());
+        assert_eq!(p.dataset_format, Format::Synthetic);
     }
 
     #[test]

@@ -370,7 +370,7 @@ pub(crate) fn read_jsonl<T>(
             Ok(text) => {
                 // (A byte-order mark may open the file.)
                 let text = text.trim_start_matches('\u{feff}').trim();
-                if text.is_empty() || text.starts_with('#') {
+                if text.is_empty() {
                     continue;
                 }
                 parse(text, lineno)
@@ -421,5 +421,16 @@ mod tests {
         assert_eq!(skipped, 1);
         let err = lines(data, false).unwrap_err().to_string();
         assert!(err.contains("d.jsonl:2") && err.contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_line_that_is_no_json_is_a_bad_line_whatever_it_begins_with() {
+        // (JSON Lines has no comments: a `#` line is a line that does not parse.)
+        let data = b"\"a\"\n# a note\n\n  \n\"b\"\n";
+        let err = lines(data, false).unwrap_err().to_string();
+        assert!(err.contains("d.jsonl:2"), "{err}");
+        let (got, skipped) = lines(data, true).unwrap();
+        assert_eq!(got, ["a", "b"]);
+        assert_eq!(skipped, 1);
     }
 }

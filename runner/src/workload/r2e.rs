@@ -12,9 +12,33 @@ use std::path::Path;
 
 #[derive(Debug, Deserialize)]
 #[serde(expecting = "a prompts file, a mapping with system_prompt and instance_prompt")]
+struct RawPrompts {
+    system_prompt: serde_yaml_ng::Value,
+    instance_prompt: serde_yaml_ng::Value,
+}
+
+#[derive(Debug)]
 struct Prompts {
     system_prompt: String,
     instance_prompt: String,
+}
+
+/// A YAML string, and only a string: YAML reads `null`, `~`, `yes` or `5` unquoted as other
+/// types, which would otherwise be sent as the text "null", "~", "yes" or "5".
+fn yaml_text(key: &str, v: serde_yaml_ng::Value) -> Result<String, String> {
+    use serde_yaml_ng::Value;
+    let what = match v {
+        Value::String(s) => return Ok(s),
+        Value::Null => "empty (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    };
+    Err(format!(
+        "{key} is {what}, not text (quote it if it is meant as text)"
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,10 +88,21 @@ fn prompts(path: &Path) -> Result<Prompts, WorkloadError> {
             ),
         });
     }
-    let p: Prompts = serde_yaml_ng::from_str(text).map_err(|e| WorkloadError::File {
+    let raw: RawPrompts = serde_yaml_ng::from_str(text).map_err(|e| WorkloadError::File {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
+    let p = yaml_text("system_prompt", raw.system_prompt)
+        .and_then(|system_prompt| {
+            Ok(Prompts {
+                system_prompt,
+                instance_prompt: yaml_text("instance_prompt", raw.instance_prompt)?,
+            })
+        })
+        .map_err(|message| WorkloadError::File {
+            path: path.to_path_buf(),
+            message,
+        })?;
     if !p.instance_prompt.contains("{problem_statement}") {
         return Err(WorkloadError::File {
             path: path.to_path_buf(),
@@ -216,6 +251,36 @@ mod tests {
         );
         std::fs::write(&path, fine).unwrap();
         prompts(&path).unwrap();
+    }
+
+    #[test]
+    fn a_prompt_that_yaml_reads_as_no_text_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        for (value, says) in [
+            ("null", "null"),
+            ("~", "null"),
+            ("", "null"),
+            ("true", "boolean"),
+            ("5", "number"),
+            ("[a]", "list"),
+        ] {
+            let text =
+                format!("system_prompt: {value}\ninstance_prompt: \"{{problem_statement}}\"\n");
+            std::fs::write(&path, text).unwrap();
+            let err = prompts(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("p.yaml") && err.contains("system_prompt") && err.contains(says),
+                "{value:?}: {err}"
+            );
+        }
+        // Quoted, the same words are text; and text may be empty.
+        for value in ["\"null\"", "'5'", "\"\"", "|\n  a block\n"] {
+            let text =
+                format!("system_prompt: {value}\ninstance_prompt: \"{{problem_statement}}\"\n");
+            std::fs::write(&path, text).unwrap();
+            prompts(&path).unwrap();
+        }
     }
 
     #[test]

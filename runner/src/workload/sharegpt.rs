@@ -192,7 +192,15 @@ pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u6
         bad_line: &mut bad_line,
     };
     match take.deserialize(&mut de) {
-        Ok(()) => {}
+        // Read to its end, the array is the whole file: more after it (a second array from
+        // shards joined together) would otherwise be dropped unread.
+        Ok(()) => de.end().map_err(|e| WorkloadError::Line {
+            path: path.to_path_buf(),
+            line: (e.line() as u64 + lines_before) as usize,
+            message: "more after the array of conversations: a ShareGPT file is one JSON \
+                      array (`[…]`), or one conversation per line (JSONL)"
+                .into(),
+        })?,
         Err(e) if e.to_string().starts_with(ENOUGH) => {}
         Err(e) => {
             // A rejected element is named by the line it starts on; a syntax error by its own.
@@ -203,7 +211,7 @@ pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u6
             };
             return Err(WorkloadError::Line {
                 path: path.to_path_buf(),
-                line: bad_line.unwrap_or(e.line() as u64) as usize,
+                line: bad_line.unwrap_or(e.line() as u64 + lines_before) as usize,
                 message,
             });
         }
@@ -249,5 +257,38 @@ mod tests {
             Err(WorkloadError::Line { line, .. }) => assert_eq!(line, 5),
             other => panic!("{other:?}"),
         }
+        // After blank lines too.
+        match read_str(&format!("\n\n{broken}"), false) {
+            Err(WorkloadError::Line { line, .. }) => assert_eq!(line, 7),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn anything_after_the_array_is_an_error_not_dropped() {
+        let one = r#"{"id": "a", "conversations": [{"from": "human", "value": "hi"}]}"#;
+        for (text, line) in [
+            (format!("[{one}]\n garbage"), 2),
+            (format!("[{one}] ["), 1),
+            (format!("\n[{one}]\n[{one}]\n"), 3),
+        ] {
+            match read_str(&text, false) {
+                Err(WorkloadError::Line {
+                    line: l, message, ..
+                }) => {
+                    assert_eq!(l, line, "{text:?}: {message}");
+                    assert!(message.contains("more after the array"), "{message}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        // Whitespace after it is nothing.
+        assert_eq!(
+            read_str(&format!("[{one}]\n\n  \n"), false)
+                .unwrap()
+                .0
+                .len(),
+            1
+        );
     }
 }
