@@ -439,7 +439,8 @@ fn port_free(host: &str, port: u16) -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
             "port {port} on {host} is already in use: another server listens there (one left \
-             running by an earlier run?); stop it, or move the plan's port_base"
+             running by an earlier run?); stop it (`ss -ltnp 'sport = :{port}'` names it), or, \
+             for a new run (not a resume), move port_base"
         ),
         // Another failure (an address of another machine, say) is the server's to report.
         Err(_) => Ok(()),

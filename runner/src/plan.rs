@@ -182,21 +182,34 @@ impl std::str::FromStr for BatchSizes {
 }
 
 fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum L {
-        S(String),
-        N(u64),
+    /// A GPU label: a name, or a device index (a non-negative integer).
+    struct Label(String);
+    impl<'de> Deserialize<'de> for Label {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Label;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a GPU label: a name (\"h100\") or a device index (0, 1, …)")
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Label, E> {
+                    match u64::try_from(v) {
+                        Ok(v) => self.visit_u64(v),
+                        Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                    }
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Label, E> {
+                    Ok(Label(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Label, E> {
+                    Ok(Label(v.to_string()))
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
-    let v: Option<Vec<L>> = Option::deserialize(d)?;
-    Ok(v.map(|v| {
-        v.into_iter()
-            .map(|l| match l {
-                L::S(s) => s,
-                L::N(n) => n.to_string(),
-            })
-            .collect()
-    }))
+    let v: Option<Vec<Label>> = Option::deserialize(d)?;
+    Ok(v.map(|v| v.into_iter().map(|l| l.0).collect()))
 }
 
 /// `sim_time_scale` in the manifest's plan: JSON has no infinity, so `inf` is the string
@@ -1225,6 +1238,23 @@ mod tests {
         if let Err(e) = with(20_000, 100, true) {
             assert!(!e.to_string().contains("`trajectories`"), "{e}");
         }
+    }
+
+    #[test]
+    fn gpu_labels_are_names_or_device_indices() {
+        let k: PlanKeys = toml::from_str("gpus = [0, \"h100\", 3]\n").unwrap();
+        assert_eq!(k.gpus.unwrap(), ["0", "h100", "3"]);
+        for bad in ["gpus = [1.5]\n", "gpus = [-1]\n", "gpus = [true]\n"] {
+            let e = toml::from_str::<PlanKeys>(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("a GPU label") && !e.contains("untagged"),
+                "{bad}: {e}"
+            );
+        }
+        // The manifest's JSON reads back.
+        let back: PlanKeys =
+            serde_json::from_value(serde_json::json!({"gpus": ["0", "h100"]})).unwrap();
+        assert_eq!(back.gpus.unwrap(), ["0", "h100"]);
     }
 
     #[test]

@@ -429,7 +429,10 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
                 .all(|u| u.recorded.as_deref().unwrap_or("").is_empty())
         })
     {
-        bail!("plan key `output_len`: recorded, but the dataset records no assistant messages");
+        bail!(
+            "plan key `output_len`: recorded, but the dataset records no assistant message \
+             with text in it"
+        );
     }
     let template = plan.load_chat_template()?;
     if matches!(template, ChatTemplate::Jinja(_)) {
@@ -1620,8 +1623,8 @@ fn recorded_lengths_note(lens: &[Vec<Option<u32>>], max_new_tokens: u32) -> Stri
     };
     if free > 0 {
         note.push_str(&format!(
-            "; {free} turns without a recorded answer generate exactly max_new_tokens \
-             ({max_new_tokens})"
+            "; {free} turns without a recorded answer (or with an empty one) generate \
+             exactly max_new_tokens ({max_new_tokens})"
         ));
     }
     note

@@ -287,6 +287,12 @@ pub fn detect_format(path: &Path) -> Result<Format, WorkloadError> {
     if head.contains("\"messages\"") {
         return Ok(Format::Openai);
     }
+    if trimmed.trim_start_matches('\u{feff}').trim().is_empty() {
+        return Err(WorkloadError::File {
+            path: path.to_path_buf(),
+            message: "empty: no trajectories in it".into(),
+        });
+    }
     Err(WorkloadError::File {
         path: path.to_path_buf(),
         message: "cannot tell the dataset format (expected r2e-gym JSONL, OpenAI messages JSONL \

@@ -280,6 +280,9 @@ fn a_key_inside_a_shell_wrapped_command_is_masked_everywhere() {
         p.display().to_string(),
         "--api-key".into(),
         "wrapped-sekrit-key".into(),
+        // (For its cache flushes.)
+        "--admin-api-key".into(),
+        "literal-admin-sekrit".into(),
     ]);
     run_ok(&args);
     let dir = tmp.path().join("wrapped");
