@@ -37,21 +37,39 @@ fn files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Writes `site` as a tar.gz at `dest` (its entries relative to the site root).
-pub fn write(site: &Path, dest: &Path) -> anyhow::Result<()> {
-    // A file already there is replaced only if it is a gzip stream (an earlier archive).
+/// Whether `path` is a site archive (a tar.gz with `index.html` at its top).
+fn is_site_archive(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let Ok(entries) = archive.entries() else {
+        return false;
+    };
+    entries
+        .take(100_000)
+        .map_while(Result::ok)
+        .any(|e| e.path().is_ok_and(|p| p == Path::new("index.html")))
+}
+
+/// An error unless `dest` may take the archive: a file already there is replaced only when it
+/// is an earlier archive of a site, not a run's bundle (maybe its only copy) or another file.
+/// Checked before the site is built, so a refusal leaves `--out` as it was.
+pub fn check_dest(dest: &Path) -> anyhow::Result<()> {
     if dest.exists() {
-        let mut magic = [0u8; 2];
-        let gzip = File::open(dest)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-            .is_ok()
-            && magic == [0x1f, 0x8b];
         anyhow::ensure!(
-            gzip,
-            "--archive {}: exists and is not a .tar.gz; refusing to overwrite it",
+            is_site_archive(dest),
+            "--archive {}: exists and is not an archive of a site (no index.html in it); \
+             refusing to overwrite it",
             dest.display()
         );
     }
+    Ok(())
+}
+
+/// Writes `site` as a tar.gz at `dest` (its entries relative to the site root).
+pub fn write(site: &Path, dest: &Path) -> anyhow::Result<()> {
+    check_dest(dest)?;
     // Written under a fresh name of its own next to `dest` (never a file that was there, nor
     // through a link someone left there), then renamed into place; gone if anything fails.
     let parent = match dest.parent() {

@@ -225,10 +225,15 @@ pub fn load_all(inputs: &[Input]) -> Loaded {
                 source: source.clone(),
                 data,
             })),
-            Err(e) => loaded.skipped.push(Skipped {
-                source,
-                reason: e.to_string(),
-            }),
+            Err(e) => {
+                // (The error names the input too, when the input is the file at fault.)
+                let reason = e.to_string();
+                let reason = match reason.strip_prefix(&format!("{source}: ")) {
+                    Some(rest) => rest.to_string(),
+                    None => reason,
+                };
+                loaded.skipped.push(Skipped { source, reason })
+            }
         }
     }
     dedupe_ids(&mut loaded);

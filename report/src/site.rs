@@ -55,6 +55,9 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         opts.inputs.clone()
     };
     guard_inputs(&inputs, &opts.out, opts.archive.as_deref())?;
+    if let Some(dest) = &opts.archive {
+        archive::check_dest(dest)?;
+    }
     let (classified, mut skipped) = load::classify(&inputs);
     let loaded = load::load_all(&classified);
     skipped.extend(loaded.skipped);

@@ -207,8 +207,34 @@ fn the_archive_never_overwrites_what_is_not_an_archive() {
     let thesis = tmp.path().join("thesis.txt");
     std::fs::write(&thesis, "chapter one").unwrap();
     let err = build_to(&thesis).unwrap_err();
-    assert!(format!("{err:#}").contains("not a .tar.gz"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("not an archive of a site"),
+        "{err:#}"
+    );
     assert_eq!(std::fs::read_to_string(&thesis).unwrap(), "chapter one");
+    // Nor is a run's bundle (maybe its only copy), and the refusal comes before the site is
+    // built: `--out` is left as it was.
+    let bundle = tmp.path().join("run-r.tar.gz");
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let body = b"{}";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(body.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "r/manifest.json", &body[..])
+        .unwrap();
+    let bytes = tar.into_inner().unwrap().finish().unwrap();
+    std::fs::write(&bundle, &bytes).unwrap();
+    let err = build_to(&bundle).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not an archive of a site"),
+        "{err:#}"
+    );
+    assert_eq!(std::fs::read(&bundle).unwrap(), bytes);
+    assert!(!site.exists(), "no site built before the refusal");
     // Files (or links to files) next to it that a staging name could collide with are kept.
     let notes = tmp.path().join("site-notes.tmp");
     std::fs::write(&notes, "notes").unwrap();
