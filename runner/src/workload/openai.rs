@@ -194,7 +194,10 @@ pub(crate) fn role(s: &str) -> Result<Role, String> {
         "user" | "human" => Ok(Role::User),
         "assistant" | "gpt" | "model" | "chatgpt" | "bing" => Ok(Role::Assistant),
         "tool" | "function" | "observation" => Ok(Role::Tool),
-        other => Err(format!("unknown role {other:?}")),
+        other => Err(format!(
+            "unknown role {other:?} (known: system, developer, user, human, assistant, gpt, \
+             model, tool, function, observation, and ShareGPT's function_call)"
+        )),
     }
 }
 

@@ -2,8 +2,11 @@
 //! objects one per line). The array is read element by element with a streaming visitor and
 //! reading stops once the plan has its trajectories, so a large file is never loaded whole.
 //! `human` turns are replayed, `gpt` turns are generated (their text is the recorded answer).
+//! LLaMA-Factory's variant reads too: its `system` beside the conversation opens it, a
+//! `function_call` turn is the assistant's (a `<tool_call>`, as Qwen's template writes one)
+//! and an `observation` the tool's answer; its `tools` list is not read.
 
-use super::{Message, Trajectory, WorkloadError};
+use super::{Message, Role, Trajectory, WorkloadError};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::cell::Cell;
@@ -18,6 +21,9 @@ use std::rc::Rc;
 struct Entry {
     #[serde(default)]
     id: Option<serde_json::Value>,
+    /// LLaMA-Factory's ShareGPT: the system prompt, beside the conversation.
+    #[serde(default)]
+    system: Option<String>,
     conversations: Vec<Turn>,
 }
 
@@ -30,10 +36,22 @@ struct Turn {
 
 fn parse_entry(v: serde_json::Value, n: usize) -> Result<Option<Trajectory>, String> {
     let e: Entry = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    let msgs = e
-        .conversations
+    let system = e
+        .system
+        .filter(|s| !s.is_empty())
+        .map(|s| Message::new(Role::System, s));
+    let msgs = system
         .into_iter()
-        .map(|t| Ok(Message::new(super::openai::role(&t.from)?, t.value)))
+        .map(Ok)
+        .chain(e.conversations.into_iter().map(|t| match t.from.as_str() {
+            // LLaMA-Factory's tool call (its value the call's JSON): the assistant's turn,
+            // written as Qwen's template writes a call, as the OpenAI format's calls are.
+            "function_call" => Ok(Message::new(
+                Role::Assistant,
+                format!("<tool_call>\n{}\n</tool_call>", t.value.trim()),
+            )),
+            from => Ok(Message::new(super::openai::role(from)?, t.value)),
+        }))
         .collect::<Result<Vec<_>, String>>()?;
     let id = match e.id {
         Some(serde_json::Value::String(s)) => s,
@@ -206,7 +224,10 @@ pub fn read(path: &Path, want: usize, skip: bool) -> Result<(Vec<Trajectory>, u6
             // A rejected element is named by the line it starts on; a syntax error by its own.
             let message = e.to_string();
             let message = match (bad_line, message.rfind(" at line ")) {
-                (Some(_), Some(i)) => message[..i].to_string(),
+                (Some(_), Some(i)) => format!(
+                    "{} (--skip-bad-lines skips such elements and counts them)",
+                    &message[..i]
+                ),
                 _ => message,
             };
             return Err(WorkloadError::Line {
@@ -262,6 +283,37 @@ mod tests {
             Err(WorkloadError::Line { line, .. }) => assert_eq!(line, 7),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn llama_factorys_sharegpt_reads_with_its_system_and_tool_calls() {
+        let text = r#"[{"system": "You are an agent.", "tools": "[]", "conversations": [
+            {"from": "human", "value": "list files"},
+            {"from": "function_call", "value": "{\"name\": \"ls\", \"arguments\": {}}"},
+            {"from": "observation", "value": "a.py"},
+            {"from": "gpt", "value": "There is a.py."}]}]"#;
+        let (trajs, _) = read_str(text, false).unwrap();
+        let t = &trajs[0];
+        assert_eq!(t.prelude[0].role, Role::System);
+        assert_eq!(t.prelude[0].content, "You are an agent.");
+        assert_eq!(
+            t.turns
+                .iter()
+                .map(|u| u.recorded.clone())
+                .collect::<Vec<_>>(),
+            [
+                Some("<tool_call>\n{\"name\": \"ls\", \"arguments\": {}}\n</tool_call>".into()),
+                Some("There is a.py.".into())
+            ]
+        );
+        // (Other roles are still named.)
+        let e = read_str(
+            r#"[{"conversations": [{"from": "narrator", "value": "x"}]}]"#,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("narrator"), "{e}");
     }
 
     #[test]
