@@ -447,6 +447,96 @@ fn port_free(host: &str, port: u16) -> anyhow::Result<()> {
     }
 }
 
+/// The environment variable every launched server process (and whatever it starts) carries:
+/// the run directory it serves. A server that outlives its runner (a SIGKILLed runner whose
+/// launch command is a wrapper script: the parent-death signal reaches the script, not the
+/// server it started) is found by it when the run is taken up again ([`stop_leftovers`]).
+const SERVER_OF: &str = "TURNBENCH_SERVER_OF";
+
+/// How long a server is given to exit after SIGTERM before its group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// The run directory of a server log (`RUN/logs/server-….log`), absolute.
+fn run_marker(log: &Path) -> std::ffi::OsString {
+    let run = log.parent().and_then(Path::parent).unwrap_or(log);
+    let run = run
+        .canonicalize()
+        .or_else(|_| std::path::absolute(run))
+        .unwrap_or_else(|_| run.to_path_buf());
+    run.into_os_string()
+}
+
+/// Stop the process groups of servers an earlier runner of the run in `logs` launched and
+/// left running (it was SIGKILLed): they would hold the GPU and the port the run's servers
+/// are launched on. Called with the run's lock held, so no live runner owns them. Returns
+/// how many processes were found.
+pub fn stop_leftovers(logs: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let mut wanted = SERVER_OF.as_bytes().to_vec();
+    wanted.push(b'=');
+    wanted.extend_from_slice(run_marker(&logs.join("x")).as_bytes());
+    wanted.push(0);
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut found: Vec<(rustix::process::Pid, Option<rustix::process::Pid>)> = Vec::new();
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let mut env_with_start = vec![0u8];
+        env_with_start.extend_from_slice(&env);
+        if memchr::memmem::find(&env_with_start, &wanted).is_none() {
+            continue;
+        }
+        // (The process group: the fifth field of `stat`, after the parenthesized name.)
+        let pgid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|st| {
+                let rest = &st[st.rfind(')')? + 1..];
+                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+            })
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            found.push((pid, pgid));
+        }
+    }
+    if found.is_empty() {
+        return 0;
+    }
+    tracing::warn!(
+        "{} process(es) of servers an earlier runner of this run launched are still running \
+         (it was killed, and its launch command did not exec the server): stopping them",
+        found.len()
+    );
+    let signal_all = |sig: rustix::process::Signal| {
+        for (pid, pgid) in &found {
+            let _ = match pgid {
+                Some(g) => rustix::process::kill_process_group(*g, sig),
+                None => rustix::process::kill_process(*pid, sig),
+            };
+        }
+    };
+    signal_all(rustix::process::Signal::TERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline
+        && found
+            .iter()
+            .any(|(pid, _)| rustix::process::test_kill_process(*pid).is_ok())
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal_all(rustix::process::Signal::KILL);
+    found.len()
+}
+
 /// A spawned server process group.
 struct Launched {
     child: tokio::process::Child,
@@ -523,6 +613,7 @@ impl Launched {
             }
         };
         cmd.env("CUDA_VISIBLE_DEVICES", gpu)
+            .env(SERVER_OF, run_marker(log))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -616,7 +707,7 @@ impl Launched {
             return;
         }
         self.signal(rustix::process::Signal::TERM);
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
             .await
             .is_err()
         {

@@ -509,6 +509,10 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join(files::LOGS_DIR))
         .with_context(|| format!("creating {}", dir.display()))?;
     let logs = dir.join(files::LOGS_DIR);
+    if plan.backend == BackendChoice::Launch {
+        let logs = logs.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::backend::stop_leftovers(&logs)).await;
+    }
 
     // From here on, Ctrl-C, SIGTERM and SIGHUP stop the servers this run launched (dropping
     // them does) and end the run resumably, also while servers start.

@@ -828,6 +828,53 @@ fn a_killed_runner_takes_its_launched_server_with_it() {
 }
 
 #[test]
+fn a_server_a_killed_runner_left_behind_is_stopped_when_its_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A wrapper that does not exec the server (one that activates an environment first, say):
+    // the parent-death signal reaches the shell, and the server outlives a SIGKILLed runner.
+    let inner = format!(
+        "{} serve-sim --port {{port}} --sim-time-scale 20 --sim-gpu a100-80gb; echo ended",
+        env!("CARGO_BIN_EXE_runner")
+    );
+    let p = plan(tmp.path(), port, &["sh", "-c", &inner], "");
+    let args = small_with(
+        tmp.path(),
+        "orphaned",
+        &[
+            ("--gpus", "0"),
+            ("--think-time", "replay"),
+            ("--plan", p.to_str().unwrap()),
+        ],
+    );
+    let turns = tmp.path().join("orphaned").join("turns.jsonl");
+    let mut child = spawn_until(&args, &turns, 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the server outlived its runner"
+    );
+    // Taken up again, the run stops it (it holds the port) and finishes.
+    let out = run_ok(
+        &[
+            "sweep",
+            "--quiet",
+            "--out",
+            tmp.path().to_str().unwrap(),
+            "--resume",
+            "orphaned",
+        ]
+        .map(String::from),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("still running"), "{err}");
+    Run::load(&tmp.path().join("orphaned")).assert_complete(&[4, 4]);
+    assert!(port_closes(port));
+}
+
+#[test]
 fn ctrl_c_while_a_server_starts_stops_it() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
