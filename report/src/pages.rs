@@ -1617,6 +1617,12 @@ const TELEMETRY_GROUPS: &[(&str, &str, &[GroupLine])] = &[
         &[
             ("metrics", "token_usage", "KV pool in use", 1.0),
             (
+                DERIVED,
+                HIT_RATE,
+                "prefix cache hit rate (prompt tokens of each interval)",
+                1.0,
+            ),
+            (
                 "metrics",
                 "cache_hit_rate",
                 "cache hit rate (recent prefills)",
@@ -1655,6 +1661,55 @@ const TELEMETRY_GROUPS: &[(&str, &str, &[GroupLine])] = &[
     ("GPU power", "W", &[("nvidia-smi", "power_w", "power", 1.0)]),
 ];
 
+/// The source of series computed here from the scraped ones.
+const DERIVED: &str = "derived";
+/// The prefix cache's hit rate between two samples, from SGLang's token counters.
+const HIT_RATE: &str = "prefill_cache_hit_rate";
+
+/// The prefix cache's hit rate over each interval between samples: of the prompt tokens
+/// prefilled in it, the share found in the cache (`realtime_tokens_total` by mode, counters).
+/// SGLang's `cache_hit_rate` gauge is the last prefill batch's alone, and set to 0 at every
+/// decode log interval, so sampled each second it flips between a batch's value and 0. An
+/// interval without prefill has no point; a counter that went back (a restarted server)
+/// neither.
+fn hit_rate_from_counters(of_gpu: &[&TelemetrySeries]) -> Option<TelemetrySeries> {
+    let find = |key: &str| {
+        of_gpu
+            .iter()
+            .find(|s| s.source == "metrics" && s.key == key)
+    };
+    let cached = find("realtime_tokens_total.prefill_cache")?;
+    let computed = find("realtime_tokens_total.prefill_compute")?;
+    let sessions = cached
+        .sessions
+        .iter()
+        .zip(&computed.sessions)
+        .map(|(c, p)| {
+            let pairs: Vec<(f64, f64, f64)> = c
+                .iter()
+                .zip(p)
+                .filter(|(a, b)| a.0 == b.0)
+                .map(|(a, b)| (a.0, a.1, b.1))
+                .collect();
+            pairs
+                .windows(2)
+                .filter_map(|w| {
+                    let (dc, dp) = (w[1].1 - w[0].1, w[1].2 - w[0].2);
+                    (dc >= 0.0 && dp >= 0.0 && dc + dp > 0.0).then(|| (w[1].0, dc / (dc + dp)))
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|s: &Vec<(f64, f64)>| !s.is_empty())
+        .collect::<Vec<_>>();
+    (!sessions.is_empty()).then(|| TelemetrySeries {
+        gpu: cached.gpu.clone(),
+        source: DERIVED.into(),
+        key: HIT_RATE.into(),
+        sessions,
+        cells: cached.cells.clone(),
+    })
+}
+
 /// A GPU's telemetry: the groups of [`TELEMETRY_GROUPS`] it has, then every other series on a
 /// chart of its own.
 fn telemetry_charts(
@@ -1663,6 +1718,8 @@ fn telemetry_charts(
     gpu: &str,
 ) -> (Vec<ChartSpec>, Vec<ChartSpec>) {
     let of_gpu: Vec<&TelemetrySeries> = a.telemetry.iter().filter(|s| s.gpu == gpu).collect();
+    let derived = hit_rate_from_counters(&of_gpu);
+    let of_gpu: Vec<&TelemetrySeries> = of_gpu.into_iter().chain(derived.as_ref()).collect();
     let find = |source: &str, key: &str| {
         of_gpu
             .iter()
@@ -1673,6 +1730,8 @@ fn telemetry_charts(
     for (title, y, members) in TELEMETRY_GROUPS {
         let lines: Vec<charts::TelemetryLine<'_>> = members
             .iter()
+            // (The gauge only where the counters are not there to give the rate.)
+            .filter(|(_, key, ..)| !(*key == "cache_hit_rate" && derived.is_some()))
             .filter_map(|(source, key, name, scale)| {
                 find(source, key).map(|series| charts::TelemetryLine {
                     series,
@@ -1769,6 +1828,41 @@ mod tests {
     use super::*;
     use crate::fixture::{manifest, FixtureSpec};
     use turnbench_schema::HistorySource;
+
+    #[test]
+    fn the_hit_rate_is_each_intervals_share_of_prefill_found_in_the_cache() {
+        let series = |key: &str, sessions: Vec<Vec<(f64, f64)>>| TelemetrySeries {
+            gpu: "h100".into(),
+            source: "metrics".into(),
+            key: key.into(),
+            sessions,
+            cells: vec![],
+        };
+        // Counters: 100 tokens prefilled in the first second, 75 of them cached; none in the
+        // next; then the server restarted (the counters start again) in a second session.
+        let cached = series(
+            "realtime_tokens_total.prefill_cache",
+            vec![
+                vec![(1.0, 0.0), (2.0, 75.0), (3.0, 75.0)],
+                vec![(4.0, 10.0), (5.0, 10.0)],
+            ],
+        );
+        let computed = series(
+            "realtime_tokens_total.prefill_compute",
+            vec![
+                vec![(1.0, 0.0), (2.0, 25.0), (3.0, 25.0)],
+                vec![(4.0, 5.0), (5.0, 15.0)],
+            ],
+        );
+        let rate = hit_rate_from_counters(&[&cached, &computed]).unwrap();
+        assert_eq!(rate.sessions, vec![vec![(2.0, 0.75)], vec![(5.0, 0.0)]]);
+        assert_eq!(
+            (rate.source.as_str(), rate.key.as_str()),
+            (DERIVED, HIT_RATE)
+        );
+        // Without the counters (an older SGLang) there is none, and the gauge is charted.
+        assert!(hit_rate_from_counters(&[&cached]).is_none());
+    }
 
     #[test]
     fn cells_are_flagged_not_like_for_like_only_with_sampled_generated_history() {

@@ -248,7 +248,8 @@ pub struct Client {
     /// (SGLang's `--enable-cache-report`), so a usage without it means 0 cached, not unknown.
     pub cache_report: bool,
     /// The server streams native output as deltas (SGLang's `--incremental-streaming-output`,
-    /// `--stream-output` in 0.4) instead of the whole text so far.
+    /// SGLang 0.5.10; its older `--stream-output` leaves `text` cumulative) instead of the
+    /// whole text so far.
     pub incremental: bool,
 }
 
@@ -333,16 +334,18 @@ impl Client {
         Ok(resp.status())
     }
 
-    /// Whether the server answers at all: any HTTP status to `GET /health` within 3 s, tried
-    /// three times half a second apart. (A server that is down refuses the connection; one
-    /// that hangs accepts it and says nothing.)
+    /// Whether the server answers at all: any HTTP status to `GET /health` within 25 s, tried
+    /// twice half a second apart. (A server that is down refuses the connection; one that
+    /// hangs accepts it and says nothing. SGLang 0.5's `/health` runs a generation and waits
+    /// up to 20 s for its output, answering 503 after that: a server busy with long prefills
+    /// is slow to answer, not down.)
     pub async fn answers(&self) -> bool {
-        for i in 0..3 {
+        for i in 0..2 {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             if self
-                .status_of("/health", Duration::from_secs(3))
+                .status_of("/health", Duration::from_secs(25))
                 .await
                 .is_ok()
             {

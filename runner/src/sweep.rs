@@ -563,6 +563,7 @@ async fn run_setup(args: SweepArgs, setup: Setup) -> anyhow::Result<()> {
         }
     }
     let simulated = infos.iter().any(|i| i.1.is_some());
+    check_session_support(&plan, &infos)?;
     warn_context(&plan, &wl, &infos)?;
     if infos
         .iter()
@@ -1256,8 +1257,7 @@ struct ServerTraits {
     think_scale: f64,
     /// OpenAI usage reports cached tokens (`enable_cache_report`).
     cache_report: bool,
-    /// Native output streams as deltas (`incremental_streaming_output`, or `stream_output`
-    /// in SGLang 0.4).
+    /// Native output streams as deltas (`incremental_streaming_output`, SGLang 0.5.10).
     incremental: bool,
 }
 
@@ -1282,7 +1282,9 @@ async fn server_traits(client: &Client) -> ServerTraits {
                 _ => sim_info(&v).map_or(1.0, |s| s.time_scale),
             },
             cache_report: flag(&v, "enable_cache_report"),
-            incremental: flag(&v, "incremental_streaming_output") || flag(&v, "stream_output"),
+            // (SGLang's `--stream-output`, 0.4.6–0.5.9, streams `output_ids` as deltas but
+            // keeps `text` cumulative; in 0.5.10 it is an alias of this flag.)
+            incremental: flag(&v, "incremental_streaming_output"),
         },
         Err(_) => ServerTraits {
             time_scale: 1.0,
@@ -1645,7 +1647,7 @@ fn warn_context(
     infos: &[(ServerInfo, Option<SimInfo>)],
 ) -> anyhow::Result<()> {
     // An answer as long as the whole context fails every turn, whatever the prompt.
-    if let Some(context) = infos.iter().filter_map(|(i, _)| i.context_length).min() {
+    if let Some(context) = infos.iter().filter_map(|(i, _)| context_of(i)).min() {
         if u64::from(plan.max_new_tokens) >= context {
             bail!(
                 "plan key `max_new_tokens`: {} tokens leave no room for a prompt in the \
@@ -1656,12 +1658,7 @@ fn warn_context(
     }
     let limit = infos
         .iter()
-        .filter_map(|(i, _)| {
-            i.raw
-                .get("max_req_input_len")
-                .and_then(Value::as_u64)
-                .or(i.context_length)
-        })
+        .filter_map(|(i, _)| input_limit(i).or(i.context_length))
         .min();
     let Some(limit) = limit else { return Ok(()) };
     let mut over = 0usize;
@@ -1684,6 +1681,56 @@ fn warn_context(
         );
     }
     Ok(())
+}
+
+/// An SGLang version's leading numbers (`0.4.8.post1` → [0, 4, 8]).
+fn version_of(v: &str) -> Vec<u64> {
+    v.split(['.', '-', '+'])
+        .map_while(|p| p.parse::<u64>().ok())
+        .collect()
+}
+
+/// Session turns after a stop-string finish, and recorded answers, are sent with
+/// `session_params.drop_previous_output`, which SGLang has from 0.4.9: older servers fail
+/// such a request mid-stream (their `SessionParams` takes no such field), so each session
+/// trajectory would end at its second or third turn. Refused before the sweep.
+fn check_session_support(
+    plan: &Plan,
+    infos: &[(ServerInfo, Option<SimInfo>)],
+) -> anyhow::Result<()> {
+    if !plan.cache_modes.contains(&CacheMode::Session) {
+        return Ok(());
+    }
+    for (i, _) in infos {
+        if let Some(v) = &i.version {
+            let n = version_of(v);
+            if !n.is_empty() && n.as_slice() < [0, 4, 9].as_slice() {
+                bail!(
+                    "GPU {}: the server at {} is SGLang {v}; cache mode session needs 0.4.9 or \
+                     later (session_params.drop_previous_output): upgrade it, or leave session \
+                     out of cache_modes",
+                    i.gpu,
+                    i.url
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The longest prompt a server takes (SGLang's `max_req_input_len`, at the top of its
+/// server info).
+fn input_limit(i: &ServerInfo) -> Option<u64> {
+    i.raw
+        .pointer("/server_info/max_req_input_len")
+        .and_then(Value::as_u64)
+}
+
+/// A server's context length: the one it was started with (`--context-length`, null in its
+/// server info by default), else the one its input limit implies (SGLang takes prompts of up
+/// to the context length less one token).
+fn context_of(i: &ServerInfo) -> Option<u64> {
+    i.context_length.or_else(|| input_limit(i).map(|l| l + 1))
 }
 
 /// Estimated prompt length of each turn of `t`, in characters: the messages so far (plus a
@@ -1773,6 +1820,53 @@ fn limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_are_refused_on_sglang_before_0_4_9() {
+        assert_eq!(version_of("0.4.8.post1"), [0, 4, 8]);
+        assert_eq!(version_of("0.5.10rc1"), [0, 5]);
+        let with = |version: &str, modes: &str| {
+            let plan = Plan::resolve(crate::plan::PlanKeys {
+                cache_modes: Some(modes.split(',').map(|m| m.parse().unwrap()).collect()),
+                ..Default::default()
+            })
+            .unwrap();
+            let mut si: ServerInfo = serde_json::from_value(serde_json::json!({
+                "gpu": "0", "url": "http://127.0.0.1:1", "raw": {}
+            }))
+            .unwrap();
+            si.version = Some(version.into());
+            check_session_support(&plan, &[(si, None)]).map_err(|e| e.to_string())
+        };
+        let e = with("0.4.8.post1", "prefix,session").unwrap_err();
+        assert!(e.contains("0.4.9") && e.contains("session"), "{e}");
+        assert!(with("0.4.8", "prefix,none").is_ok());
+        for ok in ["0.4.9", "0.4.10.post2", "0.5.10.post1", "1.0"] {
+            assert!(with(ok, "session").is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn sglangs_input_limit_is_read_from_the_top_of_its_server_info() {
+        // SGLang reports its resolved limit there; `context_length` is the command line's,
+        // null unless given.
+        let info = |context: Option<u64>, limit: Option<u64>| {
+            let mut si: ServerInfo = serde_json::from_value(serde_json::json!({
+                "gpu": "0", "url": "http://127.0.0.1:1", "raw": {}
+            }))
+            .unwrap();
+            si.context_length = context;
+            si.raw = serde_json::json!({
+                "server_info": {"max_req_input_len": limit, "context_length": null},
+                "model_info": {}
+            });
+            si
+        };
+        assert_eq!(input_limit(&info(None, Some(32767))), Some(32767));
+        assert_eq!(context_of(&info(None, Some(32767))), Some(32768));
+        assert_eq!(context_of(&info(Some(4096), Some(32767))), Some(4096));
+        assert_eq!(context_of(&info(None, None)), None);
+    }
 
     #[test]
     fn a_runner_flag_after_launch_command_is_refused() {

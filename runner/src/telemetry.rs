@@ -30,10 +30,18 @@ const PROCESS_LABELS: [&str; 6] = [
     "dp_rank",
 ];
 
+/// Gauges that are a fraction of each process's own whole (its KV pool, its prefills): over
+/// data-parallel ranks they average, where counts and throughputs add up.
+fn is_fraction(name: &str) -> bool {
+    name.ends_with("token_usage") || name.ends_with("_rate")
+}
+
 /// Parse the `sglang:` series of a Prometheus text exposition into `name[.label_value…] → value`
-/// (histogram buckets skipped; series differing only by process labels summed).
+/// (histogram buckets skipped; series differing only by process labels summed, or averaged
+/// when they are fractions; an empty label value adds nothing to the name).
 pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
+    let mut fractions: BTreeMap<String, u32> = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("sglang:") else {
             continue;
@@ -57,12 +65,21 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             let Some((k, v)) = kv.split_once('=') else {
                 continue;
             };
-            if !PROCESS_LABELS.contains(&k.trim()) {
+            let v = v.trim().trim_matches('"');
+            if !PROCESS_LABELS.contains(&k.trim()) && !v.is_empty() {
                 key.push('.');
-                key.push_str(v.trim().trim_matches('"'));
+                key.push_str(v);
             }
         }
+        if is_fraction(name) {
+            *fractions.entry(key.clone()).or_insert(0) += 1;
+        }
         *out.entry(key).or_insert(0.0) += value;
+    }
+    for (key, n) in fractions {
+        if let Some(v) = out.get_mut(&key) {
+            *v /= f64::from(n);
+        }
     }
     out
 }
@@ -249,5 +266,22 @@ mod tests {
         assert_eq!(m["num_running_reqs"], 3.0);
         assert_eq!(m["realtime_tokens_total.decode"], 10.0);
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn data_parallel_ranks_add_up_their_counts_and_average_their_fractions() {
+        let text = "sglang:num_running_reqs{dp_rank=\"0\"} 3\n\
+            sglang:num_running_reqs{dp_rank=\"1\"} 5\n\
+            sglang:token_usage{dp_rank=\"0\"} 0.5\n\
+            sglang:token_usage{dp_rank=\"1\"} 0.75\n\
+            sglang:cache_hit_rate{dp_rank=\"0\"} 0.2\n\
+            sglang:cache_hit_rate{dp_rank=\"1\"} 0.4\n\
+            sglang:num_queue_reqs{priority=\"\",dp_rank=\"0\"} 2\n";
+        let m = parse_metrics(text);
+        assert_eq!(m["num_running_reqs"], 8.0);
+        assert_eq!(m["token_usage"], 0.625);
+        assert!((m["cache_hit_rate"] - 0.3).abs() < 1e-12);
+        // (An empty label value, as `--enable-priority-scheduling`'s, leaves the name alone.)
+        assert_eq!(m["num_queue_reqs"], 2.0);
     }
 }

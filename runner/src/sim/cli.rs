@@ -82,7 +82,8 @@ pub struct SimArgs {
     #[arg(long)]
     pub enable_cache_report: bool,
     /// Stream native `/generate` output as deltas: each chunk's `text` and `output_ids` hold
-    /// only what is new (SGLang's default is cumulative; `--stream-output` in SGLang 0.4).
+    /// only what is new (SGLang's default is cumulative; `--stream-output` is its alias in
+    /// SGLang 0.5.10).
     #[arg(long, alias = "stream-output")]
     pub incremental_streaming_output: bool,
     /// Serve Prometheus `/metrics`.
