@@ -111,6 +111,10 @@ pub fn write(site: &Path, dest: &Path) -> anyhow::Result<()> {
         .finish()
         .with_context(|| format!("writing {}", tmp.display()))?;
     file.flush()?;
+    // A file's usual mode (the staging file is private, 0600, while it is written).
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     named
         .persist(dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;

@@ -54,8 +54,7 @@ enum Command {
         #[arg(long)]
         hostile: bool,
     },
-    /// Generate N records and time `report build` on them.
-    #[command(hide = true)]
+    /// Benchmark: generate N records and time `report build` on them.
     Bench {
         #[arg(long, default_value_t = 1_000_000)]
         records: u64,

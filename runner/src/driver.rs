@@ -454,7 +454,11 @@ fn record(
         finish_reason: out.finish_reason.clone(),
         error: out.error.clone(),
         in_flight,
-        server_ttft: out.server_ttft.filter(|v| v.is_finite() && *v >= 0.0),
+        // (A simulated engine without cost keeps its clock apart from wall time: its TTFT is
+        // the cost model's, the turn's the harness's own, and one is no part of the other.)
+        server_ttft: out
+            .server_ttft
+            .filter(|v| v.is_finite() && *v >= 0.0 && ctx.think_scale.is_finite()),
     }
 }
 

@@ -152,6 +152,11 @@ pub fn pack(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         .tempfile_in(parent)
         .with_context(|| format!("creating a file in {}", parent.display()))?;
     write_bundle(dir, &name, tmp.as_file())?;
+    // A file's usual mode (the staging file is private, 0600, while it is written).
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("writing {}", out.display()))?;
     tmp.persist(&out)
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)

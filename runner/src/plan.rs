@@ -299,7 +299,8 @@ pub struct PlanKeys {
     /// The r2e-gym YAML prompt file (`system_prompt`, `instance_prompt`).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// Dataset format; detected from the file when unset.
+    /// Dataset format: r2e-gym, openai, sharegpt or synthetic; detected from the file when
+    /// unset.
     #[arg(long, value_parser = parse_format)]
     pub dataset_format: Option<Format>,
     /// Use synthetic SWE-agent-like trajectories (ignores `dataset`).
@@ -318,8 +319,10 @@ pub struct PlanKeys {
     /// Skip (and count) malformed dataset lines instead of stopping.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub skip_bad_lines: Option<bool>,
+    /// Most tokens a turn generates (default 256).
     #[arg(long)]
     pub max_new_tokens: Option<u32>,
+    /// Sampling temperature (default 0.7).
     #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f64>,
     /// Stop strings (repeat the flag).
@@ -337,16 +340,19 @@ pub struct PlanKeys {
     /// Model served (`--model-path` of launched servers, profile of the simulated engine).
     #[arg(long)]
     pub model_path: Option<String>,
+    /// GPU memory for weights and KV pool (`--mem-fraction-static`, default 0.88).
     #[arg(long)]
     pub mem_fraction_static: Option<f64>,
+    /// Cap on the KV pool in tokens (`--max-total-tokens`, default 131072).
     #[arg(long)]
     pub max_total_tokens: Option<u64>,
     /// Host launched servers bind (loopback by default).
     #[arg(long)]
     pub host: Option<String>,
-    /// Port of GPU g is port_base + port_step·g (launch).
+    /// Port of GPU g is port_base + port_step·g (launch; default 30000).
     #[arg(long)]
     pub port_base: Option<u16>,
+    /// See port_base (default 10).
     #[arg(long)]
     pub port_step: Option<u16>,
     /// Server command for `launch`, with placeholders {model_path} {host} {port} {gpu}
@@ -354,13 +360,14 @@ pub struct PlanKeys {
     /// recorded: write `--api-key {api_key}`, not the key itself; a flag whose key is not given
     /// is left out). `--disable-radix-cache` is appended for the
     /// `none` cache mode. Default: `python -m sglang.launch_server …`. As a flag it takes
-    /// every argument after it: give it last.
+    /// every argument after it: give it last (a server flag named as a runner flag, such as
+    /// serve-sim's `--sim-time-scale`, needs a plan file's `launch_command`).
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub launch_command: Option<Vec<String>>,
-    /// Seconds to wait for a launched server's `/health_generate`.
+    /// Seconds to wait for a launched server's `/health_generate` (default 600).
     #[arg(long)]
     pub launch_timeout_s: Option<f64>,
-    /// Longest a request may take, seconds (wall).
+    /// Longest a request may take, seconds (wall; default 3600).
     #[arg(long)]
     pub request_timeout_s: Option<f64>,
     /// Longest wait for a response's first data, seconds (wall). SGLang sends nothing while
@@ -376,13 +383,15 @@ pub struct PlanKeys {
     #[arg(long)]
     #[serde(default, with = "scale_json")]
     pub sim_time_scale: Option<f64>,
-    /// Simulated GPU profile for GPU labels that are not profile names.
+    /// Simulated GPU profile for GPU labels that are not profile names (default h100).
     #[arg(long)]
     pub sim_gpu: Option<String>,
     /// Extra `serve-sim` flags for the `sim` backend (e.g. `--sim-fault=http500=0.05`).
     #[arg(long, allow_hyphen_values = true)]
     pub sim_args: Option<Vec<String>>,
-    /// Launch servers with `--enable-metrics` and scrape `/metrics` every second.
+    /// Scrape the servers' `/metrics` every second (default true). The simulated engine and
+    /// the default launch command are started with `--enable-metrics`; a launch_command of
+    /// your own must carry it.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub metrics: Option<bool>,
     /// `/flush_cache` before every cell.

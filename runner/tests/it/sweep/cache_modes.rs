@@ -230,6 +230,9 @@ fn an_engine_that_never_waits_does_not_sleep_think_time_either() {
     assert!(stderr.contains("think time is not replayed"), "{stderr}");
     let think: Vec<f64> = run.turns().iter().map(|r| r.think_time).collect();
     assert!(think.iter().all(|&t| t == 0.0), "{think:?}");
+    // Nor is the engine's own TTFT set beside the turn's: the cost model's time is no part
+    // of the harness's wall time (the part of a TTFT outside the engine came out negative).
+    assert!(run.turns().iter().all(|r| r.server_ttft.is_none()));
     // The same workload at a finite scale has tool time to replay, and records it.
     let finite = small_with(
         tmp.path(),
@@ -241,11 +244,9 @@ fn an_engine_that_never_waits_does_not_sleep_think_time_either() {
         ],
     );
     run_ok(&finite);
-    let replayed: f64 = Run::load(&tmp.path().join("finite"))
-        .turns()
-        .iter()
-        .map(|r| r.think_time)
-        .sum();
+    let finite = Run::load(&tmp.path().join("finite"));
+    assert!(finite.turns().iter().all(|r| r.server_ttft.is_some()));
+    let replayed: f64 = finite.turns().iter().map(|r| r.think_time).sum();
     assert!(replayed > 2.0, "the workload has tool time: {replayed}");
     assert!(
         wall < replayed / 2.0,

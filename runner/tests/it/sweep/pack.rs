@@ -36,6 +36,9 @@ fn pack_is_reproducible_and_holds_the_run() {
     }
     let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert_eq!(ba, bb, "two packs of one run are identical bytes");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "a bundle is readable as any file: {mode:o}");
 
     let mut names = vec![];
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(ba.as_slice()));
