@@ -496,14 +496,10 @@ pub fn stop_leftovers(logs: &Path) -> usize {
         if memchr::memmem::find(&env_with_start, &wanted).is_none() {
             continue;
         }
-        // (The process group: the fifth field of `stat`, after the parenthesized name.)
         let pgid = std::fs::read_to_string(e.path().join("stat"))
             .ok()
-            .and_then(|st| {
-                let rest = &st[st.rfind(')')? + 1..];
-                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
-            })
-            .and_then(rustix::process::Pid::from_raw);
+            .and_then(|st| state_and_group(&st))
+            .and_then(|(_, g)| rustix::process::Pid::from_raw(g));
         if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
             found.push((pid, pgid));
         }
@@ -535,6 +531,32 @@ pub fn stop_leftovers(logs: &Path) -> usize {
     }
     signal_all(rustix::process::Signal::KILL);
     found.len()
+}
+
+/// State and process group of a process, from `/proc/PID/stat` (the fields after its
+/// parenthesized name).
+fn state_and_group(stat: &str) -> Option<(char, i32)> {
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let pgrp = rest.nth(1)?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Whether a process of group `pg` is still running (zombies, which an init that does not
+/// reap may leave, are not).
+fn group_lives(pg: rustix::process::Pid) -> bool {
+    if rustix::process::test_kill_process_group(pg).is_err() {
+        return false;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    procs.flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| state_and_group(&s))
+            .is_some_and(|(state, g)| g == pg.as_raw_nonzero().get() && state != 'Z')
+    })
 }
 
 /// A spawned server process group.
@@ -707,16 +729,35 @@ impl Launched {
             return;
         }
         self.signal(rustix::process::Signal::TERM);
-        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        // The command's process and then the rest of its group: a wrapper script that did not
+        // exec the server exits at once, while the server still closes its port.
+        let leader = tokio::time::timeout_at(deadline, self.child.wait())
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !(leader && self.group_gone_by(deadline).await) {
             tracing::warn!("launched server ignored SIGTERM for 20 s; sending SIGKILL");
         }
-        // Children of the server may outlive it: the group goes either way.
         self.signal(rustix::process::Signal::KILL);
         let _ = self.child.wait().await;
+        // Gone, and its port with it, before a server is launched in its place.
+        self.group_gone_by(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await;
         self.stopped = true;
+    }
+
+    /// Wait until no process of the group is left (true), or `deadline` (false).
+    async fn group_gone_by(&self, deadline: tokio::time::Instant) -> bool {
+        let Some(pg) = self.pgid else { return true };
+        loop {
+            if !group_lives(pg) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -839,6 +880,22 @@ pub fn log_tail(path: &Path, from: u64, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_state_and_group_are_read_past_any_name() {
+        assert_eq!(
+            state_and_group("4242 (python3 (sglang) x) S 1 4240 4240 0 -1 4194560"),
+            Some(('S', 4240))
+        );
+        assert_eq!(state_and_group("7 (sh) Z 1 7 7 0"), Some(('Z', 7)));
+        assert_eq!(state_and_group("garbage"), None);
+        // This very process: running, in its own group (or a test harness's).
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (state, group) = state_and_group(&me).unwrap();
+        assert_eq!(state, 'R');
+        assert_eq!(group, rustix::process::getpgrp().as_raw_nonzero().get());
+        assert!(group_lives(rustix::process::getpgrp()));
+    }
 
     #[test]
     fn api_keys_are_masked_in_launch_commands() {
