@@ -70,6 +70,14 @@ pub fn small(out: &Path, id: &str) -> Vec<String> {
 }
 
 /// Run the binary; panics with its output when it fails.
+/// `runner sweep --quiet --out OUT --resume ID` and `extra`.
+pub fn resume_args(out: &Path, id: &str, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["sweep", "--quiet", "--out"].map(String::from).to_vec();
+    v.extend([out.display().to_string(), "--resume".into(), id.into()]);
+    v.extend(extra.iter().map(|a| a.to_string()));
+    v
+}
+
 pub fn run_ok(args: &[String]) -> Output {
     let out = runner().args(args).output().expect("runner starts");
     assert!(

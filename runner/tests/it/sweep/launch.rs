@@ -47,6 +47,16 @@ fn plan(tmp: &Path, port: u16, command: &[&str], extra: &str) -> PathBuf {
     p
 }
 
+/// `runner sweep --plan p` into `tmp` (plus `extra`), expected to fail: its stderr.
+fn sweep_plan_err(tmp: &Path, p: &Path, extra: &[&str]) -> String {
+    let mut args: Vec<String> = ["sweep", "--quiet", "--out"].map(String::from).to_vec();
+    args.push(tmp.display().to_string());
+    args.push("--plan".into());
+    args.push(p.display().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    run_err(&args)
+}
+
 fn serve_sim(extra: &[&'static str]) -> Vec<&'static str> {
     let mut v = vec![
         env!("CARGO_BIN_EXE_runner"),
@@ -379,7 +389,7 @@ fn a_key_in_sim_args_is_not_recorded() {
 }
 
 #[test]
-fn a_server_that_dies_at_startup_does_not_wait_for_another_gpus_launch() {
+fn a_server_that_dies_at_startup_is_reported_with_its_log_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     // GPU 0's server exits at once; GPU 1's never answers (within its 600 s launch timeout).
@@ -389,7 +399,8 @@ fn a_server_that_dies_at_startup_does_not_wait_for_another_gpus_launch() {
         &[
             "sh",
             "-c",
-            "if [ \"$CUDA_VISIBLE_DEVICES\" = 0 ]; then echo 'no GPU 0 here'; exit 1; fi; exec sleep 600",
+            "if [ \"$CUDA_VISIBLE_DEVICES\" = 0 ]; then \
+             echo 'CUDA out of memory on device' $CUDA_VISIBLE_DEVICES; exit 1; fi; exec sleep 600",
             "{port}",
         ],
         "port_step = 1\n",
@@ -400,46 +411,13 @@ fn a_server_that_dies_at_startup_does_not_wait_for_another_gpus_launch() {
         .replace("launch_timeout_s = 20\n", "launch_timeout_s = 600\n");
     std::fs::write(&p, text).unwrap();
     let start = std::time::Instant::now();
-    let err = run_err(&[
-        "sweep".into(),
-        "--quiet".into(),
-        "--out".into(),
-        tmp.path().display().to_string(),
-        "--plan".into(),
-        p.display().to_string(),
-    ]);
+    let err = sweep_plan_err(tmp.path(), &p, &[]);
     assert!(
-        err.contains("GPU 0") && err.contains("no GPU 0 here"),
+        err.contains("GPU 0") && err.contains("CUDA out of memory on device 0"),
         "{err}"
     );
     // (GPU 1's launch was given up, its group stopped, within the grace of a stop.)
     assert!(start.elapsed().as_secs() < 120, "{:?}", start.elapsed());
-}
-
-#[test]
-fn a_server_that_dies_at_startup_is_reported_with_its_log() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let p = plan(
-        tmp.path(),
-        port,
-        &[
-            "sh",
-            "-c",
-            "echo 'CUDA out of memory on device' $CUDA_VISIBLE_DEVICES; exit 1",
-            "{port}",
-        ],
-        "",
-    );
-    let err = run_err(&[
-        "sweep".into(),
-        "--quiet".into(),
-        "--out".into(),
-        tmp.path().display().to_string(),
-        "--plan".into(),
-        p.display().to_string(),
-    ]);
-    assert!(err.contains("CUDA out of memory on device 0"), "{err}");
 }
 
 #[test]
@@ -450,16 +428,7 @@ fn each_launch_is_marked_in_its_log_and_an_error_quotes_only_its_own_output() {
     let port = free_port();
     let sweep = |command: &[&str]| {
         let p = plan(tmp.path(), port, command, "");
-        run_err(&[
-            "sweep".into(),
-            "--quiet".into(),
-            "--out".into(),
-            tmp.path().display().to_string(),
-            "--plan".into(),
-            p.display().to_string(),
-            "--run-id".into(),
-            "again".into(),
-        ])
+        sweep_plan_err(tmp.path(), &p, &["--run-id", "again"])
     };
     let say =
         |words: &str, code: u8| sweep(&["sh", "-c", &format!("{words}; exit {code}"), "{port}"]);
@@ -775,19 +744,11 @@ fn sigterm_then_resume_finishes_a_launched_run_with_its_key() {
     // the resumed run launches its server with the key given again.
     let manifest = std::fs::read_to_string(tmp.path().join("termed/manifest.json")).unwrap();
     assert!(manifest.contains("{api_key}") && !manifest.contains("sekrit-key"));
-    let out = run_ok(
-        &[
-            "sweep",
-            "--quiet",
-            "--out",
-            tmp.path().to_str().unwrap(),
-            "--resume",
-            "termed",
-            "--api-key",
-            "sekrit-key",
-        ]
-        .map(String::from),
-    );
+    let out = run_ok(&resume_args(
+        tmp.path(),
+        "termed",
+        &["--api-key", "sekrit-key"],
+    ));
     let err = String::from_utf8_lossy(&out.stderr);
     // (`HTTP 401`, not a bare `401`: the log's timestamps can hold those digits.)
     assert!(!err.contains("HTTP 401"), "{err}");
@@ -857,17 +818,7 @@ fn a_server_a_killed_runner_left_behind_is_stopped_when_its_run_resumes() {
         "the server outlived its runner"
     );
     // Taken up again, the run stops it (it holds the port) and finishes.
-    let out = run_ok(
-        &[
-            "sweep",
-            "--quiet",
-            "--out",
-            tmp.path().to_str().unwrap(),
-            "--resume",
-            "orphaned",
-        ]
-        .map(String::from),
-    );
+    let out = run_ok(&resume_args(tmp.path(), "orphaned", &[]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("still running"), "{err}");
     Run::load(&tmp.path().join("orphaned")).assert_complete(&[4, 4]);

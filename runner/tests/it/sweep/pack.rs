@@ -104,27 +104,25 @@ fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
     let a = tmp.path().join("a");
     let b_turns = tmp.path().join("b").join("turns.jsonl");
     let before = std::fs::read(&b_turns).unwrap();
-    let pack = |out: &Path| {
+    let pack_run = |run: &Path, out: &Path| {
         runner()
-            .args(["pack", a.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .args(["pack", run.to_str().unwrap(), "-o", out.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .output()
             .unwrap()
     };
+    let pack = |out: &Path| pack_run(&a, out);
+    let refused = |o: std::process::Output, says: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{err}");
+    };
     // Into another run's directory.
-    let o = pack(&b_turns);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("inside the run directory"),
-        "{err}"
-    );
+    refused(pack(&b_turns), "inside the run directory");
     assert_eq!(std::fs::read(&b_turns).unwrap(), before);
     // Over an unrelated file, or a directory.
     let notes = tmp.path().join("notes.txt");
     std::fs::write(&notes, "mine").unwrap();
-    let o = pack(&notes);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("not a bundle"), "{err}");
+    refused(pack(&notes), "not a bundle");
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
     let dir = tmp.path().join("adir");
     std::fs::create_dir(&dir).unwrap();
@@ -139,20 +137,9 @@ fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
     assert!(pack(&bundle).status.success());
     // Over another run's bundle (maybe its only copy), or over another gzip file, it is not.
     let b_bundle = tmp.path().join("b-only-copy.tar.gz");
-    let o = runner()
-        .args(["pack", tmp.path().join("b").to_str().unwrap(), "-o"])
-        .arg(&b_bundle)
-        .stdout(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    assert!(pack_run(&tmp.path().join("b"), &b_bundle).status.success());
     let b_bytes = std::fs::read(&b_bundle).unwrap();
-    let o = pack(&b_bundle);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("bundle of run \"b\""),
-        "{err}"
-    );
+    refused(pack(&b_bundle), "bundle of run \"b\"");
     assert_eq!(std::fs::read(&b_bundle).unwrap(), b_bytes);
     let gz = tmp.path().join("notes.gz");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -166,12 +153,7 @@ fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
         std::fs::copy(a.join(f), linked.join(f)).unwrap();
     }
     std::os::unix::fs::symlink(a.join("turns.jsonl"), linked.join("turns.jsonl")).unwrap();
-    let o = runner()
-        .args(["pack", linked.to_str().unwrap(), "-o"])
-        .arg(tmp.path().join("linked.tar.gz"))
-        .stdout(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let o = pack_run(&linked, &tmp.path().join("linked.tar.gz"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("turns.jsonl") && err.contains("symbolic link"),
@@ -196,12 +178,7 @@ fn pack_never_overwrites_a_file_that_is_not_a_bundle() {
     assert!(left.is_empty(), "no staging file left: {left:?}");
     // A run whose manifest does not read is no run to bundle.
     std::fs::write(tmp.path().join("b").join("manifest.json"), "{garbage").unwrap();
-    let o = runner()
-        .args(["pack", tmp.path().join("b").to_str().unwrap(), "-o"])
-        .arg(tmp.path().join("b.tar.gz"))
-        .stdout(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let o = pack_run(&tmp.path().join("b"), &tmp.path().join("b.tar.gz"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("not a run's manifest"),

@@ -91,31 +91,13 @@ fn sigkill_then_resume_gives_the_complete_set_once() {
     };
 
     // The run finishes with its own plan: a changed key is refused, not ignored.
-    let err = run_err(
-        &[
-            "sweep",
-            "--quiet",
-            "--out",
-            tmp.path().to_str().unwrap(),
-            "--resume",
-            "killed",
-            "--trajectories",
-            "99",
-        ]
-        .map(String::from),
-    );
+    let err = run_err(&resume_args(
+        tmp.path(),
+        "killed",
+        &["--trajectories", "99"],
+    ));
     assert!(err.contains("drop --trajectories"), "{err}");
-    run_ok(
-        &[
-            "sweep",
-            "--quiet",
-            "--out",
-            tmp.path().to_str().unwrap(),
-            "--resume",
-            "killed",
-        ]
-        .map(String::from),
-    );
+    run_ok(&resume_args(tmp.path(), "killed", &[]));
     let run = Run::load(&tmp.path().join("killed"));
     run.assert_complete(&[6, 6, 6, 6]);
     // The resume's telemetry starts a line of its own: every line reads.
