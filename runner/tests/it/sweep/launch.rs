@@ -5,11 +5,27 @@ use super::*;
 use std::net::{TcpListener, TcpStream};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1, 0)
+}
+
+/// A port base whose `n` ports `step` apart are all free (together, at the time of asking):
+/// a plan with `n` launched GPUs uses `port_base + i·port_step`, and a port next to a free
+/// one may be another test's server.
+fn free_ports(n: u16, step: u16) -> u16 {
+    for _ in 0..200 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let rest: Option<Vec<TcpListener>> = (1..n)
+            .map(|i| {
+                let port = base.checked_add(i.checked_mul(step)?)?;
+                TcpListener::bind(("127.0.0.1", port)).ok()
+            })
+            .collect();
+        if rest.is_some() {
+            return base;
+        }
+    }
+    panic!("no {n} free ports {step} apart");
 }
 
 /// `runner serve-sim` on `port` in a process of its own (to attach to), and once it listens.
@@ -391,7 +407,7 @@ fn a_key_in_sim_args_is_not_recorded() {
 #[test]
 fn a_server_that_dies_at_startup_is_reported_with_its_log_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = free_ports(2, 1);
     // GPU 0's server exits at once; GPU 1's never answers (within its 600 s launch timeout).
     let p = plan(
         tmp.path(),
@@ -511,7 +527,7 @@ fn a_gpu_that_stops_says_so_at_once_and_the_others_finish() {
     // relaunches it is allowed); GPU 0's is slow and well. The runner says GPU 1 stopped
     // while GPU 0 still runs, GPU 0 finishes its cells, and the run ends with GPU 1's error.
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = free_ports(2, 10);
     let script = "if [ \"$CUDA_VISIBLE_DEVICES\" = 1 ]; then \
                   exec \"$@\" --sim-time-scale 20 --sim-fault exit-after=3; \
                   else exec \"$@\" --sim-time-scale 3; fi";
