@@ -57,6 +57,7 @@ struct TurnRow<'a> {
     finish_reason: Option<Cow<'a, str>>,
     error: Option<Cow<'a, str>>,
     in_flight: u32,
+    retractions: Option<u32>,
 }
 
 #[derive(serde::Serialize)]
@@ -93,6 +94,7 @@ struct SummaryRow<'a> {
     itl_turn_mean_p90_s: Option<f64>,
     itl_turn_mean_p99_s: Option<f64>,
     cache_hit_ratio: Option<f64>,
+    retracted_turns: Option<u64>,
 }
 
 /// Most rows in one turns CSV file: about 40 MB, well under GitHub's 100 MB per-file limit.
@@ -178,6 +180,7 @@ pub fn write_turns(site: &Path, runs: &[Run], part_rows: usize) -> anyhow::Resul
                     finish_reason: r.finish_reason.as_deref().map(text),
                     error: r.error.as_deref().map(text),
                     in_flight: r.in_flight,
+                    retractions: r.retractions,
                 })
                 .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -232,6 +235,7 @@ pub fn write_summary(
                         itl_turn_mean_p90_s: c.itl_turn_mean.p90,
                         itl_turn_mean_p99_s: c.itl_turn_mean.p99,
                         cache_hit_ratio: c.cache_hit_ratio,
+                        retracted_turns: c.retracted_turns,
                     })?;
                 }
             }
@@ -266,6 +270,7 @@ pub fn write_summary(
                         itl_turn_mean_p90_s: None,
                         itl_turn_mean_p99_s: None,
                         cache_hit_ratio: None,
+                        retracted_turns: None,
                     })?;
                 }
             }

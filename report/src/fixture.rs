@@ -347,6 +347,8 @@ fn cell_records(spec: &FixtureSpec, cell: &CellId, rng: &mut ChaCha8Rng) -> Vec<
                 in_flight,
                 // The 20 ms base of the TTFT above is the part outside the engine.
                 server_ttft: (!failed).then_some(ttft - 0.02),
+                // With more than one stream, every fifth turn was preempted once.
+                retractions: Some(u32::from(c > 1 && (traj + turn) % 5 == 0)),
             };
             t = record.t_end + think;
             context = prompt + completion;

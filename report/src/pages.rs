@@ -211,6 +211,8 @@ pub struct LatencyRow {
     /// The median part of a TTFT outside the engine, ms, with its share of the TTFT p50.
     pub outside_engine: String,
     pub cache_hit: String,
+    /// Turns the server retracted at least once, with their share of the cell's turns.
+    pub retracted: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,6 +223,8 @@ pub struct LatencyTable {
     pub thin_p99: bool,
     /// Some row knows the part of its TTFT outside the engine.
     pub outside_engine: bool,
+    /// Some row's server says how often it retracted its turns.
+    pub retractions: bool,
 }
 
 /// Below this many turns a p99 rests on a handful of them (n/100) and moves from run to run.
@@ -1462,6 +1466,7 @@ fn measured_section(
             cache_mode: mode.to_string(),
             thin_p99: mc.iter().any(|c| c.summary.ttft.count < THIN_P99),
             outside_engine: mc.iter().any(|c| c.outside_engine_p50.is_some()),
+            retractions: mc.iter().any(|c| c.summary.retracted_turns.is_some()),
             rows: mc
                 .iter()
                 .map(|c| {
@@ -1492,6 +1497,13 @@ fn measured_section(
                         cache_hit: s
                             .cache_hit_ratio
                             .map_or_else(|| "—".into(), |r| format!("{}%", num(r * 100.0, 1))),
+                        retracted: match s.retracted_turns {
+                            Some(n) if s.turns > 0 => {
+                                format!("{n} ({} %)", num(n as f64 / s.turns as f64 * 100.0, 1))
+                            }
+                            Some(n) => n.to_string(),
+                            None => "—".into(),
+                        },
                     }
                 })
                 .collect(),

@@ -767,9 +767,11 @@ impl Drop for Launched {
             return;
         }
         self.signal(rustix::process::Signal::TERM);
+        // The whole group, as in `stop`: a wrapper that did not exec the server exits first.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            let leader_gone = matches!(self.child.try_wait(), Ok(Some(_)));
+            if leader_gone && self.pgid.is_none_or(|pg| !group_lives(pg)) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));

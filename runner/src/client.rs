@@ -211,6 +211,9 @@ pub struct Outcome {
     /// `prefill_finished_time` (Unix seconds on the server's engine clock): when the first
     /// token was ready.
     pub server_first_ready: Option<f64>,
+    /// How often the server retracted the request (`meta_info.total_retractions`, native
+    /// API), as its last chunk says.
+    pub retractions: Option<u32>,
     /// Chunks held several tokens the stream did not count (an OpenAI stream without
     /// per-chunk usage, `stream_options.continuous_usage_stats`): each content chunk was then
     /// taken for one token, so the inter-token gaps are per chunk, not per token.
@@ -836,6 +839,7 @@ struct StreamState {
     server_sent: Option<(f64, f64)>,
     server_ttft: Option<f64>,
     server_first_ready: Option<f64>,
+    retractions: Option<u32>,
     done: bool,
     saw_usage_per_chunk: bool,
     /// A content chunk without a token count was taken for one token.
@@ -875,6 +879,7 @@ impl StreamState {
             server_sent: None,
             server_ttft: None,
             server_first_ready: None,
+            retractions: None,
             done: false,
             saw_usage_per_chunk: false,
             guessed_tokens: false,
@@ -1041,6 +1046,9 @@ impl StreamState {
         if let Some(c) = meta.cached_tokens.as_ref().and_then(Num::as_u64) {
             self.cached_tokens = Some(c);
         }
+        if let Some(n) = meta.total_retractions.as_ref().and_then(Num::as_u64) {
+            self.retractions = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        }
         self.set_id(meta.id.as_ref());
         if let Some(e) = meta.e2e_latency.as_ref().and_then(Num::as_f64) {
             self.server_e2e = Some(e);
@@ -1176,6 +1184,7 @@ impl StreamState {
             server_sent: self.server_sent,
             server_ttft: self.server_ttft,
             server_first_ready: self.server_first_ready,
+            retractions: self.retractions,
             itl_per_chunk,
         }
     }
@@ -1386,6 +1395,7 @@ struct Meta<'a> {
     completion_tokens: Option<Num>,
     prompt_tokens: Option<Num>,
     cached_tokens: Option<Num>,
+    total_retractions: Option<Num>,
     e2e_latency: Option<Num>,
     response_sent_to_client_ts: Option<Num>,
     /// With `--enable-metrics`: when the request reached the server and when its first token

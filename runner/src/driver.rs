@@ -413,6 +413,7 @@ fn failed_outcome(at: Instant, error: String) -> Outcome {
         server_sent: None,
         server_ttft: None,
         server_first_ready: None,
+        retractions: None,
         itl_per_chunk: false,
     }
 }
@@ -459,6 +460,7 @@ fn record(
         server_ttft: out
             .server_ttft
             .filter(|v| v.is_finite() && *v >= 0.0 && ctx.think_scale.is_finite()),
+        retractions: out.retractions,
     }
 }
 

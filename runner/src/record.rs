@@ -272,6 +272,7 @@ mod tests {
             error: error.then(|| "x".into()),
             in_flight: 1,
             server_ttft: None,
+            retractions: None,
         }
     }
 

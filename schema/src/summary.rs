@@ -73,6 +73,11 @@ pub struct CellSummary {
     /// `Some(false)` for a cell an interrupted run left part-way. Unknown without turn counts.
     #[serde(default)]
     pub complete: Option<bool>,
+    /// Turns (failed ones included) the server retracted at least once to free KV cache for
+    /// others, over the turns that report it ([`TurnRecord::retractions`]); `None` if none
+    /// did. Many of them mean the concurrency overcommits the GPU's KV pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retracted_turns: Option<u64>,
 }
 
 /// Criteria by which a best cell is chosen.
@@ -131,8 +136,12 @@ pub fn summarize_cell_with(records: &[&TurnRecord], turns_per_traj: &[u32]) -> O
     let mut prompt_total = 0u64;
     let (mut cached_total, mut both_prompt, mut any_cached) = (0u64, 0u64, false);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut retracted: Option<u64> = None;
     for r in records {
         total_time = total_time.max(r.t_end);
+        if let Some(n) = r.retractions {
+            *retracted.get_or_insert(0) += u64::from(n > 0);
+        }
         let e = by_traj.entry(r.traj).or_insert((r.t_send, r.t_end, true));
         e.0 = e.0.min(r.t_send);
         e.1 = e.1.max(r.t_end);
@@ -224,6 +233,7 @@ pub fn summarize_cell_with(records: &[&TurnRecord], turns_per_traj: &[u32]) -> O
         errors,
         trajectories_planned: known.then_some(turns_per_traj.len() as u64),
         complete,
+        retracted_turns: retracted,
     })
 }
 

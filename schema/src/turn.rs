@@ -145,6 +145,12 @@ pub struct TurnRecord {
     /// client; for a simulated engine, the harness's own time × the time scale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_ttft: Option<f64>,
+    /// How often the server retracted (preempted) this request to free KV cache for others
+    /// and ran it again later (SGLang's `meta_info.total_retractions`, native API): a
+    /// retracted request's prefill is computed again and its latency includes the wait. `None`
+    /// when the server does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retractions: Option<u32>,
 }
 
 impl TurnRecord {

@@ -27,6 +27,7 @@ fn rec(traj: u32, turn: u32, t_send: f64, t_end: f64, out: u64, err: Option<&str
         error: err.map(String::from),
         in_flight: 2,
         server_ttft: None,
+        retractions: None,
     }
 }
 

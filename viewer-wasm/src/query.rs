@@ -85,6 +85,7 @@ named_enum!(
         CacheHitRatio = "cache_hit_ratio": "Cache-hit ratio (cached / prompt)",
         ThinkTime = "think_time": "Think time (s)",
         OutputTokPerS = "output_tok_per_s": "Output tokens/s (completion / e2e)",
+        Retractions = "retractions": "Retractions (times the server preempted the turn)",
     }
 );
 

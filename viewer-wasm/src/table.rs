@@ -19,7 +19,7 @@ use std::fmt;
 use turnbench_schema::{CacheMode, TurnRecord};
 
 /// Version of the encoding written by [`Table::meta`] and read by [`Loader`].
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// Rows per encoded chunk: at most 4 bytes a value, so one chunk file stays near 5.6 MB.
 pub const CHUNK_ROWS: usize = 1 << 20;
@@ -60,10 +60,11 @@ pub enum Field {
     FinishReason,
     Error,
     ServerTtft,
+    Retractions,
 }
 
 impl Field {
-    pub const ALL: [Field; 16] = [
+    pub const ALL: [Field; 17] = [
         Field::Cell,
         Field::Traj,
         Field::TrajId,
@@ -80,6 +81,7 @@ impl Field {
         Field::FinishReason,
         Field::Error,
         Field::ServerTtft,
+        Field::Retractions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +102,7 @@ impl Field {
             Field::FinishReason => "finish_reason",
             Field::Error => "error",
             Field::ServerTtft => "server_ttft",
+            Field::Retractions => "retractions",
         }
     }
 
@@ -621,6 +624,7 @@ impl Table {
                     Some(r.error.as_deref().map_or(0, |s| error_code[s] as u64 + 1))
                 })?,
                 Field::ServerTtft => floats(&|r| r.server_ttft),
+                Field::Retractions => ints(field, &|_, r| r.retractions.map(u64::from))?,
             };
             columns.push(col);
         }

@@ -287,6 +287,7 @@ pub struct RecordRow {
     pub think_time: Option<f64>,
     pub finish_reason: Option<String>,
     pub error: Option<String>,
+    pub retractions: Option<f64>,
 }
 
 /// The first records of one point of a view.
@@ -513,6 +514,7 @@ impl Table {
             Metric::CachedTokens => col(Field::CachedTokens, out),
             Metric::CompletionTokens => col(Field::CompletionTokens, out),
             Metric::ThinkTime => col(Field::ThinkTime, out),
+            Metric::Retractions => col(Field::Retractions, out),
             Metric::NewPromptTokens => {
                 zip(Field::PromptTokens, Field::CachedTokens, out, |p, c| {
                     // `f64::max` would turn a missing (NaN) count into 0.
@@ -938,6 +940,7 @@ impl Table {
             think_time: v(Field::ThinkTime),
             finish_reason: dict(Field::FinishReason, &m.finish_reasons),
             error: dict(Field::Error, &m.errors),
+            retractions: v(Field::Retractions),
         }
     }
 }

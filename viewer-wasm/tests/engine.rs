@@ -48,6 +48,7 @@ fn record(gpu: &str, mode: CacheMode, conc: u32, traj: u32, turn: u32, seed: u64
         error: None,
         in_flight: conc,
         server_ttft: (!seed.is_multiple_of(3)).then(|| ttft * (0.5 + jitter(seed + 6) * 0.4)),
+        retractions: (!seed.is_multiple_of(4)).then_some(u32::from(seed.is_multiple_of(7))),
     }
 }
 
@@ -116,6 +117,7 @@ fn reference_metric(metric: &str, r: &TurnRecord) -> Option<f64> {
         }
         "new_prompt_tokens" => r.new_prompt_tokens().map(|x| x as f64),
         "output_tok_per_s" => Some(r.completion_tokens? as f64 / f32r(r.e2e?)),
+        "retractions" => r.retractions.map(f64::from),
         other => panic!("no reference for {other}"),
     }
 }
@@ -152,6 +154,7 @@ fn every_aggregate_of_every_group_matches_the_reference() {
         "cache_hit_ratio",
         "new_prompt_tokens",
         "output_tok_per_s",
+        "retractions",
     ] {
         for agg in Agg::ALL {
             let q = Query::parse(&format!(

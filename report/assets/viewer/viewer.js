@@ -361,7 +361,7 @@
 
   var RECORD_COLUMNS = ["run", "gpu", "cache_mode", "concurrency", "traj", "traj_id", "turn", "t_send",
     "ttft", "server_ttft", "e2e", "itl_mean", "itl_p99", "prompt_tokens", "cached_tokens", "completion_tokens",
-    "think_time", "finish_reason", "error"];
+    "think_time", "retractions", "finish_reason", "error"];
   var TEXT_COLUMNS = { run: 1, gpu: 1, cache_mode: 1, traj_id: 1, finish_reason: 1, error: 1 };
 
   function showRecords(group, series, groupLabel, seriesLabel) {

@@ -36,6 +36,7 @@ fn record(
         error: None,
         in_flight: 2,
         server_ttft: None,
+        retractions: None,
     }
 }
 

@@ -957,8 +957,18 @@ fn latency_tables_give_the_turns_their_percentiles_are_over() {
     // the engine (TTFT − the server's own), from the records themselves.
     let mut n: std::collections::BTreeMap<(String, u64), u64> = Default::default();
     let mut outside: std::collections::BTreeMap<(String, u64), Vec<f64>> = Default::default();
+    // (turns, turns the server retracted) per (mode, concurrency), failed ones included.
+    let mut retracted: std::collections::BTreeMap<(String, u64), (u64, u64)> = Default::default();
     for line in read(&run.join("turns.jsonl")).lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let r = retracted
+            .entry((
+                v["cache_mode"].as_str().unwrap().to_string(),
+                v["concurrency"].as_u64().unwrap(),
+            ))
+            .or_default();
+        r.0 += 1;
+        r.1 += u64::from(v["retractions"].as_u64().unwrap() > 0);
         if v["error"].is_null() && v["ttft"].is_number() {
             let key = (
                 v["cache_mode"].as_str().unwrap().to_string(),
@@ -994,12 +1004,22 @@ fn latency_tables_give_the_turns_their_percentiles_are_over() {
             row.contains(&format!("<td>{:.1} (", median * 1e3)),
             "{mode} c={c}: outside the engine {median} in {row}"
         );
+        let (turns, k) = retracted[&(mode.clone(), *c)];
+        assert!(
+            row.contains(&format!(
+                "<td data-col=\"retracted\">{k} ({:.1} %)</td>",
+                k as f64 / turns as f64 * 100.0
+            )),
+            "{mode} c={c}: {k} of {turns} retracted in {row}"
+        );
         // Under 1,000 turns, the note says what a p99 rests on.
         let after = &page[at..];
         let note = &after[after.find("</table>").unwrap()..];
         assert!(note[..note.find("</p>").unwrap()].contains("slowest few"));
     }
     assert!(!n.is_empty());
+    // Some cell had its turns retracted, and some none.
+    assert!(retracted.values().any(|r| r.1 > 0) && retracted.values().any(|r| r.1 == 0));
 }
 
 #[test]

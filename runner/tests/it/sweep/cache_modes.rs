@@ -484,3 +484,49 @@ fn each_turn_keeps_the_servers_own_ttft_next_to_its_own() {
         }
     }
 }
+
+#[test]
+fn turns_the_engine_retracted_are_counted_per_turn_and_per_cell() {
+    // Sixteen short prompts with long answers (~900 tokens) on a KV pool of 4,000 tokens:
+    // admission reserves only part of each answer, so when they outgrow the pool the engine
+    // preempts the newest (SGLang's retract_decode) and says so in each turn's last chunk.
+    // With the default pool nothing is retracted, and each turn says so too.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("short.jsonl");
+    let lines: Vec<String> = (0..16)
+        .map(|i| {
+            serde_json::json!({"id": format!("c{i}"), "messages": [
+                {"role": "user", "content": format!("Write a long story about {i} and the sea.")}
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let over = [
+        ("--dataset", data.to_str().unwrap()),
+        ("--cache-modes", "prefix"),
+        ("--batch-sizes", "16"),
+        ("--trajectories", "16"),
+        ("--max-new-tokens", "1000"),
+        ("--sim-args", "--sim-output-len-mean=900"),
+    ];
+    let mut tight = over.to_vec();
+    tight.push(("--max-total-tokens", "4000"));
+    run_ok(&small_with(tmp.path(), "tight", &tight));
+    run_ok(&small_with(tmp.path(), "ample", &over));
+    let tight = Run::load(&tmp.path().join("tight"));
+    let ample = Run::load(&tmp.path().join("ample"));
+    tight.assert_complete(&[1; 16]);
+    ample.assert_complete(&[1; 16]);
+    let retracted = |run: &Run| {
+        run.turns()
+            .iter()
+            .map(|r| u64::from(r.retractions.expect("the server's count") > 0))
+            .sum::<u64>()
+    };
+    let (t, a) = (retracted(&tight), retracted(&ample));
+    assert!(t > 0, "nothing retracted on a pool of 4,000 tokens");
+    assert_eq!(a, 0);
+    assert_eq!(tight.summary.cells[0].retracted_turns, Some(t));
+    assert_eq!(ample.summary.cells[0].retracted_turns, Some(0));
+}
