@@ -191,7 +191,7 @@ pub fn tables(summary: &Summary, zero_cost: bool) -> String {
         let _ = writeln!(out, "\nGPU {gpu}{sim}");
         let _ = writeln!(
             out,
-            "{:<8} {:>10} {:>14} {:>12} {:>16} {:>16} {:>12} {:>10} {:>9} {:>7}",
+            "{:<8} {:>10} {:>14} {:>12} {:>16} {:>16} {:>12} {:>10} {:>9} {:>7} {:>9}",
             "Cache",
             "Batch Size",
             "Total Time (s)",
@@ -201,12 +201,13 @@ pub fn tables(summary: &Summary, zero_cost: bool) -> String {
             "Total Tokens",
             "Tok/Turn",
             "Hit ratio",
-            "Failed"
+            "Failed",
+            "Retracted"
         );
         for c in summary.cells.iter().filter(|c| c.gpu == gpu) {
             let _ = writeln!(
                 out,
-                "{:<8} {:>10} {:>14.2} {:>12} {:>16.4} {:>16.2} {:>12} {:>10} {:>9} {:>7}",
+                "{:<8} {:>10} {:>14.2} {:>12} {:>16.4} {:>16.2} {:>12} {:>10} {:>9} {:>7} {:>9}",
                 c.cache_mode.as_str(),
                 c.concurrency,
                 c.total_time_s,
@@ -218,6 +219,7 @@ pub fn tables(summary: &Summary, zero_cost: bool) -> String {
                 c.cache_hit_ratio
                     .map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
                 c.failed_turns,
+                c.retracted_turns.map_or("-".into(), |n| n.to_string()),
             );
         }
         for b in summary

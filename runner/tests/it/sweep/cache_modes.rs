@@ -512,7 +512,8 @@ fn turns_the_engine_retracted_are_counted_per_turn_and_per_cell() {
     ];
     let mut tight = over.to_vec();
     tight.push(("--max-total-tokens", "4000"));
-    run_ok(&small_with(tmp.path(), "tight", &tight));
+    let printed = run_ok(&small_with(tmp.path(), "tight", &tight)).stdout;
+    let printed = String::from_utf8_lossy(&printed);
     run_ok(&small_with(tmp.path(), "ample", &over));
     let tight = Run::load(&tmp.path().join("tight"));
     let ample = Run::load(&tmp.path().join("ample"));
@@ -529,4 +530,9 @@ fn turns_the_engine_retracted_are_counted_per_turn_and_per_cell() {
     assert_eq!(a, 0);
     assert_eq!(tight.summary.cells[0].retracted_turns, Some(t));
     assert_eq!(ample.summary.cells[0].retracted_turns, Some(0));
+    // The console's table has them in its last column.
+    let header = printed.lines().find(|l| l.starts_with("Cache ")).unwrap();
+    let row = printed.lines().find(|l| l.starts_with("prefix ")).unwrap();
+    assert!(header.ends_with("Retracted"), "{printed}");
+    assert_eq!(row.split_whitespace().last(), Some(&*t.to_string()), "{printed}");
 }
