@@ -1064,7 +1064,7 @@ impl StreamState {
         let ts = |x: &Option<Num>| x.as_ref().and_then(Num::as_f64);
         if let (Some(r), Some(f)) = (
             ts(&meta.request_received_ts),
-            ts(&meta.prefill_finished_time),
+            ts(&meta.prefill_finished_time).or_else(|| ts(&meta.prefill_finished_ts)),
         ) {
             self.server_ttft = Some(f - r);
             self.server_first_ready = Some(f);
@@ -1402,6 +1402,9 @@ struct Meta<'a> {
     /// was ready (Unix seconds, server clock).
     request_received_ts: Option<Num>,
     prefill_finished_time: Option<Num>,
+    /// The same first-token time under the name some SGLang versions give it (when the
+    /// tokenizer manager received the first token).
+    prefill_finished_ts: Option<Num>,
     #[serde(borrow)]
     finish_reason: Option<Obj<FinishReason<'a>>>,
 }
@@ -1889,6 +1892,42 @@ mod tests {
         assert_eq!(o.timing.chunks.len(), 2);
         assert_eq!(o.timing.chunks[0].1, 99_999);
         assert_eq!(o.timing.chunks[1].1, 2);
+    }
+
+    #[test]
+    fn the_servers_ttft_is_read_under_either_name_of_its_first_token_time() {
+        let t0 = Instant::now();
+        let chunk = |meta: Value| {
+            let mut st = StreamState::new(t0);
+            let c = json!({"text": "a", "meta_info": meta}).to_string();
+            st.chunk(c.as_str(), Api::Native, t0).unwrap();
+            let o = st.finish();
+            (o.server_ttft, o.server_first_ready)
+        };
+        let base = json!({"id": "r", "completion_tokens": 1, "request_received_ts": 100.5});
+        let with = |k: &str, v: f64| {
+            let mut m = base.clone();
+            m[k] = json!(v);
+            m
+        };
+        assert_eq!(
+            chunk(with("prefill_finished_ts", 100.75)),
+            (Some(0.25), Some(100.75))
+        );
+        assert_eq!(
+            chunk(with("prefill_finished_time", 101.0)),
+            (Some(0.5), Some(101.0))
+        );
+        // Both: 0.5.10's name first; no receive time: nothing.
+        let mut both = with("prefill_finished_time", 101.0);
+        both["prefill_finished_ts"] = json!(100.75);
+        assert_eq!(chunk(both), (Some(0.5), Some(101.0)));
+        let mut no_receive = with("prefill_finished_ts", 100.75);
+        no_receive
+            .as_object_mut()
+            .unwrap()
+            .remove("request_received_ts");
+        assert_eq!(chunk(no_receive), (None, None));
     }
 
     #[test]

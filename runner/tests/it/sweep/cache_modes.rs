@@ -534,5 +534,9 @@ fn turns_the_engine_retracted_are_counted_per_turn_and_per_cell() {
     let header = printed.lines().find(|l| l.starts_with("Cache ")).unwrap();
     let row = printed.lines().find(|l| l.starts_with("prefix ")).unwrap();
     assert!(header.ends_with("Retracted"), "{printed}");
-    assert_eq!(row.split_whitespace().last(), Some(&*t.to_string()), "{printed}");
+    assert_eq!(
+        row.split_whitespace().last(),
+        Some(&*t.to_string()),
+        "{printed}"
+    );
 }
