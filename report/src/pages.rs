@@ -137,6 +137,8 @@ pub struct BestRow {
     pub avg_traj: String,
     /// The cell's failed turns (its figures cover the trajectories that did not fail).
     pub failed: String,
+    /// The cell's turns the server retracted, with their share ([`retracted_of`]).
+    pub retracted: String,
     /// The best cell of the GPU by the seed's other two criteria, `mode · c=N (value)`.
     pub best_traj_s: String,
     pub best_avg_traj: String,
@@ -1042,6 +1044,7 @@ fn index_page(
                                 traj_s: num(c.traj_per_s, 4),
                                 avg_traj: opt(c.avg_traj_time_s, 2),
                                 failed: c.failed_turns.to_string(),
+                                retracted: retracted_of(c),
                                 best_traj_s: best_by(&a.best, &cells, gpu, "traj_per_s", 4, ""),
                                 best_avg_traj: best_by(
                                     &a.best,
@@ -1163,6 +1166,7 @@ fn index_page(
                         traj_s: opt(row.traj_per_s, 4),
                         avg_traj: opt(row.avg_traj_time_s, 2),
                         failed: "—".into(),
+                        retracted: "—".into(),
                         best_traj_s: "—".into(),
                         best_avg_traj: "—".into(),
                     });
@@ -1361,6 +1365,16 @@ fn best_by(
     )
 }
 
+/// A cell's turns the server retracted, with their share of its turns: `N (x %)`, or `—` when
+/// its server does not say.
+fn retracted_of(c: &CellSummary) -> String {
+    match c.retracted_turns {
+        Some(n) if c.turns > 0 => format!("{n} ({} %)", num(n as f64 / c.turns as f64 * 100.0, 1)),
+        Some(n) => n.to_string(),
+        None => "—".into(),
+    }
+}
+
 /// `, N failed turn(s)` when N > 0.
 fn failed_note(failed: u64) -> String {
     match failed {
@@ -1497,13 +1511,7 @@ fn measured_section(
                         cache_hit: s
                             .cache_hit_ratio
                             .map_or_else(|| "—".into(), |r| format!("{}%", num(r * 100.0, 1))),
-                        retracted: match s.retracted_turns {
-                            Some(n) if s.turns > 0 => {
-                                format!("{n} ({} %)", num(n as f64 / s.turns as f64 * 100.0, 1))
-                            }
-                            Some(n) => n.to_string(),
-                            None => "—".into(),
-                        },
+                        retracted: retracted_of(s),
                     }
                 })
                 .collect(),

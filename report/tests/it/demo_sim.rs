@@ -102,7 +102,8 @@ async fn demo_sim_site_end_to_end() {
             .iter()
             .find(|r| r[0] == gpu)
             .unwrap_or_else(|| panic!("index has no best row for {gpu}: {best:?}"));
-        // GPU, run, cache mode, concurrency, tok/s, next best, traj/s, avg/traj, failed turns.
+        // GPU, run, cache mode, concurrency, tok/s, next best, traj/s, avg/traj, failed turns,
+        // retracted turns.
         assert!(row[1].starts_with("demo-sim"), "{row:?}");
         assert_eq!(row[2], want["best_cache_mode"].as_str().unwrap(), "{gpu}");
         let c = want["best_concurrency"].to_string();
@@ -114,7 +115,9 @@ async fn demo_sim_site_end_to_end() {
         // Then its failed turns (none in the demo), and in the last two columns the best cells
         // by the seed's other criteria, `mode · c=N (value)`.
         assert_eq!(row[8], "0", "{row:?}");
-        for (col, criterion) in [(9, "traj_per_s"), (10, "avg_traj_time_s")] {
+        // Its retracted turns: none known in a run older than the count, else `N (x %)`.
+        assert!(row[9] == "—" || row[9].ends_with(" %)"), "{row:?}");
+        for (col, criterion) in [(10, "traj_per_s"), (11, "avg_traj_time_s")] {
             let want = summary["best"]
                 .as_array()
                 .unwrap()

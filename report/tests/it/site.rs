@@ -610,7 +610,7 @@ fn the_index_says_when_a_best_cell_had_failed_turns() {
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
     let agg = report::aggregate::aggregate(&report::load::load_dir(&run).unwrap());
-    let failed_of = |criterion: &str| {
+    let cell_of = |criterion: &str| {
         let b = agg
             .best
             .iter()
@@ -621,21 +621,30 @@ fn the_index_says_when_a_best_cell_had_failed_turns() {
             .map(|c| &c.summary)
             .find(|c| c.cache_mode == b.best_cache_mode && c.concurrency == b.best_concurrency)
             .unwrap()
-            .failed_turns
     };
+    let failed_of = |criterion: &str| cell_of(criterion).failed_turns;
     let index = read(&site.join("index.html"));
     let table = &index[index.find("<table id=\"best\">").unwrap()..];
     let table = &table[..table.find("</table>").unwrap()];
     assert!(table.contains("<th>Failed turns</th>"), "{table}");
     let row = table.split("<tr>").nth(2).unwrap();
     let cells: Vec<&str> = row.split("<td").collect();
-    // GPU, run, mode, concurrency, tok/s, next best, traj/s, avg/traj, failed turns, best by
-    // traj/s, …
+    // GPU, run, mode, concurrency, tok/s, next best, traj/s, avg/traj, failed turns, retracted
+    // turns, best by traj/s, …
     assert!(
         cells[9].starts_with(&format!(">{}<", failed_of("output_tok_per_s"))),
         "{row}"
     );
-    for (criterion, cell) in [("traj_per_s", cells[10]), ("avg_traj_time_s", cells[11])] {
+    let best = cell_of("output_tok_per_s");
+    let retracted = best.retracted_turns.unwrap();
+    assert!(
+        cells[10].starts_with(&format!(
+            ">{retracted} ({:.1} %)<",
+            retracted as f64 / best.turns as f64 * 100.0
+        )),
+        "{row}"
+    );
+    for (criterion, cell) in [("traj_per_s", cells[11]), ("avg_traj_time_s", cells[12])] {
         let n = failed_of(criterion);
         assert_eq!(
             cell.contains("failed turn"),
