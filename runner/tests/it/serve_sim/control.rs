@@ -271,13 +271,7 @@ async fn flush_is_refused_while_busy_and_disconnects_abort() {
     h.shutdown().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::free_port;
 
 /// Start the real binary; wait until /health answers 200. Returns the child and the time
 /// it took to become healthy.

@@ -173,11 +173,7 @@ async fn exit_after_n_requests() {
     h.shutdown().await;
 
     // The binary exits with status 3.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     let (mut child, _) = super::control::spawn_binary(port, &["--sim-fault", "exit-after=2"]).await;
     for _ in 0..2 {
         let r = client()

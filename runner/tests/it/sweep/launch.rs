@@ -2,31 +2,8 @@
 //! launches `python -m sglang.launch_server`.
 
 use super::*;
+use crate::{free_port, free_ports};
 use std::net::{TcpListener, TcpStream};
-
-fn free_port() -> u16 {
-    free_ports(1, 0)
-}
-
-/// A port base whose `n` ports `step` apart are all free (together, at the time of asking):
-/// a plan with `n` launched GPUs uses `port_base + i·port_step`, and a port next to a free
-/// one may be another test's server.
-fn free_ports(n: u16, step: u16) -> u16 {
-    for _ in 0..200 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        let rest: Option<Vec<TcpListener>> = (1..n)
-            .map(|i| {
-                let port = base.checked_add(i.checked_mul(step)?)?;
-                TcpListener::bind(("127.0.0.1", port)).ok()
-            })
-            .collect();
-        if rest.is_some() {
-            return base;
-        }
-    }
-    panic!("no {n} free ports {step} apart");
-}
 
 /// `runner serve-sim` on `port` in a process of its own (to attach to), and once it listens.
 fn spawn_sim(port: u16, scale: &str, extra: &[&str]) -> std::process::Child {
