@@ -45,6 +45,8 @@ struct TurnRow<'a> {
     t_first_token: Option<f64>,
     t_end: f64,
     ttft: Option<f64>,
+    /// The server's own TTFT (its timestamps), next to the client's.
+    server_ttft: Option<f64>,
     e2e: Option<f64>,
     itl_mean: Option<f64>,
     itl_p50: Option<f64>,
@@ -58,6 +60,15 @@ struct TurnRow<'a> {
     error: Option<Cow<'a, str>>,
     in_flight: u32,
     retractions: Option<u32>,
+}
+
+/// A cell's total output: the server's token count, or a legacy import's word count (which
+/// the seed's files may hold as a fraction).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Tokens {
+    Counted(u64),
+    Words(f64),
 }
 
 #[derive(serde::Serialize)]
@@ -82,7 +93,7 @@ struct SummaryRow<'a> {
     avg_traj_time_s: Option<f64>,
     traj_per_s: Option<f64>,
     output_tok_per_s: Option<f64>,
-    total_output_tokens: Option<f64>,
+    total_output_tokens: Option<Tokens>,
     tokens_per_turn: Option<f64>,
     ttft_p50_s: Option<f64>,
     ttft_p90_s: Option<f64>,
@@ -168,6 +179,7 @@ pub fn write_turns(site: &Path, runs: &[Run], part_rows: usize) -> anyhow::Resul
                     t_first_token: r.t_first_token.map(us),
                     t_end: us(r.t_end),
                     ttft: r.ttft.map(us),
+                    server_ttft: r.server_ttft.map(us),
                     e2e: r.e2e.map(us),
                     itl_mean: r.itl.map(|i| us(i.mean)),
                     itl_p50: r.itl.map(|i| us(i.p50)),
@@ -223,7 +235,7 @@ pub fn write_summary(
                         avg_traj_time_s: c.avg_traj_time_s,
                         traj_per_s: Some(c.traj_per_s),
                         output_tok_per_s: Some(c.output_tok_per_s),
-                        total_output_tokens: Some(c.total_output_tokens as f64),
+                        total_output_tokens: Some(Tokens::Counted(c.total_output_tokens)),
                         tokens_per_turn: c.tokens_per_turn,
                         ttft_p50_s: c.ttft.p50,
                         ttft_p90_s: c.ttft.p90,
@@ -258,7 +270,7 @@ pub fn write_summary(
                         avg_traj_time_s: r.avg_traj_time_s,
                         traj_per_s: r.traj_per_s,
                         output_tok_per_s: r.tok_per_s,
-                        total_output_tokens: r.total_tokens,
+                        total_output_tokens: r.total_tokens.map(Tokens::Words),
                         tokens_per_turn: r.tokens_per_turn,
                         ttft_p50_s: None,
                         ttft_p90_s: None,

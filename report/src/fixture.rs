@@ -193,6 +193,7 @@ pub fn manifest(spec: &FixtureSpec) -> Manifest {
             "cache_modes": spec.modes,
             "trajectories": spec.trajectories,
             "turns": spec.turns,
+            "think_time": "replay",
         }),
         backend: BackendInfo {
             kind: BackendKind::Sim,

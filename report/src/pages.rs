@@ -153,8 +153,8 @@ pub struct SpeedupRow {
     pub zero_cost: bool,
     pub concurrency: String,
     pub baseline: String,
-    /// (mode, tok/s, speed-up vs baseline) for each mode measured.
-    pub modes: Vec<(String, String, String)>,
+    /// (mode, tok/s, speed-up vs baseline by tok/s, by traj/s) for each mode measured.
+    pub modes: Vec<(String, String, String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,6 +249,11 @@ pub struct GpuSection {
     /// other series sampled, one chart each (shown folded).
     pub telemetry: Vec<ChartSpec>,
     pub telemetry_more: Vec<ChartSpec>,
+    /// On what clock the run's times are, and what a trajectory's time holds besides the
+    /// engine's work ([`time_basis`]); empty for a legacy import.
+    pub time_basis: String,
+    /// How often telemetry was sampled, on the clock of the run's times ([`sampled_every`]).
+    pub sampled_every: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1120,10 +1125,19 @@ fn index_page(
                                 }) {
                                     Some(c) if bc.output_tok_per_s > 0.0 => {
                                         let x = c.output_tok_per_s / bc.output_tok_per_s;
+                                        // By trajectories too: where answers differ in
+                                        // length between cells (generated history, sampled
+                                        // lengths) the two can rank modes differently.
+                                        let by_traj = if bc.traj_per_s > 0.0 {
+                                            format!("×{}", num(c.traj_per_s / bc.traj_per_s, 2))
+                                        } else {
+                                            "—".into()
+                                        };
                                         row.modes.push((
                                             mode.to_string(),
                                             num(c.output_tok_per_s, 1),
                                             format!("×{}", num(x, 2)),
+                                            by_traj,
                                         ));
                                         if *mode != base {
                                             per_mode
@@ -1132,7 +1146,12 @@ fn index_page(
                                                 .push((bc.concurrency, x));
                                         }
                                     }
-                                    _ => row.modes.push((mode.to_string(), "—".into(), "—".into())),
+                                    _ => row.modes.push((
+                                        mode.to_string(),
+                                        "—".into(),
+                                        String::new(),
+                                        String::new(),
+                                    )),
                                 }
                             }
                             speedups.push(row);
@@ -1204,7 +1223,8 @@ fn index_page(
     for row in &mut speedups {
         for m in &speedup_modes {
             if !row.modes.iter().any(|r| &r.0 == m) {
-                row.modes.push((m.clone(), "—".into(), "—".into()));
+                row.modes
+                    .push((m.clone(), "—".into(), String::new(), String::new()));
             }
         }
         row.modes.sort_by_key(|m| order(&m.0));
@@ -1286,6 +1306,11 @@ const PER_TRAJECTORY: Tradeoff = (
 
 const TTFT_P99: Tradeoff = ("Throughput vs TTFT p99", "TTFT p99 (ms)", |c| {
     c.ttft.p99.map(|v| v * 1e3)
+});
+
+/// For cells of fewer than [`THIN_P99`] turns, whose p99 rests on the slowest few.
+const TTFT_P90: Tradeoff = ("Throughput vs TTFT p90", "TTFT p90 (ms)", |c| {
+    c.ttft.p90.map(|v| v * 1e3)
 });
 
 /// Throughput against each latency of `axes`, a line per cache mode (and group, when several
@@ -1558,9 +1583,16 @@ fn measured_section(
         .map(|c| &c.summary)
         .filter(|c| partial(c).is_none())
         .collect();
+    // The tail the latency tables say to compare cells by: p99 only where every cell has
+    // enough turns for one.
+    let ttft_tail = if summaries.iter().any(|c| c.ttft.count < THIN_P99) {
+        TTFT_P90
+    } else {
+        TTFT_P99
+    };
     charts_out.extend(tradeoff_charts(
         ids,
-        &[PER_TRAJECTORY, TTFT_P99],
+        &[PER_TRAJECTORY, ttft_tail],
         "",
         &[(None, &summaries)],
     ));
@@ -1615,6 +1647,51 @@ fn measured_section(
         charts: charts_out,
         telemetry,
         telemetry_more,
+        time_basis: time_basis(&m.manifest),
+        sampled_every: sampled_every(&m.manifest),
+    }
+}
+
+/// The clock a run's times are on, and what a trajectory's time holds besides the engine's
+/// work: the tool time replayed between turns (`think_time`), by the plan's setting.
+fn time_basis(man: &Manifest) -> String {
+    let clock = match &man.backend.sim {
+        Some(sim) if sim.zero_cost => {
+            "Times are the harness's own wall time (no engine cost).".to_string()
+        }
+        Some(sim) => format!(
+            "Times are engine time: the simulator's clock, wall time × {}, what the simulated \
+             GPU would take.",
+            sim.time_scale
+        ),
+        None => "Times are wall time, on the runner's monotonic clock.".to_string(),
+    };
+    let think = match man.plan.get("think_time").and_then(|v| v.as_str()) {
+        Some("off") => "no think time between turns (think time off)".to_string(),
+        Some("replay") => {
+            "the dataset's tool time, slept between turns (think time replay), included".into()
+        }
+        Some(t) => match t.strip_prefix("scale=") {
+            Some(f) => format!(
+                "the dataset's tool time × {f}, slept between turns (think time {t}), included"
+            ),
+            None => format!("think time {t}"),
+        },
+        None => "the time between turns (think time, if any)".into(),
+    };
+    format!("{clock} Total Time and Avg/Traj hold {think}; TTFT, ITL and E2E never do.")
+}
+
+/// How often the run sampled telemetry, on the clock of its times: every wall second, which
+/// a simulated run's engine time stretches by its time scale.
+fn sampled_every(man: &Manifest) -> String {
+    match &man.backend.sim {
+        Some(sim) if !sim.zero_cost && sim.time_scale != 1.0 => format!(
+            "every wall-clock second, so every {} s of the engine time the tables and charts \
+             use (a cell shorter than that may have one sample or none)",
+            num(sim.time_scale, 0)
+        ),
+        _ => "every second".into(),
     }
 }
 
@@ -1840,6 +1917,8 @@ fn legacy_section(ids: &mut Ids, n: usize, l: &LegacyRun) -> GpuSection {
         charts: charts_out,
         telemetry: Vec::new(),
         telemetry_more: Vec::new(),
+        time_basis: String::new(),
+        sampled_every: String::new(),
     }
 }
 

@@ -458,7 +458,7 @@ fn a_cell_an_interrupted_run_left_part_way_is_flagged_and_never_best() {
             .find(|r| r.contains(&format!("<td>{c}</td><td class=\"text\">none</td>")))
             .unwrap()
     };
-    assert!(row_of("2").contains("<td>— (—)</td>"), "{table}");
+    assert!(row_of("2").contains("<td>—</td>"), "{table}");
     assert!(!row_of("1").contains("—"), "{table}");
     let runs = vec![report::load::Run {
         source: "cut".into(),
@@ -528,12 +528,18 @@ fn the_speedup_table_keeps_each_mode_in_its_column_across_runs() {
     ];
     let b = write_run(tmp.path(), "b", &spec);
     let site = tmp.path().join("site");
-    build(&[a, b], &site, None);
+    build(&[a, b.clone()], &site, None);
     let index = read(&site.join("index.html"));
     let table = &index[index.find("<table id=\"speedup\">").unwrap()..];
     let table = &table[..table.find("</table>").unwrap()];
     let head = &table[..table.find("</thead>").unwrap()];
-    assert!(head.contains("<th>prefix (tok/s)</th><th>session (tok/s)</th><th>none (tok/s)</th>"));
+    assert!(head.contains(
+        "<th>prefix tok/s (× by tok/s · × by traj/s)</th>\
+         <th>session tok/s (× by tok/s · × by traj/s)</th>\
+         <th>none tok/s (× by tok/s · × by traj/s)</th>"
+    ));
+    let summary: turnbench_schema::Summary =
+        serde_json::from_str(&read(&b.join("summary.json"))).unwrap();
     let columns = head.matches("<th>").count() + head.matches("<th ").count();
     let mut rows = 0;
     for row in table.split("<tr>").skip(2) {
@@ -541,8 +547,39 @@ fn the_speedup_table_keeps_each_mode_in_its_column_across_runs() {
         if row.contains("two-modes") {
             // Its session cell is a dash; none (its baseline) is ×1.00 in the last column.
             let cells: Vec<&str> = row.split("<td>").collect();
-            assert!(cells[cells.len() - 2].starts_with("— (—)"), "{row}");
-            assert!(cells[cells.len() - 1].contains("(×1.00)"), "{row}");
+            assert!(cells[cells.len() - 2].starts_with("—</td>"), "{row}");
+            assert!(cells[cells.len() - 1].contains("(×1.00 · ×1.00)"), "{row}");
+        }
+        if row.contains("three-modes") {
+            // Each mode's speed-up over none at this GPU and concurrency, by tokens and by
+            // trajectories, as the run's own summary gives them.
+            let cells: Vec<&str> = row
+                .split("<td>")
+                .map(|c| c.split("</td>").next().unwrap())
+                .collect();
+            let n = cells.len();
+            let gpu = cells[1];
+            let c: u32 = cells[2].parse().unwrap();
+            let cell = |m| {
+                summary
+                    .cells
+                    .iter()
+                    .find(|x| x.gpu == gpu && x.cache_mode == m && x.concurrency == c)
+                    .unwrap()
+            };
+            let base = cell(turnbench_schema::CacheMode::None);
+            for (text, mode) in [
+                (cells[n - 3], turnbench_schema::CacheMode::Prefix),
+                (cells[n - 2], turnbench_schema::CacheMode::Session),
+            ] {
+                let x = cell(mode);
+                let want = format!(
+                    "(×{:.2} · ×{:.2})",
+                    x.output_tok_per_s / base.output_tok_per_s,
+                    x.traj_per_s / base.traj_per_s
+                );
+                assert!(text.ends_with(&want), "{text} ≠ {want}");
+            }
         }
         rows += 1;
     }
@@ -726,8 +763,8 @@ fn token_counts_past_u64_build_a_site_without_wrapping_or_panicking() {
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
     let summary = read(&site.join("data/summary.csv"));
-    // The total saturates at u64::MAX (written as an f64), not a small wrapped sum.
-    assert!(summary.contains(",1.8446744073709552e19,"), "{summary}");
+    // The total saturates at u64::MAX, not a small wrapped sum.
+    assert!(summary.contains(&format!(",{},", u64::MAX)), "{summary}");
 }
 
 #[test]
@@ -1138,4 +1175,122 @@ fn a_run_given_in_an_earlier_state_too_is_used_once_in_its_latest() {
     std::fs::write(other.join("turns.jsonl"), first.join("\n") + "\n").unwrap();
     let report = build(&[done, other], &tmp.path().join("site"), None);
     assert_eq!(report.runs, 2);
+}
+
+#[test]
+fn gpu_pages_say_what_clock_the_times_are_on_and_what_they_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "clock", &tiny_spec("clock"));
+    let manifest_path = run.join("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(&read(&manifest_path)).unwrap();
+    let scale = manifest["backend"]["sim"]["time_scale"].as_f64().unwrap();
+    assert_eq!(manifest["plan"]["think_time"], "replay");
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let page = read(&site.join("gpu-h100.html")).replace("&#39;", "'");
+    assert!(
+        page.contains(&format!(
+            "Times are engine time: the simulator's clock, wall time × {scale}"
+        )),
+        "{page}"
+    );
+    assert!(page.contains("Total Time and Avg/Traj hold the dataset's tool time, slept between turns (think time replay), included"));
+    // Telemetry is sampled every wall second, which the engine-time axes stretch.
+    assert!(page.contains(&format!(
+        "sampled every wall-clock second, so every {scale} s of the engine time"
+    )));
+    // Cells of a few turns: the TTFT trade-off chart plots the p90 the latency note says to
+    // compare by, not a p99 that rests on the slowest turn or two.
+    assert!(page.contains("Throughput vs TTFT p90"));
+    assert!(!page.contains("Throughput vs TTFT p99"));
+
+    // Another setting of each, read from the manifest as written.
+    let mut manifest = manifest;
+    manifest["plan"]["think_time"] = "scale=0.5".into();
+    manifest["backend"]["sim"]["time_scale"] = 1.0.into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    build(std::slice::from_ref(&run), &site, None);
+    let page = read(&site.join("gpu-h100.html")).replace("&#39;", "'");
+    assert!(page.contains("wall time × 1,"), "{page}");
+    assert!(
+        page.contains("the dataset's tool time × 0.5, slept between turns (think time scale=0.5)")
+    );
+    assert!(page.contains("sampled every second:"));
+    manifest["plan"]["think_time"] = "off".into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    build(&[run], &site, None);
+    let page = read(&site.join("gpu-h100.html")).replace("&#39;", "'");
+    assert!(page.contains("no think time between turns (think time off)"));
+}
+
+#[test]
+fn cells_of_a_thousand_turns_and_more_plot_the_ttft_p99() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = tiny_spec("big");
+    spec.modes = vec![
+        turnbench_schema::CacheMode::Prefix,
+        turnbench_schema::CacheMode::None,
+    ];
+    spec.concurrencies = vec![1];
+    spec.trajectories = 50;
+    spec.turns = 20;
+    let run = write_run(tmp.path(), "big", &spec);
+    let site = tmp.path().join("site");
+    build(&[run], &site, None);
+    let page = read(&site.join("gpu-h100.html"));
+    assert!(page.contains("Throughput vs TTFT p99"));
+    assert!(!page.contains("Throughput vs TTFT p90"));
+}
+
+#[test]
+fn the_csv_exports_hold_the_servers_ttft_and_whole_token_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = write_run(tmp.path(), "csv", &tiny_spec("csv"));
+    let site = tmp.path().join("site");
+    build(std::slice::from_ref(&run), &site, None);
+    let records: Vec<turnbench_schema::TurnRecord> = read(&run.join("turns.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let turns = read(&site.join("data/turns.csv"));
+    let mut lines = turns.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let mut with_server = 0;
+    for (line, r) in lines.zip(&records) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[col("turn")], r.turn.to_string());
+        match r.server_ttft {
+            Some(v) => {
+                with_server += 1;
+                let got: f64 = f[col("server_ttft")].parse().unwrap();
+                assert!((got - v).abs() <= 1e-6, "{got} vs {v}");
+            }
+            None => assert_eq!(f[col("server_ttft")], ""),
+        }
+    }
+    assert!(with_server > 0, "the fixture has no server TTFT");
+    let summary: turnbench_schema::Summary =
+        serde_json::from_str(&read(&run.join("summary.json"))).unwrap();
+    let csv = read(&site.join("data/summary.csv"));
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let cell = summary
+            .cells
+            .iter()
+            .find(|c| {
+                c.gpu == f[col("gpu")]
+                    && c.cache_mode.as_str() == f[col("cache_mode")]
+                    && c.concurrency.to_string() == f[col("concurrency")]
+            })
+            .unwrap();
+        // A count, written as one.
+        assert_eq!(
+            f[col("total_output_tokens")],
+            cell.total_output_tokens.to_string()
+        );
+    }
 }
