@@ -558,8 +558,37 @@ fn dataset_line(d: &turnbench_schema::DatasetInfo) -> String {
     };
     format!(
         "{}: {} ({} trajectories, {} turns, history {history}{skipped}{hash})",
-        d.kind, d.source, d.trajectories, d.turns
+        d.kind,
+        source_text(&d.source),
+        d.trajectories,
+        d.turns
     )
+}
+
+/// A dataset's source as a reader takes it in: the synthetic generator's parameters (the
+/// runner writes them as JSON after `synthetic `) as `key value` pairs, a range as `a–b`;
+/// any other source as it is.
+fn source_text(source: &str) -> String {
+    let Some(serde_json::Value::Object(params)) = source
+        .strip_prefix("synthetic ")
+        .and_then(|j| serde_json::from_str(j).ok())
+    else {
+        return source.to_string();
+    };
+    let value = |v: &serde_json::Value| match v {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join("–"),
+        serde_json::Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    let pairs: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{} {}", k.replace('_', " "), value(v)))
+        .collect();
+    format!("generator with {}", pairs.join(", "))
 }
 
 /// The warning for a run whose cells did not replay the same prompts: with `--history
@@ -2009,5 +2038,34 @@ mod tests {
         assert!(!dataset_line(&d).contains("skipped"));
         d.skipped_lines = 3;
         assert!(dataset_line(&d).contains("3 malformed line(s) skipped"));
+    }
+
+    #[test]
+    fn a_synthetic_datasets_parameters_read_as_words_not_json() {
+        // The source as the runner writes it, in the committed demo's manifest.
+        let demo = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../results/demo-sim/manifest.json"
+        );
+        let man: Manifest = serde_json::from_str(&std::fs::read_to_string(demo).unwrap()).unwrap();
+        let params: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(man.dataset.source.strip_prefix("synthetic ").unwrap()).unwrap();
+        let line = dataset_line(&man.dataset);
+        assert!(line.starts_with("synthetic: generator with "), "{line}");
+        assert!(!line.contains('{') && !line.contains('"'), "{line}");
+        for (k, v) in &params {
+            let v = match v {
+                serde_json::Value::Array(a) => format!("{}–{}", a[0], a[1]),
+                v => v.to_string(),
+            };
+            assert!(
+                line.contains(&format!("{} {v}", k.replace('_', " "))),
+                "{k}: {line}"
+            );
+        }
+        // Any other source stays as it is.
+        let mut d = man.dataset.clone();
+        d.source = "data/swe.jsonl".into();
+        assert!(dataset_line(&d).starts_with("synthetic: data/swe.jsonl ("));
     }
 }
