@@ -51,6 +51,9 @@ struct ViewerPage {
     warnings: Vec<String>,
     rows: u64,
     runs: usize,
+    /// Where the site has several runs, the one a link without a view opens on: the first
+    /// with an engine cost (pooling runs pools their workloads and GPUs' settings).
+    landing_run: Option<String>,
     data_scripts: Vec<String>,
     wasm_js: String,
     ui_js: String,
@@ -106,6 +109,10 @@ pub fn write_with_layout(
             .collect(),
         rows: table.meta.rows,
         runs: table.meta.runs.len(),
+        landing_run: (runs.len() > 1)
+            .then(|| runs.iter().find(|r| !r.zero_cost).or(runs.first()))
+            .flatten()
+            .map(|r| r.run_id.to_string()),
         data_scripts,
         wasm_js: write_hashed(&assets, "viewer-wasm", "js", &wasm_js)?,
         ui_js: write_hashed(&assets, "viewer", "js", UI_JS)?,

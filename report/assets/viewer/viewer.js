@@ -69,6 +69,9 @@
   $("viewer-controls").hidden = false;
 
   var LANDING = "metric=ttft&agg=p50&group=turn&series=cache_mode";
+  // Of one run where the site has several (the page names which).
+  var landingRun = $("viewer-controls").getAttribute("data-landing-run");
+  if (landingRun !== null) LANDING += "&" + new URLSearchParams({ run: landingRun }).toString();
   var DEFAULTS = { metric: "ttft", agg: "p50", group: "turn", series: "", chart: "line", error: "" };
 
   // Controls → hash (form-encoded, the record's own field names and raw values).
@@ -549,7 +552,8 @@
 
   window.addEventListener("hashchange", render);
   // A link without a view lands on median TTFT by turn index, a line per cache mode: how KV
-  // reuse holds TTFT flat while the prompt grows. (A link's own view is kept as it is.)
+  // reuse holds TTFT flat while the prompt grows; of one run where there are several, since
+  // runs may differ in workload. (A link's own view is kept as it is.)
   if (currentHash() === "") {
     history.replaceState(null, "", "#" + LANDING);
   }

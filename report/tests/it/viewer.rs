@@ -225,9 +225,10 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
         crate::site_in_browser::assert_legends_clear(browser, "the GPU page").await;
     }
 
-    // A link without a view lands on median TTFT by turn index split by cache mode, and
-    // the link then names that view.
-    let landing = "metric=ttft&agg=p50&group=turn&series=cache_mode";
+    // A link without a view lands on median TTFT by turn index split by cache mode, of the
+    // first run (the site has two, which may differ in workload), and the link then names
+    // that view.
+    let landing = "metric=ttft&agg=p50&group=turn&series=cache_mode&run=viewer-run";
     let url = url::Url::from_file_path(page.canonicalize().unwrap()).unwrap();
     browser.client().goto(url.as_str()).await.unwrap();
     let got = wait_for_table(browser, landing).await;
@@ -238,9 +239,30 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
             .unwrap(),
         format!("#{landing}")
     );
-    let both: Vec<Value> = lines.iter().chain(&hostile_lines).cloned().collect();
     assert_table(
         landing,
+        &got,
+        &expected(
+            &lines,
+            &|_: &Value| true,
+            &n("turn"),
+            Some(&s("cache_mode")),
+            "ttft",
+            "p50",
+        ),
+    );
+    let pooled = "var p = document.getElementById('view-pooled'); \
+                  return [p.hidden, p.textContent];";
+    let (hidden, text): (bool, String) = browser.eval(pooled).await.unwrap();
+    assert!(!hidden && !text.contains(" runs"), "{text}");
+
+    // Without the run filter a view pools both runs (and their GPUs and concurrencies), and
+    // says so.
+    let both_runs = "metric=ttft&agg=p50&group=turn&series=cache_mode";
+    let got = open_view(browser, &page, both_runs).await;
+    let both: Vec<Value> = lines.iter().chain(&hostile_lines).cloned().collect();
+    assert_table(
+        both_runs,
         &got,
         &expected(
             &both,
@@ -251,10 +273,6 @@ async fn viewer_checks(browser: &Browser, firefox: bool) {
             "p50",
         ),
     );
-
-    // The landing view pools both runs (and their GPUs and concurrencies), and says so.
-    let pooled = "var p = document.getElementById('view-pooled'); \
-                  return [p.hidden, p.textContent];";
     let (hidden, text): (bool, String) = browser.eval(pooled).await.unwrap();
     assert!(
         !hidden && text.starts_with("Each point pools 2 runs: ") && text.contains(HOSTILE_RUN_ID),
