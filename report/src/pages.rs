@@ -1470,11 +1470,15 @@ fn gpu_page(link: &GpuLink, runs: &[Run], aggregates: &[Option<RunAggregate>]) -
     }
 }
 
-fn seed_row(c: &CellSummary, best: bool) -> SeedRow {
+/// A cell's row of the seed's table; times to the hundredth of a second, as the seed's, or
+/// to the ten-thousandth in a run with no engine cost, whose times are the harness's
+/// milliseconds.
+fn seed_row(c: &CellSummary, best: bool, zero_cost: bool) -> SeedRow {
+    let time = if zero_cost { 4 } else { 2 };
     SeedRow {
         concurrency: c.concurrency.to_string(),
-        total_time: num(c.total_time_s, 2),
-        avg_traj: opt(c.avg_traj_time_s, 2),
+        total_time: num(c.total_time_s, time),
+        avg_traj: opt(c.avg_traj_time_s, time),
         traj_s: num(c.traj_per_s, 4),
         tok_s: num(c.output_tok_per_s, 1),
         total_tokens: c.total_output_tokens.to_string(),
@@ -1526,6 +1530,7 @@ fn measured_section(
                     seed_row(
                         &c.summary,
                         best.is_some_and(|b| b.best_concurrency == c.summary.concurrency),
+                        m.manifest.zero_cost(),
                     )
                 })
                 .collect(),

@@ -884,11 +884,31 @@ fn a_run_with_no_engine_cost_is_marked_on_every_page() {
         viewer.contains("Run inf: no engine cost (--sim-time-scale inf)"),
         "{viewer}"
     );
+    // Its times are the harness's milliseconds: the seed's tables give them to the
+    // ten-thousandth of a second, where an engine's seconds take two decimals.
+    let decimals = |page: &str| -> Vec<usize> {
+        page.split("<td data-col=\"total_time\">")
+            .skip(1)
+            .chain(page.split("<td data-col=\"avg_traj\">").skip(1))
+            .map(|c| {
+                c[..c.find("</td>").unwrap()]
+                    .split('.')
+                    .nth(1)
+                    .unwrap()
+                    .len()
+            })
+            .collect()
+    };
+    let inf_page = read(&site.join("gpu-h100.html"));
+    let d = decimals(&inf_page);
+    assert!(!d.is_empty() && d.iter().all(|&n| n == 4), "{d:?}");
     // An ordinary simulated run is not.
     let plain = write_run(tmp.path(), "plain", &tiny_spec("plain"));
     build(std::slice::from_ref(&plain), &site, None);
     assert!(!read(&site.join("index.html")).contains("No engine cost"));
     assert!(!read(&site.join("viewer.html")).contains("no engine cost"));
+    let d = decimals(&read(&site.join("gpu-h100.html")));
+    assert!(!d.is_empty() && d.iter().all(|&n| n == 2), "{d:?}");
 }
 
 #[test]
