@@ -76,6 +76,8 @@ pub struct CellSeries {
     /// the part of a TTFT outside the engine (network, HTTP, the client; for a simulated
     /// engine the harness's own time × its time scale). `None` when the server gives none.
     pub outside_engine_p50: Option<f64>,
+    /// The largest of those parts: one turn the harness or the network held up.
+    pub outside_engine_max: Option<f64>,
 }
 
 /// One telemetry series: (gpu, source, key) → points, one list per session of the run.
@@ -252,6 +254,7 @@ pub fn cell_series(records: &[&TurnRecord], turns_per_traj: &[u32]) -> Option<Ce
     outside.sort_by(f64::total_cmp);
     Some(CellSeries {
         outside_engine_p50: percentile_sorted(&outside, 50.0),
+        outside_engine_max: outside.last().copied(),
         summary,
         by_turn,
         throughput,

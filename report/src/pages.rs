@@ -1560,12 +1560,20 @@ fn measured_section(
                         partial: partial(s),
                         turns: s.ttft.count.to_string(),
                         values,
-                        outside_engine: match (c.outside_engine_p50, s.ttft.p50) {
-                            (Some(o), Some(t)) if t > 0.0 => {
-                                format!("{} ({} %)", num(o * 1e3, 1), num(o / t * 100.0, 0))
+                        outside_engine: {
+                            let max = c
+                                .outside_engine_max
+                                .map(|m| format!(" · max {}", num(m * 1e3, 1)))
+                                .unwrap_or_default();
+                            match (c.outside_engine_p50, s.ttft.p50) {
+                                (Some(o), Some(t)) if t > 0.0 => format!(
+                                    "{} ({} %){max}",
+                                    num(o * 1e3, 1),
+                                    num(o / t * 100.0, 0)
+                                ),
+                                (Some(o), _) => format!("{}{max}", num(o * 1e3, 1)),
+                                _ => "—".into(),
                             }
-                            (Some(o), _) => num(o * 1e3, 1),
-                            _ => "—".into(),
                         },
                         cache_hit: s
                             .cache_hit_ratio

@@ -1017,6 +1017,12 @@ fn the_best_row_names_the_next_best_cell_and_a_best_at_the_edge_of_the_grid() {
 fn latency_tables_give_the_turns_their_percentiles_are_over() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_run(tmp.path(), "n", &tiny_spec("n"));
+    // One turn whose TTFT was mostly outside the engine, so a cell's max is not its median.
+    edit_turns(&run, |i, r| {
+        if i == 0 {
+            r.server_ttft = r.ttft.map(|t| t - 0.5);
+        }
+    });
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
     // Successful turns with a TTFT per (mode, concurrency), and the part of each TTFT outside
@@ -1069,6 +1075,11 @@ fn latency_tables_give_the_turns_their_percentiles_are_over() {
         assert!(
             row.contains(&format!("<td>{:.1} (", median * 1e3)),
             "{mode} c={c}: outside the engine {median} in {row}"
+        );
+        let max = o[m - 1];
+        assert!(
+            row.contains(&format!("· max {:.1}</td>", max * 1e3)),
+            "{mode} c={c}: outside the engine at most {max} in {row}"
         );
         let (turns, k) = retracted[&(mode.clone(), *c)];
         assert!(
