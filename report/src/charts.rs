@@ -149,6 +149,8 @@ pub fn throughput_vs_concurrency(
                 l.points.iter().map(|p| f64::from(p.0)).collect(),
                 l.points.iter().map(|p| r(p.1)).collect(),
             );
+            t["hovertemplate"] =
+                json!("%{fullData.name}<br>concurrency %{x}: %{y:,.1f} tok/s<extra></extra>");
             let color = if l.limit { Some(LIMIT_COLOR) } else { l.color };
             if let Some(c) = color {
                 t["line"] = json!({ "color": c });
@@ -164,7 +166,7 @@ pub fn throughput_vs_concurrency(
             if let Some(g) = &l.group {
                 g.apply(&mut t, &name);
                 t["hovertemplate"] =
-                    json!("%{meta}<br>concurrency %{x}: %{y} tok/s<extra></extra>");
+                    json!("%{meta}<br>concurrency %{x}: %{y:,.1f} tok/s<extra></extra>");
                 let symbol = GROUP_SYMBOLS[g.index % GROUP_SYMBOLS.len()];
                 // A limit is a dashed line with its group's open symbol at each point.
                 t["marker"]["symbol"] = json!(if l.limit {
@@ -225,6 +227,10 @@ pub fn throughput_vs_latency(
     latency: &str,
     lines: &[TradeoffLine],
 ) -> ChartSpec {
+    // The latency's unit, from its axis title ("TTFT p90 (ms)"), for the hover.
+    let unit = latency
+        .rsplit_once('(')
+        .map_or("", |(_, u)| u.trim_end_matches(')'));
     let data = lines
         .iter()
         .map(|l| {
@@ -236,14 +242,16 @@ pub fn throughput_vs_latency(
                 "text": l.points.iter().map(|p| format!("c={}", p.0)).collect::<Vec<_>>(),
                 "textposition": "top center", "textfont": {"size": 10, "color": color},
                 "line": {"color": color}, "marker": {"color": color},
-                "hovertemplate": format!("{name} · %{{text}}<br>%{{x}} · %{{y}} tok/s<extra></extra>")});
+                "hovertemplate": format!("{name} · %{{text}}<br>%{{x:,.1f}} {unit} · %{{y:,.1f}} tok/s<extra></extra>")});
             if let Some(g) = &l.group {
                 // Several groups' `c=N` labels would overlap: hover names the point instead.
                 g.apply(&mut t, &name);
                 t["mode"] = json!("lines+markers");
                 t["marker"]["symbol"] = json!(GROUP_SYMBOLS[g.index % GROUP_SYMBOLS.len()]);
                 t["line"]["dash"] = json!(group_dash(g.index));
-                t["hovertemplate"] = json!("%{meta} · %{text}<br>%{x} · %{y} tok/s<extra></extra>");
+                t["hovertemplate"] = json!(format!(
+                    "%{{meta}} · %{{text}}<br>%{{x:,.1f}} {unit} · %{{y:,.1f}} tok/s<extra></extra>"
+                ));
             }
             t
         })
@@ -558,10 +566,11 @@ pub fn speedup(ids: &mut Ids, bars: &[SpeedupBars], baseline: &str) -> ChartSpec
             let mut t = json!({"type": "bar", "name": name,
                 "x": b.points.iter().map(|p| format!("c={}", p.0)).collect::<Vec<_>>(),
                 "y": b.points.iter().map(|p| r(p.1)).collect::<Vec<_>>(),
-                "marker": {"color": mode_color(b.mode)}});
+                "marker": {"color": mode_color(b.mode)},
+                "hovertemplate": "%{fullData.name}<br>%{x}: ×%{y:.2f}<extra></extra>"});
             if let Some(g) = &b.group {
                 g.apply(&mut t, &name);
-                t["hovertemplate"] = json!("%{meta}<br>%{x}: ×%{y}<extra></extra>");
+                t["hovertemplate"] = json!("%{meta}<br>%{x}: ×%{y:.2f}<extra></extra>");
                 t["marker"]["pattern"] =
                     json!({"shape": GROUP_PATTERNS[g.index % GROUP_PATTERNS.len()]});
             }

@@ -264,6 +264,27 @@ async fn site_renders_from_file_urls() {
         .unwrap();
     assert_eq!(injected, 0, "hostile markup became elements");
     assert!(browser.errors().await.unwrap().is_empty());
+
+    // Hovering a point of the throughput chart names it with its value rounded to a tenth
+    // of a token/s (not the 6 significant digits the data holds).
+    browser.open(&site.join("gpu-h100.html")).await.unwrap();
+    assert_charts_rendered(&browser, "gpu-h100.html").await;
+    let (text, x, y): (String, u32, f64) = browser
+        .eval(
+            "var gd = Array.prototype.find.call(document.querySelectorAll('.js-plotly-plot'),
+               function (g) { return (g.data[0].hovertemplate || '').indexOf('concurrency %{x}') >= 0; });
+             gd.scrollIntoView();
+             Plotly.Fx.hover(gd, [{curveNumber: 0, pointNumber: 1}]);
+             var label = gd.querySelector('.hoverlayer .hovertext');
+             return [label ? label.textContent : '', gd.data[0].x[1], gd.data[0].y[1]];",
+        )
+        .await
+        .unwrap();
+    let shown = format!("{y:.1} tok/s");
+    assert!(
+        text.contains(&format!("concurrency {x}: {shown}")),
+        "{text:?} for {y}"
+    );
     browser.close().await.unwrap();
 }
 
