@@ -423,7 +423,7 @@ pub fn latency_distribution(
     what: &str,
     pick: fn(&CellSeries) -> &[f64],
 ) -> ChartSpec {
-    let data = cells
+    let data: Vec<Value> = cells
         .iter()
         .filter(|c| !pick(c).is_empty())
         .map(|c| {
@@ -435,6 +435,23 @@ pub fn latency_distribution(
         .collect();
     let mut lay = layout(&format!("{what} (ms)"), "percentile");
     lay["xaxis"]["type"] = json!("log");
+    // Ticks at 1, 2 and 5 × 10^k, written whole: plotly's own log ticks label the minor ones
+    // by their first digit (`5 6 7 8 9 100 2 3`), so "2" reads as 2 ms where it means 200.
+    let xs = || {
+        data.iter()
+            .flat_map(|t| t["x"].as_array().into_iter().flatten())
+            .filter_map(Value::as_f64)
+            .filter(|v| *v > 0.0)
+    };
+    if let (Some(lo), Some(hi)) = (xs().reduce(f64::min), xs().reduce(f64::max)) {
+        let ticks = log_ticks(lo, hi);
+        lay["xaxis"]["tickmode"] = json!("array");
+        lay["xaxis"]["ticktext"] = json!(ticks
+            .iter()
+            .map(|t| crate::pages::num(*t, if *t < 1.0 { 3 } else { 0 }))
+            .collect::<Vec<_>>());
+        lay["xaxis"]["tickvals"] = json!(ticks);
+    }
     ChartSpec {
         id: ids.next_id(),
         title: format!("{what} distribution ({mode})"),
@@ -442,6 +459,25 @@ pub fn latency_distribution(
         data,
         layout: lay,
     }
+}
+
+/// The 1-2-5 values of each decade from the one below `lo` to the one above `hi`: ticks for a
+/// log axis over `lo..=hi` (both > 0), at least one inside it.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let first = lo.log10().floor() as i32;
+    let last = hi.log10().ceil() as i32;
+    let mut out = Vec::new();
+    for k in first..=last.max(first) {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * 10f64.powi(k);
+            // (Rounded, so 0.2 is 0.2 and not 0.20000000000000004.)
+            let v = format!("{v:.12e}").parse::<f64>().unwrap_or(v);
+            if v >= lo / 2.5 && v <= hi * 2.5 {
+                out.push(v);
+            }
+        }
+    }
+    out
 }
 
 pub fn telemetry(ids: &mut Ids, series: &TelemetrySeries) -> ChartSpec {
@@ -634,5 +670,42 @@ fn cell_label(c: &turnbench_schema::CellSummary) -> String {
     match crate::pages::partial(c) {
         Some(p) => format!("c={} ({p})", c.concurrency),
         None => format!("c={}", c.concurrency),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_ticks;
+
+    #[test]
+    fn log_ticks_hold_every_1_2_5_value_of_the_range_and_nothing_far_outside() {
+        for (lo, hi) in [(120.0, 4300.0), (0.7, 3.1), (13.7, 14.5), (0.004, 90_000.0)] {
+            let ticks = log_ticks(lo, hi);
+            assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
+            assert!(
+                ticks.iter().any(|t| (lo..=hi).contains(t)) || hi / lo < 2.0,
+                "{ticks:?}"
+            );
+            // Every 1-2-5 value of the range is a tick…
+            for k in -4..=6 {
+                for m in [1.0, 2.0, 5.0] {
+                    let v: f64 = format!("{m}e{k}").parse().unwrap();
+                    if (lo..=hi).contains(&v) {
+                        assert!(ticks.contains(&v), "{v} missing from {ticks:?} ({lo}–{hi})");
+                    }
+                }
+            }
+            // …and no tick is more than a 1-2-5 step beyond it.
+            assert!(
+                ticks.iter().all(|t| *t >= lo / 2.5 && *t <= hi * 2.5),
+                "{ticks:?}"
+            );
+            // The values are exact (0.2, not 0.20000000000000004).
+            for t in &ticks {
+                assert!(t.to_string().len() <= 6 || *t >= 1e5, "{t}");
+            }
+        }
+        // A narrow range still gets its neighbours either side.
+        assert_eq!(log_ticks(13.7, 14.5), vec![10.0, 20.0]);
     }
 }
