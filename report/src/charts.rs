@@ -93,13 +93,15 @@ const GROUP_SYMBOLS: [&str; 8] = [
     "cross",
 ];
 
-/// Line styles for the groups past the symbols' count: the ninth group is a dotted circle
-/// line, so no two groups of a chart look alike (up to 32).
+/// Line styles that tell apart the groups along with their symbols: a marker is small next to
+/// a line, so the second group's lines are dotted, the third's dash-dotted… and past the
+/// symbols' count the style moves on by one, so no two groups of a chart look alike (up to
+/// 32). None is plotly's "dash", which marks a physical limit.
 const GROUP_DASHES: [&str; 4] = ["solid", "dot", "dashdot", "longdash"];
 
 /// The line style of group `index` ([`GROUP_DASHES`]).
 fn group_dash(index: usize) -> &'static str {
-    GROUP_DASHES[(index / GROUP_SYMBOLS.len()) % GROUP_DASHES.len()]
+    GROUP_DASHES[(index + index / GROUP_SYMBOLS.len()) % GROUP_DASHES.len()]
 }
 
 /// Bar fill patterns that tell apart the groups of a bar chart ([`GROUP_SYMBOLS`]' twin).
