@@ -1279,48 +1279,50 @@ fn the_csv_exports_hold_the_servers_ttft_and_whole_token_counts() {
     let run = write_run(tmp.path(), "csv", &tiny_spec("csv"));
     let site = tmp.path().join("site");
     build(std::slice::from_ref(&run), &site, None);
+    // Each row of a CSV export by its column names.
+    let rows = |file: &str| -> Vec<std::collections::HashMap<String, String>> {
+        csv::Reader::from_path(site.join(file))
+            .unwrap()
+            .deserialize()
+            .map(Result::unwrap)
+            .collect()
+    };
     let records: Vec<turnbench_schema::TurnRecord> = read(&run.join("turns.jsonl"))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let turns = read(&site.join("data/turns.csv"));
-    let mut lines = turns.lines();
-    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let turns = rows("data/turns.csv");
+    assert_eq!(turns.len(), records.len());
     let mut with_server = 0;
-    for (line, r) in lines.zip(&records) {
-        let f: Vec<&str> = line.split(',').collect();
-        assert_eq!(f[col("turn")], r.turn.to_string());
+    for (row, r) in turns.iter().zip(&records) {
+        assert_eq!(row["turn"], r.turn.to_string());
         match r.server_ttft {
             Some(v) => {
                 with_server += 1;
-                let got: f64 = f[col("server_ttft")].parse().unwrap();
+                let got: f64 = row["server_ttft"].parse().unwrap();
                 assert!((got - v).abs() <= 1e-6, "{got} vs {v}");
             }
-            None => assert_eq!(f[col("server_ttft")], ""),
+            None => assert_eq!(row["server_ttft"], ""),
         }
     }
     assert!(with_server > 0, "the fixture has no server TTFT");
     let summary: turnbench_schema::Summary =
         serde_json::from_str(&read(&run.join("summary.json"))).unwrap();
-    let csv = read(&site.join("data/summary.csv"));
-    let mut lines = csv.lines();
-    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
+    let cells = rows("data/summary.csv");
+    assert_eq!(cells.len(), summary.cells.len());
+    for row in cells {
         let cell = summary
             .cells
             .iter()
             .find(|c| {
-                c.gpu == f[col("gpu")]
-                    && c.cache_mode.as_str() == f[col("cache_mode")]
-                    && c.concurrency.to_string() == f[col("concurrency")]
+                c.gpu == row["gpu"]
+                    && c.cache_mode.as_str() == row["cache_mode"]
+                    && c.concurrency.to_string() == row["concurrency"]
             })
             .unwrap();
         // A count, written as one.
         assert_eq!(
-            f[col("total_output_tokens")],
+            row["total_output_tokens"],
             cell.total_output_tokens.to_string()
         );
     }
