@@ -1709,6 +1709,8 @@ fn time_basis(man: &Manifest) -> String {
         None => "Times are wall time, on the runner's monotonic clock.".to_string(),
     };
     let think = match man.plan.get("think_time").and_then(|v| v.as_str()) {
+        // An engine with no cost replays no think time, whatever the plan says.
+        _ if man.zero_cost() => "no think time (none is slept with no engine cost)".to_string(),
         Some("off") => "no think time between turns (think time off)".to_string(),
         Some("replay") => {
             "the dataset's tool time, slept between turns (think time replay), included".into()
@@ -1731,7 +1733,7 @@ fn sampled_every(man: &Manifest) -> String {
         Some(sim) if !sim.zero_cost && sim.time_scale != 1.0 => format!(
             "every wall-clock second, so every {} s of the engine time the tables and charts \
              use (a cell shorter than that may have one sample or none)",
-            num(sim.time_scale, 0)
+            sim.time_scale
         ),
         _ => "every second".into(),
     }

@@ -900,6 +900,11 @@ fn a_run_with_no_engine_cost_is_marked_on_every_page() {
             .collect()
     };
     let inf_page = read(&site.join("gpu-h100.html"));
+    // It slept no think time, though its plan (the fixture's) replays it.
+    assert!(
+        inf_page.contains("Total Time and Avg/Traj hold no think time"),
+        "{inf_page}"
+    );
     let d = decimals(&inf_page);
     assert!(!d.is_empty() && d.iter().all(|&n| n == 4), "{d:?}");
     // An ordinary simulated run is not.
@@ -1238,15 +1243,15 @@ fn gpu_pages_say_what_clock_the_times_are_on_and_what_they_hold() {
     // Another setting of each, read from the manifest as written.
     let mut manifest = manifest;
     manifest["plan"]["think_time"] = "scale=0.5".into();
-    manifest["backend"]["sim"]["time_scale"] = 1.0.into();
+    manifest["backend"]["sim"]["time_scale"] = 0.5.into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     build(std::slice::from_ref(&run), &site, None);
     let page = read(&site.join("gpu-h100.html")).replace("&#39;", "'");
-    assert!(page.contains("wall time × 1,"), "{page}");
+    assert!(page.contains("wall time × 0.5,"), "{page}");
     assert!(
         page.contains("the dataset's tool time × 0.5, slept between turns (think time scale=0.5)")
     );
-    assert!(page.contains("sampled every second:"));
+    assert!(page.contains("sampled every wall-clock second, so every 0.5 s of the engine time"));
     manifest["plan"]["think_time"] = "off".into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     build(&[run], &site, None);
