@@ -487,7 +487,7 @@ fn each_turn_keeps_the_servers_own_ttft_next_to_its_own() {
 
 #[test]
 fn turns_the_engine_retracted_are_counted_per_turn_and_per_cell() {
-    // Sixteen short prompts with long answers (~900 tokens) on a KV pool of 4,000 tokens:
+    // Sixteen short prompts with long answers (~1,000 tokens each) on a KV pool of 4,000 tokens:
     // admission reserves only part of each answer, so when they outgrow the pool the engine
     // preempts the newest (SGLang's retract_decode) and says so in each turn's last chunk.
     // With the default pool nothing is retracted, and each turn says so too.
@@ -496,7 +496,8 @@ fn turns_the_engine_retracted_are_counted_per_turn_and_per_cell() {
     let lines: Vec<String> = (0..16)
         .map(|i| {
             serde_json::json!({"id": format!("c{i}"), "messages": [
-                {"role": "user", "content": format!("Write a long story about {i} and the sea.")}
+                {"role": "user", "content": format!("Write a long story about {i} and the sea.")},
+                {"role": "assistant", "content": "The sea rolled on. ".repeat(250)}
             ]})
             .to_string()
         })
@@ -508,7 +509,9 @@ fn turns_the_engine_retracted_are_counted_per_turn_and_per_cell() {
         ("--batch-sizes", "16"),
         ("--trajectories", "16"),
         ("--max-new-tokens", "1000"),
-        ("--sim-args", "--sim-output-len-mean=900"),
+        // Every turn generates exactly its recorded answer's length (ignore_eos, ~1,000
+        // tokens), so the sixteen outgrow the pool whatever the sampling or the machine's load.
+        ("--output-len", "recorded"),
     ];
     let mut tight = over.to_vec();
     tight.push(("--max-total-tokens", "4000"));
